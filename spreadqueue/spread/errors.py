@@ -7,6 +7,9 @@ subclasses below (see :func:`rejection_for`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class SpreadError(Exception):
     """Base class of every error raised by spreadqueue's Spread layer."""
@@ -16,13 +19,16 @@ class WireError(SpreadError, ValueError):
     """A byte stream broke the Spread client protocol.
 
     ``offset`` is the position in the stream (bytes since the connection began, in the
-    direction being decoded) of the unit that was wrong.
+    direction being decoded) of the unit that was wrong. ``frames`` are the frames the
+    same ``feed`` call decoded before that unit: the real peer acts on them before it
+    notices the bad one, so callers should too.
     """
 
-    def __init__(self, reason: str, offset: int = 0) -> None:
+    def __init__(self, reason: str, offset: int = 0, frames: Sequence[Any] = ()) -> None:
         super().__init__(f"{reason} (at stream offset {offset})")
         self.reason = reason
         self.offset = offset
+        self.frames: list[Any] = list(frames)
 
 
 class HandshakeError(WireError):
@@ -44,6 +50,10 @@ class MessageTooLong(SpreadError, ValueError):
 
 class IllegalGroupName(SpreadError, ValueError):
     """A group name Spread cannot carry (empty, too long or with illegal bytes)."""
+
+
+class IllegalService(SpreadError, ValueError):
+    """A service type a Spread daemon refuses (it must name exactly one service level)."""
 
 
 class ConnectionRejected(SpreadError):

@@ -14,40 +14,66 @@ Two decoders cover the two directions of a connection:
 - :class:`DaemonDecoder` reads what a client sends to a daemon (connect record, auth
   choice, then messages) and yields :class:`ConnectRequest`, :class:`AuthChoice`,
   :class:`Multicast`, :class:`Join`, :class:`Leave` and :class:`Kill`. It applies the
-  real daemon's header validation (section 5.6) and raises :class:`WireError` for a
-  frame the real daemon would refuse.
+  real daemon's handshake and header rules (sections 5.3, 5.6) and raises
+  :class:`~spreadqueue.spread.errors.WireError` where the real daemon would refuse.
 
-Both are fed arbitrary chunks and copy each frame's bytes at most once.
+Both accept chunks of any size. A frame that arrives in one chunk costs one copy (its
+data); a frame spread over several chunks keeps references to them and is joined once
+when complete. A decoder that raised stays failed; the exception's ``frames`` holds what
+the same ``feed`` call decoded before the bad unit.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Final, Union
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, Union
 
-from .errors import HandshakeError, IllegalGroupName, MessageTooLong, WireError
+from .errors import HandshakeError, IllegalGroupName, IllegalService, MessageTooLong, WireError
 
 __all__ = [
-    "ServiceType",
-    "RejectCode",
-    "GroupId",
-    "AuthList",
     "Accepted",
-    "HandshakeRejected",
-    "RegularMessage",
-    "MembershipMessage",
-    "RejectMessage",
-    "ConnectRequest",
     "AuthChoice",
-    "Multicast",
-    "Join",
-    "Leave",
-    "Kill",
+    "AuthList",
     "ClientDecoder",
+    "ClientFrame",
+    "ConnectRequest",
     "DaemonDecoder",
+    "DaemonFrame",
+    "GroupId",
+    "HandshakeRejected",
+    "Join",
+    "Kill",
+    "Leave",
+    "MembershipMessage",
+    "Multicast",
+    "RegularMessage",
+    "RejectCode",
+    "RejectMessage",
+    "ServiceType",
+    "check_group_name",
+    "check_message_size",
+    "check_private_name",
+    "encode_accept",
+    "encode_auth_choice",
+    "encode_auth_list",
+    "encode_client_frame",
+    "encode_connect",
+    "encode_daemon_frame",
+    "encode_header",
+    "encode_hint",
+    "encode_join",
+    "encode_kill",
+    "encode_leave",
+    "encode_membership",
+    "encode_message",
+    "encode_reject",
+    "encode_reject_message",
+    "encode_relay",
+    "encode_self_leave",
+    "encode_transition",
 ]
 
 
@@ -148,6 +174,8 @@ DAEMON_VERSION: Final = (5, 0, 1)
 #: Client-side bound on one incoming frame (membership notices of big groups carry one
 #: 32-byte name per member, so this is larger than what a client may send).
 DEFAULT_MAX_INCOMING: Final = 4 * 1024 * 1024
+#: The authentication methods a default daemon allows (``AllowedAuthMethods = "NULL"``).
+DEFAULT_AUTH_METHODS: Final = ("NULL",)
 
 _HEADER_LE = struct.Struct("<I32siIi")
 _HEADER_BE = struct.Struct(">I32siIi")
@@ -159,18 +187,22 @@ _MEMB_HEAD_LE = struct.Struct("<IIIII")
 _MEMB_HEAD_BE = struct.Struct(">IIIII")
 _ZERO32: Final = bytes(GROUP_FIELD)
 _HINT_ALLOWED: Final = 0x80FFFF80
+_LE_MARK_BYTES: Final = _U32_LE.pack(ENDIAN_MARKER)
+#: Bytes a private or group name may hold: '$' (0x24) .. '~' (0x7E) (section 5.3).
+_LEGAL_NAME_BYTES: Final = bytes(range(0x24, 0x7F))
+#: Pieces smaller than this are staged into a buffer instead of being kept by reference,
+#: so that a stream dribbled in tiny chunks does not pin one object per chunk.
+_SMALL_PIECE: Final = 512
+_CACHE_LIMIT: Final = 16384
 
 
 # --------------------------------------------------------------------------- names
 
 
-def _legal_name_byte(b: int) -> bool:
-    return 0x24 <= b <= 0x7E
-
-
 def is_legal_name(name: bytes) -> bool:
     """True when every byte of ``name`` is in 0x24..0x7E (``$`` to ``~``)."""
-    return all(0x24 <= b <= 0x7E for b in name)
+    # translate() deletes the legal bytes in C; anything left over is illegal.
+    return not name.translate(None, _LEGAL_NAME_BYTES)
 
 
 def to_bytes(name: str | bytes) -> bytes:
@@ -193,10 +225,10 @@ def check_private_name(name: str | bytes) -> bytes:
 
 
 def check_group_name(name: str | bytes) -> bytes:
-    """Validate a group name as libspread's join/leave do: 1..31 bytes in 0x24..0x7E.
+    """Validate a multicast destination: 1..31 bytes in 0x24..0x7E (libspread's rule).
 
-    Private group names (``#name#daemon``) are accepted too, since they are legal
-    multicast destinations.
+    Private group names (``#name#daemon``, a unicast) are accepted too, when they parse
+    the way the daemon parses them: a 1..10 byte name and a 1..19 byte daemon name.
     """
     raw = to_bytes(name)
     if not raw:
@@ -206,16 +238,27 @@ def check_group_name(name: str | bytes) -> bytes:
             f"group name {raw!r} is {len(raw)} bytes; Spread allows at most {MAX_GROUP_NAME}"
         )
     if raw[0] == 0x23:  # '#': a private group, '#name#daemon'
-        parts = raw.split(b"#")
-        if len(parts) != 3 or not parts[1] or not parts[2]:
+        parts = split_private_group(raw)
+        if (
+            parts is None
+            or not 1 <= len(parts[0]) <= MAX_PRIVATE_NAME
+            or not 1 <= len(parts[1]) <= MAX_DAEMON_NAME
+            or not (is_legal_name(parts[0]) and is_legal_name(parts[1]))
+        ):
             raise IllegalGroupName(f"private group name {raw!r} is not '#name#daemon'")
-        if not (is_legal_name(parts[1]) and is_legal_name(parts[2])):
-            raise IllegalGroupName(f"private group name {raw!r} has illegal bytes")
         return raw
     if not is_legal_name(raw):
         raise IllegalGroupName(
             f"group name {raw!r} has bytes outside '$'..'~' (no spaces, no '#')"
         )
+    return raw
+
+
+def _check_joinable(name: str | bytes) -> bytes:
+    """SP_join / SP_leave's rule: 1..31 bytes in 0x24..0x7E, so never a private group."""
+    raw = check_group_name(name)
+    if raw[0] == 0x23:
+        raise IllegalGroupName(f"cannot join or leave the private group {raw!r}")
     return raw
 
 
@@ -234,25 +277,64 @@ def split_private_group(group: bytes) -> tuple[bytes, bytes] | None:
     return parts[1], parts[2]
 
 
-_padded_cache: dict[bytes, bytes] = {}
+_padded_cache: dict[str | bytes, bytes] = {}
 
 
-def pad_name(name: bytes) -> bytes:
+def pad_name(name: str | bytes) -> bytes:
     """A name NUL-padded to the 32-byte wire field (cached: names repeat a lot)."""
     padded = _padded_cache.get(name)
     if padded is None:
-        if len(name) > MAX_GROUP_NAME:
-            raise IllegalGroupName(f"name {name!r} is longer than {MAX_GROUP_NAME} bytes")
-        padded = name + _ZERO32[len(name) :]
-        if len(_padded_cache) < 65536:
+        raw = to_bytes(name)
+        if len(raw) > MAX_GROUP_NAME:
+            raise IllegalGroupName(f"name {raw!r} is longer than {MAX_GROUP_NAME} bytes")
+        if b"\0" in raw:
+            # The receiver would stop at the NUL: a different name than the one meant.
+            raise IllegalGroupName(f"name {raw!r} contains a NUL byte")
+        padded = raw + _ZERO32[len(raw) :]
+        if len(_padded_cache) < _CACHE_LIMIT:
             _padded_cache[name] = padded
     return padded
+
+
+_group_field_cache: dict[str | bytes, bytes] = {}
+
+
+def _group_field(name: str | bytes) -> bytes:
+    """A validated multicast destination, padded to its 32-byte field (cached)."""
+    field = _group_field_cache.get(name)
+    if field is None:
+        field = pad_name(check_group_name(name))
+        if len(_group_field_cache) < _CACHE_LIMIT:
+            _group_field_cache[name] = field
+    return field
 
 
 def _field_name(field: bytes) -> bytes:
     """The name in a 32-byte field: the bytes up to the first NUL (section 5.5)."""
     nul = field.find(b"\0")
     return field if nul < 0 else field[:nul]
+
+
+_name_cache: dict[bytes, str] = {}
+
+
+def _name(field: bytes) -> str:
+    """The name in a 32-byte field as a str (cached: the same fields recur)."""
+    name = _name_cache.get(field)
+    if name is None:
+        nul = field.find(b"\0")
+        name = (field if nul < 0 else field[:nul]).decode("latin-1")
+        if len(_name_cache) < _CACHE_LIMIT:
+            _name_cache[field] = name
+    return name
+
+
+def _groups(buf: bytes, start: int, count: int) -> tuple[str, ...]:
+    if count == 1:
+        return (_name(buf[start : start + GROUP_FIELD]),)
+    return tuple(
+        [_name(buf[i : i + GROUP_FIELD]) for i in range(start, start + GROUP_FIELD * count, 32)]
+    )
 
 
 def message_size(num_groups: int, data_len: int) -> int:
@@ -278,7 +360,11 @@ def check_message_size(num_groups: int, data_len: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class GroupId:
-    """A group's view id: representative daemon, ring time stamp, per-group counter."""
+    """A group's view id: representative daemon, ring time stamp, per-group counter.
+
+    The words are kept unsigned (0..2**32-1), as they are on the wire; libspread and the
+    daemon's logs show them as signed ints (``d3``'s 4014350958 is -280616338 there).
+    """
 
     daemon_id: int
     time: int
@@ -309,7 +395,11 @@ class HandshakeRejected:
 
 @dataclass(frozen=True, slots=True)
 class RegularMessage:
-    """Daemon -> client: a data message."""
+    """Daemon -> client: a data message.
+
+    ``endian_mismatch`` is True when the sender wrote its hint big-endian (libspread on
+    x86 reports ``endian_mismatch = 1`` then, section 5.2).
+    """
 
     service_type: int
     sender: str
@@ -332,7 +422,8 @@ class MembershipMessage:
     the group's current member list (empty for transitional and self-leave notices).
     ``vs_sets`` are the virtual-synchrony sets; ``local_vs_set`` indexes the
     receiver's own set. ``changed_member`` is the member that joined, left or
-    disconnected (None for network changes).
+    disconnected (None for network changes). A transitional notice carries the group's
+    previous id as ``group_id``; a self-leave notice has none.
     """
 
     service_type: int
@@ -361,7 +452,11 @@ class RejectMessage:
 
 @dataclass(frozen=True, slots=True)
 class ConnectRequest:
-    """Client -> daemon: the connect record."""
+    """Client -> daemon: the connect record.
+
+    ``priority`` and ``membership`` are derived from ``flags`` the way the daemon does
+    (the flags byte taken as a signed char; section 5.3).
+    """
 
     version: tuple[int, ...]
     membership: bool
@@ -382,7 +477,7 @@ class ConnectRequest:
 
 @dataclass(frozen=True, slots=True)
 class AuthChoice:
-    """Client -> daemon: the authentication methods chosen (up to three)."""
+    """Client -> daemon: the authentication methods chosen (the non-empty slots)."""
 
     methods: tuple[str, ...]
 
@@ -400,7 +495,7 @@ class Multicast:
     groups: tuple[str, ...]
     mess_type: int
     data: bytes
-    hint: bytes = b"\x80\x00\x00\x80"
+    hint: bytes = _LE_MARK_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,15 +517,12 @@ class Kill:
     """Client -> daemon: disconnect."""
 
 
-ClientFrame = Union[AuthList, Accepted, HandshakeRejected, RegularMessage, MembershipMessage, RejectMessage]
-DaemonFrame = Union[ConnectRequest, AuthChoice, Multicast, Join, Leave, Kill]
+ClientFrame = Union[  # noqa: UP007 - an explicit alias: mypy and Sphinx both name it
+    AuthList, Accepted, HandshakeRejected, RegularMessage, MembershipMessage, RejectMessage
+]
+DaemonFrame = Union[ConnectRequest, AuthChoice, Multicast, Join, Leave, Kill]  # noqa: UP007
 
-
-def _version_number(version: Sequence[int]) -> int:
-    major = version[0] if len(version) > 0 else 0
-    minor = version[1] if len(version) > 1 else 0
-    patch = version[2] if len(version) > 2 else 0
-    return major * 10000 + minor * 100 + patch
+_KILL: Final = Kill()
 
 
 def _signed8(b: int) -> int:
@@ -441,14 +533,36 @@ def _signed16(v: int) -> int:
     return v - 0x10000 if v & 0x8000 else v
 
 
+def _version_number(version: Sequence[int]) -> int:
+    """major*10000 + minor*100 + patch, each taken as a signed char like the daemon does."""
+    parts = [_signed8(v & 0xFF) for v in version[:3]]
+    parts += [0] * (3 - len(parts))
+    return parts[0] * 10000 + parts[1] * 100 + parts[2]
+
+
 def _is_little_endian(b0: int, b3: int) -> bool:
     # Section 5.2: the marker 0x80000080 reads the same in both orders, so test the
     # raw bytes: little-endian iff byte 0 and byte 3 both have bit 7 set.
     return bool(b0 & 0x80 and b3 & 0x80)
 
 
-def _latin1(raw: bytes) -> str:
-    return raw.decode("latin-1")
+def _hint_mess_type(buf: bytes, pos: int) -> tuple[int, bool]:
+    """``(mess_type, little_endian)`` of the hint at ``buf[pos:pos + 4]``.
+
+    The hint keeps its writer's byte order through the daemon, so it is read by its own
+    marker, as libspread does (section 5.2).
+    """
+    b1 = buf[pos + 1]
+    b2 = buf[pos + 2]
+    if buf[pos] & 0x80 and buf[pos + 3] & 0x80:
+        return _signed16(b1 | b2 << 8), True
+    return _signed16(b1 << 8 | b2), False
+
+
+def _c_div(a: int, b: int) -> int:
+    """C integer division (truncates toward zero)."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b >= 0) else -q
 
 
 # --------------------------------------------------------------------------- encoders
@@ -461,16 +575,24 @@ def encode_connect(
     priority: int = 0,
     version: Sequence[int] = LIBRARY_VERSION,
 ) -> bytes:
-    """The connect record, as libspread 5.0.1 writes it (section 5.3, step 1)."""
+    """The connect record, as libspread 5.0.1 writes it (section 5.3, step 1).
+
+    Unlike libspread, a name over 10 bytes or with illegal bytes raises
+    :class:`IllegalGroupName` instead of being cut short (libspread) or refused by the
+    daemon: two long names cut to the same 10 bytes would collide.
+    """
     raw = b"" if name is None else check_private_name(name)
-    flags = (0x01 if membership else 0x00) | (0x10 if priority > 0 else 0x00)
+    if len(version) < 2 or not all(0 <= v <= 255 for v in version):
+        raise ValueError(f"version {tuple(version)!r} is not 2 or 3 bytes")
+    flags = (0x10 if priority >= 1 else 0x00) | (0x01 if membership else 0x00)
     head = bytes(version[:2])
-    if _version_number(version) > 31400:
-        head += bytes(version[2:3] or b"\0")
+    # The patch byte is only sent (and only read by the daemon) above 3.14 (trace c6).
+    if _version_number((*version[:2], 0)) > 31400:
+        head += bytes(version[2:3]) or b"\0"
     return head + bytes((flags, len(raw))) + raw
 
 
-def encode_auth_list(methods: Iterable[str] = ("NULL",)) -> bytes:
+def encode_auth_list(methods: Iterable[str] = DEFAULT_AUTH_METHODS) -> bytes:
     """The daemon's auth list: length byte, then each method followed by a space."""
     body = b"".join(m.encode("ascii") + b" " for m in methods)
     if len(body) > MAX_AUTH_LIST:
@@ -478,15 +600,15 @@ def encode_auth_list(methods: Iterable[str] = ("NULL",)) -> bytes:
     return bytes((len(body),)) + body
 
 
-def encode_auth_choice(methods: Sequence[str] = ("NULL",)) -> bytes:
+def encode_auth_choice(methods: Sequence[str] = DEFAULT_AUTH_METHODS) -> bytes:
     """The client's 90-byte auth choice: three NUL-padded 30-byte slots."""
     if len(methods) > AUTH_SLOTS:
         raise ValueError("at most three auth methods")
     out = bytearray(AUTH_CHOICE_SIZE)
     for i, method in enumerate(methods):
         raw = method.encode("ascii")
-        if len(raw) >= AUTH_SLOT:
-            raise ValueError(f"auth method name {method!r} too long")
+        if not raw or len(raw) >= AUTH_SLOT or b"\0" in raw:
+            raise ValueError(f"auth method name {method!r} does not fit a 30-byte slot")
         out[i * AUTH_SLOT : i * AUTH_SLOT + len(raw)] = raw
     return bytes(out)
 
@@ -497,11 +619,16 @@ def encode_accept(
     client_version: Sequence[int] = LIBRARY_VERSION,
     daemon_version: Sequence[int] = DAEMON_VERSION,
 ) -> bytes:
-    """The daemon's accept record (section 5.3, step 4)."""
+    """The daemon's accept record (section 5.3, step 4).
+
+    The daemon's patch version is only sent to libraries from 3.15.0 on (trace c6).
+    """
     raw = to_bytes(private_group)
+    if len(raw) > MAX_GROUP_NAME:
+        raise IllegalGroupName(f"private group {raw!r} is longer than {MAX_GROUP_NAME} bytes")
     version = bytes(daemon_version[:2])
     if _version_number(client_version) >= 31500:
-        version += bytes(daemon_version[2:3])
+        version += bytes(daemon_version[2:3]) or b"\0"
     return b"\x01" + version + bytes((len(raw),)) + raw
 
 
@@ -520,52 +647,76 @@ def encode_hint(mess_type: int) -> int:
 
 
 def encode_header(
-    service_type: int, sender: bytes, num_groups: int, hint: int, data_len: int
+    service_type: int, sender: str | bytes, num_groups: int, hint: int, data_len: int
 ) -> bytes:
     """A 48-byte little-endian header with the marker set in ``type``."""
     return _HEADER_LE.pack(
-        service_type | ENDIAN_MARKER, pad_name(sender), num_groups, hint, data_len
+        (service_type | ENDIAN_MARKER) & 0xFFFFFFFF, pad_name(sender), num_groups, hint, data_len
     )
+
+
+def _check_service(service_type: int) -> None:
+    # The daemon drops a session whose message has not exactly one service bit (rule 1
+    # of section 5.6); SELF_DISCARD is the only other bit a multicast may carry.
+    level = service_type & REGULAR_MESS
+    if not level or level & (level - 1) or service_type & ~(REGULAR_MESS | SELF_DISCARD):
+        raise IllegalService(
+            f"service type 0x{service_type:x} must be one of UNRELIABLE..SAFE, "
+            "optionally with SELF_DISCARD"
+        )
 
 
 def encode_message(
     service_type: int,
     sender: str | bytes,
-    groups: Sequence[str | bytes],
+    groups: Sequence[str | bytes] | str | bytes,
     data: bytes = b"",
     mess_type: int = 0,
 ) -> bytes:
-    """A whole client -> daemon multicast (header + groups + data), little-endian.
+    """A whole client -> daemon multicast (header + groups + data), as libspread sends it.
 
-    Enforces the real daemon's limits: at most 100 groups and
-    48 + 32 * groups + data <= 143200 (:data:`MAX_MESSAGE_BYTES`).
+    Refuses what a real daemon cannot carry: a service type that is not exactly one
+    level (:class:`IllegalService`), destinations that are not legal group names
+    (:class:`IllegalGroupName`), more than 100 groups or 48 + 32 * groups + data over
+    143200 bytes (:class:`MessageTooLong`, see :data:`MAX_MESSAGE_BYTES`).
     """
+    if isinstance(groups, (str, bytes)):
+        groups = (groups,)
+    _check_service(service_type)
     check_message_size(len(groups), len(data))
-    names = b"".join(pad_name(to_bytes(g)) for g in groups)
-    return (
-        encode_header(service_type, to_bytes(sender), len(groups), encode_hint(mess_type), len(data))
-        + names
-        + data
+    head = _HEADER_LE.pack(
+        service_type | ENDIAN_MARKER,
+        pad_name(sender),
+        len(groups),
+        encode_hint(mess_type),
+        len(data),
     )
+    if len(groups) == 1:
+        return b"".join((head, _group_field(groups[0]), data))
+    return b"".join((head, *map(_group_field, groups), data))
 
 
-def _encode_control(kind: int, sender: str | bytes, group: str | bytes) -> bytes:
-    return encode_header(kind, to_bytes(sender), 1, ENDIAN_MARKER, 0) + pad_name(to_bytes(group))
+def _encode_control(kind: int, sender: str | bytes, group: bytes) -> bytes:
+    return encode_header(kind, sender, 1, ENDIAN_MARKER, 0) + pad_name(group)
 
 
 def encode_join(sender: str | bytes, group: str | bytes) -> bytes:
     """JOIN_MESS for ``group`` from the session whose private group is ``sender``."""
-    return _encode_control(JOIN_MESS, sender, check_group_name(group))
+    return _encode_control(JOIN_MESS, sender, _check_joinable(group))
 
 
 def encode_leave(sender: str | bytes, group: str | bytes) -> bytes:
     """LEAVE_MESS for ``group``."""
-    return _encode_control(LEAVE_MESS, sender, check_group_name(group))
+    return _encode_control(LEAVE_MESS, sender, _check_joinable(group))
 
 
 def encode_kill(sender: str | bytes) -> bytes:
-    """KILL_MESS: the disconnect message (its one group is the sender's private group)."""
-    return _encode_control(KILL_MESS, sender, sender)
+    """KILL_MESS: the disconnect message (its one group is the sender's private group).
+
+    libspread leaves stack bytes after the NUL of that group field (trace a1); the daemon
+    ignores the field, and we send zeros.
+    """
+    return _encode_control(KILL_MESS, sender, to_bytes(sender))
 
 
 def encode_relay(
@@ -578,8 +729,17 @@ def encode_relay(
 ) -> bytes:
     """A daemon -> client data message: our order for type/num_groups/data_len, the
     sender's ``hint`` bytes untouched (section 5.2)."""
-    head = _HEADER_LE.pack(service_type | ENDIAN_MARKER, pad_name(sender), num_groups, 0, len(data))
+    head = _HEADER_LE.pack(
+        service_type | ENDIAN_MARKER, pad_name(sender), num_groups, 0, len(data)
+    )
     return b"".join((head[:40], hint, head[44:], groups_blob, data))
+
+
+def _gid_bytes(group_id: GroupId) -> bytes:
+    # Accept signed words too (as libspread and the daemon's log print them).
+    return _GROUP_ID_LE.pack(
+        group_id.daemon_id & 0xFFFFFFFF, group_id.time & 0xFFFFFFFF, group_id.counter & 0xFFFFFFFF
+    )
 
 
 def encode_membership(
@@ -590,145 +750,376 @@ def encode_membership(
     vs_sets: Sequence[Sequence[str | bytes]],
     local_vs_set: int = 0,
 ) -> bytes:
-    """A daemon -> client regular membership notice (section 5.7)."""
-    body = [_GROUP_ID_LE.pack(group_id.daemon_id, group_id.time, group_id.counter)]
-    offsets = []
+    """A daemon -> client regular membership notice (section 5.7).
+
+    ``service_type`` is REG_MEMB_MESS with one CAUSED_BY_* bit; the body's
+    local-set offset is computed from ``local_vs_set`` (an index into ``vs_sets``).
+    """
+    sets = [_U32_LE.pack(len(vs)) + b"".join(map(pad_name, vs)) for vs in vs_sets]
     offset = 0
-    sets = []
-    for vs in vs_sets:
-        offsets.append(offset)
-        chunk = _U32_LE.pack(len(vs)) + b"".join(pad_name(to_bytes(m)) for m in vs)
-        sets.append(chunk)
+    local_offset = 0
+    for i, chunk in enumerate(sets):
+        if i == local_vs_set:
+            local_offset = offset
         offset += len(chunk)
-    body.append(_U32_LE.pack(len(vs_sets)))
-    body.append(_U32_LE.pack(offsets[local_vs_set] if offsets else 0))
-    body.extend(sets)
-    data = b"".join(body)
-    names = b"".join(pad_name(to_bytes(m)) for m in members)
-    head = encode_header(service_type, to_bytes(group), len(members), ENDIAN_MARKER, len(data))
-    return head + names + data
+    if sets and not 0 <= local_vs_set < len(sets):
+        raise ValueError(f"local_vs_set {local_vs_set} is not one of {len(sets)} vs-sets")
+    data = b"".join(
+        (_gid_bytes(group_id), _U32_LE.pack(len(sets)), _U32_LE.pack(local_offset), *sets)
+    )
+    names = b"".join(map(pad_name, members))
+    head = encode_header(service_type, group, len(members), ENDIAN_MARKER, len(data))
+    return b"".join((head, names, data))
 
 
 def encode_transition(group: str | bytes, group_id: GroupId) -> bytes:
     """A daemon -> client TRANSITION_MESS: the group's previous id as its body."""
-    data = _GROUP_ID_LE.pack(group_id.daemon_id, group_id.time, group_id.counter)
-    return encode_header(TRANSITION_MESS, to_bytes(group), 0, ENDIAN_MARKER, len(data)) + data
+    data = _gid_bytes(group_id)
+    return encode_header(TRANSITION_MESS, group, 0, ENDIAN_MARKER, len(data)) + data
 
 
 def encode_self_leave(group: str | bytes) -> bytes:
     """A daemon -> client self-leave notice: CAUSED_BY_LEAVE alone, no body."""
-    return encode_header(CAUSED_BY_LEAVE, to_bytes(group), 0, ENDIAN_MARKER, 0)
+    return encode_header(CAUSED_BY_LEAVE, group, 0, ENDIAN_MARKER, 0)
+
+
+def encode_reject_message(
+    old_type: int,
+    sender: str | bytes,
+    groups: Sequence[str | bytes],
+    data: bytes = b"",
+    hint: bytes = _LE_MARK_BYTES,
+) -> bytes:
+    """A daemon -> client REJECT_MESS returning a message to its sender (section 5.7).
+
+    The type is REJECT_MESS (plus SELF_DISCARD if the original had it); ``old_type``
+    follows the header; ``hint`` is the original's raw hint bytes.
+    """
+    stype = REJECT_MESS | (old_type & SELF_DISCARD)
+    head = _HEADER_LE.pack(stype | ENDIAN_MARKER, pad_name(sender), len(groups), 0, len(data))
+    return b"".join(
+        (
+            head[:40],
+            hint,
+            head[44:],
+            _U32_LE.pack((old_type | ENDIAN_MARKER) & 0xFFFFFFFF),
+            *map(pad_name, groups),
+            data,
+        )
+    )
+
+
+def _hint_bytes(mess_type: int, big_endian: bool) -> bytes:
+    if big_endian:
+        return _U32_BE.pack((mess_type << 8) & 0x00FFFF00)
+    return _U32_LE.pack(encode_hint(mess_type))
+
+
+def encode_client_frame(frame: ClientFrame, *, client_version: Sequence[int] = LIBRARY_VERSION) -> bytes:
+    """The bytes a daemon sends for ``frame`` (the inverse of :class:`ClientDecoder`).
+
+    ``client_version`` shapes the accept record. A regular message's hint is written
+    big-endian when ``endian_mismatch`` is set, as a big-endian sender's would be.
+    """
+    if isinstance(frame, RegularMessage):
+        blob = b"".join(map(pad_name, frame.groups))
+        hint = _hint_bytes(frame.mess_type, frame.endian_mismatch)
+        return encode_relay(
+            frame.service_type, to_bytes(frame.sender), blob, len(frame.groups), hint, frame.data
+        )
+    if isinstance(frame, MembershipMessage):
+        if frame.is_transition:
+            if frame.group_id is None:
+                return encode_header(TRANSITION_MESS, frame.group, 0, ENDIAN_MARKER, 0)
+            return encode_transition(frame.group, frame.group_id)
+        if frame.is_self_leave:
+            return encode_self_leave(frame.group)
+        if frame.group_id is None:
+            raise ValueError("a regular membership notice needs a group id")
+        return encode_membership(
+            frame.service_type,
+            frame.group,
+            frame.members,
+            frame.group_id,
+            frame.vs_sets,
+            frame.local_vs_set,
+        )
+    if isinstance(frame, RejectMessage):
+        hint = _hint_bytes(frame.mess_type, False)
+        return encode_reject_message(frame.old_type, frame.sender, frame.groups, frame.data, hint)
+    if isinstance(frame, AuthList):
+        return encode_auth_list(frame.methods)
+    if isinstance(frame, Accepted):
+        return encode_accept(
+            frame.private_group, client_version=client_version, daemon_version=frame.daemon_version
+        )
+    if isinstance(frame, HandshakeRejected):
+        return encode_reject(frame.code)
+    raise TypeError(f"not a client frame: {frame!r}")
+
+
+def encode_daemon_frame(frame: DaemonFrame, *, sender: str | bytes = b"") -> bytes:
+    """The bytes a client sends for ``frame`` (the inverse of :class:`DaemonDecoder`).
+
+    ``sender`` is the session's private group, which message frames do not all carry.
+    """
+    if isinstance(frame, Multicast):
+        head = _HEADER_LE.pack(
+            frame.service_type | ENDIAN_MARKER,
+            pad_name(frame.sender),
+            len(frame.groups),
+            0,
+            len(frame.data),
+        )
+        names = b"".join(map(pad_name, frame.groups))
+        return b"".join((head[:40], frame.hint, head[44:], names, frame.data))
+    if isinstance(frame, Join):
+        return _encode_control(JOIN_MESS, sender, to_bytes(frame.group))
+    if isinstance(frame, Leave):
+        return _encode_control(LEAVE_MESS, sender, to_bytes(frame.group))
+    if isinstance(frame, Kill):
+        return encode_kill(sender)
+    if isinstance(frame, ConnectRequest):
+        raw = to_bytes(frame.name)
+        return bytes(frame.version) + bytes((frame.flags & 0xFF, len(raw))) + raw
+    if isinstance(frame, AuthChoice):
+        return encode_auth_choice(frame.methods)
+    raise TypeError(f"not a daemon frame: {frame!r}")
 
 
 # --------------------------------------------------------------------------- decoders
 
 
-class _FrameBuffer:
-    """Accumulates chunks until ``need`` bytes are there; copies each frame once."""
-
-    __slots__ = ("_buf", "_need", "offset")
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._need = 0
-        #: stream offset of the first byte not yet consumed
-        self.offset = 0
-
-    def take(self, data: bytes) -> bytes | None:
-        """Append ``data``; return the pending bytes once ``need`` are there."""
-        if self._buf:
-            self._buf += data
-            if len(self._buf) < self._need:
-                return None
-            joined = bytes(self._buf)
-            self._buf.clear()
-            return joined
-        if len(data) < self._need:
-            self._buf += data
-            return None
-        return data
-
-    def keep(self, rest: memoryview | bytes, need: int) -> None:
-        """Keep the unconsumed ``rest`` and wait for ``need`` bytes in all."""
-        self._buf += rest
-        self._need = need
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
+class _Build(Protocol):
+    def __call__(
+        self,
+        hbuf: bytes,
+        hpos: int,
+        little: bool,
+        stype: int,
+        sender: bytes,
+        num_groups: int,
+        data_len: int,
+        gbuf: bytes,
+        goff: int,
+        payload: bytes,
+    ) -> Any: ...
 
 
-_HeaderCheck = Callable[[int, bytes, int, int, int, int, int], None]
+class _Check(Protocol):
+    def __call__(
+        self, stype: int, sender: bytes, num_groups: int, hint: int, data_len: int, total: int
+    ) -> None: ...
+
+
+def _join(parts: list[Any]) -> bytes:
+    if not parts:
+        return b""
+    if len(parts) == 1 and type(parts[0]) is bytes:
+        return parts[0]  # type: ignore[no-any-return]
+    return b"".join(parts)
 
 
 class _MessageStream:
-    """Shared header parsing of the message phase of both directions."""
+    """Splits the message phase of a stream into messages and builds their frames.
 
-    def __init__(self, max_frame: int, check: _HeaderCheck | None = None) -> None:
-        self._frames = _FrameBuffer()
-        self._max_frame = max_frame
-        self._check = check or self._check_size
+    A message is a 48-byte header, then ``prefix`` (the 4-byte old_type of a REJECT_MESS
+    in the daemon -> client direction, then 32 bytes per group), then ``data``. Whole
+    messages inside one chunk are built straight from it. A message cut by a chunk
+    boundary is collected as references to the chunks' bytes (tiny pieces are staged in
+    a buffer instead) and joined once complete, so each byte is copied once into its
+    frame and at most once more into a staging buffer: linear in the stream's length
+    whatever the chunk sizes.
+    """
 
-    def _messages(self, data: bytes, handle) -> list:  # type: ignore[no-untyped-def]
-        """Split ``data`` into whole messages and hand each to ``handle``."""
-        chunk = self._frames.take(data)
-        if chunk is None:
-            return []
-        out: list = []
-        view = memoryview(chunk)
-        n = len(chunk)
-        pos = 0
-        base = self._frames.offset
+    __slots__ = (
+        "_build",
+        "_check",
+        "_data",
+        "_dneed",
+        "_failed",
+        "_head",
+        "_hdr",
+        "_old_type_field",
+        "_pneed",
+        "_prefix",
+        "offset",
+        "staged",
+    )
+
+    def __init__(self, build: _Build, check: _Check, *, old_type_field: bool) -> None:
+        self._build = build
+        self._check = check
+        # Only the daemon writes the REJECT_MESS old_type field; a client's header with
+        # that bit is just a header (the daemon reads no extra bytes for it).
+        self._old_type_field = old_type_field
+        self._head = bytearray()
+        self._hdr: tuple[Any, ...] | None = None
+        self._prefix: list[Any] = []
+        self._data: list[Any] = []
+        self._pneed = 0
+        self._dneed = 0
+        self._failed: WireError | None = None
+        #: Stream offset of the first byte of the message being decoded.
+        self.offset = 0
+        #: Bytes copied into staging buffers so far (not counting the frames' own copy).
+        self.staged = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received that belong to a message not yet complete."""
+        if self._hdr is None:
+            return len(self._head)
+        return self._hdr[-1] - self._pneed - self._dneed  # type: ignore[no-any-return]
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Decode ``data``; return the frames it completed."""
+        if self._failed is not None:
+            raise WireError("the stream already failed to decode", self._failed.offset)
+        out: list[Any] = []
         try:
-            while n - pos >= HEADER_SIZE:
-                little = _is_little_endian(chunk[pos], chunk[pos + 3])
-                hdr = _HEADER_LE if little else _HEADER_BE
-                stype, sender, num_groups, hint, data_len = hdr.unpack_from(chunk, pos)
-                if num_groups < 0 or data_len < 0:
-                    raise WireError(
-                        f"negative count in header (groups={num_groups}, data_len={data_len})",
-                        base + pos,
-                    )
-                extra = 4 if stype & REJECT_MESS else 0
-                total = HEADER_SIZE + extra + GROUP_FIELD * num_groups + data_len
-                self._check(stype, sender, num_groups, hint, data_len, total, base + pos)
-                if n - pos < total:
-                    break
-                out.append(handle(chunk, view, pos, little, stype, sender, num_groups, hint, data_len, extra))
-                pos += total
-        except WireError:
-            self._frames.offset = base + pos
+            self._feed(data, out)
+        except WireError as err:
+            err.frames = out
+            self._failed = err
             raise
-        need = HEADER_SIZE if n - pos < HEADER_SIZE else total
-        self._frames.offset = base + pos
-        if pos < n:
-            self._frames.keep(view[pos:], need)
-        else:
-            self._frames.keep(b"", HEADER_SIZE)
         return out
 
-    def _check_size(
-        self, stype: int, sender: bytes, num_groups: int, hint: int, data_len: int, total: int, offset: int
-    ) -> None:
-        if total > self._max_frame:
+    def _parse(self, hbuf: bytes, hpos: int) -> tuple[Any, ...]:
+        """Parse and check the header at ``hbuf[hpos:]``; return its fields."""
+        little = bool(hbuf[hpos] & 0x80 and hbuf[hpos + 3] & 0x80)
+        stype, sender, num_groups, hint, data_len = (
+            _HEADER_LE if little else _HEADER_BE
+        ).unpack_from(hbuf, hpos)
+        extra = 4 if self._old_type_field and stype & REJECT_MESS else 0
+        total = HEADER_SIZE + extra + GROUP_FIELD * num_groups + data_len
+        self._check(stype, sender, num_groups, hint, data_len, total)
+        if num_groups < 0 or data_len < 0:
             raise WireError(
-                f"frame of {total} bytes exceeds the limit of {self._max_frame}", offset
+                f"negative count in header (groups={num_groups}, data_len={data_len})",
+                self.offset,
             )
+        return (little, stype, sender, num_groups, data_len, extra, total)
 
+    def _feed(self, data: bytes, out: list[Any]) -> None:
+        if type(data) is not bytes:
+            data = bytes(data)  # we keep references: never to a buffer the caller may reuse
+        n = len(data)
+        pos = 0
+        if self._hdr is not None:
+            pos = self._fill(data, 0, out)
+            if self._hdr is not None:
+                return
+        elif self._head:
+            need = HEADER_SIZE - len(self._head)
+            if n < need:
+                self._head += data
+                self.staged += n
+                return
+            self._head += memoryview(data)[:need]
+            self.staged += need
+            pos = need
+            hbuf = bytes(self._head)
+            self._head.clear()
+            self._start(hbuf, self._parse(hbuf, 0), out)
+            if self._hdr is not None:
+                pos = self._fill(data, pos, out)
+                if self._hdr is not None:
+                    return
+        build = self._build
+        parse = self._parse
+        while n - pos >= HEADER_SIZE:
+            fields = parse(data, pos)
+            little, stype, sender, num_groups, data_len, extra, total = fields
+            if n - pos < total:
+                self._start(data[pos : pos + HEADER_SIZE], fields, out)
+                self._fill(data, pos + HEADER_SIZE, out)
+                return
+            goff = pos + HEADER_SIZE
+            doff = goff + extra + GROUP_FIELD * num_groups
+            out.append(
+                build(
+                    data,
+                    pos,
+                    little,
+                    stype,
+                    sender,
+                    num_groups,
+                    data_len,
+                    data,
+                    goff,
+                    data[doff : doff + data_len],
+                )
+            )
+            pos += total
+            self.offset += total
+        if pos < n:
+            self._head += memoryview(data)[pos:]
+            self.staged += n - pos
 
-def _groups(chunk: bytes, start: int, count: int) -> tuple[str, ...]:
-    out = []
-    for i in range(start, start + GROUP_FIELD * count, GROUP_FIELD):
-        end = chunk.find(b"\0", i, i + GROUP_FIELD)
-        out.append(chunk[i : (i + GROUP_FIELD if end < 0 else end)].decode("latin-1"))
-    return tuple(out)
+    def _start(self, hbuf: bytes, fields: tuple[Any, ...], out: list[Any]) -> None:
+        """Begin collecting the body of the message whose header is ``hbuf``."""
+        _little, _stype, _sender, num_groups, data_len, extra, total = fields
+        self._hdr = (hbuf, *fields)
+        self._pneed = extra + GROUP_FIELD * num_groups
+        self._dneed = data_len
+        if total == HEADER_SIZE:
+            self._finish(out)
+
+    def _add(self, parts: list[Any], data: bytes, pos: int, take: int) -> None:
+        if take >= _SMALL_PIECE:
+            parts.append(data if take == len(data) else memoryview(data)[pos : pos + take])
+            return
+        piece = memoryview(data)[pos : pos + take]
+        if parts and type(parts[-1]) is bytearray:
+            parts[-1] += piece
+        else:
+            parts.append(bytearray(piece))
+        self.staged += take
+
+    def _fill(self, data: bytes, pos: int, out: list[Any]) -> int:
+        """Add ``data[pos:]`` to the message being collected; return the new position."""
+        n = len(data)
+        if self._pneed:
+            take = min(self._pneed, n - pos)
+            if take:
+                self._add(self._prefix, data, pos, take)
+                self._pneed -= take
+                pos += take
+            if self._pneed:
+                return pos
+        if self._dneed:
+            take = min(self._dneed, n - pos)
+            if take:
+                self._add(self._data, data, pos, take)
+                self._dneed -= take
+                pos += take
+            if self._dneed:
+                return pos
+        self._finish(out)
+        return pos
+
+    def _finish(self, out: list[Any]) -> None:
+        assert self._hdr is not None
+        hbuf, little, stype, sender, num_groups, data_len, _extra, total = self._hdr
+        prefix = _join(self._prefix)
+        payload = _join(self._data)
+        self._prefix = []
+        self._data = []
+        self._hdr = None
+        out.append(
+            self._build(hbuf, 0, little, stype, sender, num_groups, data_len, prefix, 0, payload)
+        )
+        self.offset += total
 
 
 class ClientDecoder:
     """Decodes the daemon -> client stream of one connection.
 
     ``version`` is the library version the client announced: it decides whether an
-    auth list comes and whether the accept record carries a patch version.
+    auth list comes and whether the accept record carries a patch version. Frames
+    larger than ``max_frame`` bytes raise :class:`WireError` as soon as their header is
+    seen, before anything is buffered for them.
     """
 
     def __init__(
@@ -741,38 +1132,60 @@ class ClientDecoder:
         self._state = "auth" if self._version >= 31600 else "accept"
         self._hs = bytearray()
         self._offset = 0
-        self._messages = _MessageStream(max_frame)
+        self._max_frame = max_frame
+        self._failed: WireError | None = None
+        self._messages = _MessageStream(self._message, self._check, old_type_field=True)
 
     @property
     def established(self) -> bool:
         """True once the accept record has been decoded."""
         return self._state == "messages"
 
-    def feed(self, data: bytes) -> list[ClientFrame]:
-        """Decode ``data`` (any chunk of the stream); return the frames it completed."""
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a unit that is not complete yet."""
         if self._state == "messages":
-            return self._messages._messages(data, self._message)
+            return self._messages.buffered
+        return len(self._hs)
+
+    def feed(self, data: bytes) -> list[ClientFrame]:
+        """Decode ``data`` (any chunk of the stream); return the frames it completed.
+
+        Raises :class:`WireError` when the stream breaks the protocol; its ``frames``
+        are the frames decoded from ``data`` before the bad unit. After a
+        :class:`HandshakeRejected` the daemon closes: later bytes are ignored.
+        """
+        if self._state == "messages":
+            return self._messages.feed(data)  # type: ignore[no-any-return]
+        if self._failed is not None:
+            raise WireError("the stream already failed to decode", self._failed.offset)
         if self._state == "closed":
             return []
-        self._hs += data
         out: list[ClientFrame] = []
-        while self._state in ("auth", "accept") and self._hs:
-            frame, used = self._handshake_unit(bytes(self._hs))
-            if frame is None:
-                return out
-            out.append(frame)
-            self._offset += used
-            del self._hs[:used]
-        if self._state == "messages" and self._hs:
-            rest = bytes(self._hs)
-            self._hs.clear()
-            self._messages._frames.offset = self._offset
-            out.extend(self._messages._messages(rest, self._message))
+        try:
+            self._hs += data
+            while self._state in ("auth", "accept") and self._hs:
+                frame, used = self._handshake_unit(self._hs)
+                if frame is None:
+                    return out
+                out.append(frame)
+                self._offset += used
+                del self._hs[:used]
+            if self._state == "messages" and self._hs:
+                rest = bytes(self._hs)
+                self._hs.clear()
+                out.extend(self._messages.feed(rest))
+        except WireError as err:
+            err.frames = out + err.frames
+            self._failed = err
+            raise
         return out
 
-    def _handshake_unit(self, buf: bytes) -> tuple[ClientFrame | None, int]:
+    def _handshake_unit(self, buf: bytearray) -> tuple[ClientFrame | None, int]:
         code = _signed8(buf[0])
         if code < 0:
+            # libspread reads the auth-list length and the accept code as signed chars:
+            # negative is a reject code, and the daemon closes after it (section 5.3).
             self._state = "closed"
             return HandshakeRejected(code), 1
         if self._state == "auth":
@@ -780,97 +1193,145 @@ class ClientDecoder:
                 raise WireError(f"auth list length {code} exceeds {MAX_AUTH_LIST}", self._offset)
             if len(buf) < 1 + code:
                 return None, 0
-            methods = tuple(buf[1 : 1 + code].decode("ascii", "replace").split())
+            methods = tuple(bytes(buf[1 : 1 + code]).decode("ascii", "replace").split())
             self._state = "accept"
             return AuthList(methods), 1 + code
-        # accept record
         if code != RejectCode.ACCEPT_SESSION:
             raise WireError(f"unexpected accept code {code}", self._offset)
         nver = 3 if self._version >= 31500 else 2
         if len(buf) < 2 + nver:
             return None, 0
         glen = buf[1 + nver]
+        version = tuple(buf[1 : 1 + nver])
+        if glen > MAX_GROUP_NAME or any(v > 127 for v in version):
+            # libspread refuses these (CONNECTION_CLOSED): not a daemon's accept record.
+            raise WireError(
+                f"accept record with version {version} and a {glen}-byte private group",
+                self._offset,
+            )
         if len(buf) < 2 + nver + glen:
             return None, 0
-        version = tuple(buf[1 : 1 + nver])
-        group = buf[2 + nver : 2 + nver + glen].decode("latin-1")
+        group = bytes(buf[2 + nver : 2 + nver + glen]).decode("latin-1")
         self._state = "messages"
+        self._messages.offset = self._offset + 2 + nver + glen
         return Accepted(version, group), 2 + nver + glen
 
-    def _message(  # type: ignore[no-untyped-def]
-        self, chunk, view, pos, little, stype, sender, num_groups, hint, data_len, extra
+    def _check(
+        self, stype: int, sender: bytes, num_groups: int, hint: int, data_len: int, total: int
+    ) -> None:
+        if total > self._max_frame:
+            raise WireError(
+                f"frame of {total} bytes exceeds the limit of {self._max_frame}",
+                self._messages.offset,
+            )
+
+    def _message(
+        self,
+        hbuf: bytes,
+        hpos: int,
+        little: bool,
+        stype: int,
+        sender: bytes,
+        num_groups: int,
+        data_len: int,
+        gbuf: bytes,
+        goff: int,
+        payload: bytes,
     ) -> ClientFrame:
-        goff = pos + HEADER_SIZE + extra
-        doff = goff + GROUP_FIELD * num_groups
-        sender_name = _field_name(sender).decode("latin-1")
+        # The order of the tests is libspread's: REJECT_MESS first, then any service
+        # bit makes a regular message, then the membership bits.
         if stype & REJECT_MESS:
-            u32 = _U32_LE if little else _U32_BE
-            (old_type,) = u32.unpack_from(chunk, pos + HEADER_SIZE)
-            hint_le = _is_little_endian(chunk[pos + 40], chunk[pos + 43])
-            mt = self._mess_type(chunk, pos, hint_le)
+            (old_type,) = (_U32_LE if little else _U32_BE).unpack_from(gbuf, goff)
+            mess_type, _ = _hint_mess_type(hbuf, hpos + 40)
             return RejectMessage(
                 stype & ~ENDIAN_MARKER,
                 old_type & ~ENDIAN_MARKER,
-                sender_name,
-                _groups(chunk, goff, num_groups),
-                mt,
-                bytes(view[doff : doff + data_len]),
+                _name(sender),
+                _groups(gbuf, goff + 4, num_groups),
+                mess_type,
+                payload,
             )
         stype &= ~ENDIAN_MARKER
-        if stype & REGULAR_MESS and not stype & MEMBERSHIP_MESS:
-            hint_le = _is_little_endian(chunk[pos + 40], chunk[pos + 43])
+        if stype & REGULAR_MESS:
+            mess_type, hint_le = _hint_mess_type(hbuf, hpos + 40)
             return RegularMessage(
                 stype,
-                sender_name,
-                _groups(chunk, goff, num_groups),
-                self._mess_type(chunk, pos, hint_le),
-                bytes(view[doff : doff + data_len]),
+                _name(sender),
+                _groups(gbuf, goff, num_groups),
+                mess_type,
+                payload,
                 not hint_le,
             )
         if stype & MEMBERSHIP_MESS:
-            return self._membership(chunk, pos, little, stype, sender_name, goff, num_groups, doff, data_len)
-        raise WireError(f"daemon sent a message of unknown type 0x{stype:08x}", self._messages._frames.offset + pos)
+            return self._membership(little, stype, _name(sender), gbuf, goff, num_groups, payload)
+        raise WireError(
+            f"daemon sent a message of unknown type 0x{stype:08x}", self._messages.offset
+        )
 
-    @staticmethod
-    def _mess_type(chunk: bytes, pos: int, hint_le: bool) -> int:
-        u32 = _U32_LE if hint_le else _U32_BE
-        (hint,) = u32.unpack_from(chunk, pos + 40)
-        return _signed16((hint >> 8) & 0xFFFF)
-
-    def _membership(  # type: ignore[no-untyped-def]
-        self, chunk, pos, little, stype, group, goff, num_groups, doff, data_len
+    def _membership(
+        self,
+        little: bool,
+        stype: int,
+        group: str,
+        gbuf: bytes,
+        goff: int,
+        num_groups: int,
+        body: bytes,
     ) -> MembershipMessage:
-        offset = self._messages._frames.offset + pos
+        offset = self._messages.offset
+        if stype & REG_MEMB_MESS:
+            return self._regular_membership(little, stype, group, gbuf, goff, num_groups, body)
         if stype & TRANSITION_MESS:
             gid = None
-            if data_len >= 12:
-                gid = GroupId(*(_GROUP_ID_LE if little else _GROUP_ID_BE).unpack_from(chunk, doff))
+            if len(body) >= 12:
+                gid = GroupId(*(_GROUP_ID_LE if little else _GROUP_ID_BE).unpack_from(body))
             return MembershipMessage(stype, group, 0, gid, is_transition=True)
-        if not stype & REG_MEMB_MESS:
+        if stype & MEMBERSHIP_MESS == CAUSED_BY_LEAVE:
             # CAUSED_BY_LEAVE alone: the notice to the member that left (section 5.7).
-            return MembershipMessage(stype, group, stype & CAUSE_MASK, None, is_self_leave=True)
-        members = _groups(chunk, goff, num_groups)
-        if data_len < 20:
-            raise WireError(f"membership body of {data_len} bytes is shorter than 20", offset)
-        head = _MEMB_HEAD_LE if little else _MEMB_HEAD_BE
-        d0, d1, d2, nsets, local_off = head.unpack_from(chunk, doff)
+            return MembershipMessage(stype, group, CAUSED_BY_LEAVE, None, is_self_leave=True)
+        raise WireError(f"membership notice of unknown type 0x{stype:08x}", offset)
+
+    def _regular_membership(
+        self,
+        little: bool,
+        stype: int,
+        group: str,
+        gbuf: bytes,
+        goff: int,
+        num_groups: int,
+        body: bytes,
+    ) -> MembershipMessage:
+        offset = self._messages.offset
+        if len(body) < 20:
+            raise WireError(f"membership body of {len(body)} bytes is shorter than 20", offset)
+        d0, d1, d2, nsets, local_off = (_MEMB_HEAD_LE if little else _MEMB_HEAD_BE).unpack_from(
+            body
+        )
         u32 = _U32_LE if little else _U32_BE
         sets: list[tuple[str, ...]] = []
-        local = 0
-        cur = doff + 20
-        end = doff + data_len
+        local = -1
+        cur = 20
+        end = len(body)
+        # Each set takes at least 4 bytes, so a forged count cannot loop past the body.
         for _ in range(nsets):
             if cur + 4 > end:
                 raise WireError("membership body: vs-set count runs past the data", offset)
-            if cur - doff - 20 == local_off:
+            if cur - 20 == local_off:
                 local = len(sets)
-            (count,) = u32.unpack_from(chunk, cur)
+            (count,) = u32.unpack_from(body, cur)
             if cur + 4 + GROUP_FIELD * count > end:
                 raise WireError(
                     f"membership body: vs-set of {count} members runs past the data", offset
                 )
-            sets.append(_groups(chunk, cur + 4, count))
+            sets.append(_groups(body, cur + 4, count))
             cur += 4 + GROUP_FIELD * count
+        if local < 0:
+            if nsets or local_off:
+                raise WireError(
+                    f"membership body: local vs-set offset {local_off} is not a set's start",
+                    offset,
+                )
+            local = 0
         cause = stype & CAUSE_MASK
         changed = None
         if cause & (CAUSED_BY_JOIN | CAUSED_BY_LEAVE | CAUSED_BY_DISCONNECT) and sets and sets[0]:
@@ -880,7 +1341,7 @@ class ClientDecoder:
             group,
             cause,
             GroupId(d0, d1, d2),
-            members,
+            _groups(gbuf, goff, num_groups),
             tuple(sets),
             local,
             changed,
@@ -891,45 +1352,80 @@ class DaemonDecoder:
     """Decodes the client -> daemon stream of one connection, as the real daemon does.
 
     The handshake follows the real daemon's one-read rules (section 5.3): pass each
-    socket read to :meth:`feed` as it came. The connect record must be complete in the
-    first read (else :class:`HandshakeError` with ``reject_code=None``: close silently);
-    the name is read with one read of up to 10 bytes, so bytes pipelined after a name
-    shorter than 10 make it illegal; the 90-byte auth choice must come in one read.
+    socket read to :meth:`feed` as it came. The first read must hold the whole connect
+    record (otherwise :class:`HandshakeError` with ``reject_code=None``: the daemon
+    closes silently); the name is read with one read of up to 10 bytes, so bytes
+    pipelined after a name shorter than 10 make it illegal; the 90-byte auth choice
+    must come in one read and name only methods of ``auth_methods`` (None: any).
+    Handshake refusals raise :class:`HandshakeError` with the code the daemon answers.
+
     After :meth:`accepted`, messages are validated by the daemon's header rules
     (section 5.6): any violation raises :class:`WireError`, and the daemon drops the
-    session. Messages the real daemon would accept but then abort on (the upstream size
-    bug) are refused here too.
+    session. With ``strict_size`` (the default) messages the real daemon would accept
+    but then abort on (the upstream size bug, section 5.10) are refused too.
     """
 
-    def __init__(self, *, strict_size: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        strict_size: bool = True,
+        auth_methods: Sequence[str] | None = DEFAULT_AUTH_METHODS,
+    ) -> None:
         self._state = "connect"
         self._request: ConnectRequest | None = None
         self._pending = b""
         self._sender = b""
+        self._sender_str = ""
+        self._sender_field = b""
         self._offset = 0
         self._strict_size = strict_size
-        self._messages = _MessageStream(HEADER_SIZE + LIBRARY_LIMIT, self._check_header)
+        self._auth_methods = None if auth_methods is None else frozenset(auth_methods)
+        self._failed: WireError | None = None
+        self._messages = _MessageStream(self._message, self._check_header, old_type_field=False)
 
     @property
     def request(self) -> ConnectRequest | None:
         """The connect record, once decoded."""
         return self._request
 
-    def feed(self, data: bytes) -> list[DaemonFrame]:
-        """Decode one read's worth of client bytes; return the frames it completed."""
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a unit that is not complete yet (or not yet wanted)."""
         if self._state == "messages":
-            return self._messages._messages(data, self._message)
-        if self._state == "connect":
-            req, rest = self._connect(data)
-            self._request = req
-            self._state = "wait-accept"
-            self._pending = rest
-            return [req]
-        if self._state == "auth":
-            return self._auth(self._pending + data)
-        # waiting for the daemon to decide (accepted() / expect_auth()): keep bytes
-        self._pending += data
-        return []
+            return self._messages.buffered
+        return len(self._pending)
+
+    def feed(self, data: bytes) -> list[DaemonFrame]:
+        """Decode one read's worth of client bytes; return the frames it completed.
+
+        Raises :class:`HandshakeError` or :class:`WireError` where the real daemon
+        refuses the session; the exception's ``frames`` are those decoded from ``data``
+        before the bad unit.
+        """
+        if self._state == "messages":
+            return self._messages.feed(data)  # type: ignore[no-any-return]
+        if self._failed is not None:
+            raise WireError("the stream already failed to decode", self._failed.offset)
+        try:
+            if self._state == "connect":
+                req, rest = self._connect(bytes(data))
+                self._request = req
+                self._state = "wait-accept"
+                self._pending = rest
+                return [req]
+            if self._state == "auth":
+                return self._auth(self._pending + data)
+            # The daemon has not decided yet (expect_auth() / accepted()): the bytes stay
+            # in its socket buffer, so keep them - within what one message may take.
+            self._pending += data
+            if len(self._pending) > HEADER_SIZE + LIBRARY_LIMIT:
+                raise WireError(
+                    "client sent too much before its session was accepted", self._offset
+                )
+            return []
+        except WireError as err:
+            self._failed = err
+            raise
 
     def expect_auth(self) -> list[DaemonFrame]:
         """The daemon sent its auth list: the next read is the auth choice.
@@ -939,32 +1435,43 @@ class DaemonDecoder:
         self._state = "auth"
         if self._pending:
             pending, self._pending = self._pending, b""
-            return self._auth(pending)
+            try:
+                return self._auth(pending)
+            except WireError as err:
+                self._failed = err
+                raise
         return []
 
     def accepted(self, private_group: str | bytes) -> list[DaemonFrame]:
         """The session is accepted as ``private_group``; return frames already pipelined."""
         self._sender = to_bytes(private_group)
+        self._sender_str = self._sender.decode("latin-1")
+        self._sender_field = pad_name(self._sender)
         self._state = "messages"
-        self._messages._frames.offset = self._offset
+        self._messages.offset = self._offset
         pending, self._pending = self._pending, b""
-        return self._messages._messages(pending, self._message) if pending else []
+        return self._messages.feed(pending) if pending else []  # type: ignore[no-any-return]
 
     def _connect(self, data: bytes) -> tuple[ConnectRequest, bytes]:
+        # Mirrors the daemon's one pass of non-blocking reads: a read that finds nothing
+        # closes the connection silently; the version bytes are signed chars.
         if len(data) < 2:
             raise HandshakeError("connect record incomplete in its first read", None, 0)
-        major, minor = data[0], data[1]
-        if major * 10000 + minor * 100 < 30100:
-            raise HandshakeError(
-                f"client version {major}.{minor} is older than 3.1", RejectCode.REJECT_VERSION, 0
-            )
+        major, minor = _signed8(data[0]), _signed8(data[1])
         pos = 2
         patch = 0
-        if major * 10000 + minor * 100 > 31400:
+        has_patch = major * 10000 + minor * 100 > 31400
+        if has_patch:
             if len(data) < 3:
                 raise HandshakeError("connect record incomplete in its first read", None, 2)
-            patch = data[2]
+            patch = _signed8(data[2])
             pos = 3
+        if major * 10000 + minor * 100 + patch < 30100:
+            raise HandshakeError(
+                f"client version {data[0]}.{data[1]} is older than 3.1",
+                RejectCode.REJECT_VERSION,
+                0,
+            )
         if len(data) < pos + 2:
             raise HandshakeError("connect record incomplete in its first read", None, pos)
         flags = data[pos]
@@ -976,17 +1483,18 @@ class DaemonDecoder:
                 RejectCode.REJECT_ILLEGAL_NAME,
                 pos - 1,
             )
-        got = min(MAX_PRIVATE_NAME, len(data) - pos) if name_len else 0
-        if got < name_len:
-            raise HandshakeError("connect record incomplete in its first read", None, pos)
-        if got != name_len:
-            # The daemon reads the name with one read of up to 10 bytes and demands
-            # exactly name_len: pipelined bytes make the name illegal (trace c9).
-            raise HandshakeError(
-                "private name read returned more bytes than announced (pipelined auth?)",
-                RejectCode.REJECT_ILLEGAL_NAME,
-                pos,
-            )
+        if name_len:
+            # One read of up to 10 bytes, which must return exactly name_len: nothing
+            # there closes silently, too few or too many (pipelined bytes) is illegal.
+            got = min(MAX_PRIVATE_NAME, len(data) - pos)
+            if got == 0:
+                raise HandshakeError("connect record incomplete in its first read", None, pos)
+            if got != name_len:
+                raise HandshakeError(
+                    f"private name read returned {got} bytes, not {name_len}",
+                    RejectCode.REJECT_ILLEGAL_NAME,
+                    pos,
+                )
         name = data[pos : pos + name_len]
         if not is_legal_name(name):
             raise HandshakeError(
@@ -996,9 +1504,15 @@ class DaemonDecoder:
             )
         pos += name_len
         self._offset = pos
-        version = (major, minor, patch) if major * 10000 + minor * 100 > 31400 else (major, minor)
-        membership = _signed8(flags) % 2 == 1
-        return ConnectRequest(version, membership, flags >> 4, name.decode("latin-1"), flags), data[pos:]
+        version = (data[0], data[1], data[2]) if has_patch else (data[0], data[1])
+        # The daemon tests `(int)flags % 2 == 1` and stores `(int)flags / 16` on a signed
+        # char, with C's truncating division: 0x81 means membership off, priority -7.
+        sflags = _signed8(flags)
+        membership = sflags > 0 and sflags % 2 == 1
+        request = ConnectRequest(
+            version, membership, _c_div(sflags, 16), name.decode("latin-1"), flags
+        )
+        return request, data[pos:]
 
     def _auth(self, data: bytes) -> list[DaemonFrame]:
         if len(data) < AUTH_CHOICE_SIZE:
@@ -1007,32 +1521,52 @@ class DaemonDecoder:
                 RejectCode.REJECT_AUTH,
                 self._offset,
             )
-        slots = [data[i : i + AUTH_SLOT] for i in range(0, AUTH_CHOICE_SIZE, AUTH_SLOT)]
-        methods = tuple(_field_name(s).decode("latin-1") for s in slots)
+        # The daemon walks the slots until the first empty one, reading each as a C
+        # string (which could run on into the next slot).
+        methods: list[str] = []
+        for i in range(AUTH_SLOTS):
+            start = i * AUTH_SLOT
+            if data[start] == 0:
+                break
+            end = data.find(b"\0", start, AUTH_CHOICE_SIZE)
+            methods.append(data[start : AUTH_CHOICE_SIZE if end < 0 else end].decode("latin-1"))
+        if self._auth_methods is not None:
+            refused = [m for m in methods if m not in self._auth_methods]
+            if refused or not methods:
+                raise HandshakeError(
+                    f"auth methods {methods!r} not allowed (allowed: {sorted(self._auth_methods)})",
+                    RejectCode.REJECT_AUTH,
+                    self._offset,
+                )
         self._offset += AUTH_CHOICE_SIZE
         self._pending = data[AUTH_CHOICE_SIZE:]
         self._state = "wait-accept"
-        return [AuthChoice(methods)]
+        return [AuthChoice(tuple(methods))]
 
     def _check_header(
-        self, stype: int, sender: bytes, num_groups: int, hint: int, data_len: int, total: int, offset: int
+        self, stype: int, sender: bytes, num_groups: int, hint: int, data_len: int, total: int
     ) -> None:
+        offset = self._messages.offset
         kinds = stype & (REGULAR_MESS | CONTROL_MESS)
         if kinds == 0 or kinds & (kinds - 1):
             raise WireError(
                 f"type 0x{stype:08x} must have exactly one service or control bit", offset
             )
-        name = _field_name(sender[:31])
-        if name != self._sender:
+        # The daemon forces byte 31 to NUL and compares the name up to the first NUL.
+        if sender != self._sender_field and _field_name(sender[:31]) != self._sender:
             raise WireError(
-                f"sender {name!r} is not this session's private group {self._sender!r}", offset
+                f"sender {_field_name(sender[:31])!r} is not this session's private group "
+                f"{self._sender!r}",
+                offset,
             )
-        if num_groups > MAX_GROUPS:
-            raise WireError(f"{num_groups} groups; at most {MAX_GROUPS}", offset)
-        # hint is in the writer's order, like the rest of the header it came with.
+        if not 0 <= num_groups <= MAX_GROUPS:
+            raise WireError(f"{num_groups} groups; 0..{MAX_GROUPS} allowed", offset)
+        # 0x80ffff80 reads the same in both byte orders, so the hint's order is moot.
         if hint & ~_HINT_ALLOWED:
             raise WireError(f"hint 0x{hint:08x} has bits outside 0x80ffff80", offset)
-        if data_len > LIBRARY_LIMIT or data_len + GROUP_FIELD * num_groups > DAEMON_CHECK_LIMIT:
+        if not 0 <= data_len <= LIBRARY_LIMIT or data_len + GROUP_FIELD * num_groups > (
+            DAEMON_CHECK_LIMIT
+        ):
             raise WireError(
                 f"message of {data_len} bytes to {num_groups} groups exceeds the daemon limit",
                 offset,
@@ -1044,22 +1578,32 @@ class DaemonDecoder:
                 offset,
             )
 
-    def _message(  # type: ignore[no-untyped-def]
-        self, chunk, view, pos, little, stype, sender, num_groups, hint, data_len, extra
+    def _message(
+        self,
+        hbuf: bytes,
+        hpos: int,
+        little: bool,
+        stype: int,
+        sender: bytes,
+        num_groups: int,
+        data_len: int,
+        gbuf: bytes,
+        goff: int,
+        payload: bytes,
     ) -> DaemonFrame:
-        goff = pos + HEADER_SIZE
         stype &= ~ENDIAN_MARKER
         if stype & CONTROL_MESS:
             if stype & KILL_MESS:
-                return Kill()
-            first = _groups(chunk, goff, 1)[0] if num_groups else ""
-            return Join(first) if stype & JOIN_MESS else Leave(first)
-        doff = goff + GROUP_FIELD * num_groups
+                return _KILL
+            # Only the first group of a join or leave is used (section 5.6).
+            group = _name(gbuf[goff : goff + GROUP_FIELD]) if num_groups else ""
+            return Join(group) if stype & JOIN_MESS else Leave(group)
+        mess_type, _ = _hint_mess_type(hbuf, hpos + 40)
         return Multicast(
             stype,
-            self._sender.decode("latin-1"),
-            _groups(chunk, goff, num_groups),
-            _signed16((hint >> 8) & 0xFFFF),
-            bytes(view[doff : doff + data_len]),
-            bytes(view[pos + 40 : pos + 44]),
+            self._sender_str,
+            _groups(gbuf, goff, num_groups),
+            mess_type,
+            payload,
+            bytes(hbuf[hpos + 40 : hpos + 44]),
         )
