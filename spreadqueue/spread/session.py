@@ -253,15 +253,18 @@ class SpreadSession:
                 return ops[-1].wait()
         elif (key in self._joined) == (kind == _JOIN):
             return succeed(None)
-        if kind == _JOIN:
-            self._link.send_join(raw)
-        else:
-            self._link.send_leave(raw)
+        # Register what we wait for before sending: a link that answers synchronously
+        # (an in-process daemon) must find the op already queued.
         op = _GroupOp(kind)
         if ops is None:
             ops = self._ops[key] = deque()
         ops.append(op)
-        return op.wait()
+        waiter = op.wait()
+        if kind == _JOIN:
+            self._link.send_join(raw)
+        else:
+            self._link.send_leave(raw)
+        return waiter
 
     def _complete(self, group: str, kind: int) -> list[Deferred[None]]:
         """Pop the in-flight op of ``kind`` at the head of ``group``'s queue."""

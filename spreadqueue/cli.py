@@ -1,0 +1,95 @@
+"""The ``spreadqueue`` and ``sqm`` command lines.
+
+``spreadqueue daemon|manager|worker`` run the twistd plugins in the foreground (exactly
+as ``twist spread-daemon ...`` would); ``demo``, ``rpc`` and ``bench`` are programs of
+their own. ``sqm QUEUE`` is the seed's command: a queue manager.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+USAGE = """\
+usage: spreadqueue COMMAND [options]
+
+commands:
+  demo      run the queue demo on an embedded daemon (nothing to set up)
+  daemon    run the embedded Spread daemon          (= twistd -n spread-daemon)
+  manager   run a queue manager                     (= twistd -n spreadqueue-manager)
+  worker    run a worker with your handlers         (= twistd -n spreadqueue-worker)
+  rpc       call a function on a queue, print the result as JSON
+  bench     measure latency and throughput of the queue
+
+'spreadqueue COMMAND --help' explains each command's options.
+Environment: SPREAD_DAEMON (default 4803@localhost), SPREAD_QUEUE_NAME (default queue).
+"""
+
+_PLUGINS = {
+    "daemon": "spread-daemon",
+    "manager": "spreadqueue-manager",
+    "worker": "spreadqueue-worker",
+}
+
+
+def run_plugin(plugin: str, args: Sequence[str], prog: str) -> int:
+    """Run one of our twistd plugins in the foreground with human-readable logs."""
+    from twisted.application.twist._twist import Twist
+
+    if any(a in ("-h", "--help") for a in args):
+        # Show the plugin's own options, not twist's generic ones.
+        from twisted.application.service import IServiceMaker
+        from twisted.plugin import getPlugins
+
+        for maker in getPlugins(IServiceMaker):
+            if maker.tapname == plugin:
+                options = maker.options()
+                options.synopsis = f"Usage: {prog} [options]"
+                print(str(options).rstrip())
+                return 0
+    argv = [prog, "--log-format=text", plugin, *args]
+    try:
+        Twist.main(argv)
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 1
+        return int(e.code or 0)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``spreadqueue``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command in _PLUGINS:
+        return run_plugin(_PLUGINS[command], rest, f"spreadqueue {command}")
+    if command == "demo":
+        from ._demo import main as demo_main
+
+        return demo_main(rest)
+    if command == "rpc":
+        from .queue._rpc_command import main as rpc_main
+
+        return rpc_main(rest)
+    if command == "bench":
+        from .bench.run import main as bench_main
+
+        return bench_main(rest)
+    print(f"spreadqueue: unknown command {command!r}\n", file=sys.stderr)
+    print(USAGE, end="", file=sys.stderr)
+    return 2
+
+
+def sqm_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sqm [options] QUEUE``: the seed's queue manager command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # sqm starts an embedded daemon when nothing answers, unless told not to.
+    return run_plugin("spreadqueue-manager", ["--embedded-daemon=auto", *args], "sqm")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""An in-memory Spread network for testing code that uses spreadqueue.
+
+It is the embedded daemon's own core with in-process sessions: the same group
+semantics, membership notices and total order as a real daemon, with no sockets and
+no real time. Drive it with a :class:`twisted.internet.task.Clock`::
+
+    from twisted.internet.task import Clock
+    from spreadqueue.testing import FakeSpreadNetwork
+
+    clock = Clock()
+    network = FakeSpreadNetwork(clock)
+    alice = network.session("alice")
+    d = alice.join("chat")
+    network.flush()            # deliver everything that is due now
+    assert d.called
+
+Sessions are :class:`~spreadqueue.spread.session.SpreadSession` objects, so they
+provide :class:`~spreadqueue.interfaces.ISpreadSession` exactly as the ones
+:func:`spreadqueue.spread.client.connect` returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+
+from .spread.daemon import SpreadDaemonFactory, local_session
+from .spread.session import SpreadSession
+
+__all__ = ["FakeSpreadNetwork"]
+
+
+class FakeSpreadNetwork:
+    """One in-memory Spread daemon named ``name`` on ``clock``."""
+
+    def __init__(self, clock: Clock | None = None, name: str = "localhost") -> None:
+        self.clock = clock if clock is not None else Clock()
+        self.daemon = SpreadDaemonFactory(self.clock, name, time=1)
+        self._sessions: list[SpreadSession] = []
+
+    @property
+    def core(self) -> Any:
+        """The daemon's state (groups, members), for assertions."""
+        return self.daemon.core
+
+    def session(self, name: str = "", *, membership: bool = True) -> SpreadSession:
+        """A new connected session; ``name`` '' lets the daemon invent one."""
+        session = local_session(self.daemon, name, membership=membership)
+        self._sessions.append(session)
+        return session
+
+    def connect(
+        self, name: str | None = None, *, membership: bool = True, **_: Any
+    ) -> Deferred[SpreadSession]:
+        """Like :func:`spreadqueue.spread.client.connect`, without the reactor and endpoint."""
+        try:
+            return succeed(self.session(name or "", membership=membership))
+        except Exception as e:
+            return fail(e)
+
+    def members(self, group: str) -> tuple[str, ...]:
+        """The private groups of ``group``'s members, in Spread's order."""
+        return tuple(self.daemon.core.members(group))
+
+    def crash(self, session: SpreadSession) -> None:
+        """End ``session`` as a killed process would: no goodbye, the others get
+        CAUSED_BY_DISCONNECT notices, the session itself sees its connection lost."""
+        for link in list(self.daemon.local_links):
+            if getattr(link, "session", None) is not None and (
+                link.session.private_group == session.private_group
+            ):
+                link.send_kill()
+
+    def flush(self, max_rounds: int = 10_000) -> None:
+        """Run everything due at the clock's current time, including what that schedules."""
+        for _ in range(max_rounds):
+            now = self.clock.seconds()
+            if not any(c.getTime() <= now for c in self.clock.getDelayedCalls()):
+                return
+            self.clock.advance(0)
+        raise RuntimeError(f"still busy after {max_rounds} rounds: a delivery loop?")
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``, delivering everything on the way."""
+        self.flush()
+        self.clock.advance(seconds)
+        self.flush()

@@ -1,0 +1,136 @@
+"""Real processes for end-to-end tests: start, wait until ready (with a deadline), stop.
+
+Every service of ours takes ``--ready-file PATH`` and writes it once it is ready (the
+daemon: listening, with its port; a manager: active; a worker: registered). Tests wait
+on that file with a deadline instead of sleeping a fixed time.
+
+``SPREADQUEUE_TEST_SPREAD`` names an external Spread daemon (e.g.
+``tcp:host=127.0.0.1:port=4803``): then :func:`spread_daemon` starts none and hands out
+that endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPREAD_ENV = "SPREADQUEUE_TEST_SPREAD"
+#: How long a process may take to become ready on a loaded 2-core machine.
+READY_DEADLINE = 30.0
+
+
+def external_spread() -> str | None:
+    """The external daemon named by SPREADQUEUE_TEST_SPREAD, if any."""
+    return os.environ.get(SPREAD_ENV) or None
+
+
+def skip_if_external(reason: str) -> pytest.MarkDecorator:
+    """Skip a test that only makes sense against our own embedded daemon."""
+    return pytest.mark.skipif(
+        external_spread() is not None,
+        reason=f"{SPREAD_ENV} is set (external daemon): {reason}",
+    )
+
+
+def child_env() -> dict[str, str]:
+    """The environment for child processes: the source tree importable, unbuffered."""
+    env = dict(os.environ)
+    paths = [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Proc:
+    """A child process whose output goes to a log file, with a readiness file."""
+
+    def __init__(self, args: Sequence[str], workdir: Path, label: str) -> None:
+        self.label = label
+        self.ready_file = workdir / f"{label}.ready"
+        self.log_path = workdir / f"{label}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.args = [*args, "--ready-file", str(self.ready_file)]
+        self.popen = subprocess.Popen(
+            self.args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env(),
+            cwd=str(workdir),
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        """What the process printed so far."""
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, deadline: float = READY_DEADLINE) -> str:
+        """Wait for the readiness file; return its content. Fails if the process dies."""
+        end = time.monotonic() + deadline
+        pause = threading.Event()
+        while time.monotonic() < end:
+            if self.ready_file.exists():
+                return self.ready_file.read_text()
+            if self.popen.poll() is not None:
+                raise AssertionError(
+                    f"{self.label} exited with {self.popen.returncode} before it was ready:\n"
+                    + self.log()
+                )
+            pause.wait(0.01)
+        raise AssertionError(f"{self.label} not ready within {deadline} s:\n" + self.log())
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; return the exit status."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        self._log.close()
+        return self.popen.returncode
+
+
+def twist(plugin: str, *args: str) -> list[str]:
+    """The command line that runs one of our twistd plugins in the foreground."""
+    return [sys.executable, "-m", "twisted", "--log-format", "text", plugin, *args]
+
+
+@contextmanager
+def spread_daemon(workdir: Path) -> Iterator[str]:
+    """A Spread daemon endpoint for the duration of the block.
+
+    Uses SPREADQUEUE_TEST_SPREAD when set; otherwise starts ``twist spread-daemon`` on a
+    free loopback port (the daemon picks it: ``tcp:0``) and yields its endpoint.
+    """
+    external = external_spread()
+    if external:
+        yield external
+        return
+    proc = Proc(twist("spread-daemon", "--listen", "tcp:0:interface=127.0.0.1"), workdir, "daemon")
+    try:
+        port = int(proc.wait_ready().strip())
+        yield f"tcp:host=127.0.0.1:port={port}"
+    finally:
+        proc.stop()

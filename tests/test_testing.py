@@ -1,0 +1,50 @@
+"""spreadqueue.testing: the public in-memory Spread network."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from spreadqueue.interfaces import ISpreadSession
+from spreadqueue.spread import wire
+from spreadqueue.testing import FakeSpreadNetwork
+
+
+def test_sessions_provide_the_interface() -> None:
+    network = FakeSpreadNetwork(Clock())
+    assert verifyObject(ISpreadSession, network.session("alice"))
+
+
+def test_join_multicast_and_crash_notices() -> None:
+    network = FakeSpreadNetwork(Clock())
+    alice, bob = network.session("alice"), network.session("bob")
+    seen: list[object] = []
+    alice.add_listener(seen.append, "grp")
+    joined = [alice.join("grp"), bob.join("grp")]
+    network.flush()
+    assert all(d.called for d in joined)
+    assert network.members("grp") == ("#alice#localhost", "#bob#localhost")
+
+    bob.multicast("grp", b"hello", mess_type=7)
+    network.flush()
+    data = [f for f in seen if isinstance(f, wire.RegularMessage)]
+    assert [(m.sender, m.data, m.mess_type) for m in data] == [("#bob#localhost", b"hello", 7)]
+
+    lost = bob.whenDisconnected()
+    network.crash(bob)
+    network.flush()
+    assert lost.called
+    notice = seen[-1]
+    assert isinstance(notice, wire.MembershipMessage)
+    assert notice.cause == wire.CAUSED_BY_DISCONNECT
+    assert notice.changed_member == "#bob#localhost"
+    assert network.members("grp") == ("#alice#localhost",)
+
+
+def test_connect_refuses_a_duplicate_name() -> None:
+    network = FakeSpreadNetwork(Clock())
+    network.session("alice")
+    failure = network.connect("alice")
+    errors: list[BaseException] = []
+    failure.addErrback(lambda f: errors.append(f.value))
+    assert type(errors[0]).__name__ == "NameNotUnique"

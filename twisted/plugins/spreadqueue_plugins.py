@@ -1,0 +1,26 @@
+"""twistd / twist plugins of spreadqueue: service makers only, no logic.
+
+Run them as ``twistd -n spread-daemon``, ``twistd -n spreadqueue-manager --queue Q`` or
+``twistd -n spreadqueue-worker --queue Q --handlers module:object`` (or with ``twist``).
+"""
+
+from twisted.application.service import ServiceMaker
+
+spreadDaemon = ServiceMaker(
+    "spreadqueue embedded Spread daemon",
+    "spreadqueue.tap.daemon",
+    "A Spread 4/5 compatible daemon (client protocol) for one machine.",
+    "spread-daemon",
+)
+spreadqueueManager = ServiceMaker(
+    "spreadqueue queue manager",
+    "spreadqueue.tap.manager",
+    "A spreadqueue queue manager (sqm): assigns each task to one worker.",
+    "spreadqueue-manager",
+)
+spreadqueueWorker = ServiceMaker(
+    "spreadqueue worker",
+    "spreadqueue.tap.worker",
+    "A spreadqueue worker running the handlers of module:object.",
+    "spreadqueue-worker",
+)
