@@ -1,0 +1,1 @@
+"""Benchmarks of spreadqueue's building blocks (run them as ``python -m``; not tests)."""
