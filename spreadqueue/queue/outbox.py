@@ -1,0 +1,98 @@
+"""Per-turn batching of outgoing queue messages.
+
+Components add entries while they handle frames; one flush per reactor turn (a
+``callLater(0)``) sends each (destination, kind) batch as one Spread message, or as
+few as fit. This is what lets one process wake-up carry many tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from ..interfaces import ISpreadSession
+from ..spread.errors import SpreadError
+from ..spread.wire import AGREED_MESS
+from .messages import Kind, encode, max_data, mess_type
+
+__all__ = ["SERVICE", "Outbox", "Turn", "send"]
+
+#: Every queue message goes AGREED: one total order, consistent with membership
+#: notices (see docs/protocol.md, "Service type").
+SERVICE = AGREED_MESS
+
+_log = Logger()
+
+
+def send(session: ISpreadSession, groups: Sequence[str], kind: Kind, entries: Sequence[Any]) -> int:
+    """Send ``entries`` of ``kind`` to ``groups`` now; return the number of messages.
+
+    A closed session is not an error here (its owner learns that through
+    ``whenDisconnected``); the entries are dropped and 0 is returned.
+    """
+    dest = list(groups)
+    n = 0
+    for data in encode(kind, entries, max_bytes=max_data(len(dest))):
+        try:
+            session.multicast(dest, data, service=SERVICE, mess_type=mess_type(kind))
+        except SpreadError as e:
+            _log.warn(
+                "queue: could not send {kind} to {groups}: {error}",
+                kind=kind.name,
+                groups=dest,
+                error=e,
+            )
+            return n
+        n += 1
+    return n
+
+
+class Turn:
+    """Runs ``fn`` once at the end of the current reactor turn, however often asked."""
+
+    def __init__(self, reactor: IReactorTime, fn: Callable[[], object]) -> None:
+        self._reactor = reactor
+        self._fn = fn
+        self._call: IDelayedCall | None = None
+
+    def schedule(self) -> None:
+        """Make sure ``fn`` runs soon (once)."""
+        if self._call is None:
+            self._call = self._reactor.callLater(0, self._run)
+
+    def cancel(self) -> None:
+        """Forget a pending run."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _run(self) -> None:
+        self._call = None
+        self._fn()
+
+
+class Outbox:
+    """Entries waiting to be sent, grouped by (destination groups, kind) in order."""
+
+    def __init__(self) -> None:
+        self._batches: dict[tuple[tuple[str, ...], Kind], list[Any]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._batches)
+
+    def add(self, groups: tuple[str, ...], kind: Kind, entry: Any) -> None:
+        """Queue one entry."""
+        batch = self._batches.get((groups, kind))
+        if batch is None:
+            batch = self._batches[(groups, kind)] = []
+        batch.append(entry)
+
+    def send_all(self, session: ISpreadSession) -> int:
+        """Send every batch (in the order first added); return the message count."""
+        batches, self._batches = self._batches, {}
+        return sum(
+            send(session, groups, kind, entries) for (groups, kind), entries in batches.items()
+        )

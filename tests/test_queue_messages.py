@@ -1,0 +1,260 @@
+"""The queue's messages: encoding, decoding of hostile input, names, serializers."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zope.interface.verify import verifyObject
+
+from spreadqueue.interfaces import IAssignmentPolicy, ISerializer
+from spreadqueue.queue import (
+    JsonSerializer,
+    LeastRecentlyUsed,
+    MalformedMessage,
+    MsgpackSerializer,
+    PayloadTooLarge,
+    QueueNameError,
+    queue_groups,
+)
+from spreadqueue.queue.messages import (
+    MAX_ENTRIES,
+    MAX_PAYLOAD,
+    MESS_TYPE_BASE,
+    Ack,
+    Assign,
+    Cancel,
+    Done,
+    Failed,
+    Kind,
+    Reason,
+    Register,
+    Result,
+    Retire,
+    Status,
+    Submit,
+    decode,
+    encode,
+    is_queue_message,
+    max_data,
+    mess_type,
+)
+from spreadqueue.spread import wire
+
+SAMPLES = {
+    Kind.SUBMIT: [Submit("p.1", "add", b"\x92\x01\x02", None), Submit("p.2", "f", b"", 1500)],
+    Kind.ACK: [Ack("p.1"), Ack("p.2")],
+    Kind.CANCEL: [Cancel("p.1")],
+    Kind.REGISTER: [Register("w1", 4, ("p.1", "p.2")), Register("w2", 0, ())],
+    Kind.HELLO: [],
+    Kind.ASSIGN: [Assign("w1", "p.1", "add", b"\x90", "#alice#fake", 1, None)],
+    Kind.RESULT: [
+        Result("p.1", "w1", True, Status.OK, b"\x03"),
+        Result("p.2", "w1", False, Status.ERROR, ("ValueError", "bad", "Traceback...")),
+        Result("p.3", "w1", True, Status.UNKNOWN_FUNCTION, "no handler"),
+        Result("p.4", "w1", True, Status.CANCELLED, None),
+    ],
+    Kind.DONE: [Done("w1", "p.1")],
+    Kind.FAILED: [Failed("p.1", Reason.WORKER_LOST, "lost"), Failed("p.2", Reason.RESUBMIT, "")],
+    Kind.RETIRE: [Retire("w1")],
+}
+
+
+def envelope(entries: object, version: object = 1) -> bytes:
+    return msgpack.packb([version, entries], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_round_trip_every_kind(kind: Kind) -> None:
+    [data] = encode(kind, SAMPLES[kind])
+    msg = decode(mess_type(kind), data)
+    assert msg.kind is kind
+    assert msg.entries == SAMPLES[kind] or (kind is Kind.HELLO and msg.entries == [])
+    # the entries decode to the typed tuples, not raw lists
+    for got, want in zip(msg.entries, SAMPLES[kind], strict=True):
+        assert type(got) is type(want)
+
+
+def test_mess_types_are_a_recognisable_range() -> None:
+    assert [mess_type(k) for k in Kind] == [0x5100 + k for k in range(1, 11)]
+    assert is_queue_message(0x5101) and is_queue_message(0x51FF)
+    assert not is_queue_message(0) and not is_queue_message(0x5200)
+
+
+def test_envelope_layout_is_version_then_entries() -> None:
+    [data] = encode(Kind.ACK, [Ack("t.1")])
+    assert msgpack.unpackb(data) == [1, [["t.1"]]]
+
+
+def test_encode_splits_batches_to_fit_one_spread_message() -> None:
+    entries = [Submit(f"p.{i}", "f", bytes(1000), None) for i in range(500)]
+    chunks = encode(Kind.SUBMIT, entries)
+    assert len(chunks) >= 4
+    assert all(len(c) <= max_data(1) for c in chunks)
+    decoded = [e for c in chunks for e in decode(mess_type(Kind.SUBMIT), c).entries]
+    assert decoded == entries
+    # two destination groups leave 32 bytes less
+    assert max_data(2) == wire.MAX_MESSAGE_BYTES - 48 - 64
+
+
+def test_a_maximal_payload_fits_the_largest_entry() -> None:
+    big = Assign("w" * 64, "t" * 64, "f" * 200, bytes(MAX_PAYLOAD), "#abcdefghij#" + "d" * 19, 9, 1)
+    [data] = encode(Kind.ASSIGN, [big])
+    assert len(data) <= max_data(1)
+    assert decode(mess_type(Kind.ASSIGN), data).entries == [big]
+
+
+def test_an_entry_too_large_for_any_message_is_refused() -> None:
+    with pytest.raises(PayloadTooLarge):
+        encode(Kind.SUBMIT, [Submit("p.1", "f", bytes(max_data(1)), None)])
+
+
+def test_extra_trailing_fields_are_ignored_for_forward_compatibility() -> None:
+    data = envelope([["p.1", "f", b"", None, "a future field"]])
+    assert decode(mess_type(Kind.SUBMIT), data).entries == [Submit("p.1", "f", b"", None)]
+
+
+BAD = [
+    pytest.param(Kind.ACK, b"\xc1", id="not-msgpack"),
+    pytest.param(Kind.ACK, b"\x92\x01", id="truncated"),
+    pytest.param(Kind.ACK, envelope([["a"]]) + b"\x00", id="trailing-bytes"),
+    pytest.param(Kind.ACK, msgpack.packb({"v": 1}), id="map-envelope"),
+    pytest.param(Kind.ACK, msgpack.packb([1]), id="short-envelope"),
+    pytest.param(Kind.ACK, envelope([["a"]], version=2), id="future-version"),
+    pytest.param(Kind.ACK, envelope([["a"]], version=True), id="bool-version"),
+    pytest.param(Kind.ACK, envelope({"a": 1}), id="entries-not-array"),
+    pytest.param(Kind.ACK, envelope(["a"]), id="entry-not-array"),
+    pytest.param(Kind.ACK, envelope([[]]), id="entry-too-short"),
+    pytest.param(Kind.ACK, envelope([[1]]), id="int-task-id"),
+    pytest.param(Kind.ACK, envelope([[""]]), id="empty-task-id"),
+    pytest.param(Kind.ACK, envelope([["x" * 65]]), id="long-task-id"),
+    pytest.param(Kind.ACK, envelope([[b"a"]]), id="bin-task-id"),
+    pytest.param(Kind.SUBMIT, envelope([["a", "f", "args-as-str", None]]), id="str-args"),
+    pytest.param(Kind.SUBMIT, envelope([["a", "f", b"", -1]]), id="negative-timeout"),
+    pytest.param(Kind.SUBMIT, envelope([["a", "f", b"", 1.5]]), id="float-timeout"),
+    pytest.param(Kind.REGISTER, envelope([["w", True, []]]), id="bool-capacity"),
+    pytest.param(Kind.REGISTER, envelope([["w", 10**6, []]]), id="huge-capacity"),
+    pytest.param(Kind.REGISTER, envelope([["w", 1, [3]]]), id="bad-held"),
+    pytest.param(
+        Kind.ASSIGN, envelope([["w", "t", "f", b"", "alice", 1, None]]), id="public-reply"
+    ),
+    pytest.param(Kind.ASSIGN, envelope([["w", "t", "f", b"", "#é#x", 1, None]]), id="non-latin"),
+    pytest.param(Kind.RESULT, envelope([["t", "w", 1, 0, b""]]), id="int-final"),
+    pytest.param(Kind.RESULT, envelope([["t", "w", True, 9, b""]]), id="unknown-status"),
+    pytest.param(Kind.RESULT, envelope([["t", "w", True, 0, "str"]]), id="ok-not-bin"),
+    pytest.param(Kind.RESULT, envelope([["t", "w", True, 1, ["T"]]]), id="short-error"),
+    pytest.param(Kind.RESULT, envelope([["t", "w", True, 3, b"x"]]), id="cancel-payload"),
+    pytest.param(Kind.FAILED, envelope([["t", 99, ""]]), id="unknown-reason"),
+    pytest.param(Kind.ACK, b"\x92\x01\xdd\xff\xff\xff\xff", id="huge-array-claim"),
+    pytest.param(Kind.ACK, b"\x92\x01\x91\x91\xdb\xff\xff\xff\xff", id="huge-str-claim"),
+    pytest.param(Kind.ACK, b"\x92\x01\x91\x91\xc6\x7f\xff\xff\xff", id="huge-bin-claim"),
+    pytest.param(Kind.ACK, b"\x92\x01\x91\x91\xd6\xff\x00\x00\x00\x00", id="ext-type"),
+    pytest.param(Kind.ACK, b"\x92\x01" + b"\x91" * 100_000, id="deep-nesting"),
+    pytest.param(Kind.ACK, b"\x92\x01\x91\x91\xa2\xff\xfe", id="bad-utf8"),
+]
+
+
+@pytest.mark.parametrize(("kind", "data"), BAD)
+def test_malformed_input_raises_only_malformed_message(kind: Kind, data: bytes) -> None:
+    with pytest.raises(MalformedMessage):
+        decode(mess_type(kind), data)
+
+
+def test_unknown_kind_and_oversized_messages_are_malformed() -> None:
+    with pytest.raises(MalformedMessage, match="unknown queue message kind"):
+        decode(MESS_TYPE_BASE + 77, envelope([]))
+    with pytest.raises(MalformedMessage, match="too large"):
+        decode(mess_type(Kind.ACK), bytes(wire.MAX_MESSAGE_BYTES + 1))
+    too_many = b"\x92\x01\xdd" + (MAX_ENTRIES + 1).to_bytes(4, "big")
+    with pytest.raises(MalformedMessage):
+        decode(mess_type(Kind.ACK), too_many + b"\x91\xa1a" * (MAX_ENTRIES + 1))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(kind=st.sampled_from(list(Kind)), data=st.binary(max_size=200))
+def test_fuzz_random_bytes_never_escape_as_other_errors(kind: Kind, data: bytes) -> None:
+    try:
+        decode(mess_type(kind), data)
+    except MalformedMessage:
+        pass
+
+
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.text(max_size=70),
+    st.binary(max_size=20),
+)
+_values = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=6), max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(kind=st.sampled_from(list(Kind)), entries=st.lists(_values, max_size=5))
+def test_fuzz_well_formed_msgpack_with_wrong_shapes(kind: Kind, entries: list[object]) -> None:
+    try:
+        msg = decode(mess_type(kind), envelope(entries))
+    except MalformedMessage:
+        return
+    # whatever is accepted re-encodes to something that decodes the same
+    assert decode(mess_type(kind), encode(kind, msg.entries)[0]).entries == msg.entries
+
+
+# --------------------------------------------------------------------------- names
+
+
+def test_queue_groups() -> None:
+    g = queue_groups("jobs")
+    assert (g.manager, g.workers, g.senders) == ("jobs-mgr", "jobs-wrk", "jobs-snd")
+    longest = queue_groups("q" * 27)
+    assert len(longest.manager) == wire.MAX_GROUP_NAME
+    wire.check_group_name(longest.manager)
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("", "empty"),
+        ("q" * 28, "at most 27"),
+        ("a b", "cannot carry"),
+        ("a#b", "cannot carry"),
+        ("café", "cannot carry"),
+        ("tab\t", "cannot carry"),
+    ],
+)
+def test_bad_queue_names_get_a_clear_error(name: str, match: str) -> None:
+    with pytest.raises(QueueNameError, match=match):
+        queue_groups(name)
+
+
+def test_queue_name_must_be_str() -> None:
+    with pytest.raises(QueueNameError):
+        queue_groups(b"jobs")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- serializers
+
+
+@pytest.mark.parametrize("serializer", [MsgpackSerializer(), JsonSerializer()])
+def test_serializers(serializer: object) -> None:
+    assert verifyObject(ISerializer, serializer)
+    value = {"name": "value", "n": [1, 2.5, None, True], "é": "ü"}
+    assert serializer.loads(serializer.dumps(value)) == value  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):
+        serializer.loads(b"\xc1\xff{")  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        serializer.dumps(object())  # type: ignore[attr-defined]
+
+
+def test_msgpack_serializer_keeps_bytes_and_str_apart() -> None:
+    s = MsgpackSerializer()
+    assert s.loads(s.dumps([b"raw", "text"])) == [b"raw", "text"]
+    with pytest.raises(ValueError):
+        s.loads(b"\xdd\xff\xff\xff\xff")  # a huge claim
+
+
+def test_lru_policy() -> None:
+    policy = LeastRecentlyUsed()
+    assert verifyObject(IAssignmentPolicy, policy)
+    assert policy.choose(["oldest", "newer"]) == "oldest"

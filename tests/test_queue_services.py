@@ -1,0 +1,837 @@
+"""Sender, Worker and ManagerService together over the in-memory fake daemon."""
+
+from __future__ import annotations
+
+import gc
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+import pytest
+from queue_fakes import FakeSession, FakeSpread
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
+
+from spreadqueue.interfaces import ISpreadSession
+from spreadqueue.queue import (
+    JsonSerializer,
+    Kind,
+    ManagerService,
+    NoManager,
+    PayloadTooLarge,
+    QueueError,
+    QueueNameError,
+    RemoteError,
+    Reply,
+    Sender,
+    SenderStopped,
+    Task,
+    TaskTimeout,
+    UnknownFunction,
+    Worker,
+    WorkerLost,
+    queue_groups,
+)
+from spreadqueue.queue.messages import Result, Status, encode, mess_type
+from spreadqueue.queue.sharing import holders
+from spreadqueue.spread.wire import RegularMessage
+
+Q = "q"
+G = queue_groups(Q)
+
+
+def fired(d: Deferred[Any]) -> Any:
+    """The result of a Deferred that must have fired (raising its failure)."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+def failure_of(d: Deferred[Any], kind: type[BaseException]) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    assert isinstance(out[0], Failure), f"expected {kind.__name__}, got {out[0]!r}"
+    assert out[0].check(kind), out[0]
+    return out[0].value
+
+
+def pending(d: Deferred[Any]) -> bool:
+    """True if ``d`` has not fired (its result, if any, is left in place)."""
+    out: list[Any] = []
+
+    def look(result: Any) -> Any:
+        out.append(result)
+        return result
+
+    d.addBoth(look)
+    return not out
+
+
+class Net:
+    """One fake daemon and helpers to start queue components on it."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.spread = FakeSpread(self.clock)
+
+    def session(self, name: str | None = None) -> FakeSession:
+        return self.spread.connect(name)
+
+    def pump(self) -> None:
+        self.spread.pump()
+
+    def advance(self, seconds: float, step: float = 0.05) -> None:
+        """Let ``seconds`` pass in small steps, delivering everything as we go."""
+        end = self.clock.seconds() + seconds
+        while self.clock.seconds() < end - 1e-9:
+            self.clock.advance(min(step, end - self.clock.seconds()))
+            self.pump()
+
+    def manager(self, session: FakeSession | None = None, **options: Any) -> ManagerService:
+        m = ManagerService(self.clock, session or self.session(), Q, **options)
+        m.startService()
+        self.pump()
+        return m
+
+    def worker(
+        self,
+        handlers: dict[str, Callable[..., Any]] | None = None,
+        session: FakeSession | None = None,
+        **options: Any,
+    ) -> Worker:
+        w = Worker(self.clock, session or self.session(), Q, handlers, **options)
+        w.start()
+        self.pump()
+        return w
+
+    def sender(self, session: FakeSession | None = None, **options: Any) -> Sender:
+        s = Sender(self.clock, session or self.session(), Q, **options)
+        s.start()
+        self.pump()
+        return s
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    """A fresh fake daemon; at the end, no listener raised and no Deferred failure was
+    left unhandled (Twisted logs those when they are garbage collected)."""
+    failures: list[Any] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    n = Net()
+    try:
+        yield n
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert n.spread.errors == [], [f.getTraceback() for f in n.spread.errors]
+    assert failures == [], [formatEvent(e) for e in failures]
+
+
+def echo(args: Any) -> Any:
+    return args
+
+
+def test_the_fake_session_provides_ispreadsession(net: Net) -> None:
+    assert verifyObject(ISpreadSession, net.session())
+
+
+# --------------------------------------------------------------------------- the seed
+
+
+def test_seed_synopsis_submit_and_receive(net: Net) -> None:
+    net.manager()
+    worker = Worker(net.clock, net.session(), Q)
+
+    @worker.handler("myfunc", with_task=True)
+    def myfunc(task: Task, input: Any) -> None:
+        worker.respond(task, {"response": "I heard you!", "got": input})
+
+    worker.start()
+    sender = net.sender()
+    task_id = sender.submit("myfunc", {"name": "value"})
+    d = sender.receive()
+    net.pump()
+    reply = fired(d)
+    assert reply == Reply(task_id, {"response": "I heard you!", "got": {"name": "value"}})
+    assert sender.pending == 0
+
+
+def test_seed_synopsis_rpc(net: Net) -> None:
+    net.manager()
+    net.worker({"myfunc": lambda args: {"response": "I heard you!", **args}})
+    sender = net.sender()
+    d = sender.rpc("myfunc", {"name": "value"})
+    net.pump()
+    assert fired(d) == {"response": "I heard you!", "name": "value"}
+
+
+def test_handlers_may_return_deferreds_or_coroutines(net: Net) -> None:
+    clock = net.clock
+
+    async def slow_double(n: int) -> int:
+        await deferLater(clock, 1.0)
+        return n * 2
+
+    net.manager()
+    net.worker(
+        {"double": slow_double, "triple": lambda n: deferLater(clock, 0.5, lambda: n * 3)},
+        concurrency=2,
+    )
+    sender = net.sender()
+    d2, d3 = sender.rpc("double", 21), sender.rpc("triple", 5)
+    net.advance(1.1)
+    assert (fired(d2), fired(d3)) == (42, 15)
+
+
+def test_several_responses_to_one_task(net: Net) -> None:
+    net.manager()
+    worker = Worker(net.clock, net.session(), Q)
+
+    @worker.handler("progress", with_task=True)
+    def progress(task: Task, n: int) -> None:
+        for i in range(n):
+            worker.respond(task, i)
+
+    worker.start()
+    sender = net.sender()
+    sender.submit("progress", 3)
+    net.pump()
+    replies = [fired(sender.receive()) for _ in range(3)]
+    assert [(r.value, r.final) for r in replies] == [(0, False), (1, False), (2, True)]
+    # rpc waits for the final answer
+    d = sender.rpc("progress", 2)
+    net.pump()
+    assert fired(d) == 1
+
+
+def test_a_return_value_after_responses_is_the_final_answer(net: Net) -> None:
+    net.manager()
+    worker = Worker(net.clock, net.session(), Q)
+
+    @worker.handler("f", with_task=True)
+    def f(task: Task, _: Any) -> str:
+        worker.respond(task, "first")
+        return "last"
+
+    worker.start()
+    sender = net.sender()
+    sender.submit("f")
+    net.pump()
+    assert [(r.value, r.final) for r in (fired(sender.receive()), fired(sender.receive()))] == [
+        ("first", False),
+        ("last", True),
+    ]
+    with pytest.raises(ValueError, match="not a task of this worker"):
+        worker.respond("nope", 1)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- volume
+
+
+def run_many(net: Net, sender: Sender, n: int) -> tuple[list[str], list[Any]]:
+    ids = [sender.submit("square", i) for i in range(n)]
+    got: list[Any] = []
+    for _ in range(n):
+        sender.receive().addBoth(got.append)
+    return ids, got
+
+
+def test_1000_tasks_over_4_workers_each_answered_exactly_once(net: Net) -> None:
+    manager = net.manager()
+    calls: Counter[str] = Counter()
+    workers = []
+    for i in range(4):
+
+        def square(n: int, name: str = f"w{i}") -> int:
+            calls[name] += 1
+            return n * n
+
+        workers.append(net.worker({"square": square}, concurrency=2))
+    sender = net.sender()
+    ids, got = run_many(net, sender, 1000)
+    net.pump()
+    assert len(got) == 1000
+    assert all(isinstance(r, Reply) and r.final for r in got)
+    assert Counter(r.task_id for r in got) == Counter(ids)  # each exactly once
+    assert sorted(r.value for r in got) == sorted(i * i for i in range(1000))
+    assert sum(calls.values()) == 1000 and len(calls) == 4 and min(calls.values()) >= 200
+    # batching: the seed's flow took 4 messages per task (submit, assign, result,
+    # ready); with credits and batching it is about one (one ASSIGN and one
+    # RESULT+DONE per worker per round of 8 tasks) - and nobody fell behind
+    assert net.spread.multicasts < 1100
+    assert max(net.spread.high_water.values()) < 100
+    assert manager.stats["completed"] == 1000 and manager.state is not None
+    assert manager.state.queued == 0 and manager.state.running == 0
+
+
+def test_a_worker_session_dying_mid_run_loses_no_task(net: Net) -> None:
+    clock = net.clock
+    manager = net.manager()
+    runs: Counter[int] = Counter()
+
+    def slow_square(n: int) -> Deferred[int]:
+        runs[n] += 1
+        return deferLater(clock, 0.01, lambda: n * n)
+
+    sessions = [net.session() for _ in range(4)]
+    workers = [net.worker({"square": slow_square}, session=s, concurrency=3) for s in sessions]
+    sender = net.sender()
+    ids, got = run_many(net, sender, 1000)
+    net.advance(0.3)
+    assert 0 < len(got) < 1000  # mid-run
+    sessions[1].crash()
+    net.pump()
+    assert workers[1].busy == 0  # its tasks are abandoned: nobody could hear the answers
+    net.advance(20)
+    assert len(got) == 1000
+    assert all(isinstance(r, Reply) for r in got), [r for r in got if not isinstance(r, Reply)]
+    assert Counter(r.task_id for r in got) == Counter(ids)
+    assert sorted(r.value for r in got) == sorted(i * i for i in range(1000))
+    assert manager.stats["requeued"] >= 1 and manager.stats["workers_lost"] == 1
+    # the tasks the dead worker held ran again elsewhere; nothing else ran twice
+    assert sum(runs.values()) == 1000 + manager.stats["requeued"]
+
+
+def test_the_submit_window_bounds_unacknowledged_tasks(net: Net) -> None:
+    net.manager()
+    sender = net.sender(window=50)
+    for i in range(500):
+        sender.submit("nothing", i)
+    assert sender.unacknowledged == 50
+    net.pump()
+    assert sender.unacknowledged == 0 and sender.pending == 500
+    # the manager never had more than a handful of our messages waiting
+    assert max(net.spread.high_water.values()) < 20
+
+
+def test_several_senders_workers_and_a_manager_share_one_session(net: Net) -> None:
+    shared = net.session()
+    manager = net.manager(shared)
+    net.worker({"echo": echo}, session=shared, concurrency=2)
+    net.worker({"echo": echo}, session=shared)
+    senders = [net.sender(shared) for _ in range(3)]
+    calls = [(s, s.rpc("echo", [i, n])) for i, s in enumerate(senders) for n in range(20)]
+    net.pump()
+    for i, s in enumerate(senders):
+        assert [fired(d) for t, d in calls if t is s] == [[i, n] for n in range(20)]
+    assert manager.stats["completed"] == 60
+    assert holders(shared, G.workers) == 3  # two workers and the manager
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_a_handler_exception_becomes_remote_error(net: Net) -> None:
+    def broken(args: Any) -> None:
+        raise KeyError("missing thing")
+
+    net.manager()
+    net.worker({"broken": broken})
+    sender = net.sender()
+    d = sender.rpc("broken", 1)
+    net.pump()
+    err = failure_of(d, RemoteError)
+    assert err.type_name == "KeyError"
+    assert "missing thing" in err.remote_message
+    assert "broken" in err.remote_traceback  # the worker's traceback text
+    tid = sender.submit("broken")
+    r = sender.receive()
+    net.pump()
+    assert failure_of(r, RemoteError).task_id == tid
+
+
+def test_an_unknown_function_is_a_clear_error(net: Net) -> None:
+    net.manager()
+    net.worker({"echo": echo})
+    sender = net.sender()
+    d = sender.rpc("nope", 1)
+    net.pump()
+    err = failure_of(d, UnknownFunction)
+    assert err.func == "nope" and "nope" in str(err)
+
+
+def test_unserializable_values(net: Net) -> None:
+    net.manager()
+    net.worker({"bad": lambda _: object()})
+    sender = net.sender()
+    with pytest.raises(TypeError):
+        sender.submit("echo", object())
+    d = sender.rpc("bad")
+    net.pump()
+    assert "not serializable" in failure_of(d, RemoteError).remote_message
+
+
+def test_arguments_the_worker_cannot_decode(net: Net) -> None:
+    net.manager()
+    net.worker({"echo": echo})  # msgpack
+    sender = net.sender(serializer=JsonSerializer())
+    d = sender.rpc("echo", "just text")  # JSON bytes are not msgpack
+    net.pump()
+    assert failure_of(d, RemoteError).type_name == "spreadqueue.BadArguments"
+
+
+def test_json_on_both_sides(net: Net) -> None:
+    net.manager()
+    net.worker({"echo": echo}, serializer=JsonSerializer())
+    sender = net.sender(serializer=JsonSerializer())
+    d = sender.rpc("echo", {"a": [1, "b"]})
+    net.pump()
+    assert fired(d) == {"a": [1, "b"]}
+
+
+# --------------------------------------------------------------------------- timeouts
+
+
+def test_rpc_timeout_cancels_the_task_everywhere(net: Net) -> None:
+    net.manager()
+    cancelled: list[str] = []
+
+    def forever(_: Any) -> Deferred[None]:
+        return Deferred(lambda d: cancelled.append("handler"))
+
+    worker = net.worker({"forever": forever})
+    sender = net.sender()
+    d = sender.rpc("forever", timeout=2.0)
+    net.advance(1.9)
+    assert pending(d) and worker.busy == 1
+    net.advance(0.2)
+    err = failure_of(d, TaskTimeout)
+    assert err.task_id and "2s" in str(err)
+    # the manager was told (CANCEL), forwarded it, and the handler was cancelled
+    assert cancelled == ["handler"] and worker.busy == 0
+    assert sender.pending == 0
+    # the worker's CANCELLED answer arrived after the timeout: dropped and counted
+    assert sender.stats["late_replies"] == 1
+
+
+def test_a_late_reply_after_timeout_is_dropped(net: Net) -> None:
+    net.manager()
+    sender = net.sender()
+    tid = sender.submit("nobody-works", timeout=1.0)
+    r = sender.receive()
+    net.advance(1.1)
+    assert failure_of(r, TaskTimeout).task_id == tid
+    impostor = net.session()
+    [data] = encode(Kind.RESULT, [Result(tid, "w", True, Status.OK, msgpack.packb(1))])
+    impostor.multicast(sender.session.private_group, data, mess_type=mess_type(Kind.RESULT))
+    later = sender.receive()
+    net.pump()
+    assert pending(later)
+    assert sender.stats["late_replies"] == 1
+
+
+def test_rpc_cancellation(net: Net) -> None:
+    manager = net.manager()
+    cancelled: list[bool] = []
+    net.worker({"forever": lambda _: Deferred(lambda d: cancelled.append(True))})
+    sender = net.sender()
+    d = sender.rpc("forever")
+    queued = sender.rpc("forever")  # waits in the manager's queue (one worker)
+    net.pump()
+    d.cancel()
+    queued.cancel()
+    failure_of(d, CancelledError)
+    failure_of(queued, CancelledError)
+    net.pump()
+    assert cancelled == [True]
+    assert manager.state is not None and manager.state.queued == 0
+    assert manager.state.running == 0 and manager.stats["cancelled"] == 1
+
+
+def test_no_manager_fails_within_the_ack_timeout(net: Net) -> None:
+    net.worker({"echo": echo})
+    sender = net.sender(ack_timeout=3.0)
+    d = sender.rpc("echo", 1, timeout=None)
+    tid = sender.submit("echo", 2)
+    r = sender.receive()
+    net.advance(2.9)
+    assert pending(d) and pending(r)
+    net.advance(0.2)
+    err = failure_of(d, NoManager)
+    assert "q" in str(err) and "3s" in str(err)
+    assert failure_of(r, NoManager).task_id == tid
+    assert sender.pending == 0
+
+
+# --------------------------------------------------------------------------- managers
+
+
+def test_manager_restart_workers_reregister_and_tasks_finish_once(net: Net) -> None:
+    clock = net.clock
+    runs: Counter[int] = Counter()
+
+    def slow(n: int) -> Deferred[int]:
+        runs[n] += 1
+        return deferLater(clock, 1.0, lambda: n)
+
+    first_session = net.session()
+    net.manager(first_session)
+    worker = net.worker({"slow": slow}, concurrency=2)
+    sender = net.sender()
+    calls = [sender.rpc("slow", n, timeout=None) for n in range(5)]
+    net.advance(0.5)
+    assert worker.busy == 2
+    first_session.crash()  # the manager dies: 2 tasks running, 3 queued there
+    net.advance(1.0)
+    # the running ones finish anyway (workers answer senders directly)
+    assert [fired(d) for d in calls[:2]] == [0, 1]
+    second = net.manager()  # a new manager, before the senders give up (ack_timeout)
+    net.advance(5)
+    assert [fired(d) for d in calls[2:]] == [2, 3, 4]
+    assert runs == Counter(range(5))  # nothing ran twice
+    assert second.active and second.state is not None
+    assert second.state.worker_count == 1  # the worker re-registered on HELLO
+    assert sender.stats["resubmitted"] >= 3
+
+
+def test_a_task_running_across_a_manager_restart_is_adopted_not_rerun(net: Net) -> None:
+    clock = net.clock
+    runs: Counter[int] = Counter()
+
+    def slow(n: int) -> Deferred[int]:
+        runs[n] += 1
+        return deferLater(clock, 3.0, lambda: n)
+
+    first_session = net.session()
+    net.manager(first_session)
+    net.worker({"slow": slow})
+    sender = net.sender()
+    d = sender.rpc("slow", 7, timeout=None)
+    net.advance(0.5)
+    first_session.crash()
+    net.pump()
+    second = net.manager()  # the sender resubmits; the worker says it holds the task
+    net.advance(4)
+    assert fired(d) == 7 and runs == Counter({7: 1})
+    assert second.state is not None and second.state.running == 0
+
+
+def test_a_second_manager_stands_by_then_takes_over(net: Net) -> None:
+    first = net.manager()
+    fired(first.whenActive())
+    second = net.manager()
+    second_active = second.whenActive()
+    assert first.active and not second.active and pending(second_active)
+    net.worker({"echo": echo}, concurrency=4)
+    sender = net.sender()
+    calls = [sender.rpc("echo", i) for i in range(10)]
+    net.pump()
+    assert [fired(d) for d in calls] == list(range(10))
+    assert first.stats["completed"] == 10 and second.stats["assigned"] == 0
+    stopped = first.stopService()
+    net.pump()
+    fired(stopped)
+    assert second.active and first.state is None
+    fired(second_active)
+    d = sender.rpc("echo", "after")
+    net.advance(0.1)
+    assert fired(d) == "after"
+    assert second.stats["completed"] == 1
+
+
+def test_queued_tasks_move_to_the_standby_when_the_active_manager_stops(net: Net) -> None:
+    first = net.manager()
+    net.manager()
+    sender = net.sender()
+    calls = [sender.rpc("echo", i, timeout=None) for i in range(3)]  # no worker yet
+    net.pump()
+    assert first.state is not None and first.state.queued == 3
+    first.stopService()
+    net.pump()
+    net.worker({"echo": echo})
+    net.advance(0.5)
+    assert [fired(d) for d in calls] == [0, 1, 2]
+
+
+def test_a_manager_with_a_session_factory_reconnects(net: Net) -> None:
+    opened: list[FakeSession] = []
+
+    def factory() -> Deferred[ISpreadSession]:
+        s = net.session()
+        opened.append(s)
+        return succeed(s)
+
+    manager = ManagerService(net.clock, factory, Q, reconnect_delay=1.0)
+    manager.startService()
+    net.pump()
+    assert manager.active
+    opened[0].crash()
+    net.pump()
+    assert not manager.active
+    net.advance(1.1)
+    assert manager.active and len(opened) == 2
+    net.worker({"echo": echo})
+    d = net.sender().rpc("echo", 5)
+    net.pump()
+    assert fired(d) == 5
+    stopped = manager.stopService()
+    net.pump()
+    fired(stopped)
+    assert not opened[1].connected
+
+
+def test_a_crashed_sender_s_queued_tasks_are_dropped(net: Net) -> None:
+    manager = net.manager()
+    sender_session = net.session()
+    sender = net.sender(sender_session)
+    for i in range(5):
+        sender.submit("echo", i)
+    net.pump()
+    assert manager.state is not None and manager.state.queued == 5
+    sender_session.crash()
+    net.pump()
+    assert manager.state.queued == 0 and manager.stats["dropped_sender_gone"] == 5
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def test_graceful_worker_stop_finishes_running_tasks(net: Net) -> None:
+    clock = net.clock
+    manager = net.manager()
+    worker = net.worker({"slow": lambda n: deferLater(clock, 1.0, lambda: n)}, concurrency=2)
+    sender = net.sender()
+    calls = [sender.rpc("slow", n) for n in range(3)]
+    net.pump()
+    stopping, again = worker.stop(), worker.stop()  # one stop, however often asked
+    net.pump()
+    assert pending(stopping)
+    net.advance(1.1)
+    fired(stopping)
+    fired(again)
+    assert [fired(d) for d in calls[:2]] == [0, 1]
+    assert pending(calls[2])  # not given to the stopping worker
+    assert manager.state is not None and manager.state.worker_count == 0
+    assert holders(worker.session, G.workers) == 0
+    net.worker({"slow": lambda n: n})
+    net.pump()
+    assert fired(calls[2]) == 2
+
+
+def test_worker_stop_timeout_hands_tasks_to_another_worker(net: Net) -> None:
+    net.manager()
+    runs: list[str] = []
+
+    def stuck(_: Any) -> Deferred[None]:
+        runs.append("stuck")
+        return Deferred()
+
+    worker = net.worker({"job": stuck})
+    sender = net.sender()
+    d = sender.rpc("job", timeout=None)
+    net.pump()
+    stopping = worker.stop(timeout=2.0)
+    net.advance(2.1)
+    fired(stopping)
+    worker.session.crash()  # after the stop: must not trip over the finished drain
+    net.pump()
+    assert pending(d)  # the abandoned task sent no answer
+    net.worker({"job": lambda _: "done elsewhere"})
+    net.pump()
+    assert fired(d) == "done elsewhere" and runs == ["stuck"]
+
+
+def watch(session: ISpreadSession) -> list[tuple[tuple[str, ...], Kind]]:
+    """Record (destination groups, kind) of every queue message ``session`` receives."""
+    seen: list[tuple[tuple[str, ...], Kind]] = []
+
+    def listener(frame: Any) -> None:
+        if isinstance(frame, RegularMessage) and 0x5100 < frame.mess_type <= 0x510A:
+            seen.append((frame.groups, Kind(frame.mess_type - 0x5100)))
+
+    session.add_listener(listener)
+    return seen
+
+
+def test_results_and_done_travel_as_one_message(net: Net) -> None:
+    manager = net.manager()
+    net.worker({"echo": echo})
+    sender = net.sender()
+    assert manager.session is not None
+    at_manager, at_sender = watch(manager.session), watch(sender.session)
+    d = sender.rpc("echo", "small")
+    net.pump()
+    assert fired(d) == "small"
+    both = ((sender.session.private_group, G.manager), Kind.RESULT)
+    assert both in at_sender and both in at_manager
+    assert not [k for _, k in at_manager if k is Kind.DONE]
+    assert manager.stats["completed"] == 1
+
+
+def test_large_results_go_alone_with_a_separate_done(net: Net) -> None:
+    manager = net.manager()
+    net.worker({"big": lambda n: b"x" * n})
+    sender = net.sender()
+    assert manager.session is not None
+    at_manager, at_sender = watch(manager.session), watch(sender.session)
+    d = sender.rpc("big", 100_000)
+    net.pump()
+    assert fired(d) == b"x" * 100_000
+    assert ((sender.session.private_group,), Kind.RESULT) in at_sender
+    assert [k for _, k in at_manager if k is not Kind.SUBMIT] == [Kind.DONE]
+    assert manager.stats["completed"] == 1
+
+
+# --------------------------------------------------------------------------- bad input
+
+MALFORMED = [
+    (mess_type(Kind.SUBMIT), b"\xc1garbage"),
+    (mess_type(Kind.SUBMIT), msgpack.packb([1, [["id", 42, b"", None]]])),
+    (mess_type(Kind.REGISTER), msgpack.packb([1, [["w", "many", []]]])),
+    (0x5100 + 200, msgpack.packb([1, []])),
+    (mess_type(Kind.DONE), b"\x92\x01\xdd\xff\xff\xff\xff"),
+    (mess_type(Kind.ASSIGN), msgpack.packb([7, []])),
+]
+
+
+def test_malformed_messages_to_the_manager_are_dropped_and_counted(net: Net) -> None:
+    manager = net.manager()
+    net.worker({"echo": echo})
+    attacker = net.session()
+    for mt, data in MALFORMED:
+        attacker.multicast(G.manager, data, mess_type=mt)
+    attacker.multicast(G.manager, b"app traffic", mess_type=7)
+    net.pump()
+    assert manager.stats["malformed"] == len(MALFORMED)
+    assert manager.stats["foreign"] == 1
+    d = net.sender().rpc("echo", "still working")
+    net.pump()
+    assert fired(d) == "still working"
+
+
+def test_malformed_messages_to_a_worker_and_sender_are_dropped_and_counted(net: Net) -> None:
+    net.manager()
+    worker = net.worker({"echo": echo})
+    sender = net.sender()
+    attacker = net.session()
+    bad_assign = msgpack.packb([1, [[worker.worker_id, "t", "echo", "str-not-bin", "#x#y", 1]]])
+    attacker.multicast(worker.session.private_group, bad_assign, mess_type=mess_type(Kind.ASSIGN))
+    attacker.multicast(worker.session.private_group, b"\xc1", mess_type=mess_type(Kind.CANCEL))
+    attacker.multicast(sender.session.private_group, b"\x92\x01\x91", mess_type=mess_type(Kind.ACK))
+    attacker.multicast(
+        sender.session.private_group,
+        msgpack.packb([1, [["t", "w", True, 0, "not bin"]]]),
+        mess_type=mess_type(Kind.RESULT),
+    )
+    net.pump()
+    assert worker.stats["malformed"] == 2 and worker.busy == 0
+    assert sender.stats["malformed"] == 2
+    d = sender.rpc("echo", "still working")
+    net.pump()
+    assert fired(d) == "still working"
+
+
+# --------------------------------------------------------------------------- senders
+
+
+def test_stopping_a_sender_fails_its_pending_tasks_and_cancels_them(net: Net) -> None:
+    manager = net.manager()
+    sender = net.sender()
+    d = sender.rpc("echo", 1)
+    r = sender.receive()
+    net.pump()
+    assert manager.state is not None and manager.state.queued == 1
+    stopped = sender.stop()
+    net.pump()
+    fired(stopped)
+    assert failure_of(d, SenderStopped).task_id
+    failure_of(r, SenderStopped)
+    assert manager.state.queued == 0
+    # no timer of the sender is left behind in the reactor
+    assert sender._deadline_timer is None and sender._ack_timer is None
+    with pytest.raises(QueueError):
+        sender.submit("echo")
+
+
+def test_a_lost_sender_session_fails_pending_tasks(net: Net) -> None:
+    net.manager()
+    sender = net.sender()
+    d = sender.rpc("echo", 1)
+    net.pump()
+    sender.session.disconnect()
+    net.pump()
+    assert "lost" in str(failure_of(d, SenderStopped))
+
+
+def test_worker_lost_too_often_reaches_the_sender(net: Net) -> None:
+    net.manager(max_attempts=2)
+    sender = net.sender()
+    d = sender.rpc("job", timeout=None)
+    for _ in range(2):
+        s = net.session()
+        net.worker({"job": lambda _: Deferred()}, session=s)
+        net.pump()
+        s.crash()
+        net.pump()
+    assert "2 attempts" in str(failure_of(d, WorkerLost))
+
+
+def test_cancel_of_a_submitted_task(net: Net) -> None:
+    manager = net.manager()
+    sender = net.sender()
+    tid = sender.submit("echo", 1)
+    net.pump()
+    assert sender.cancel(tid) and not sender.cancel(tid)
+    net.pump()
+    assert manager.state is not None and manager.state.queued == 0
+    net.worker({"echo": echo})
+    r = sender.receive()
+    net.pump()
+    assert pending(r)
+
+
+def test_argument_checks_fail_early(net: Net) -> None:
+    sender = net.sender()
+    with pytest.raises(ValueError, match="function name"):
+        sender.submit("")
+    with pytest.raises(ValueError, match="timeout"):
+        sender.submit("f", timeout=0)
+    with pytest.raises(PayloadTooLarge):
+        sender.submit("f", b"x" * 200_000)
+    failure_of(sender.rpc("f", object()), TypeError)
+    assert sender.pending == 0
+    with pytest.raises(ValueError, match="concurrency"):
+        Worker(net.clock, net.session(), Q, concurrency=0)
+    with pytest.raises(TypeError, match="ISpreadSession"):
+        ManagerService(net.clock, "not a session", Q)  # type: ignore[arg-type]
+    with pytest.raises(QueueNameError):
+        Sender(net.clock, net.session(), "bad name")
+
+
+def test_many_timeouts_fire_in_order_with_one_timer(net: Net) -> None:
+    net.manager()
+    sender = net.sender()
+    calls = [(1 + i % 3, sender.rpc("nobody", i, timeout=1 + i % 3)) for i in range(900)]
+    net.advance(0.01)  # stay clear of float rounding at the whole seconds
+    for second in (1, 2, 3):
+        net.advance(1.0)
+        done = [t for t, d in calls if not pending(d)]
+        assert sorted(set(done)) == list(range(1, second + 1))
+        assert len(done) == 300 * second
+    for _, d in calls:
+        failure_of(d, TaskTimeout)
+    # one DelayedCall for all of them, not one per task
+    assert len(net.clock.getDelayedCalls()) < 10
+
+
+def test_finished_tasks_do_not_pile_up_in_the_timeout_heap(net: Net) -> None:
+    net.manager()
+    net.worker({"echo": echo}, concurrency=50)
+    sender = net.sender()
+    calls = [sender.rpc("echo", i, timeout=30) for i in range(3000)]
+    net.pump()
+    assert [fired(d) for d in calls] == list(range(3000))
+    assert len(sender._deadlines) <= 1024

@@ -1,0 +1,755 @@
+"""The manager's pure state machine: every transition, without I/O or a reactor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zope.interface import implementer
+
+from spreadqueue.interfaces import IAssignmentPolicy
+from spreadqueue.queue import Effect, Kind, QueueManager, Reason, queue_groups
+from spreadqueue.queue.messages import (
+    Assign,
+    Cancel,
+    Done,
+    Register,
+    Result,
+    Retire,
+    Status,
+    Submit,
+)
+from spreadqueue.spread.wire import (
+    CAUSED_BY_DISCONNECT,
+    CAUSED_BY_JOIN,
+    CAUSED_BY_LEAVE,
+    CAUSED_BY_NETWORK,
+    REG_MEMB_MESS,
+    GroupId,
+    MembershipMessage,
+)
+
+G = queue_groups("q")
+ME = "#m1#d"
+
+
+def notice(
+    group: str,
+    members: Sequence[str],
+    changed: str | None,
+    cause: int = CAUSED_BY_JOIN,
+    vs_sets: tuple[tuple[str, ...], ...] | None = None,
+    local: int = 0,
+) -> MembershipMessage:
+    return MembershipMessage(
+        service_type=REG_MEMB_MESS | cause,
+        group=group,
+        cause=cause,
+        group_id=GroupId(1, 1, 1),
+        members=tuple(sorted(members)),
+        vs_sets=vs_sets if vs_sets is not None else ((changed,),) if changed else (),
+        local_vs_set=local,
+        changed_member=changed,
+    )
+
+
+def self_leave(group: str) -> MembershipMessage:
+    return MembershipMessage(
+        service_type=CAUSED_BY_LEAVE,
+        group=group,
+        cause=CAUSED_BY_LEAVE,
+        group_id=None,
+        is_self_leave=True,
+    )
+
+
+class H:
+    """Drives one QueueManager through the notices and messages a daemon would give."""
+
+    def __init__(self, me: str = ME, **options: Any) -> None:
+        self.me = me
+        self.m = QueueManager(G, me, **options)
+        self.now = 0.0
+        self.members: dict[str, list[str]] = {G.manager: [], G.workers: [], G.senders: []}
+
+    def join(self, group: str, who: str) -> None:
+        self.members[group].append(who)
+        self.m.on_membership(self.now, notice(group, self.members[group], who))
+
+    def gone(self, group: str, who: str, cause: int = CAUSED_BY_DISCONNECT) -> None:
+        self.members[group].remove(who)
+        if who == self.me and cause == CAUSED_BY_LEAVE:
+            self.m.on_membership(self.now, self_leave(group))
+        else:
+            self.m.on_membership(self.now, notice(group, self.members[group], who, cause))
+
+    def disconnect(self, session: str) -> None:
+        for group, members in self.members.items():
+            if session in members:
+                self.gone(group, session)
+
+    def start(self) -> list[Effect]:
+        for group in (G.workers, G.senders, G.manager):
+            self.join(group, self.me)
+        return self.effects()
+
+    def worker(self, session: str, wid: str = "w", capacity: int = 1, held: Sequence[str] = ()):
+        if session not in self.members[G.workers]:
+            self.join(G.workers, session)
+        self.msg(session, Kind.REGISTER, [Register(wid, capacity, tuple(held))])
+
+    def msg(self, sender: str, kind: Kind, entries: list[Any]) -> None:
+        self.m.on_message(self.now, sender, kind, entries)
+
+    def submit(self, sender: str, *ids: str, timeout_ms: int | None = None) -> None:
+        self.msg(sender, Kind.SUBMIT, [Submit(i, "f", b"args", timeout_ms) for i in ids])
+
+    def done(self, session: str, wid: str, *ids: str) -> None:
+        self.msg(session, Kind.DONE, [Done(wid, i) for i in ids])
+
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        self.m.tick(self.now)
+
+    def effects(self) -> list[Effect]:
+        return self.m.take_effects()
+
+
+def of(effects: list[Effect], kind: Kind) -> list[tuple[tuple[str, ...], list[Any]]]:
+    return [(e.groups, e.entries) for e in effects if e.kind is kind]
+
+
+def assigned(effects: list[Effect]) -> list[tuple[str, str, str, int]]:
+    """(session, worker id, task id, attempt) of every ASSIGN entry, in order."""
+    return [
+        (groups[0], a.worker_id, a.task_id, a.attempt)
+        for groups, entries in of(effects, Kind.ASSIGN)
+        for a in entries
+    ]
+
+
+def ready_manager(**options: Any) -> H:
+    h = H(**options)
+    h.start()
+    return h
+
+
+# --------------------------------------------------------------------------- activity
+
+
+def test_a_lone_manager_becomes_active_and_says_hello_to_the_workers() -> None:
+    h = H()
+    h.join(G.workers, ME)
+    h.join(G.senders, ME)
+    assert not h.m.active  # not a member of Q-mgr yet: never dispatches
+    h.join(G.manager, ME)
+    assert h.m.active
+    assert of(h.effects(), Kind.HELLO) == [((G.workers,), [])]
+
+
+def test_not_active_before_being_a_member_of_all_three_groups() -> None:
+    h = H()
+    h.join(G.manager, ME)
+    h.join(G.workers, ME)
+    assert not h.m.active  # cannot see senders leave yet
+    h.join(G.senders, ME)
+    assert h.m.active
+    h.gone(G.workers, ME, CAUSED_BY_LEAVE)
+    assert not h.m.active
+
+
+def test_a_second_manager_stands_by_and_never_dispatches() -> None:
+    first, second = H("#m1#d"), H("#m2#d")
+    first.start()
+    first.effects()
+    # the second manager joins: it sees the first already there
+    for h in (first, second):
+        h.members[G.manager] = ["#m1#d"]
+        h.members[G.workers] = ["#m1#d"]
+    for group in (G.workers, G.senders, G.manager):
+        for h in (first, second):
+            h.join(group, "#m2#d")
+    assert first.m.active and not second.m.active
+    assert second.effects() == []
+    for h in (first, second):
+        h.worker("#w#d")
+        h.submit("#s#d", "t1")
+    assert assigned(first.effects()) == [("#w#d", "w", "t1", 1)]
+    assert second.effects() == [] and second.m.queued == 0
+    assert second.m.stats["ignored_standby"] == 2
+
+
+def test_the_oldest_manager_is_active_even_when_a_newer_one_sorts_first() -> None:
+    # '#a#d' sorts before '#z#d' in the member list, but '#z#d' was there first.
+    old = H("#z#d")
+    old.start()
+    old.join(G.manager, "#a#d")
+    assert old.m.active
+    new = H("#a#d")
+    new.members[G.manager] = ["#z#d"]
+    new.join(G.manager, "#a#d")
+    assert not new.m.active
+
+
+def test_the_standby_takes_over_when_the_active_manager_goes() -> None:
+    h = H("#m2#d")
+    h.members = {G.manager: ["#m1#d"], G.workers: ["#m1#d", "#w#d"], G.senders: ["#m1#d"]}
+    h.start()
+    assert not h.m.active and h.effects() == []
+    h.disconnect("#m1#d")
+    assert h.m.active
+    assert of(h.effects(), Kind.HELLO) == [((G.workers,), [])]
+    assert h.m.stats["activations"] == 1
+
+
+def test_after_a_takeover_dispatch_waits_for_workers_to_reregister() -> None:
+    h = H("#m2#d", register_grace=2.0)
+    h.members = {G.manager: ["#m1#d"], G.workers: ["#w1#d", "#w2#d"], G.senders: []}
+    h.start()
+    h.disconnect("#m1#d")
+    h.effects()
+    h.submit("#s#d", "t1", "t2")
+    h.msg("#w1#d", Kind.REGISTER, [Register("w", 1, ())])
+    # w2 has not answered HELLO yet: it may still run t1 or t2
+    assert assigned(h.effects()) == []
+    h.msg("#w2#d", Kind.REGISTER, [Register("w", 1, ("t2",))])
+    # t2 is adopted where it runs; t1 goes to the free worker
+    assert assigned(h.effects()) == [("#w1#d", "w", "t1", 1)]
+    assert h.m.running == 2 and h.m.queued == 0
+
+
+def test_the_registration_grace_ends_by_time() -> None:
+    h = H("#m2#d", register_grace=2.0)
+    h.members = {G.manager: ["#m1#d"], G.workers: ["#w1#d", "#silent#d"], G.senders: []}
+    h.start()
+    h.disconnect("#m1#d")
+    h.worker("#w1#d")
+    h.submit("#s#d", "t1")
+    h.tick(1.9)
+    assert assigned(h.effects()) == []
+    h.tick(0.2)
+    assert assigned(h.effects()) == [("#w1#d", "w", "t1", 1)]
+
+
+def test_leaving_the_manager_group_steps_down_and_hands_tasks_back() -> None:
+    h = ready_manager()
+    h.submit("#s#d", "t1", "t2")
+    h.effects()
+    h.gone(G.manager, ME, CAUSED_BY_LEAVE)
+    assert not h.m.active
+    failed = of(h.effects(), Kind.FAILED)
+    assert [(g, e.task_id, e.reason) for g, es in failed for e in es] == [
+        (("#s#d",), "t1", Reason.RESUBMIT),
+        (("#s#d",), "t2", Reason.RESUBMIT),
+    ]
+    assert h.m.queued == 0
+
+
+def test_a_merge_keeps_one_active_manager_by_vs_set_order() -> None:
+    # Two halves of a partition each had an active manager; they merge.
+    first, second = H("#a#d1"), H("#b#d2")
+    first.start()
+    second.start()
+    second.submit("#s#d2", "t1")
+    second.effects()
+    vs = (("#a#d1",), ("#b#d2",))  # same order at every member
+    members = ["#a#d1", "#b#d2"]
+    first.m.on_membership(0, notice(G.manager, members, None, CAUSED_BY_NETWORK, vs, local=0))
+    second.m.on_membership(0, notice(G.manager, members, None, CAUSED_BY_NETWORK, vs, local=1))
+    assert first.m.active and not second.m.active
+    resubmit = of(second.effects(), Kind.FAILED)
+    assert [(e.task_id, e.reason) for _, es in resubmit for e in es] == [("t1", Reason.RESUBMIT)]
+    # after the merge the second one is the younger: it takes over if the first goes
+    second.m.on_membership(0, notice(G.manager, ["#b#d2"], "#a#d1", CAUSED_BY_DISCONNECT))
+    assert second.m.active
+
+
+def test_a_merge_of_workers_asks_the_newcomers_to_register() -> None:
+    h = ready_manager()
+    h.effects()
+    members = [ME, "#w#d2"]
+    vs = ((ME,), ("#w#d2",))
+    h.m.on_membership(0, notice(G.workers, members, None, CAUSED_BY_NETWORK, vs))
+    assert of(h.effects(), Kind.HELLO) == [((G.workers,), [])]
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def test_submits_are_acked_in_one_batch_and_dispatched_fifo() -> None:
+    h = ready_manager()
+    h.worker("#w#d", capacity=3)
+    h.submit("#s#d", "t1", "t2", "t3", "t4")
+    effects = h.effects()
+    assert of(effects, Kind.ACK) == [(("#s#d",), [("t1",), ("t2",), ("t3",), ("t4",)])]
+    # three credits: three tasks in one ASSIGN message, no 'ready' round trip needed
+    assign = of(effects, Kind.ASSIGN)
+    assert len(assign) == 1
+    assert [a.task_id for a in assign[0][1]] == ["t1", "t2", "t3"]
+    a = assign[0][1][0]
+    assert a == Assign("w", "t1", "f", b"args", "#s#d", 1, None)
+    assert h.m.queued == 1 and h.m.running == 3
+    h.done("#w#d", "w", "t2")
+    assert assigned(h.effects()) == [("#w#d", "w", "t4", 1)]
+
+
+def test_idle_workers_are_chosen_least_recently_used() -> None:
+    h = ready_manager()
+    for s in ("#w1#d", "#w2#d", "#w3#d"):
+        h.worker(s)
+    h.submit("#s#d", "t1", "t2")
+    assert [a[0] for a in assigned(h.effects())] == ["#w1#d", "#w2#d"]
+    h.done("#w1#d", "w", "t1")  # w1 is free again, but w3 waited longer
+    h.submit("#s#d", "t3", "t4")
+    assert [a[0] for a in assigned(h.effects())] == ["#w3#d", "#w1#d"]
+
+
+def test_workers_with_spare_credit_take_turns() -> None:
+    h = ready_manager()
+    h.worker("#a#d", capacity=2)
+    h.worker("#b#d", capacity=2)
+    h.submit("#s#d", "t1", "t2", "t3", "t4", "t5")
+    where = {a[2]: a[0] for a in assigned(h.effects())}  # batched per worker session
+    assert where == {"t1": "#a#d", "t2": "#b#d", "t3": "#a#d", "t4": "#b#d"}
+    assert h.m.queued == 1
+
+
+def test_a_final_result_sent_to_the_manager_counts_as_done() -> None:
+    h = ready_manager()
+    h.worker("#w#d")
+    h.submit("#s#d", "t1", "t2")
+    h.effects()
+    h.msg("#w#d", Kind.RESULT, [Result("t1", "w", False, Status.OK, b"")])
+    assert assigned(h.effects()) == []  # not final: still running
+    h.msg("#w#d", Kind.RESULT, [Result("t1", "w", True, Status.OK, b"")])
+    assert assigned(h.effects()) == [("#w#d", "w", "t2", 1)]
+    assert h.m.stats["completed"] == 1
+
+
+def test_done_from_the_wrong_session_or_worker_is_ignored() -> None:
+    h = ready_manager()
+    h.worker("#w#d")
+    h.worker("#x#d")
+    h.submit("#s#d", "t1")
+    h.effects()
+    h.done("#x#d", "w", "t1")  # t1 runs at #w#d, not #x#d
+    h.done("#w#d", "other", "t1")
+    h.done("#w#d", "w", "nope")
+    assert h.m.running == 1 and h.m.stats["unknown_done"] == 3
+
+
+def test_a_custom_policy_is_consulted() -> None:
+    @implementer(IAssignmentPolicy)
+    class Newest:
+        def __init__(self) -> None:
+            self.calls: list[list[Any]] = []
+
+        def choose(self, candidates: Sequence[Any]) -> Any:
+            self.calls.append(list(candidates))
+            return candidates[-1]
+
+    policy = Newest()
+    h = ready_manager(policy=policy)
+    h.worker("#w1#d")
+    h.worker("#w2#d")
+    h.submit("#s#d", "t1")
+    assert [a[0] for a in assigned(h.effects())] == ["#w2#d"]
+    assert policy.calls == [[("#w1#d", "w"), ("#w2#d", "w")]]
+
+
+def test_a_policy_choosing_a_non_candidate_is_an_error() -> None:
+    @implementer(IAssignmentPolicy)
+    class Broken:
+        def choose(self, candidates: Sequence[Any]) -> Any:
+            return ("#nobody#d", "w")
+
+    h = ready_manager(policy=Broken())
+    h.worker("#w#d")
+    with pytest.raises(ValueError, match="not a candidate"):
+        h.submit("#s#d", "t1")
+
+
+def test_a_worker_draining_with_capacity_zero_gets_nothing_new() -> None:
+    h = ready_manager()
+    h.worker("#w#d", capacity=1)
+    h.worker("#w#d", capacity=0)
+    h.submit("#s#d", "t1")
+    assert assigned(h.effects()) == []
+    h.worker("#w#d", capacity=1)
+    assert assigned(h.effects()) == [("#w#d", "w", "t1", 1)]
+
+
+def test_register_from_a_session_outside_the_worker_group_is_refused() -> None:
+    h = ready_manager()
+    h.msg("#ghost#d", Kind.REGISTER, [Register("w", 1, ())])
+    h.submit("#s#d", "t1")
+    assert assigned(h.effects()) == []
+    assert h.m.worker_count == 0 and h.m.stats["unknown_session_registers"] == 1
+
+
+def test_duplicate_submit_is_acked_again_but_queued_once() -> None:
+    h = ready_manager()
+    h.submit("#s#d", "t1")
+    h.submit("#s#d", "t1")
+    h.submit("#other#d", "t1")  # someone else's id clash: ignored
+    assert of(h.effects(), Kind.ACK) == [(("#s#d",), [("t1",), ("t1",)])]
+    assert h.m.queued == 1
+    assert h.m.stats["duplicate_submits"] == 1 and h.m.stats["id_conflicts"] == 1
+
+
+def test_queue_full() -> None:
+    h = ready_manager(max_queued=2)
+    h.submit("#s#d", "t1", "t2", "t3")
+    effects = h.effects()
+    assert [e.task_id for _, es in of(effects, Kind.ACK) for e in es] == ["t1", "t2"]
+    assert [(e.task_id, e.reason) for _, es in of(effects, Kind.FAILED) for e in es] == [
+        ("t3", Reason.QUEUE_FULL)
+    ]
+
+
+def test_standby_ignores_everything() -> None:
+    h = H()
+    h.submit("#s#d", "t1")
+    assert h.effects() == [] and h.m.queued == 0
+
+
+def test_kinds_the_manager_does_not_handle_are_ignored() -> None:
+    h = ready_manager()
+    h.msg("#x#d", Kind.HELLO, [()])
+    h.msg("#x#d", Kind.ACK, [])
+    assert h.effects() == []
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_a_lost_worker_session_requeues_its_tasks_at_the_head() -> None:
+    h = ready_manager()
+    h.worker("#a#d", "w1", capacity=2)
+    h.worker("#a#d", "w2", capacity=1)  # two workers on one session
+    h.submit("#s#d", "t1", "t2", "t3", "t4", "t5")
+    assert [a[2] for a in assigned(h.effects())] == ["t1", "t2", "t3"]
+    h.worker("#b#d", capacity=5)
+    assert [a[2] for a in assigned(h.effects())] == ["t4", "t5"]
+    h.disconnect("#a#d")
+    # the three lost tasks go to #b#d (which has credit for them) before anything
+    # queued later; worker by worker, each worker's tasks in their old order
+    h.submit("#s#d", "t6")
+    effects = assigned(h.effects())
+    assert effects == [("#b#d", "w", "t1", 2), ("#b#d", "w", "t3", 2), ("#b#d", "w", "t2", 2)]
+    assert h.m.queued == 1 and h.m.stats["requeued"] == 3 and h.m.stats["workers_lost"] == 2
+
+
+def test_requeued_tasks_go_before_queued_ones() -> None:
+    h = ready_manager()
+    h.worker("#a#d")
+    h.submit("#s#d", "t1", "t2", "t3")
+    h.effects()
+    h.gone(G.workers, "#a#d", CAUSED_BY_LEAVE)
+    assert h.m.queued_ids() == ["t1", "t2", "t3"]
+
+
+def test_after_max_attempts_the_sender_gets_worker_lost() -> None:
+    h = ready_manager(max_attempts=2)
+    h.submit("#s#d", "t1")
+    for attempt, session in ((1, "#a#d"), (2, "#b#d")):
+        h.worker(session)
+        assert assigned(h.effects()) == [(session, "w", "t1", attempt)]
+        h.disconnect(session)
+    failed = of(h.effects(), Kind.FAILED)
+    assert [(g, e.task_id, e.reason) for g, es in failed for e in es] == [
+        (("#s#d",), "t1", Reason.WORKER_LOST)
+    ]
+    assert h.m.queued == 0 and h.m.running == 0
+    h.worker("#c#d")
+    assert assigned(h.effects()) == []  # no endless loop
+
+
+def test_a_network_partition_loses_the_workers_on_the_other_side() -> None:
+    h = ready_manager()
+    h.worker("#w#d2")
+    h.submit("#s#d", "t1")
+    h.effects()
+    h.m.on_membership(0, notice(G.workers, [ME], None, CAUSED_BY_NETWORK, ((ME,),)))
+    assert h.m.worker_count == 0 and h.m.queued_ids() == ["t1"]
+
+
+def test_a_transitional_notice_changes_nothing() -> None:
+    h = ready_manager()
+    h.worker("#w#d")
+    h.submit("#s#d", "t1")
+    h.effects()
+    h.m.on_membership(
+        0,
+        MembershipMessage(
+            service_type=0x2000, group=G.workers, cause=0, group_id=None, is_transition=True
+        ),
+    )
+    assert h.m.worker_count == 1 and h.m.running == 1
+
+
+def test_retire_requeues_what_the_worker_still_held() -> None:
+    h = ready_manager()
+    h.worker("#a#d", capacity=2)
+    h.submit("#s#d", "t1", "t2")
+    h.effects()
+    h.done("#a#d", "w", "t1")
+    h.msg("#a#d", Kind.RETIRE, [Retire("w")])
+    assert h.m.worker_count == 0 and h.m.queued_ids() == ["t2"]
+
+
+def test_cancel_of_a_queued_task_drops_it() -> None:
+    h = ready_manager()
+    h.submit("#s#d", "t1", "t2")
+    h.msg("#other#d", Kind.CANCEL, [Cancel("t1")])  # not the sender: ignored
+    h.msg("#s#d", Kind.CANCEL, [Cancel("t1"), Cancel("unknown")])
+    h.worker("#w#d")
+    assert assigned(h.effects()) == [("#w#d", "w", "t2", 1)]
+    assert h.m.stats["cancelled"] == 1
+
+
+def test_cancel_of_a_running_task_is_forwarded_to_its_worker() -> None:
+    h = ready_manager()
+    h.worker("#w#d")
+    h.submit("#s#d", "t1")
+    h.effects()
+    h.msg("#s#d", Kind.CANCEL, [Cancel("t1")])
+    h.msg("#s#d", Kind.CANCEL, [Cancel("t1")])  # only forwarded once
+    assert of(h.effects(), Kind.CANCEL) == [(("#w#d",), [Cancel("t1")])]
+    # if that worker dies now, the cancelled task is not run again
+    h.disconnect("#w#d")
+    assert h.m.queued == 0 and h.m.running == 0
+
+
+def test_expired_tasks_are_dropped_not_run() -> None:
+    h = ready_manager(sweep_interval=1.0)
+    h.submit("#s#d", "late", timeout_ms=500)
+    h.submit("#s#d", "sweep", timeout_ms=800)
+    h.submit("#s#d", "fine", timeout_ms=60_000)
+    h.tick(0.6)  # 'late' is due, but the sweep is not (next at t=1.0)
+    h.worker("#w#d", capacity=5)
+    effects = assigned(h.effects())
+    # 'late' expired at dispatch time; 'sweep' (0.2 s left) and 'fine' run
+    assert [a[2] for a in effects] == ["sweep", "fine"]
+    assert h.m.stats["expired"] == 1
+
+
+def test_the_sweep_drops_expired_tasks_while_no_worker_is_there() -> None:
+    h = ready_manager(sweep_interval=1.0)
+    h.submit("#s#d", "t1", timeout_ms=500)
+    h.submit("#s#d", "t2")
+    h.tick(1.0)
+    assert h.m.queued_ids() == ["t2"] and h.m.stats["expired"] == 1
+
+
+def test_assign_carries_the_remaining_time() -> None:
+    h = ready_manager()
+    h.submit("#s#d", "t1", timeout_ms=1000)
+    h.tick(0.25)
+    h.worker("#w#d")
+    [(_, entries)] = of(h.effects(), Kind.ASSIGN)
+    assert entries[0].timeout_ms == 750
+
+
+def test_a_departed_sender_s_tasks_are_dropped_or_cancelled() -> None:
+    h = ready_manager()
+    h.join(G.senders, "#s#d")
+    h.worker("#w#d")
+    h.submit("#s#d", "t1", "t2")
+    h.submit("#other#d", "t3")
+    h.effects()
+    h.disconnect("#s#d")
+    effects = h.effects()
+    assert of(effects, Kind.CANCEL) == [(("#w#d",), [Cancel("t1")])]
+    assert h.m.queued_ids() == ["t3"] and h.m.stats["dropped_sender_gone"] == 1
+
+
+# --------------------------------------------------------------------------- takeover
+
+
+def test_tasks_held_from_before_a_takeover_use_credit_until_done() -> None:
+    h = ready_manager()
+    h.worker("#w#d", capacity=2, held=["old1", "old2"])  # assigned by the previous manager
+    h.submit("#s#d", "t1")
+    assert assigned(h.effects()) == []  # no credit left
+    h.done("#w#d", "w", "old1")
+    assert assigned(h.effects()) == [("#w#d", "w", "t1", 1)]
+
+
+def test_a_resubmitted_task_that_a_worker_still_runs_is_not_run_twice() -> None:
+    h = ready_manager()
+    h.worker("#w#d", capacity=1, held=["t1"])
+    h.submit("#s#d", "t1")
+    effects = h.effects()
+    assert of(effects, Kind.ACK) == [(("#s#d",), [("t1",)])]
+    assert assigned(effects) == []
+    assert h.m.running == 1
+    # now the manager knows enough to requeue it if that worker dies
+    h.worker("#x#d")
+    h.disconnect("#w#d")
+    assert assigned(h.effects()) == [("#x#d", "w", "t1", 2)]
+
+
+def test_register_listing_a_task_already_running_elsewhere_only_counts_credit() -> None:
+    h = ready_manager()
+    h.worker("#a#d")
+    h.submit("#s#d", "t1")
+    h.effects()
+    h.worker("#b#d", capacity=1, held=["t1"])
+    h.submit("#s#d", "t2")
+    assert assigned(h.effects()) == []  # both workers busy
+    h.done("#b#d", "w", "t1")
+    assert assigned(h.effects()) == [("#b#d", "w", "t2", 1)]
+    assert h.m.running == 2  # t1 still counted at #a#d until it says done
+
+
+# --------------------------------------------------------------------------- invariants
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("submit"), st.integers(0, 2), st.integers(1, 4)),
+        st.tuples(st.just("worker"), st.integers(0, 3), st.integers(0, 3)),
+        st.tuples(st.just("done"), st.integers(0, 3), st.integers(0, 30)),
+        st.tuples(st.just("lose"), st.integers(0, 3), st.just(0)),
+        st.tuples(st.just("cancel"), st.integers(0, 2), st.integers(0, 30)),
+        st.tuples(st.just("tick"), st.integers(0, 3), st.just(0)),
+        st.tuples(st.just("sender_gone"), st.integers(0, 2), st.just(0)),
+    ),
+    max_size=60,
+)
+
+
+def run_ops(ops: list[tuple[str, int, int]], me: str = ME) -> tuple[H, list[Effect]]:
+    h = H(me, max_attempts=2)
+    out = h.start()
+    counter = 0
+    for op, a, b in ops:
+        if op == "submit":
+            ids = [f"s{a}.{counter + i}" for i in range(b)]
+            counter += b
+            h.submit(f"#s{a}#d", *ids, timeout_ms=2000 if a == 2 else None)
+        elif op == "worker":
+            h.worker(f"#w{a}#d", capacity=a % 3 + 1)  # capacities never shrink here
+        elif op == "done":
+            w = h.m._workers.get((f"#w{a}#d", "w"))
+            if w is not None and w.held:
+                held = list(w.held)
+                h.done(w.session, "w", held[b % len(held)], f"s0.{b}")
+        elif op == "lose":
+            if f"#w{a}#d" in h.members[G.workers]:
+                h.disconnect(f"#w{a}#d")
+        elif op == "cancel":
+            h.msg(f"#s{a}#d", Kind.CANCEL, [Cancel(f"s{a}.{b}")])
+        elif op == "tick":
+            h.tick(a * 0.7)
+        elif op == "sender_gone":
+            if f"#s{a}#d" not in h.members[G.senders]:
+                h.join(G.senders, f"#s{a}#d")
+            h.disconnect(f"#s{a}#d")
+        out.extend(h.effects())
+    return h, out
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(OPS)
+def test_invariants_hold_for_any_sequence(ops: list[tuple[str, int, int]]) -> None:
+    h, effects = run_ops(ops)
+    m = h.m
+    # bookkeeping adds up
+    assert m.queued == len(m.queued_ids())
+    assert m.queued + m.running == len(m._tasks)
+    # no worker ever holds more than its capacity (credits)
+    for _key, capacity, held in m.workers():
+        assert held <= capacity
+    running_at: dict[str, Any] = {}
+    for w in m._workers.values():
+        for tid, t in w.held.items():
+            if t is not None:
+                assert t.worker is w
+                assert tid not in running_at, "a task runs at two workers"
+                running_at[tid] = w
+    # no task is both queued and running
+    assert not set(m.queued_ids()) & set(running_at)
+    # every ASSIGN went to a registered session with credit at the time: replay check
+    for e in effects:
+        if e.kind is Kind.ASSIGN:
+            for a in e.entries:
+                assert a.attempt <= 2
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(OPS)
+def test_identical_ordered_input_gives_identical_decisions(ops: list[tuple[str, int, int]]) -> None:
+    _, first = run_ops(ops)
+    _, second = run_ops(ops)
+    assert first == second
+
+
+DETERMINISM_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, random, sys
+    sys.path.insert(0, {tests!r})
+    from test_queue_state import run_ops
+    rng = random.Random(7)
+    kinds = ["submit", "worker", "done", "lose", "cancel", "tick", "sender_gone"]
+    ops = [(rng.choice(kinds), rng.randrange(3), rng.randrange(1, 5)) for _ in range(400)]
+    _, effects = run_ops(ops)
+    print(hashlib.sha256(repr(effects).encode()).hexdigest())
+    """
+)
+
+
+def test_decisions_do_not_depend_on_hash_randomisation() -> None:
+    # Managers in different processes have different string hash seeds; they must
+    # still decide identically (no iteration over sets in the brain).
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = DETERMINISM_SCRIPT.format(tests=here)
+    digests = set()
+    for seed in ("1", "2", "3"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(here), env.get("PYTHONPATH", "")])
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1, digests
+    assert len(next(iter(digests))) == 64
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_a_queued_100_byte_task_costs_less_than_1kb() -> None:
+    h = ready_manager()
+    n = 20_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for j in range(0, n, 500):
+            # decoded the way the service gets them: fresh strings and bytes per task
+            entries = [
+                Submit(f"{'ab' * 8}.{i}", "resize", os.urandom(100), None)
+                for i in range(j, j + 500)
+            ]
+            h.msg("#sender#d", Kind.SUBMIT, entries)
+            h.effects()
+        del entries  # count what the manager keeps, not the last decoded message
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert h.m.queued == n
+    per_task = (after - before) / n
+    assert per_task < 1024, per_task
+
+
+def test_counters_have_their_documented_names() -> None:
+    names = set(QueueManager(G, ME).stats)
+    assert {"submitted", "assigned", "completed", "requeued", "expired", "cancelled"} <= names
