@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo_main(rest)
     if command == "rpc":
-        from .queue._rpc_command import main as rpc_main
+        from ._rpc import main as rpc_main
 
         return rpc_main(rest)
     if command == "bench":
