@@ -76,9 +76,7 @@ async def _run(reactor: Any, options: argparse.Namespace) -> int:
         def square(n: int, _name: str = name) -> list[Any]:
             return [n * n, _name]
 
-        worker = Worker(
-            reactor, await session(name), QUEUE, {"myfunc": myfunc, "square": square}
-        )
+        worker = Worker(reactor, await session(name), QUEUE, {"myfunc": myfunc, "square": square})
         await worker.start()
         workers.append(worker)
     _say(f"{len(workers)} workers registered")

@@ -15,10 +15,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from .spread.errors import SpreadError
-from .tap._common import default_queue, default_spread
 from .queue.errors import NoManager, RemoteError, TaskError, TaskTimeout
 from .queue.names import validate_queue_name
+from .spread.errors import SpreadError
+from .tap._common import default_queue, default_spread
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -35,15 +35,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("args", metavar="JSON", nargs="?", default="null", help="arguments, as JSON")
     p.add_argument("--queue", "-q", default=None, help="queue [default: $SPREAD_QUEUE_NAME]")
     p.add_argument(
-        "--spread", "-s", default=None, help="Spread daemon [default: $SPREAD_DAEMON or 4803@localhost]"
+        "--spread",
+        "-s",
+        default=None,
+        help="Spread daemon [default: $SPREAD_DAEMON or 4803@localhost]",
     )
     p.add_argument("--timeout", "-t", type=float, default=30.0, help="seconds [default: 30]")
     return p
 
 
 async def _call(reactor: Any, spread: str, queue: str, func: str, args: Any, timeout: float) -> Any:
-    from .spread.client import connect
     from .queue.sender import Sender
+    from .spread.client import connect
 
     session = await connect(reactor, spread, None, timeout=min(timeout, 10.0))
     sender = Sender(reactor, session, queue, ack_timeout=min(timeout, 5.0))
@@ -93,7 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"spreadqueue rpc: {err}", file=sys.stderr)
             outcome.append(EXIT_FAILED)
         elif isinstance(err, (SpreadError, OSError)) or "Connect" in type(err).__name__:
-            print(f"spreadqueue rpc: cannot reach the Spread daemon at {spread}: {err}", file=sys.stderr)
+            print(
+                f"spreadqueue rpc: cannot reach the Spread daemon at {spread}: {err}",
+                file=sys.stderr,
+            )
             outcome.append(EXIT_UNANSWERED)
         else:
             print(f"spreadqueue rpc: {failure.getErrorMessage()}", file=sys.stderr)

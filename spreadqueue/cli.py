@@ -84,11 +84,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def options_last(args: Sequence[str], takes_value: set[str]) -> list[str]:
+    """``args`` with positional arguments moved after the options.
+
+    Twisted's option parser stops at the first positional argument, but ``sqm myqueue
+    --spread X`` should work as users of the seed's ``sqm myqueue`` expect.
+    """
+    options: list[str] = []
+    positional: list[str] = []
+    it = iter(args)
+    for arg in it:
+        if arg == "--":
+            positional.extend(it)
+        elif arg.startswith("-") and arg != "-":
+            options.append(arg)
+            if arg in takes_value:
+                value = next(it, None)
+                if value is not None:
+                    options.append(value)
+        else:
+            positional.append(arg)
+    return options + positional
+
+
 def sqm_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sqm [options] QUEUE``: the seed's queue manager command."""
+    from .tap.manager import Options
+
     args = list(sys.argv[1:] if argv is None else argv)
+    takes_value = {f"--{long}" for long, *_ in Options.optParameters} | {
+        f"-{p[1]}" for p in Options.optParameters if p[1]
+    }
     # sqm starts an embedded daemon when nothing answers, unless told not to.
-    return run_plugin("spreadqueue-manager", ["--embedded-daemon=auto", *args], "sqm")
+    return run_plugin(
+        "spreadqueue-manager", ["--embedded-daemon=auto", *options_last(args, takes_value)], "sqm"
+    )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ class Proc:
         self.label = label
         self.ready_file = workdir / f"{label}.ready"
         self.log_path = workdir / f"{label}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "wb")
         self.args = [*args, "--ready-file", str(self.ready_file)]
         self.popen = subprocess.Popen(
             self.args,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import skip_if_external, spread_daemon
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
@@ -20,8 +21,6 @@ from spreadqueue.spread import wire
 from spreadqueue.spread.client import connect
 from spreadqueue.spread.errors import NameNotUnique
 from spreadqueue.spread.session import SpreadSession
-
-from procs import skip_if_external, spread_daemon
 
 
 def unique_name(prefix: str = "t") -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 
 from ..interfaces import ISpreadSession
 from ..spread.errors import SessionClosed
@@ -43,9 +44,15 @@ def release(session: ISpreadSession, group: str) -> Deferred[None]:
     if not session.connected:
         return succeed(None)
     try:
-        return session.leave(group)  # type: ignore[no-any-return]
+        d: Deferred[None] = session.leave(group)
     except SessionClosed:
         return succeed(None)
+
+    def closed_meanwhile(failure: Failure) -> None:
+        # A session that ends while we wait for the leave notice has left anyway.
+        failure.trap(SessionClosed)
+
+    return d.addErrback(closed_meanwhile)
 
 
 def holders(session: ISpreadSession, group: str) -> int:

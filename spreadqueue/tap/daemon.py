@@ -67,7 +67,9 @@ def makeService(options: dict[str, Any]) -> IService:
     class _Watch(ReadyFileService):
         def startService(self) -> None:
             super().startService()
-            daemon.whenListening().addCallbacks(listening, fail_startup, errbackArgs=(daemon.reactor,))
+            daemon.whenListening().addCallbacks(
+                listening, fail_startup, errbackArgs=(daemon.reactor,)
+            )
 
     _Watch(ready_file or "").setServiceParent(top)
     return top

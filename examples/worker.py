@@ -1,0 +1,65 @@
+"""A worker, as in the seed's synopsis (Perl's Spread::Queue::Worker), in Python.
+
+Run it next to ``sqm myqueue``::
+
+    python examples/worker.py
+
+The queue is $SPREAD_QUEUE_NAME (default ``myqueue``); the Spread daemon is
+$SPREAD_DAEMON (default ``4803@localhost``). Ctrl-C stops it gracefully: it takes no
+new work, finishes what it holds and leaves the queue.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import defer, task
+
+from spreadqueue.queue import Task, Worker
+from spreadqueue.spread.client import connect
+
+QUEUE = os.environ.get("SPREAD_QUEUE_NAME") or os.environ.get("SPREAD_QUEUE") or "myqueue"
+SPREAD = os.environ.get("SPREAD_DAEMON") or "4803@localhost"
+
+
+async def main(reactor: Any) -> None:
+    session = await connect(reactor, SPREAD)
+    worker = Worker(reactor, session, QUEUE)
+
+    @worker.handler("myfunc", with_task=True)
+    def myfunc(originator: Task, args: Any) -> None:
+        # The seed's style: respond to the originator (returning the value works too).
+        worker.respond(originator, {"response": "I heard you!"})
+
+    await worker.start()
+    print(f"worker ready on queue {QUEUE!r} (Spread {SPREAD}); Ctrl-C to stop", flush=True)
+
+    async def shutdown() -> None:
+        await worker.stop()
+        await session.disconnect()
+
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: defer.Deferred.fromCoroutine(shutdown())
+    )
+    await session.whenDisconnected()  # runs until Ctrl-C or the daemon goes away
+
+
+def run() -> None:
+    from twisted.internet.error import ConnectError
+
+    def start(reactor: Any) -> defer.Deferred[None]:
+        d = defer.Deferred.fromCoroutine(main(reactor))
+
+        def unreachable(failure: Any) -> None:
+            failure.trap(ConnectError)
+            print(f"cannot reach the Spread daemon at {SPREAD} (is 'sqm {QUEUE}' running?)")
+            raise SystemExit(1)
+
+        return d.addErrback(unreachable)
+
+    task.react(start)
+
+
+if __name__ == "__main__":
+    run()
