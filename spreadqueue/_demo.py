@@ -12,8 +12,9 @@ import argparse
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 
 from .queue import ManagerService, Sender, Worker
@@ -50,9 +51,10 @@ async def _run(reactor: Any, options: argparse.Namespace) -> int:
     else:
         daemon = SpreadDaemonService("tcp:0:interface=127.0.0.1", reactor=reactor)
         daemon.startService()
-        port = await daemon.whenListening()
-        endpoint = f"tcp:host=127.0.0.1:port={port.getHost().port}"
-        _say(f"embedded Spread daemon listening on 127.0.0.1:{port.getHost().port}")
+        listening = await daemon.whenListening()
+        port = cast(IPv4Address, listening.getHost()).port
+        endpoint = f"tcp:host=127.0.0.1:port={port}"
+        _say(f"embedded Spread daemon listening on 127.0.0.1:{port}")
 
     sessions = []
 

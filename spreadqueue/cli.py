@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 USAGE = """\
 usage: spreadqueue COMMAND [options]
@@ -112,9 +113,8 @@ def sqm_main(argv: Sequence[str] | None = None) -> int:
     from .tap.manager import Options
 
     args = list(sys.argv[1:] if argv is None else argv)
-    takes_value = {f"--{long}" for long, *_ in Options.optParameters} | {
-        f"-{p[1]}" for p in Options.optParameters if p[1]
-    }
+    params: list[Any] = list(Options.optParameters)
+    takes_value = {f"--{p[0]}" for p in params} | {f"-{p[1]}" for p in params if p[1]}
     # sqm starts an embedded daemon when nothing answers, unless told not to.
     return run_plugin(
         "spreadqueue-manager", ["--embedded-daemon=auto", *options_last(args, takes_value)], "sqm"

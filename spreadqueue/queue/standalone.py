@@ -12,7 +12,7 @@ Both write a readiness file when ready, for scripts and tests.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
@@ -42,14 +42,14 @@ async def daemon_answers(reactor: Any, spread: str, timeout: float = 2.0) -> boo
     d = endpoint.connect(Factory.forProtocol(Protocol))
     d.addTimeout(timeout, reactor)
     try:
-        proto = await d
+        proto = cast(Protocol, await d)
     except ConnectError:
         return False
     except Exception:
         # A timeout or a name that does not resolve: not something we can replace.
         return True
     if proto.transport is not None:
-        proto.transport.abortConnection()
+        proto.transport.loseConnection()
     return True
 
 
