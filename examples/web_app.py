@@ -83,7 +83,10 @@ class Double(Resource):
 
 async def main(reactor: Any) -> None:
     session = await connect(reactor, SPREAD)  # one session for the worker and the sender
-    worker = Worker(reactor, session, QUEUE, {"double": lambda n: 2 * n}, concurrency=4)
+    # Every worker of a queue should serve the same functions (the manager hands any
+    # task to any worker), so this one answers the seed's myfunc too.
+    handlers = {"double": lambda n: 2 * n, "myfunc": lambda args: {"response": "I heard you!"}}
+    worker = Worker(reactor, session, QUEUE, handlers, concurrency=4)
     await worker.start()
     sender = Sender(reactor, session, QUEUE)
 

@@ -785,9 +785,10 @@ class SpreadDaemonService(Service):
         self.port = port
         self._outcome = port
         log.info(
-            "Spread daemon {name} listening on {endpoint}",
+            "Spread daemon {name} listening on {address} ({endpoint})",
             name=self.daemon_name,
             endpoint=self.endpoint,
+            address=_describe(port.getHost()),
         )
         self._tell_waiters()
 
