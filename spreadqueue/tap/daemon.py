@@ -34,8 +34,7 @@ class Options(usage.Options):
         self["allow"] = []
 
     def opt_allow(self, network: str) -> None:
-        """Also serve clients from this network (e.g. 10.0.0.0/8); repeatable.
-        Loopback clients are always served."""
+        """Also serve clients from NETWORK, e.g. 10.0.0.0/8 (repeatable; loopback always)."""
         try:
             self["allow"].append(ipaddress.ip_network(network, strict=False))
         except ValueError as e:
