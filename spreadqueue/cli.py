@@ -35,19 +35,26 @@ _PLUGINS = {
 
 def run_plugin(plugin: str, args: Sequence[str], prog: str) -> int:
     """Run one of our twistd plugins in the foreground with human-readable logs."""
+    from twisted.application.service import IServiceMaker
     from twisted.application.twist._twist import Twist
+    from twisted.plugin import getPlugins
+    from twisted.python.usage import UsageError
 
-    if any(a in ("-h", "--help") for a in args):
-        # Show the plugin's own options, not twist's generic ones.
-        from twisted.application.service import IServiceMaker
-        from twisted.plugin import getPlugins
-
-        for maker in getPlugins(IServiceMaker):
-            if maker.tapname == plugin:
-                options = maker.options()
-                options.synopsis = f"Usage: {prog} [options]"
+    for maker in getPlugins(IServiceMaker):
+        if maker.tapname == plugin:
+            # Help and usage errors in the plugin's own terms ("sqm [options] [QUEUE]"),
+            # not twist's ("twist [options] plugin [plugin_options]").
+            options = maker.options()
+            options.synopsis = f"Usage: {prog} {options.synopsis}"
+            if any(a in ("-h", "--help") for a in args):
                 print(str(options).rstrip())
                 return 0
+            try:
+                options.parseOptions(list(args))
+            except UsageError as e:
+                print(f"{prog}: {e}\n{prog} --help lists the options.", file=sys.stderr)
+                return 2
+            break
     argv = [prog, "--log-format=text", plugin, *args]
     try:
         Twist.main(argv)

@@ -37,7 +37,7 @@ from spreadqueue.queue import (
     queue_groups,
 )
 from spreadqueue.queue.messages import Result, Status, encode, mess_type
-from spreadqueue.queue.sharing import holders
+from spreadqueue.queue.sharing import acquire, holders, membership, release
 from spreadqueue.spread.wire import RegularMessage
 
 Q = "q"
@@ -835,3 +835,86 @@ def test_finished_tasks_do_not_pile_up_in_the_timeout_heap(net: Net) -> None:
     net.pump()
     assert [fired(d) for d in calls] == list(range(3000))
     assert len(sender._deadlines) <= 1024
+
+
+# --------------------------------------------------------------------------- found end to end
+# Regressions for bugs the process-level tests (tests/test_e2e_queue.py) found.
+
+
+def test_a_manager_started_after_a_worker_and_a_sender_of_its_session_becomes_active(
+    net: Net,
+) -> None:
+    """A worker and a sender of the session joined Q-wrk and Q-snd first, so the manager
+    never gets its own join notices there; it must still see itself a member of both
+    (it used to stay inactive forever)."""
+    shared = net.session()
+    net.worker({"echo": echo}, session=shared)
+    sender = net.sender(shared)
+    manager = net.manager(shared)
+    net.advance(0.1)
+    assert manager.active
+    d = sender.rpc("echo", 7)
+    net.advance(0.1)
+    assert fired(d) == 7
+
+
+def test_a_second_sender_of_a_session_resubmits_when_the_manager_crashes(net: Net) -> None:
+    """A sender whose session was in Q-snd already (another sender joined it first) must
+    still see the manager leave and resubmit what it had acknowledged (those tasks used
+    to wait forever)."""
+    manager_session = net.session()
+    net.manager(manager_session)
+    shared = net.session()
+    net.sender(shared)
+    second = net.sender(shared)
+    calls = [second.rpc("echo", i, timeout=None) for i in range(3)]  # no worker: queued
+    net.pump()
+    assert second.unacknowledged == 0 and second.pending == 3
+    manager_session.crash()
+    net.pump()
+    assert second.stats["resubmitted"] == 3
+    net.manager()
+    net.worker({"echo": echo})
+    net.advance(0.5)
+    assert [fired(d) for d in calls] == [0, 1, 2]
+
+
+def test_the_group_view_of_a_shared_session(net: Net) -> None:
+    """membership(): the latest notice of a group the session holds, None once released."""
+    session, other = net.session(), net.session()
+    assert membership(session, G.senders) is None
+    acquire(session, G.senders)
+    acquire(other, G.senders)
+    net.pump()
+    view = membership(session, G.senders)
+    assert view is not None and set(view.members) == {session.private_group, other.private_group}
+    release(session, G.senders)
+    assert membership(session, G.senders) is None
+
+
+def test_stopping_a_manager_that_opened_its_session_waits_until_it_is_closed(
+    net: Net,
+) -> None:
+    """stopService fires only once the session the manager opened is closed: a stopping
+    process (twistd) drops what is still unwritten when stopService returns, and that
+    used to lose the RESUBMITs of the queued tasks (and the session's KILL)."""
+    session = net.session()
+    closed: Deferred[None] = Deferred()
+    disconnect = session.disconnect
+
+    def slow_disconnect() -> Deferred[None]:
+        disconnect()
+        return closed
+
+    session.disconnect = slow_disconnect  # type: ignore[method-assign]
+    manager = ManagerService(net.clock, lambda: succeed(session), Q)
+    manager.startService()
+    net.pump()
+    net.sender().submit("echo", 1)  # no worker: it stays queued
+    net.pump()
+    stopped = manager.stopService()
+    net.pump()
+    assert [mt for _, mt, _ in session.sent].count(mess_type(Kind.FAILED)) == 1
+    assert pending(stopped)
+    closed.callback(None)
+    fired(stopped)

@@ -23,7 +23,7 @@ from .errors import MalformedMessage
 from .messages import Kind, Message, decode, is_queue_message
 from .names import queue_groups
 from .outbox import Turn, send
-from .sharing import acquire, release
+from .sharing import acquire, membership, release
 from .state import QueueManager
 
 __all__ = ["ManagerService", "SessionFactory"]
@@ -157,11 +157,14 @@ class ManagerService(Service):
         leaves = [release(session, g) for g in (groups.manager, groups.senders, groups.workers)]
         d: Deferred[Any] = DeferredList(leaves, consumeErrors=True)
 
-        def detach(_: object) -> None:
+        def detach(_: object) -> Deferred[None] | None:
             self._flush()
             self._detach(session)
             if self._factory is not None and session.connected:
-                session.disconnect()
+                # Stop only once the session is closed: at reactor shutdown, what is
+                # still unwritten (the RESUBMITs just flushed, the KILL) would be lost.
+                return session.disconnect()
+            return None
 
         d.addCallback(detach)
         return d  # type: ignore[return-value]
@@ -212,8 +215,10 @@ class ManagerService(Service):
         # Q-snd, and by then we are in Q-mgr to receive them. The state machine only
         # becomes active once it is a member of all three.
         d = acquire(session, groups.workers)
+        d.addCallback(lambda _: self._catch_up(session, groups.workers))
         d.addCallback(lambda _: acquire(session, groups.manager))
         d.addCallback(lambda _: acquire(session, groups.senders))
+        d.addCallback(lambda _: self._catch_up(session, groups.senders))
         d.addErrback(self._join_failed, session)
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = self._reactor
@@ -223,6 +228,20 @@ class ManagerService(Service):
             queue=groups.queue,
             session=session.private_group,
         )
+
+    def _catch_up(self, session: ISpreadSession, group: str) -> None:
+        """Give the state machine the current members of ``group``.
+
+        A worker or sender sharing our session may have joined the group before us:
+        then our own join notice never comes, and without it the state machine would
+        never count itself a member (and never become active). Replaying the latest
+        notice is harmless when we did see it: nothing changed since.
+        """
+        view = membership(session, group)
+        state = self._state
+        if view is not None and state is not None and session is self._session:
+            state.on_membership(self._now(), view)
+            self._turn.schedule()
 
     def _join_failed(self, f: Failure, session: ISpreadSession) -> None:
         if session is self._session and session.connected:

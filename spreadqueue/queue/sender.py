@@ -45,7 +45,7 @@ from .messages import (
 from .names import queue_groups
 from .outbox import Outbox, Turn
 from .serializer import default_serializer
-from .sharing import acquire, release
+from .sharing import acquire, membership, release
 
 __all__ = ["Reply", "Sender"]
 
@@ -205,6 +205,12 @@ class Sender:
 
         def joined(_: object) -> None:
             if self._state == "starting":
+                # When another component of this session joined Q-snd first, no join
+                # notice came our way: start from the group's current members, or a
+                # manager leaving would go unnoticed (and its tasks unresubmitted).
+                view = membership(session, self.groups.senders)
+                if view is not None:
+                    self._members = dict.fromkeys(view.members)
                 self._state = "ready"
                 self._pump()
 

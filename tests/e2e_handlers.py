@@ -1,0 +1,72 @@
+"""Worker handlers for the end-to-end tests (``--handlers e2e_handlers:HANDLERS``).
+
+Worker processes import this module (the tests put ``tests/`` on their PYTHONPATH).
+Handlers that take a ``log`` argument append one line per execution to
+``<log>/<pid>.runs`` *before* they answer, so a test can count how many times each
+task ran, and where, independently of what the sender received.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+
+
+def _record(args: Any) -> None:
+    """Append the task's marker to this process's execution log, if asked to."""
+    if isinstance(args, dict) and args.get("log"):
+        with open(Path(args["log"]) / f"{os.getpid()}.runs", "a") as f:
+            f.write(f"{args['i']}\n")
+
+
+def myfunc(args: Any) -> dict[str, str]:
+    """The seed synopsis's function."""
+    return {"response": "I heard you!"}
+
+
+def echo(args: Any) -> Any:
+    """Return the arguments unchanged."""
+    return args
+
+
+def fail(args: Any) -> None:
+    """Raise ValueError with a message built from the arguments."""
+    raise ValueError(f"bad value: {args!r}")
+
+
+def pid(args: Any) -> int:
+    """The worker process's pid."""
+    return os.getpid()
+
+
+def work(args: dict[str, Any]) -> list[Any]:
+    """Record the execution, then answer ``[i * 2, pid]`` (immediately)."""
+    _record(args)
+    return [args["i"] * 2, os.getpid()]
+
+
+def slow(args: dict[str, Any]) -> Deferred[list[Any]]:
+    """Record the execution, wait ``delay`` seconds (cancellable), answer ``[i, pid]``."""
+    _record(args)
+    return deferLater(reactor, float(args.get("delay", 0.0)), lambda: [args["i"], os.getpid()])
+
+
+def crash(args: Any) -> None:
+    """Die at once, as a crash would (the manager sees the session disconnect)."""
+    os._exit(3)
+
+
+HANDLERS = {
+    "myfunc": myfunc,
+    "echo": echo,
+    "fail": fail,
+    "pid": pid,
+    "work": work,
+    "slow": slow,
+    "crash": crash,
+}
