@@ -49,7 +49,8 @@ async def _call(reactor: Any, spread: str, queue: str, func: str, args: Any, tim
     from .spread.client import connect
 
     session = await connect(reactor, spread, None, timeout=min(timeout, 10.0))
-    sender = Sender(reactor, session, queue, ack_timeout=min(timeout, 5.0))
+    # Acknowledgements come well before results: half the timeout names a missing manager.
+    sender = Sender(reactor, session, queue, ack_timeout=min(timeout / 2, 5.0))
     try:
         return await sender.rpc(func, args, timeout=timeout)
     finally:
