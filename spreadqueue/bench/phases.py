@@ -1,0 +1,556 @@
+"""The benchmark's phases: what each one starts, drives, measures and reports.
+
+Every phase returns ``{"description": ..., "cases": {label: case}}`` where a case is
+``{"params": {...}, "median": run, "runs": [run, ...]}`` and each run holds only
+numbers that run measured: rates per second over the measured window, latencies in
+microseconds, CPU seconds of each role over the window (``cpu_s``; ``cpu_system_s`` is the part
+spent in the kernel, where loopback TCP is charged to the sending process; ``None``
+where the process is not ours to see, e.g. an external daemon; ``other`` is the CPU
+the rest of the machine used meanwhile: how quiet it was), task counts.
+
+Timing: each run gets an absolute monotonic window ``[t0, t1)``. Agents start their
+load at once (the warm-up) and count only what completes inside the window; the
+parent samples every process's CPU time at ``t0`` and ``t1``. CLOCK_MONOTONIC is
+system-wide on Linux, so all processes agree on the window.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .cluster import Cluster
+from .procs import AgentError, AgentProcess
+from .procstat import cpu_times_many, machine_busy_seconds, rss_bytes
+from .profiling import PySpy
+from .stats import latency_summary, median_of_runs, spread_summary
+
+__all__ = ["PHASES", "Settings"]
+
+#: Time for a command to reach every agent before the warm-up begins.
+LEAD_S = 0.1
+#: Relay pacing: the receiver acknowledges every ACK_EVERY messages; the sender stays
+#: at most WINDOW messages ahead of the last acknowledgement (daemon limit: 1000).
+RELAY_ACK_EVERY = 100
+RELAY_WINDOW = 500
+#: Pause before each kill of the failover phase.
+KILL_SPACING_S = 0.02
+#: Arguments of the queue phases (except ``payload``): 100 bytes once serialized.
+ARGS_BYTES = 100
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to run and for how long (``quick()`` for a short smoke run)."""
+
+    warmup: float = 0.5
+    duration: float = 2.0
+    repeat: int = 1
+    concurrency: int = 1
+    pipelined: tuple[int, ...] = (1, 10, 100)
+    payloads: tuple[int, ...] = (100, 10_000, 100_000)
+    payload_inflight: int = 10
+    senders: tuple[int, ...] = (1, 4, 16)
+    fanin_workers: int = 4
+    worker_counts: tuple[int, ...] = (1, 2, 4, 8, 16, 64)
+    workers_inflight: int = 100
+    kills: int = 20
+    memory_tasks: int = 100_000
+    profile: PySpy | None = None
+
+    def quick(self) -> Settings:
+        """The same, shortened for a smoke test (seconds, not a minute)."""
+        return replace(
+            self,
+            warmup=0.2,
+            duration=0.5,
+            senders=(1, 4),
+            worker_counts=(1, 2, 4),
+            kills=3,
+            memory_tasks=10_000,
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _window(s: Settings) -> tuple[int, int]:
+    t0 = time.monotonic_ns() + int((LEAD_S + s.warmup) * 1e9)
+    return t0, t0 + int(s.duration * 1e9)
+
+
+def _sleep_until(t_ns: int) -> None:
+    delay = (t_ns - time.monotonic_ns()) / 1e9
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _seconds_left(t_ns: int) -> float:
+    return max(0.0, (t_ns - time.monotonic_ns()) / 1e9)
+
+
+#: CPU seconds by role (None: a process we cannot see), total and system (kernel) part.
+RoleCpu = dict[str, float | None]
+
+
+class _CpuSample:
+    """The CPU times of some processes, and of the whole machine, at one moment."""
+
+    def __init__(self, pids: Mapping[str, Sequence[int]]) -> None:
+        self.pids = pids
+        self.machine = machine_busy_seconds()
+        self.times = cpu_times_many(p for ps in pids.values() for p in ps)
+
+    def until(self, later: _CpuSample) -> tuple[RoleCpu, RoleCpu]:
+        """CPU seconds by role from this sample to ``later``: (total, system part).
+
+        A role with no process of ours is None. ``other`` is what the rest of the
+        machine used meanwhile (other programs, the bench's parent, interrupts): a
+        measure of how quiet the machine was.
+        """
+        before, after = self.times, later.times
+        total: RoleCpu = {}
+        system: RoleCpu = {}
+        ours = 0.0
+        for role, ps in self.pids.items():
+            seen = [p for p in ps if p in before and p in after]
+            if not seen:
+                total[role] = system[role] = None
+                continue
+            user = sum(after[p][0] - before[p][0] for p in seen)
+            kernel = sum(after[p][1] - before[p][1] for p in seen)
+            total[role] = round(user + kernel, 3)
+            system[role] = round(kernel, 3)
+            ours += user + kernel
+        total["other"] = round(max(0.0, later.machine - self.machine - ours), 3)
+        return total, system
+
+
+def _cpu_over(pids: Mapping[str, Sequence[int]], t0: int, t1: int) -> tuple[RoleCpu, RoleCpu]:
+    """CPU seconds each role's processes used between ``t0`` and ``t1`` (sleeps until
+    then): see :meth:`_CpuSample.until`."""
+    _sleep_until(t0)
+    before = _CpuSample(pids)
+    _sleep_until(t1)
+    return before.until(_CpuSample(pids))
+
+
+def _per(cpu: Mapping[str, float | None], count: int) -> dict[str, float | None]:
+    """CPU microseconds per unit of work (task, message, round trip)."""
+    return {
+        k: (v * 1e6 / count if v is not None and count else None)
+        for k, v in cpu.items()
+        if k != "other"
+    }
+
+
+def _daemon(cluster: Cluster) -> list[int]:
+    return cluster.pids()["daemon"]
+
+
+def _case(params: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"params": params, "median": median_of_runs(runs), "runs": runs}
+
+
+def _phase(description: str, cases: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"description": description, "cases": cases, **extra}
+
+
+def _size_label(size: int) -> str:
+    if size >= 1000 and size % 1000 == 0:
+        return f"{size // 1000} KB"
+    return f"{size} B"
+
+
+# --------------------------------------------------------------------------- queue runs
+
+
+def _queue_run(
+    cluster: Cluster,
+    s: Settings,
+    senders: Sequence[AgentProcess],
+    workers: Sequence[AgentProcess],
+    *,
+    inflight: int,
+    payload: int = ARGS_BYTES,
+    profile: PySpy | None = None,
+) -> dict[str, Any]:
+    """One measured run: every sender keeps ``inflight`` no-op calls going."""
+    t0, t1 = _window(s)
+    window_ids = [(w, w.send("window", t0_ns=t0, t1_ns=t1)) for w in workers]
+    for w, ident in window_ids:
+        w.reply(ident)
+    load_ids = [
+        (
+            snd,
+            snd.send("load", func="noop", payload=payload, inflight=inflight, t0_ns=t0, t1_ns=t1),
+        )
+        for snd in senders
+    ]
+    if profile is not None:
+        targets = {
+            "daemon": _daemon(cluster),  # none when the daemon is external
+            "manager": cluster.pids()["manager"],
+            "worker": [workers[0].pid],
+            "sender": [senders[0].pid],
+        }
+        profile.start({k: v[0] for k, v in targets.items() if v}, _seconds_left(t1))
+    cpu, cpu_system = _cpu_over(cluster.pids(), t0, t1)
+    loads = [snd.reply(ident, timeout=_seconds_left(t1) + 60.0) for snd, ident in load_ids]
+    if profile is not None:
+        profile.finish()
+    wstats = [w.request("stats") for w in workers]
+
+    latencies = [v for r in loads for v in r["latencies_ns"]]
+    if not latencies:
+        raise AgentError("no task completed in the measured window")
+    measured = len(latencies)
+    errors: dict[str, int] = {}
+    for r in loads:
+        for name, n in r["errors"].items():
+            errors[name] = errors.get(name, 0) + n
+    run: dict[str, Any] = {
+        "tasks_per_s": measured / ((t1 - t0) / 1e9),
+        "latency_us": latency_summary(latencies),
+        "tasks": {
+            "submitted": sum(r["submitted"] for r in loads),
+            "completed": sum(r["completed"] for r in loads),
+            "errors": sum(errors.values()),
+            "lost": sum(r["lost"] for r in loads),
+            "measured": measured,
+        },
+        "errors": errors,
+        "late_senders": sum(1 for r in loads if r["started_ns"] > t0),
+        "cpu_s": cpu,
+        "cpu_system_s": cpu_system,
+        "cpu_us_per_task": _per(cpu, measured),
+        "per_worker": spread_summary([w["in_window"] for w in wstats]),
+    }
+    if len(senders) > 1:
+        run["worst_sender_p99_us"] = max(
+            latency_summary(r["latencies_ns"])["p99"] for r in loads if r["latencies_ns"]
+        )
+    return run
+
+
+def _repeat(
+    s: Settings, once: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any
+) -> list[dict[str, Any]]:
+    """``once(*args, **kwargs)`` run ``s.repeat`` times."""
+    return [once(*args, **kwargs) for _ in range(s.repeat)]
+
+
+def phase_seq(cluster: Cluster, s: Settings) -> dict[str, Any]:
+    """One sender, one worker, sequential rpc of a no-op handler."""
+    workers, senders = cluster.workers_of(1), cluster.senders_of(1)
+    runs = _repeat(s, _queue_run, cluster, s, senders, workers, inflight=1)
+    params = {"inflight": 1, "workers": 1, "senders": 1, "payload_bytes": ARGS_BYTES}
+    return _phase(
+        "sequential rpc of a no-op handler, 100-byte args, 1 sender, 1 worker",
+        {"C=1": _case(params, runs)},
+    )
+
+
+def phase_pipelined(cluster: Cluster, s: Settings) -> dict[str, Any]:
+    """One sender with C calls in flight, one worker."""
+    workers, senders = cluster.workers_of(1), cluster.senders_of(1)
+    cases: dict[str, Any] = {}
+    for c in s.pipelined:
+        runs = _repeat(s, _queue_run, cluster, s, senders, workers, inflight=c)
+        params = {"inflight": c, "workers": 1, "senders": 1, "payload_bytes": ARGS_BYTES}
+        case = _case(params, runs)
+        if s.profile is not None and c == max(s.pipelined):
+            # An extra run under py-spy: its numbers are shown apart, never in the median.
+            case["profiled_run"] = _queue_run(
+                cluster, s, senders, workers, inflight=c, profile=s.profile
+            )
+            case["profile_dir"] = str(s.profile.outdir)
+        cases[f"C={c}"] = case
+    return _phase("one sender keeping C no-op calls in flight, 1 worker", cases)
+
+
+def phase_payload(cluster: Cluster, s: Settings) -> dict[str, Any]:
+    """Bigger arguments: tasks/s and MB/s of arguments carried."""
+    workers, senders = cluster.workers_of(1), cluster.senders_of(1)
+    cases: dict[str, Any] = {}
+    for size in s.payloads:
+        runs = _repeat(
+            s, _queue_run, cluster, s, senders, workers, inflight=s.payload_inflight, payload=size
+        )
+        for run in runs:
+            run["mb_per_s"] = run["tasks_per_s"] * size / 1e6
+        params = {"inflight": s.payload_inflight, "workers": 1, "senders": 1, "payload_bytes": size}
+        cases[_size_label(size)] = _case(params, runs)
+    return _phase(
+        f"no-op calls with bigger args ({s.payload_inflight} in flight, 1 worker); MB/s counts "
+        "the serialized arguments",
+        cases,
+    )
+
+
+def phase_fanin(cluster: Cluster, s: Settings) -> dict[str, Any]:
+    """S sender processes at once, each making sequential calls."""
+    workers = cluster.workers_of(s.fanin_workers)
+    cases: dict[str, Any] = {}
+    for count in s.senders:
+        senders = cluster.senders_of(count)
+        runs = _repeat(s, _queue_run, cluster, s, senders, workers, inflight=1)
+        params = {
+            "inflight": 1,
+            "workers": s.fanin_workers,
+            "senders": count,
+            "payload_bytes": ARGS_BYTES,
+        }
+        cases[f"S={count}"] = _case(params, runs)
+    cluster.senders_of(1)
+    return _phase(
+        f"S sender processes at once, each making sequential rpc calls; {s.fanin_workers} workers",
+        cases,
+    )
+
+
+def phase_workers(cluster: Cluster, s: Settings) -> dict[str, Any]:
+    """W workers sharing one sender's calls: throughput and fairness."""
+    senders = cluster.senders_of(1)
+    cases: dict[str, Any] = {}
+    for count in s.worker_counts:
+        workers = cluster.workers_of(count)
+        runs = _repeat(s, _queue_run, cluster, s, senders, workers, inflight=s.workers_inflight)
+        params = {
+            "inflight": s.workers_inflight,
+            "workers": count,
+            "senders": 1,
+            "payload_bytes": ARGS_BYTES,
+        }
+        cases[f"W={count}"] = _case(params, runs)
+    extra: dict[str, Any] = {}
+    most = max(s.worker_counts)
+    if "W=4" in cases and most != 4:
+        extra[f"rate_w{most}_over_w4"] = (
+            cases[f"W={most}"]["median"]["tasks_per_s"] / cases["W=4"]["median"]["tasks_per_s"]
+        )
+    return _phase(
+        f"one sender keeping {s.workers_inflight} no-op calls in flight over W workers; "
+        "per_worker counts the tasks each worker completed in the window",
+        cases,
+        **extra,
+    )
+
+
+# --------------------------------------------------------------------------- failover
+
+
+def _about(task_id: str) -> Callable[[dict[str, Any]], bool]:
+    """Matches the events about task ``task_id``."""
+    return lambda event: event.get("task_id") == task_id
+
+
+def _failover_run(cluster: Cluster, s: Settings) -> dict[str, Any]:
+    """Victims each hold a task; kill them one by one, timing the reassignment."""
+    cluster.workers_of(0)
+    sender = cluster.senders_of(1)[0]
+    victims = cluster.start_victims(s.kills)
+    delays: list[int] = []
+    try:
+        cluster.wait_registered()
+        sender.request("hold", count=s.kills)
+        held = {id(v): v.wait_event("held", timeout=30.0)["task_id"] for v in victims}
+        # The survivor starts only now: while every victim holds a task (capacity 1),
+        # the survivor is the only worker with credit, so each task goes there.
+        survivor = cluster.workers_of(1)[0]
+        pids = {
+            "daemon": _daemon(cluster),
+            "manager": cluster.pids()["manager"],
+            "workers": [survivor.pid],
+            "senders": [sender.pid],
+        }
+        before = _CpuSample(pids)
+        for victim in victims:
+            # Kills come KILL_SPACING_S apart, so each one meets a system that has just
+            # handled the previous one (as a crash under light traffic would).
+            time.sleep(KILL_SPACING_S)
+            task_id = held[id(victim)]
+            killed_at = time.monotonic_ns()
+            os.kill(victim.pid, signal.SIGKILL)
+            try:
+                event = survivor.wait_event("reassigned", 10.0, _about(task_id))
+                delays.append(int(event["t_ns"]) - killed_at)
+            except AgentError:
+                pass  # counted below as not reassigned
+            cluster.kill_victim(victim)
+        after = _CpuSample(pids)
+        outcome = sender.request("hold_wait", timeout=90.0, wait_s=60.0)
+    finally:
+        for victim in victims:
+            cluster.kill_victim(victim)
+    if not delays:
+        raise AgentError("no task was reassigned")
+    cpu, cpu_system = before.until(after)
+    return {
+        "reassign_us": latency_summary(delays),
+        "kills": s.kills,
+        "reassigned": len(delays),
+        "tasks": {
+            "submitted": outcome["count"],
+            "completed": outcome["ok"],
+            "errors": sum(outcome["errors"].values()),
+            "lost": outcome["count"] - outcome["ok"],
+        },
+        "errors": outcome["errors"],
+        "lost": outcome["count"] - outcome["ok"],
+        "cpu_s": cpu,
+        "cpu_system_s": cpu_system,
+    }
+
+
+def phase_failover(cluster: Cluster, s: Settings) -> dict[str, Any]:
+    """SIGKILL of workers holding tasks: time to reassignment, tasks lost."""
+    runs = _repeat(s, _failover_run, cluster, s)
+    return _phase(
+        f"workers holding a task each are killed with SIGKILL, one every {KILL_SPACING_S * 1000:g}"
+        " ms; reassign_us = from the kill (parent's monotonic clock) to the task's arrival, "
+        "attempt 2, at the surviving worker; lost = tasks whose sender got no result",
+        {f"{s.kills} kills": _case({"kills": s.kills}, runs)},
+    )
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _memory_run(cluster: Cluster, s: Settings) -> dict[str, Any]:
+    """A fresh manager of its own queue, no worker: its RSS before and after N tasks."""
+    queue = f"bmem-{secrets.token_hex(4)}"
+    manager = cluster.spawn("manager", queue=queue)
+    sender = cluster.spawn("sender", queue=queue)
+    try:
+        manager.wait_ready()
+        sender.wait_ready()
+        time.sleep(0.2)  # let start-up work finish
+        pids = {"daemon": _daemon(cluster), "manager": [manager.pid], "senders": [sender.pid]}
+        rss_before = rss_bytes(manager.pid)
+        before = _CpuSample(pids)
+        started = time.monotonic()
+        sender.request("flood", count=s.memory_tasks, payload=ARGS_BYTES, timeout=120.0)
+        while True:
+            stats = manager.request("stats")
+            if stats["queued"] >= s.memory_tasks:
+                break
+            if time.monotonic() - started > 300:
+                raise AgentError(f"only {stats['queued']} of {s.memory_tasks} tasks queued")
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        rss_after = rss_bytes(manager.pid)
+        cpu, cpu_system = before.until(_CpuSample(pids))
+    finally:
+        # The sender's end makes the manager drop its queued tasks; no need to cancel.
+        cluster.kill([sender, manager])
+    return {
+        "tasks_queued": stats["queued"],
+        "rss_before_bytes": rss_before,
+        "rss_after_bytes": rss_after,
+        "bytes_per_task": (rss_after - rss_before) / s.memory_tasks,
+        "submits_per_s": s.memory_tasks / elapsed,
+        "queue_full": stats["queue_full"],
+        "cpu_s": cpu,
+        "cpu_system_s": cpu_system,
+    }
+
+
+def phase_memory(cluster: Cluster, s: Settings) -> dict[str, Any]:
+    """Manager memory per queued task."""
+    runs = _repeat(s, _memory_run, cluster, s)
+    return _phase(
+        f"a fresh manager with no worker; one sender submits {s.memory_tasks:,} tasks of "
+        "100-byte args (paced by its window of unacknowledged submits); bytes_per_task = "
+        "growth of the manager's VmRSS / tasks; submits_per_s = tasks / time until all "
+        "were queued",
+        {f"{s.memory_tasks:,} tasks": _case({"tasks": s.memory_tasks}, runs)},
+    )
+
+
+# --------------------------------------------------------------------------- raw Spread
+
+
+def _ping_run(cluster: Cluster, s: Settings, a: AgentProcess, b: AgentProcess) -> dict[str, Any]:
+    t0, t1 = _window(s)
+    ident = a.send("ping", peer=b.private_group, size=ARGS_BYTES, t0_ns=t0, t1_ns=t1)
+    cpu, cpu_system = _cpu_over({"daemon": _daemon(cluster), "clients": [a.pid, b.pid]}, t0, t1)
+    result = a.reply(ident, timeout=_seconds_left(t1) + 30.0)
+    latencies = result["latencies_ns"]
+    if not latencies:
+        raise AgentError("no round trip completed in the measured window")
+    return {
+        "round_trips_per_s": len(latencies) / ((t1 - t0) / 1e9),
+        "latency_us": latency_summary(latencies),
+        "lost": result["lost"],
+        "cpu_s": cpu,
+        "cpu_system_s": cpu_system,
+        "cpu_us_per_round_trip": _per(cpu, len(latencies)),
+    }
+
+
+def _relay_run(cluster: Cluster, s: Settings, a: AgentProcess, b: AgentProcess) -> dict[str, Any]:
+    t0, t1 = _window(s)
+    b.request("relay_receive", ack_every=RELAY_ACK_EVERY, t0_ns=t0, t1_ns=t1)
+    ident = a.send(
+        "relay_send", peer=b.private_group, size=ARGS_BYTES, window=RELAY_WINDOW, t1_ns=t1
+    )
+    cpu, cpu_system = _cpu_over({"daemon": _daemon(cluster), "clients": [a.pid, b.pid]}, t0, t1)
+    sent = a.reply(ident, timeout=_seconds_left(t1) + 30.0)["sent"]
+    deadline = time.monotonic() + 10.0
+    while True:  # the last messages arrive just after t1
+        stats = b.request("relay_stats")
+        if stats["received"] >= sent or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return {
+        "messages_per_s": stats["in_window"] / ((t1 - t0) / 1e9),
+        "sent": sent,
+        "received": stats["received"],
+        "lost": sent - stats["received"],
+        "cpu_s": cpu,
+        "cpu_system_s": cpu_system,
+        "cpu_us_per_message": _per(cpu, stats["in_window"]),
+    }
+
+
+def phase_raw(cluster: Cluster, s: Settings) -> dict[str, Any]:
+    """Plain Spread between two sessions: ping-pong latency and the relay rate."""
+    a, b = cluster.start_agents("raw", 2)
+    try:
+        b.request("echo")
+        pings = _repeat(s, _ping_run, cluster, s, a, b)
+        relays = _repeat(s, _relay_run, cluster, s, a, b)
+    finally:
+        cluster.retire([a, b])
+    return _phase(
+        "two plain Spread sessions through the same daemon, no queue, 100-byte AGREED "
+        f"messages; relay: one sender to one receiver, paced by the receiver's "
+        f"acknowledgement every {RELAY_ACK_EVERY} messages (at most {RELAY_WINDOW} beyond "
+        "it), rate counted at the receiver",
+        {
+            "ping-pong": _case({"size": ARGS_BYTES}, pings),
+            "relay": _case(
+                {"size": ARGS_BYTES, "ack_every": RELAY_ACK_EVERY, "window": RELAY_WINDOW},
+                relays,
+            ),
+        },
+    )
+
+
+#: Every phase in the order they run (whatever order they are asked for in).
+PHASES: dict[str, Callable[[Cluster, Settings], dict[str, Any]]] = {
+    "raw": phase_raw,
+    "seq": phase_seq,
+    "pipelined": phase_pipelined,
+    "payload": phase_payload,
+    "fanin": phase_fanin,
+    "workers": phase_workers,
+    "failover": phase_failover,
+    "memory": phase_memory,
+}

@@ -1,0 +1,201 @@
+"""``spreadqueue bench``: a smoke run of the real thing, and its pure parts.
+
+The smoke test runs ``spreadqueue bench --quick --phase seq --phase raw --json F`` in a
+subprocess (against SPREADQUEUE_TEST_SPREAD when set) and checks the results are
+complete and consistent. It asserts no speed: the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from spreadqueue.bench.agent import payload_of
+from spreadqueue.bench.procstat import cpu_seconds, rss_bytes
+from spreadqueue.bench.profiling import load_stacks, summarise
+from spreadqueue.bench.report import format_report
+from spreadqueue.bench.run import main as bench_main
+from spreadqueue.bench.stats import latency_summary, median_of_runs, percentile, spread_summary
+
+ROOT = Path(__file__).resolve().parent.parent
+SPREAD_ENV = "SPREADQUEUE_TEST_SPREAD"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    )
+    return env
+
+
+def _check_latency(lat: dict[str, Any]) -> None:
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert lat["min"] <= lat["mean"] <= lat["max"]
+    assert lat["count"] > 0
+
+
+def test_smoke_seq_and_raw(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, "-m", "spreadqueue.cli", "bench", "--quick"]
+    argv += ["--phase", "seq", "--phase", "raw", "--json", str(out)]
+    external = os.environ.get(SPREAD_ENV)
+    if external:
+        argv += ["--spread", external]
+    done = subprocess.run(
+        argv, env=_env(), cwd=str(tmp_path), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ping-pong" in done.stdout and "rpc/s" in done.stdout
+
+    results = json.loads(out.read_text())
+    assert set(results) == {"meta", "raw", "seq"}
+    assert results["meta"]["phases"] == ["raw", "seq"]
+    assert results["meta"]["daemon"] == (external or "embedded")
+
+    seq = results["seq"]["cases"]["C=1"]
+    assert len(seq["runs"]) == 1
+    for run in (seq["median"], *seq["runs"]):
+        assert run["tasks_per_s"] > 0
+        _check_latency(run["latency_us"])
+        tasks = run["tasks"]
+        assert tasks["submitted"] == tasks["completed"] > 0
+        assert tasks["errors"] == tasks["lost"] == 0
+        assert 0 < tasks["measured"] <= tasks["completed"]
+        assert run["latency_us"]["count"] == tasks["measured"]
+        assert run["per_worker"]["counts"][0] > 0
+        cpu = run["cpu_s"]
+        assert set(cpu) == {"daemon", "manager", "workers", "senders", "other"}
+        assert (cpu["daemon"] is None) == bool(external)
+        assert all(v >= 0 for k, v in cpu.items() if v is not None)
+
+    raw = results["raw"]["cases"]
+    ping = raw["ping-pong"]["median"]
+    assert ping["round_trips_per_s"] > 0 and ping["lost"] == 0
+    _check_latency(ping["latency_us"])
+    relay = raw["relay"]["median"]
+    assert relay["messages_per_s"] > 0
+    assert relay["sent"] == relay["received"] > 0 and relay["lost"] == 0
+
+
+def test_help_explains_the_output(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("how to read the output", "failover", "--repeat", "--json", "microseconds"):
+        assert word in text
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([7.0], 1) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile(values, 0)
+
+
+def test_latency_summary_in_microseconds() -> None:
+    summary = latency_summary([3000, 1000, 2000])
+    assert summary["p50"] == 2.0 and summary["max"] == 3.0 and summary["min"] == 1.0
+    assert summary["mean"] == 2.0 and summary["count"] == 3
+    with pytest.raises(ValueError):
+        latency_summary([])
+
+
+def test_spread_summary() -> None:
+    even = spread_summary([10, 10, 10])
+    assert even["within_2x"] and even["min_over_mean"] == even["max_over_mean"] == 1.0
+    skewed = spread_summary([1, 10, 19])
+    assert not skewed["within_2x"] and skewed["min"] == 1 and skewed["max"] == 19
+    assert not spread_summary([0, 0])["within_2x"]
+
+
+def test_median_of_runs_merges_nested_numbers() -> None:
+    runs = [
+        {"rate": 1.0, "n": 1, "lat": {"p50": 5.0}, "ok": True, "cpu": None, "name": "a"},
+        {"rate": 3.0, "n": 4, "lat": {"p50": 1.0}, "ok": False, "cpu": 1.0, "name": "b"},
+        {"rate": 2.0, "n": 2, "lat": {"p50": 3.0}, "ok": True, "cpu": 2.0, "name": "c"},
+    ]
+    med = median_of_runs(runs)
+    assert med == {"rate": 2.0, "n": 2, "lat": {"p50": 3.0}, "ok": False, "cpu": None, "name": "a"}
+    assert median_of_runs(runs[:2])["n"] == 1  # the lower median: a count some run saw
+    assert median_of_runs(runs[:2])["rate"] == 2.0
+
+
+@pytest.mark.parametrize("size", [2, 100, 257, 259, 10_000, 65_538, 100_000, 140_000])
+def test_payload_of_serializes_to_the_size(size: int) -> None:
+    assert len(msgpack.packb(payload_of(size), use_bin_type=True)) == size
+
+
+def test_procstat_reads_this_process() -> None:
+    assert cpu_seconds(os.getpid()) > 0
+    assert rss_bytes(os.getpid()) > 1_000_000
+
+
+def test_profile_summary(tmp_path: Path) -> None:
+    path = tmp_path / "manager.txt"
+    path.write_text(
+        "<module> (a.py:1);run (b.py:5);decode (wire.py:9) 30\n<module> (a.py:1);run (b.py:5) 10\n"
+    )
+    assert load_stacks(path) == [
+        (["<module> (a.py:1)", "run (b.py:5)", "decode (wire.py:9)"], 30),
+        (["<module> (a.py:1)", "run (b.py:5)"], 10),
+    ]
+    text = summarise(path)
+    assert "40 samples" in text
+    assert "75.0%  decode (wire.py:9)" in text
+    assert "100.0%  run (b.py:5)" in text
+
+
+def test_report_formats_every_kind_of_phase() -> None:
+    lat = {"p50": 100.0, "p90": 150.0, "p99": 300.0, "max": 900.0}
+    tasks = {"submitted": 10, "completed": 10, "errors": 0, "lost": 0, "measured": 8}
+    cpu = {"daemon": 0.5, "manager": 0.4, "workers": 0.3, "senders": 0.2}
+
+    def case(run: dict[str, Any]) -> dict[str, Any]:
+        return {"params": {}, "median": run, "runs": [run]}
+
+    results = {
+        "raw": {
+            "cases": {
+                "ping-pong": case(
+                    {"round_trips_per_s": 5000.0, "latency_us": lat, "lost": 0, "cpu_s": cpu}
+                ),
+                "relay": case({"messages_per_s": 9e4, "sent": 5, "received": 5, "lost": 0}),
+            }
+        },
+        "seq": {"cases": {"C=1": case({"tasks_per_s": 2500.0, "latency_us": lat, "tasks": tasks})}},
+        "failover": {"error": "boom\nmore"},
+        "memory": {
+            "cases": {
+                "10 tasks": case(
+                    {
+                        "submits_per_s": 1e4,
+                        "bytes_per_task": 400.0,
+                        "rss_before_bytes": 1e6,
+                        "rss_after_bytes": 2e6,
+                        "tasks_queued": 10,
+                    }
+                )
+            }
+        },
+    }
+    text = format_report(results, {"repeat": 1})
+    assert "2,500 rpc/s" in text and "5,000 rt/s" in text and "90,000 msg/s" in text
+    assert "ERROR" in text and "boom" in text and "400 B/task" in text
+    assert "seq p50 is 1.0x the ping-pong's" in text
