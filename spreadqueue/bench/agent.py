@@ -29,8 +29,9 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.stdio import StandardIO
 from twisted.logger import (
@@ -44,6 +45,7 @@ from twisted.logger import (
 from ..queue import ManagerService, Sender, Worker
 from ..queue.worker import Task
 from ..spread.client import connect
+from ..spread.daemon import SpreadDaemonService, local_session
 from ..spread.session import SpreadSession
 from .channel import ControlChannel
 from .load import RpcLoad
@@ -51,7 +53,7 @@ from .rawload import Echo, PingPong, RelayReceiver, RelaySender
 
 __all__ = ["main"]
 
-ROLES = ("manager", "worker", "sender", "raw")
+ROLES = ("manager", "sqm", "worker", "sender", "raw")
 
 
 class _Role:
@@ -290,7 +292,7 @@ def payload_of(size: int) -> bytes:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m spreadqueue.bench.agent", description=__doc__)
     p.add_argument("role", choices=ROLES)
-    p.add_argument("--spread", required=True, help="Spread daemon endpoint")
+    p.add_argument("--spread", default="", help="Spread daemon endpoint (not for sqm)")
     p.add_argument("--queue", default="bench", help="queue name (not for raw)")
     p.add_argument("--concurrency", type=int, default=1, help="worker's concurrency")
     p.add_argument("--victim", action="store_true", help="worker: hold 'hold' tasks")
@@ -315,8 +317,18 @@ async def _serve(reactor: Any, options: argparse.Namespace) -> None:
 
     channel = ControlChannel(handle, eof)
     StandardIO(channel, reactor=reactor)
-    session = await connect(reactor, options.spread)
-    if options.role == "manager":
+    colocated: dict[str, Any] = {}
+    if options.role == "sqm":
+        # What sqm does with no daemon around: the embedded daemon in this process and
+        # the manager on an in-process session of it (no socket, no encoding).
+        daemon = SpreadDaemonService("tcp:0:interface=127.0.0.1", reactor=reactor)
+        daemon.startService()
+        port = await daemon.whenListening()
+        colocated["port"] = cast(IPv4Address, port.getHost()).port
+        session = local_session(daemon.factory)
+    else:
+        session = await connect(reactor, options.spread)
+    if options.role in ("manager", "sqm"):
         role = ManagerRole(reactor, session, channel, options.queue)
     elif options.role == "worker":
         role = WorkerRole(
@@ -327,7 +339,9 @@ async def _serve(reactor: Any, options: argparse.Namespace) -> None:
     else:
         role = RawRole(reactor, session, channel)
     extra = await role.start()
-    channel.emit("ready", pid=os.getpid(), private_group=session.private_group, **extra)
+    channel.emit(
+        "ready", pid=os.getpid(), private_group=session.private_group, **extra, **colocated
+    )
     await finished
     try:
         await role.stop()

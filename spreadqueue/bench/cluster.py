@@ -23,12 +23,22 @@ class Cluster:
     """Benchmark processes on one Spread daemon: embedded (``spread`` None: started
     here, on a free loopback port) or external (``spread``, a client endpoint).
 
-    ``concurrency`` is each pool worker's concurrency (credits).
+    ``concurrency`` is each pool worker's concurrency (credits). With ``colocate`` the
+    manager runs inside the daemon's process on an in-process session, as ``sqm`` runs
+    it when it starts the embedded daemon itself.
     """
 
-    def __init__(self, workdir: Path, spread: str | None, *, concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        spread: str | None,
+        *,
+        concurrency: int = 1,
+        colocate: bool = False,
+    ) -> None:
         self.workdir = workdir
         self.external = spread is not None
+        self.colocate = colocate and spread is None
         self.endpoint = spread or ""
         self.concurrency = concurrency
         #: a fresh queue name, so a shared external daemon may run several benches
@@ -46,7 +56,13 @@ class Cluster:
 
     def start(self) -> None:
         """Start the embedded daemon (unless external) and wait until it listens."""
-        if not self.external:
+        if self.colocate:
+            sqm = AgentProcess("sqm", ["--queue", self.queue], self.workdir, "sqm")
+            self._all.append(sqm)
+            sqm.wait_ready()
+            self.manager = sqm
+            self.endpoint = f"tcp:host=127.0.0.1:port={sqm.ready['port']}"
+        elif not self.external:
             self.daemon = DaemonProcess(self.workdir)
             self.endpoint = self.daemon.wait_ready()
 
@@ -140,7 +156,8 @@ class Cluster:
 
     def pids(self) -> dict[str, list[int]]:
         """The process ids of each role in use: daemon (embedded only), manager,
-        workers, senders."""
+        workers, senders. Co-located, the one daemon+manager process counts as the
+        manager (so its CPU is not counted twice)."""
         return {
             "daemon": [self.daemon.pid] if self.daemon is not None else [],
             "manager": [self.manager.pid] if self.manager is not None else [],

@@ -107,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="each worker's concurrency (credits); default 1, the worker's own default",
     )
+    p.add_argument(
+        "--colocate",
+        action="store_true",
+        help="run the manager inside the embedded daemon's process on an in-process "
+        "session, as sqm does when it starts the daemon itself (its CPU shows as the "
+        "manager's)",
+    )
     p.add_argument("--kills", type=int, metavar="N", help="failover: workers killed (20)")
     p.add_argument("--memory-tasks", type=int, metavar="N", help="memory: tasks queued (100000)")
     p.add_argument(
@@ -168,6 +175,9 @@ def _meta(options: argparse.Namespace, s: Settings, phases: list[str]) -> dict[s
         "python": platform.python_version(),
         "cores": os.cpu_count(),
         "daemon": options.spread or "embedded",
+        "manager": "in the daemon's process"
+        if options.colocate and not options.spread
+        else "a process of its own",
         "phases": phases,
         "warmup_s": s.warmup,
         "duration_s": s.duration,
@@ -187,7 +197,7 @@ def run(options: argparse.Namespace, s: Settings, workdir: Path) -> tuple[dict[s
     chosen = [name for name in PHASES if not options.phase or name in options.phase]
     results: dict[str, Any] = {}
     ok = True
-    cluster = Cluster(workdir, options.spread, concurrency=s.concurrency)
+    cluster = Cluster(workdir, options.spread, concurrency=s.concurrency, colocate=options.colocate)
     try:
         cluster.start()
         for name in chosen:
