@@ -48,3 +48,18 @@ def test_connect_refuses_a_duplicate_name() -> None:
     errors: list[BaseException] = []
     failure.addErrback(lambda f: errors.append(f.value))
     assert type(errors[0]).__name__ == "NameNotUnique"
+
+
+def test_the_readme_example_runs_a_queue_in_memory() -> None:
+    """The README's spreadqueue.testing example, verbatim in spirit: a whole queue
+    (manager, worker, sender) on the fake network, driven by a Clock."""
+    from spreadqueue.queue import ManagerService, Sender, Worker
+
+    clock = Clock()
+    network = FakeSpreadNetwork(clock)
+    ManagerService(clock, network.session(), "q").startService()
+    Worker(clock, network.session(), "q", {"double": lambda n: 2 * n}).start()
+    sender = Sender(clock, network.session(), "q")
+    d = sender.rpc("double", 21)
+    network.flush()
+    assert d.result == 42
