@@ -30,6 +30,7 @@ from spreadqueue.spread.client import (
     connect,
     parse_spread_endpoint,
 )
+from spreadqueue.spread.output import Output
 from spreadqueue.spread.session import SpreadSession
 
 # --------------------------------------------------------------------------- traces
@@ -873,3 +874,184 @@ class FailingEndpoint:
 def test_connect_unreachable() -> None:
     d = connect(MemoryReactorClock(), FailingEndpoint(), "alice")
     assert failure_of(d).check(ConnectionRefusedError)
+
+
+# --------------------------------------------------------------------------- writes
+
+
+def test_replies_made_while_handling_a_read_go_out_in_one_write() -> None:
+    proto, transport, session = accepted()
+    me = session.private_group
+
+    def answer(frame: Any) -> None:
+        session.multicast(frame.sender, b"re:" + frame.data, mess_type=2)
+        session.multicast(frame.sender, b"and again", mess_type=3)
+
+    session.add_listener(answer, me)
+    ping = wire.RegularMessage(wire.AGREED_MESS, "#bob#localhost", (me,), 1, b"ping")
+    proto.dataReceived(wire.encode_client_frame(ping) * 2)
+    (written,) = transport.writes
+    assert written == b"".join(
+        wire.encode_message(wire.SAFE_MESS, me, "#bob#localhost", data, mess_type)
+        for data, mess_type in [(b"re:ping", 2), (b"and again", 3)] * 2
+    )
+    session.multicast("grp", b"outside a read")  # written at once
+    assert transport.writes[1] == wire.encode_message(wire.SAFE_MESS, me, "grp", b"outside a read")
+
+
+def test_disconnect_from_a_listener_sends_its_replies_first() -> None:
+    proto, transport, session = accepted()
+    me = session.private_group
+
+    def answer_and_go(frame: Any) -> None:
+        session.multicast(frame.sender, b"bye")
+        session.disconnect()
+
+    session.add_listener(answer_and_go, me)
+    ping = wire.RegularMessage(wire.AGREED_MESS, "#bob#localhost", (me,), 1, b"ping")
+    proto.dataReceived(wire.encode_client_frame(ping))
+    assert b"".join(transport.writes) == wire.encode_message(
+        wire.SAFE_MESS, me, "#bob#localhost", b"bye"
+    ) + wire.encode_kill(me)
+    assert transport.disconnecting
+
+
+def test_a_listener_writing_a_lot_is_written_every_64_kb() -> None:
+    """A batch goes to the transport once it holds 64 KB, so the transport's own
+    back-pressure (pausing the session) still applies to a listener writing in a loop."""
+    proto, transport, session = accepted()
+    me = session.private_group
+
+    def flood(frame: Any) -> None:
+        for _ in range(100):
+            session.multicast("grp", bytes(1000))
+
+    session.add_listener(flood, me)
+    ping = wire.RegularMessage(wire.AGREED_MESS, "#bob#localhost", (me,), 1, b"go")
+    proto.dataReceived(wire.encode_client_frame(ping))
+    assert len(transport.writes) == 2  # 64 KB, then the rest at the end of the read
+    assert len(transport.writes[0]) >= 65536
+    assert sum(map(len, transport.writes)) == 100 * (48 + 32 + 1000)
+
+
+# --------------------------------------------------------------------------- Output
+
+
+def socket_connection(sndbuf: int | None = None) -> tuple[Any, Any, Any]:
+    """A Twisted TCP-style connection over one end of a socketpair, and the other end."""
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import MemoryReactor
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    if sndbuf is not None:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    reactor = MemoryReactor()
+    connection = tcp.Connection(ours, Protocol(), reactor)
+    connection.connected = 1
+    return connection, theirs, reactor
+
+
+def read_all(sock: Any) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_output_sends_straight_to_the_socket() -> None:
+    connection, peer, reactor = socket_connection()
+    try:
+        out = Output(connection)
+        out.write(b"hello")
+        assert read_all(peer) == b"hello"
+        assert connection not in reactor.writers and not connection._tempDataLen
+        out.write_many([b"a" * 20000, b"b" * 20000])
+        assert read_all(peer) == b"a" * 20000 + b"b" * 20000
+    finally:
+        connection.socket.close()
+        peer.close()
+
+
+def test_output_keeps_order_behind_twisteds_buffer() -> None:
+    connection, peer, reactor = socket_connection()
+    try:
+        out = Output(connection)
+        connection.write(b"first ")
+        out.write(b"second")
+        assert read_all(peer) == b""  # both wait for Twisted's doWrite
+        assert connection in reactor.writers
+        connection.doWrite()
+        assert read_all(peer) == b"first second"
+    finally:
+        connection.socket.close()
+        peer.close()
+
+
+def test_output_hands_what_the_socket_does_not_take_to_twisted() -> None:
+    connection, peer, _ = socket_connection(sndbuf=4096)
+    try:
+        out = Output(connection)
+        big = bytes(range(256)) * 4096  # 1 MB: more than the socket takes at once
+        out.write(big)
+        assert 0 < connection._tempDataLen < len(big)
+        got = read_all(peer)
+        while connection._tempDataLen or connection.dataBuffer:
+            connection.doWrite()
+            got += read_all(peer)
+        assert got == big
+        out.write_many([b"x" * 30000, b"y" * 30000])
+        parts_sent = read_all(peer)
+        while connection._tempDataLen or connection.dataBuffer:
+            connection.doWrite()
+            parts_sent += read_all(peer)
+        assert parts_sent == b"x" * 30000 + b"y" * 30000
+    finally:
+        connection.socket.close()
+        peer.close()
+
+
+def test_output_batches() -> None:
+    connection, peer, _ = socket_connection()
+    try:
+        out = Output(connection, flush_at=100)
+        out.begin()
+        out.begin()
+        out.write(b"a")
+        out.write_many([b"b", b"c"])
+        out.end()
+        assert read_all(peer) == b"" and out.pending == 3
+        out.end()
+        assert read_all(peer) == b"abc" and out.pending == 0
+        out.begin()
+        out.write(b"x" * 60)
+        out.write(b"y" * 60)  # over flush_at: written now
+        assert read_all(peer) == b"x" * 60 + b"y" * 60
+        out.write(b"dropped")
+        out.discard()
+        out.end()
+        assert read_all(peer) == b""
+    finally:
+        connection.socket.close()
+        peer.close()
+
+
+def test_output_on_other_transports_is_write_and_write_sequence() -> None:
+    transport = RecordingTransport()
+    out = Output(transport)
+    out.write(b"a")
+    out.write_many([b"b", b"c"])
+    out.begin()
+    out.write(b"d")
+    out.write(b"e")
+    out.end()
+    assert transport.writes == [b"a", b"bc", b"de"]

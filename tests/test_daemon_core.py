@@ -523,3 +523,103 @@ def test_local_link_round_trip() -> None:
     with pytest.raises(SessionClosed):
         link.send_join("q")
     assert core.session("#mgr#localhost") is None
+
+
+# --------------------------------------------------------------------------- relay
+
+
+def _relay_frame(sender: Session, service: int, dests: tuple[str, ...], data: bytes) -> wire.Relay:
+    """What a DaemonDecoder in relay mode yields for a libspread multicast."""
+    decoder = wire.DaemonDecoder(relay=True)
+    decoder.feed(wire.encode_connect(sender.name))
+    decoder.expect_auth()
+    decoder.feed(wire.encode_auth_choice())
+    decoder.accepted(sender.private_group)
+    (frame,) = decoder.feed(wire.encode_message(service, sender.private_group, dests, data, 5))
+    assert type(frame) is wire.Relay
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("service", "dests"),
+    [
+        (wire.AGREED_MESS, ("grpA",)),
+        (wire.AGREED_MESS, ("#carol#localhost",)),
+        (wire.SAFE_MESS | wire.SELF_DISCARD, ("grpA",)),
+        (wire.FIFO_MESS, ("grpA", "grpB", "#carol#localhost", "nobody", "#x#otherdaemon")),
+        (wire.FIFO_MESS | wire.SELF_DISCARD, ("grpB", "#alice#localhost")),
+        (wire.RELIABLE_MESS, ("nobody",)),
+        (wire.RELIABLE_MESS, ()),
+    ],
+)
+def test_relay_routes_like_multicast(service: int, dests: tuple[str, ...]) -> None:
+    """Routed by raw fields, a Relay reaches the same receivers, once each, as the same
+    message given to multicast(), and they get the same bytes and frame."""
+    cores = [make_core(), make_core()]
+    delivered = []
+    for i, core in enumerate(cores):
+        (alice, bob, carol), sinks = three(core)
+        core.join(alice, "grpA")
+        core.join(bob, "grpA")
+        core.join(carol, "grpB")
+        core.join(alice, "grpB")
+        for s in sinks:
+            s.take()
+        if i == 0:
+            core.multicast(alice, service, dests, b"data", 5)
+        else:
+            core.relay(alice, _relay_frame(alice, service, dests, b"data"))
+        delivered.append([s.take() for s in sinks])
+    via_multicast, via_relay = delivered
+    assert [len(got) for got in via_relay] == [len(got) for got in via_multicast]
+    for got, want in zip(via_relay, via_multicast, strict=True):
+        for envelope, expected in zip(got, want, strict=True):
+            assert envelope.wire == expected.wire
+            assert envelope.frame == expected.frame == decode(envelope)
+
+
+def test_relay_keeps_the_total_order_of_calls_made_while_delivering() -> None:
+    core = make_core()
+    seen: list[tuple[str, bytes]] = []
+    sessions: dict[str, Session] = {}
+
+    def receive(name: str) -> CallbackSink:
+        def got(frame: wire.ClientFrame) -> None:
+            if type(frame) is not wire.RegularMessage:
+                return
+            seen.append((name, frame.data))
+            if name == "b" and frame.data == b"first":
+                core.multicast(sessions["b"], wire.AGREED_MESS, ("g",), b"answer")
+
+        return CallbackSink(got)
+
+    for name in ("a", "b", "c"):
+        sessions[name] = core.connect(receive(name), name)
+        core.join(sessions[name], "g")
+    core.relay(sessions["a"], _relay_frame(sessions["a"], wire.AGREED_MESS, ("g",), b"first"))
+    assert seen == [(n, b"first") for n in "abc"] + [(n, b"answer") for n in "abc"]
+
+
+def test_relay_targets_follow_groups_and_sessions() -> None:
+    core = make_core()
+    (alice, bob, _), (_, bob_sink, _) = three(core)
+    frame = _relay_frame(alice, wire.AGREED_MESS, ("g",), b"x")
+    core.relay(alice, frame)
+    assert bob_sink.take() == []
+    core.join(bob, "g")
+    bob_sink.take()
+    core.relay(alice, frame)
+    assert [f.data for f in bob_sink.frames()] == [b"x"]  # type: ignore[union-attr]
+    core.leave(bob, "g")
+    bob_sink.take()
+    core.relay(alice, frame)
+    assert bob_sink.take() == []
+    unicast = _relay_frame(alice, wire.AGREED_MESS, ("#bob#localhost",), b"u")
+    core.disconnect(bob)
+    core.relay(alice, unicast)
+    assert bob_sink.take() == []
+    core.disconnect(alice)
+    bob2, bob2_sink = connect(core, "bob")
+    core.relay(alice, unicast)  # a closed sender sends nothing
+    assert bob2_sink.take() == []
+    assert core.snapshot() == (frozenset({bob2.private_group, "#carol#localhost"}), {}, 0)

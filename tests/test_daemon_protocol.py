@@ -228,12 +228,13 @@ class Client:
         *,
         membership: bool = True,
         host: str = "127.0.0.1",
+        transport: StringTransport | None = None,
     ) -> None:
         self.addr = IPv4Address("TCP", host, 50000)
         proto = factory.buildProtocol(self.addr)
         assert proto is not None
         self.proto = proto
-        self.transport = StringTransport(peerAddress=self.addr)
+        self.transport = transport or StringTransport(peerAddress=self.addr)
         proto.makeConnection(self.transport)
         self.name = name
         self.group = f"#{name}#{factory.name}"
@@ -503,12 +504,11 @@ class CountingTransport(StringTransport):
 def test_one_read_gives_one_write_per_receiver() -> None:
     factory, _ = make_factory()
     alice = Client(factory, "alice").handshake()
-    bob = Client(factory, "bob").handshake()
+    counting = CountingTransport()
+    bob = Client(factory, "bob", transport=counting).handshake()
     bob.join("grp")
     bob.frames()
-    counting = CountingTransport()
-    bob.transport = counting
-    bob.proto._outbox._transport = counting  # type: ignore[union-attr]
+    counting.writes = 0
     one = wire.encode_message(wire.AGREED_MESS, alice.group, ["grp"], b"m")
     alice.send(one * 10)
     assert counting.writes == 1
@@ -714,3 +714,38 @@ def test_stopping_the_service_ends_local_sessions() -> None:
     reactor.advance(0)
     assert ended == [None]
     assert service.factory.core.snapshot() == (frozenset(), {}, 0)
+
+
+def test_local_session_replies_go_out_in_the_same_turn_in_one_write() -> None:
+    """What an in-process session sends while handling its frames is written when it
+    is done with them: no second reactor turn, one write per connection."""
+    factory, clock = make_factory()
+    counting = CountingTransport()
+    bob = Client(factory, "bob", transport=counting).handshake()
+    manager = local_session(factory, "manager")
+
+    def echo(frame: object) -> None:
+        if isinstance(frame, wire.RegularMessage):
+            for i in range(3):
+                manager.multicast(frame.sender, frame.data + bytes([i]), mess_type=1)
+
+    manager.add_listener(echo, manager.private_group)
+    counting.writes = 0
+    bob.multicast([manager.private_group], b"ping")
+    assert counting.writes == 0  # the in-process session gets it on the next turn
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert counting.writes == 1
+    assert clock.getDelayedCalls() == []
+    got = [f.data for f in bob.frames() if isinstance(f, wire.RegularMessage)]
+    assert got == [b"ping\x00", b"ping\x01", b"ping\x02"]
+
+
+def test_relayed_bytes_are_the_senders_own() -> None:
+    """A libspread multicast goes to its receivers as the very bytes that came in."""
+    factory, _ = make_factory()
+    alice = Client(factory, "alice").handshake()
+    bob = Client(factory, "bob").handshake()
+    message = wire.encode_message(wire.AGREED_MESS, alice.group, [bob.group], b"x" * 100, 9)
+    alice.send(message)
+    assert bob.transport.value() == message

@@ -964,3 +964,113 @@ def test_big_chunks_are_not_staged() -> None:
     frames = feed_all(decoder, [stream[i : i + 65536] for i in range(0, len(stream), 65536)])
     assert [f.data for f in frames] == [data] * 5
     assert decoder.staged_bytes < 5 * 48  # only headers cut by a read boundary
+
+
+# --------------------------------------------------------------------------- relay mode
+
+_RELAY_BITS = wire.REGULAR_MESS | wire.SELF_DISCARD
+
+
+def _daemon_would_send(m: wire.Multicast) -> bytes:
+    """What the daemon writes for ``m`` when it encodes it (the slow path)."""
+    blob = b"".join(wire.pad_name(g) for g in m.groups)
+    return wire.encode_relay(
+        m.service_type & _RELAY_BITS, ME.encode(), blob, len(m.groups), m.hint, m.data
+    )
+
+
+@SETTINGS
+@given(st.lists(daemon_messages, max_size=8), st.lists(st.integers(0, 10**6), max_size=12))
+def test_relay_mode_forwards_exactly_what_the_daemon_would_encode(
+    frames: list[Any], cuts: list[int]
+) -> None:
+    """With relay=True, what libspread sends comes out as Relay frames whose bytes are
+    the message as received, equal to what the daemon encodes for the Multicast."""
+    stream = b"".join(wire.encode_daemon_frame(f, sender=ME) for f in frames)
+    plain = feed_all(session(), [stream])
+    one_by_one = [stream[i : i + 1] for i in range(len(stream))]
+    for chunks in ([stream], chunked(stream, cuts), one_by_one):
+        relayed = feed_all(session(relay=True), chunks)
+        assert len(relayed) == len(plain)
+        for got, want in zip(relayed, plain, strict=True):
+            if type(want) is not wire.Multicast:
+                assert got == want
+                continue
+            assert type(got) is wire.Relay
+            assert got.wire == _daemon_would_send(want)
+            assert got.service_type == want.service_type
+            assert got.num_groups == len(want.groups)
+            assert got.groups_blob == b"".join(wire.pad_name(g) for g in want.groups)
+            assert wire.decode_relay(got.wire) == wire.RegularMessage(
+                want.service_type, ME, want.groups, want.mess_type, want.data, want.hint[0] == 0
+            )
+
+
+def test_relay_of_a_whole_read_is_the_read_itself() -> None:
+    """One message per read (a ping-pong): forwarded without a copy."""
+    data = wire.encode_message(wire.AGREED_MESS, ME, "grp", b"x" * 100, 7)
+    (frame,) = session(relay=True).feed(data)
+    assert type(frame) is wire.Relay and frame.wire is data
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["big-endian", "forged-bits", "group-garbage", "sender-garbage", "32-byte-group"],
+)
+def test_relay_mode_encodes_what_it_cannot_forward_as_is(why: str) -> None:
+    """Anything but the canonical form is decoded to a Multicast (and re-encoded)."""
+    group = wire.pad_name("grp")
+    sender = ME.encode()
+    stype = wire.AGREED_MESS
+    order = "<"
+    if why == "big-endian":
+        order = ">"
+    elif why == "forged-bits":
+        stype |= wire.REG_MEMB_MESS
+    elif why == "group-garbage":
+        group = b"grp\0" + b"\x01" * 28
+    elif why == "sender-garbage":
+        sender = ME.encode() + b"\0" + b"\x07" * (31 - len(ME))
+    elif why == "32-byte-group":
+        group = b"g" * 32
+    data = header(stype, sender, 1, wire.ENDIAN_MARKER, 2, order) + group + b"hi"
+    (plain,) = session().feed(data)
+    (frame,) = session(relay=True).feed(data)
+    assert type(frame) is wire.Multicast and frame == plain
+
+
+def test_canonical_field() -> None:
+    assert wire.canonical_field(wire.pad_name("grp")) == "grp"
+    assert wire.canonical_field(bytes(32)) == ""
+    assert wire.canonical_field(wire.pad_name("y" * 31)) == "y" * 31
+    assert wire.canonical_field(b"y" * 32) is None
+    assert wire.canonical_field(b"grp\0x" + bytes(27)) is None
+
+
+def test_decode_relay_refuses_what_is_not_a_relayed_message() -> None:
+    with pytest.raises(WireError):
+        wire.decode_relay(wire.encode_self_leave("grp"))
+    data = wire.encode_relay(
+        wire.AGREED_MESS, ME.encode(), wire.pad_name("g"), 1, _hint(1, False), b""
+    )
+    with pytest.raises(WireError):
+        wire.decode_relay(data + b"extra")
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def test_frames_compare_like_dataclasses() -> None:
+    """Equal only to the same kind of frame with the same fields; read-only."""
+    m = wire.RegularMessage(wire.AGREED_MESS, ME, ("g",), 1, b"x")
+    assert m == wire.RegularMessage(wire.AGREED_MESS, ME, ("g",), 1, b"x", False)
+    assert m != wire.RegularMessage(wire.AGREED_MESS, ME, ("g",), 2, b"x")
+    assert m != tuple(m) and tuple(m) != m and not (m == tuple(m))
+    assert hash(m) == hash(wire.RegularMessage(*m))
+    reject = wire.RejectMessage(wire.REJECT_MESS, wire.AGREED_MESS, ME, ("g",), 1, b"x")
+    assert reject != wire.RejectMessage(*reject[:5], b"y") and reject == wire.RejectMessage(*reject)
+    assert wire.Join("g") != wire.Leave("g")
+    assert wire.GroupId(1, 2, 3) == wire.GroupId(1, 2, 3) != (1, 2, 3)
+    with pytest.raises(AttributeError):
+        m.data = b"y"  # type: ignore[misc]
+    assert repr(wire.Join("g")) == "Join(group='g')"

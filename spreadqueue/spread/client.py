@@ -5,8 +5,10 @@
 list has arrived - the 90-byte NULL auth choice in one write (the real daemon reads each
 with a single non-blocking read and refuses pipelined or split records). On acceptance it
 creates a :class:`~spreadqueue.spread.session.SpreadSession` and becomes that session's
-:class:`~spreadqueue.interfaces.ISessionLink`: every message is one write of header +
-groups + data.
+:class:`~spreadqueue.interfaces.ISessionLink`. Each message is header + groups + data in
+one piece; what the listeners send while one read is handled goes out in one write when
+it has been handled, other sends at once - straight to the socket when Twisted has
+nothing buffered (:mod:`.output`).
 
 Back-pressure: the protocol registers itself with its transport as a streaming
 (push) producer. When the transport's buffer fills, Twisted calls
@@ -22,6 +24,7 @@ never paused: the real daemon drops a session that falls 1000 messages behind.
 from __future__ import annotations
 
 import re
+import struct
 from typing import Any, cast
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -56,6 +59,7 @@ from .errors import (
     WireError,
     rejection_for,
 )
+from .output import Output
 from .session import SpreadSession
 
 __all__ = [
@@ -72,6 +76,8 @@ DEFAULT_PORT = 4803
 #: buffer entry for the transport); bigger ones as writeSequence([header+groups, data])
 #: so the payload is not copied once more.
 _SINGLE_WRITE_LIMIT = 16384
+_HEADER_LE = struct.Struct("<I32siIi")
+_ENDIAN_MARKER = wire.ENDIAN_MARKER
 
 _SPREAD_FORM = re.compile(r"^(\d+)(?:@(.+))?$")
 
@@ -122,6 +128,8 @@ class SpreadClientProtocol(Protocol):
         self._paused = False
         self._broken: BaseException | None = None
         self._kill_timer: IDelayedCall | None = None
+        self._out: Output | None = None
+        self._sender_field = b""
         #: The session, once accepted.
         self.session: SpreadSession | None = None
         #: Fires with the session once the daemon accepts it (see the class docstring).
@@ -138,12 +146,27 @@ class SpreadClientProtocol(Protocol):
             # set TCP_NODELAY too.
             cast(ITCPTransport, transport).setTcpNoDelay(True)
         cast(IConsumer, transport).registerProducer(self, True)
+        self._out = Output(transport)
         transport.write(self._connect_record)
 
     def dataReceived(self, data: bytes) -> None:
-        """Decode what the daemon sent and hand the frames on."""
+        """Decode what the daemon sent and hand the frames on.
+
+        What the listeners send meanwhile goes out in one write when this returns.
+        """
         if self._broken is not None:
             return
+        out = self._out
+        if out is None:
+            self._received(data)
+            return
+        out.begin()
+        try:
+            self._received(data)
+        finally:
+            out.end()
+
+    def _received(self, data: bytes) -> None:
         error: WireError | None = None
         try:
             frames = self._decoder.feed(data)
@@ -184,6 +207,7 @@ class SpreadClientProtocol(Protocol):
                 )
                 return
             self._private_group = wire.to_bytes(frame.private_group)
+            self._sender_field = wire.pad_name(self._private_group)
             session = SpreadSession(self, frame.private_group, membership=self._membership)
             self.session = session
             if self._paused:
@@ -221,6 +245,8 @@ class SpreadClientProtocol(Protocol):
             self._abort()
 
     def _abort(self) -> None:
+        if self._out is not None:
+            self._out.discard()
         transport = self.transport
         abort = getattr(transport, "abortConnection", None)
         if abort is not None:
@@ -255,42 +281,50 @@ class SpreadClientProtocol(Protocol):
 
     # ------------------------------------------------------------------ ISessionLink
 
-    def _transport(self) -> Any:
+    def _output(self) -> Output:
         transport = self.transport
-        if transport is None or getattr(transport, "disconnecting", False):
+        out = self._out
+        if out is None or transport is None or getattr(transport, "disconnecting", False):
             raise SessionClosed("the connection to the Spread daemon is closed")
-        return transport
+        return out
 
     def send_multicast(
         self, service_type: int, groups: list[bytes], mess_type: int, data: bytes
     ) -> None:
         """Write one data message (header + groups + data) in one write."""
-        transport = self._transport()
-        head = wire.encode_header(
-            service_type,
-            self._private_group,
+        out = self._output()
+        if not -0x8000 <= mess_type <= 0xFFFF:
+            raise ValueError(f"mess_type {mess_type} does not fit 16 bits")
+        head = _HEADER_LE.pack(
+            (service_type | _ENDIAN_MARKER) & 0xFFFFFFFF,
+            self._sender_field,
             len(groups),
-            wire.encode_hint(mess_type),
+            ((mess_type << 8) & 0x00FFFF00) | _ENDIAN_MARKER,
             len(data),
         )
-        names = b"".join(map(wire.pad_name, groups))
-        if len(data) <= _SINGLE_WRITE_LIMIT:
-            transport.write(b"".join((head, names, data)))
+        if len(groups) == 1:
+            names = wire.pad_name(groups[0])
         else:
-            transport.writeSequence([head + names, data])
+            names = b"".join(map(wire.pad_name, groups))
+        if len(data) <= _SINGLE_WRITE_LIMIT:
+            out.write(b"".join((head, names, data)))
+        else:
+            out.write_many([head + names, data])
 
     def send_join(self, group: bytes) -> None:
         """Write JOIN_MESS for ``group``."""
-        self._transport().write(wire.encode_join(self._private_group, group))
+        self._output().write(wire.encode_join(self._private_group, group))
 
     def send_leave(self, group: bytes) -> None:
         """Write LEAVE_MESS for ``group``."""
-        self._transport().write(wire.encode_leave(self._private_group, group))
+        self._output().write(wire.encode_leave(self._private_group, group))
 
     def send_kill(self) -> None:
         """Write KILL_MESS and close, as SP_disconnect does (trace l1)."""
-        transport = self._transport()
-        transport.write(wire.encode_kill(self._private_group))
+        out = self._output()
+        out.write(wire.encode_kill(self._private_group))
+        out.flush()  # what a listener sent before disconnecting goes out first
+        transport = out.transport
         # A registered producer would keep loseConnection from ever completing.
         transport.unregisterProducer()
         transport.loseConnection()

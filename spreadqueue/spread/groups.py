@@ -37,6 +37,7 @@ from .wire import (
     CAUSED_BY_JOIN,
     CAUSED_BY_LEAVE,
     CONTROL_MESS,
+    GROUP_FIELD,
     MAX_DAEMON_NAME,
     MAX_GROUP_NAME,
     MAX_PRIVATE_NAME,
@@ -47,6 +48,8 @@ from .wire import (
     GroupId,
     MembershipMessage,
     RegularMessage,
+    Relay,
+    decode_relay,
     encode_hint,
     encode_membership,
     encode_relay,
@@ -67,6 +70,7 @@ __all__ = [
     "RelayEnvelope",
     "SelfLeaveEnvelope",
     "Session",
+    "WireEnvelope",
     "daemon_id",
 ]
 
@@ -79,6 +83,7 @@ _RANDOM_NAME_RANGE: Final = 9999
 #: a forged notice, so only the service level and SELF_DISCARD go through.
 _RELAY_BITS: Final = REGULAR_MESS | SELF_DISCARD
 _ZERO32: Final = bytes(32)
+_LINK_NAME_CACHE: Final = 4096
 _U32_LE = struct.Struct("<I")
 
 
@@ -219,14 +224,27 @@ class RelayEnvelope(Envelope):
     def _decode(self) -> ClientFrame:
         mess_type, little = _hint_mess_type(self.hint)
         groups = self.groups if isinstance(self.groups, tuple) else tuple(self.groups)
+        if any(len(g) > MAX_GROUP_NAME for g in groups):
+            groups = tuple(g[:MAX_GROUP_NAME] for g in groups)
         return RegularMessage(
-            self.service_type,
-            self.sender,
-            tuple(g[:MAX_GROUP_NAME] for g in groups),
-            mess_type,
-            self.data,
-            not little,
+            self.service_type, self.sender, groups, mess_type, self.data, not little
         )
+
+
+class WireEnvelope(Envelope):
+    """A data message forwarded as the sender wrote it (see
+    :class:`~spreadqueue.spread.wire.Relay`): its wire bytes are given, its frame is
+    decoded from them on first use."""
+
+    __slots__ = ()
+
+    def __init__(self, wire: bytes) -> None:
+        self._wire = wire
+        self._frame = None
+
+    def _decode(self) -> ClientFrame:
+        assert self._wire is not None
+        return decode_relay(self._wire)
 
 
 class MembershipEnvelope(Envelope):
@@ -337,6 +355,7 @@ class Session:
     """One client session of the daemon."""
 
     __slots__ = (
+        "field",
         "groups",
         "is_open",
         "membership",
@@ -355,6 +374,8 @@ class Session:
         #: ``#alice#localhost``
         self.private_group = private_group
         self.raw_private_group = private_group.encode("latin-1")
+        #: the private group as a 32-byte wire field (the routing key of unicasts)
+        self.field = _pad(private_group)
         #: True when the session gets membership notices
         self.membership = membership
         self.sink = sink
@@ -371,10 +392,12 @@ class Session:
 class Group:
     """A group and its members, ordered by private group name (section 5.7)."""
 
-    __slots__ = ("counter", "members", "name", "order")
+    __slots__ = ("counter", "field", "members", "name", "order")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        #: the name as a 32-byte wire field (the routing key of multicasts)
+        self.field = _pad(name)
         #: private group name -> session, in join order
         self.members: dict[str, Session] = {}
         #: the members' private group names in byte order (notices list them so)
@@ -435,6 +458,9 @@ class DaemonCore:
         #: private group name -> Session (routing of unicasts)
         self._by_group: dict[str, Session] = {}
         self._groups: dict[str, Group] = {}
+        #: wire field (a name NUL-padded to 32 bytes) -> its group or private group's
+        #: session: routes a Relay without decoding a name
+        self._targets: dict[bytes, Group | Session] = {}
         self._admissions = 0
         self._slots_free: list[int] = []
         self._next_slot = 1
@@ -550,6 +576,7 @@ class DaemonCore:
         )
         self._names[session.name] = session
         self._by_group[session.private_group] = session
+        self._targets[session.field] = session
         return session
 
     def abandon(self, admission: Admission) -> None:
@@ -621,6 +648,56 @@ class DaemonCore:
             hint = _U32_LE.pack(encode_hint(mess_type))
         self._run(self._multicast, session, service_type, groups, hint, data)
 
+    def relay(self, session: Session, frame: Relay) -> None:
+        """Deliver a :class:`~spreadqueue.spread.wire.Relay` from ``session``: as
+        :meth:`multicast` does, but routed by its raw destination fields and sent to
+        the receivers as the very bytes that came in."""
+        if self._busy:
+            self._queued.append((self._relay, (session, frame)))
+            return
+        self._busy = True
+        try:
+            self._relay(session, frame)
+            queued = self._queued
+            while queued:
+                op, args = queued.popleft()
+                op(*args)
+        finally:
+            self._busy = False
+
+    def _relay(self, session: Session, frame: Relay) -> None:
+        if not session.is_open:
+            return
+        service_type, blob, num_groups, wire = frame
+        skip = session if service_type & SELF_DISCARD else None
+        if num_groups == 1:
+            target = self._targets.get(blob)
+            if target is None:
+                return
+            envelope = WireEnvelope(wire)
+            if type(target) is Session:
+                if target is not skip:
+                    target.sink.deliver(envelope)
+                return
+            for receiver in target.members.values():  # type: ignore[union-attr]
+                if receiver is not skip:
+                    receiver.sink.deliver(envelope)
+            return
+        # One copy per receiver, however many destinations it is reached by.
+        merged: dict[str, Session] = {}
+        targets = self._targets
+        for i in range(0, GROUP_FIELD * num_groups, GROUP_FIELD):
+            target = targets.get(blob[i : i + GROUP_FIELD])
+            if type(target) is Session:
+                merged[target.private_group] = target
+            elif target is not None:
+                merged.update(target.members)  # type: ignore[union-attr]
+        if merged:
+            envelope = WireEnvelope(wire)
+            for receiver in merged.values():
+                if receiver is not skip:
+                    receiver.sink.deliver(envelope)
+
     def _run(self, op: Callable[..., None], *args: Any) -> None:
         # Serialise: a call made from inside a delivery (a sink answering at once, or
         # dropping its session) runs after the current operation, so every receiver
@@ -646,6 +723,7 @@ class DaemonCore:
         group = self._groups.get(name)
         if group is None:
             group = self._groups[name] = Group(name)
+            self._targets[group.field] = group
         group.add(session)
         session.groups[name] = group
         self._notify(group, CAUSED_BY_JOIN, session.private_group)
@@ -664,6 +742,7 @@ class DaemonCore:
             return
         session.is_open = False
         del self._by_group[session.private_group]
+        del self._targets[session.field]
         del self._names[session.name]
         heapq.heappush(self._slots_free, session.slot)
         # [inferred] one notice per group, in group-name order like the daemon's
@@ -679,6 +758,7 @@ class DaemonCore:
             self._notify(group, cause, member)
         else:
             del self._groups[group.name]
+            del self._targets[group.field]
 
     def _notify(self, group: Group, cause: int, changed: str) -> None:
         envelope = MembershipEnvelope(
@@ -762,6 +842,8 @@ class LocalLink:
         self.session = session
         self._on_closed = on_closed
         self._killed = False
+        # destination lists as the core wants them (str names), by what we were given
+        self._names: dict[Any, tuple[str, ...]] = {}
 
     def _check_open(self) -> None:
         if self._killed or not self.session.is_open:
@@ -775,7 +857,12 @@ class LocalLink:
         kinds = service_type & (REGULAR_MESS | CONTROL_MESS)
         if kinds == 0 or kinds & (kinds - 1) or kinds & CONTROL_MESS:
             raise ValueError(f"service type 0x{service_type:x} needs exactly one service level")
-        names = tuple(g if isinstance(g, str) else g.decode("latin-1") for g in groups)
+        key = groups[0] if len(groups) == 1 else tuple(groups)
+        names = self._names.get(key)
+        if names is None:
+            names = tuple(g if isinstance(g, str) else g.decode("latin-1") for g in groups)
+            if len(self._names) < _LINK_NAME_CACHE:
+                self._names[key] = names
         self.core.multicast(self.session, service_type, names, bytes(data), mess_type)
 
     def send_join(self, group: bytes | str) -> None:

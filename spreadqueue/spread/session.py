@@ -416,6 +416,31 @@ class SpreadSession:
     def _dispatch(self, frame: Frame, groups: Sequence[str]) -> None:
         snapshots = self._snapshots
         catch_all = self._catch_all
+        if not catch_all and len(groups) == 1:
+            # The common case: one group; nothing to merge or de-duplicate.
+            group = groups[0]
+            found = snapshots.get(group)
+            if not found:
+                return
+            self._dispatching += 1
+            try:
+                for listener in found:
+                    if self._removed and (listener, group) in self._removed:
+                        continue
+                    try:
+                        listener(frame)
+                    except Exception:
+                        self._log.failure(
+                            "Spread listener {listener!r} (group {group}) failed on {frame!r}",
+                            listener=listener,
+                            group=group,
+                            frame=frame,
+                        )
+            finally:
+                self._dispatching -= 1
+                if not self._dispatching and self._removed:
+                    self._removed.clear()
+            return
         calls: list[tuple[Listener, str | None]] = []
         sources = 0
         for group in groups:

@@ -29,7 +29,7 @@ import enum
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 from .errors import HandshakeError, IllegalGroupName, IllegalService, MessageTooLong, WireError
 
@@ -52,10 +52,12 @@ __all__ = [
     "RegularMessage",
     "RejectCode",
     "RejectMessage",
+    "Relay",
     "ServiceType",
     "check_group_name",
     "check_message_size",
     "check_private_name",
+    "decode_relay",
     "encode_accept",
     "encode_auth_choice",
     "encode_auth_list",
@@ -179,6 +181,8 @@ DEFAULT_AUTH_METHODS: Final = ("NULL",)
 
 _HEADER_LE = struct.Struct("<I32siIi")
 _HEADER_BE = struct.Struct(">I32siIi")
+#: A daemon -> client header with the sender's 4 hint bytes as they came.
+_RELAY_HEAD = struct.Struct("<I32si4si")
 _U32_LE = struct.Struct("<I")
 _U32_BE = struct.Struct(">I")
 _GROUP_ID_LE = struct.Struct("<III")
@@ -187,6 +191,9 @@ _MEMB_HEAD_LE = struct.Struct("<IIIII")
 _MEMB_HEAD_BE = struct.Struct(">IIIII")
 _ZERO32: Final = bytes(GROUP_FIELD)
 _HINT_ALLOWED: Final = 0x80FFFF80
+#: Type bits that keep a message from being relayed byte for byte (see Relay): all but
+#: the endian marker, the service levels and SELF_DISCARD.
+_NOT_VERBATIM: Final = 0xFFFFFFFF & ~(0x80000080 | 0x3F | 0x40)
 _LE_MARK_BYTES: Final = _U32_LE.pack(ENDIAN_MARKER)
 #: Bytes a private or group name may hold: '$' (0x24) .. '~' (0x7E) (section 5.3).
 _LEGAL_NAME_BYTES: Final = bytes(range(0x24, 0x7F))
@@ -327,6 +334,34 @@ def _name(field: bytes) -> str:
     return name
 
 
+_canonical: dict[bytes, str] = {}
+
+
+def canonical_field(field: bytes) -> str | None:
+    """The name in a 32-byte field that is exactly that name NUL-padded (what this
+    daemon would write for it), or None for any other field (cached)."""
+    name = _canonical.get(field)
+    if name is None:
+        nul = field.find(b"\0")
+        if nul < 0 or field[nul:] != _ZERO32[nul:]:
+            return None
+        name = field[:nul].decode("latin-1")
+        if len(_canonical) < _CACHE_LIMIT:
+            _canonical[field] = name
+    return name
+
+
+_one_group: dict[bytes, tuple[str, ...]] = {}
+
+
+def _one_group_of(field: bytes) -> tuple[str, ...]:
+    """The destination list of a one-group message (cached: the tuple is reused)."""
+    dests = (_name(field),)
+    if len(_one_group) < _CACHE_LIMIT:
+        _one_group[field] = dests
+    return dests
+
+
 def _groups(buf: bytes, start: int, count: int) -> tuple[str, ...]:
     if count == 1:
         return (_name(buf[start : start + GROUP_FIELD]),)
@@ -355,9 +390,39 @@ def check_message_size(num_groups: int, data_len: int) -> None:
 
 # --------------------------------------------------------------------------- frames
 
+# The frames of the hot path (messages, notices, group ids) are NamedTuples: built in a
+# fraction of a frozen dataclass's time, read-only, with the same attribute names. They
+# keep a dataclass's equality: equal only to a frame of the same class with equal
+# fields, never to a plain tuple or another kind of frame.
 
-@dataclass(frozen=True, slots=True)
-class GroupId:
+_T = TypeVar("_T")
+
+
+def _frame_class(cls: type[_T]) -> type[_T]:
+    """Give a NamedTuple frame class dataclass-like equality (see above)."""
+
+    def __eq__(self: Any, other: object) -> Any:
+        if other.__class__ is self.__class__:
+            return tuple.__eq__(self, other)  # type: ignore[operator]
+        return False if isinstance(other, tuple) else NotImplemented
+
+    def __ne__(self: Any, other: object) -> Any:
+        if other.__class__ is self.__class__:
+            return tuple.__ne__(self, other)  # type: ignore[operator]
+        return True if isinstance(other, tuple) else NotImplemented
+
+    cls.__eq__ = __eq__  # type: ignore[assignment,method-assign]
+    cls.__ne__ = __ne__  # type: ignore[assignment,method-assign]
+    cls.__hash__ = tuple.__hash__  # type: ignore[assignment,method-assign]
+    return cls
+
+
+#: Builds a frame from a tuple of its fields without a Python-level call (hot paths).
+_new: Final = tuple.__new__
+
+
+@_frame_class
+class GroupId(NamedTuple):
     """A group's view id: representative daemon, ring time stamp, per-group counter.
 
     The words are kept unsigned (0..2**32-1), as they are on the wire; libspread and the
@@ -391,8 +456,8 @@ class HandshakeRejected:
     code: int
 
 
-@dataclass(frozen=True, slots=True)
-class RegularMessage:
+@_frame_class
+class RegularMessage(NamedTuple):
     """Daemon -> client: a data message.
 
     ``endian_mismatch`` is True when the sender wrote its hint big-endian (libspread on
@@ -412,8 +477,8 @@ class RegularMessage:
         return self.service_type & REGULAR_MESS
 
 
-@dataclass(frozen=True, slots=True)
-class MembershipMessage:
+@_frame_class
+class MembershipMessage(NamedTuple):
     """Daemon -> client: a membership notice for ``group``.
 
     ``cause`` is one CAUSED_BY_* bit (0 for a transitional notice). ``members`` is
@@ -436,8 +501,8 @@ class MembershipMessage:
     is_self_leave: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class RejectMessage:
+@_frame_class
+class RejectMessage(NamedTuple):
     """Daemon -> client: one of our messages, returned as rejected (section 5.7)."""
 
     service_type: int
@@ -480,8 +545,8 @@ class AuthChoice:
     methods: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Multicast:
+@_frame_class
+class Multicast(NamedTuple):
     """Client -> daemon: a data message to ``groups``.
 
     ``hint`` is the raw 32-bit hint as the client wrote it (the daemon relays it
@@ -496,15 +561,15 @@ class Multicast:
     hint: bytes = _LE_MARK_BYTES
 
 
-@dataclass(frozen=True, slots=True)
-class Join:
+@_frame_class
+class Join(NamedTuple):
     """Client -> daemon: join ``group``."""
 
     group: str
 
 
-@dataclass(frozen=True, slots=True)
-class Leave:
+@_frame_class
+class Leave(NamedTuple):
     """Client -> daemon: leave ``group``."""
 
     group: str
@@ -515,10 +580,29 @@ class Kill:
     """Client -> daemon: disconnect."""
 
 
+@_frame_class
+class Relay(NamedTuple):
+    """Client -> daemon: a data message the daemon can forward byte for byte.
+
+    Only a :class:`DaemonDecoder` made with ``relay=True`` yields these, instead of a
+    :class:`Multicast`, for the common case: a little-endian header whose type has only
+    a service level (and SELF_DISCARD) besides the endian marker, the session's own
+    sender field, and destination fields that are each a name followed by NULs. What
+    the daemon sends its receivers is then exactly ``wire``, the message as received.
+    ``groups_blob`` holds the destination fields (32 bytes each), ``service_type`` the
+    type without the endian marker.
+    """
+
+    service_type: int
+    groups_blob: bytes
+    num_groups: int
+    wire: bytes
+
+
 ClientFrame = (
     AuthList | Accepted | HandshakeRejected | RegularMessage | MembershipMessage | RejectMessage
 )
-DaemonFrame = ConnectRequest | AuthChoice | Multicast | Join | Leave | Kill
+DaemonFrame = ConnectRequest | AuthChoice | Multicast | Join | Leave | Kill | Relay
 
 _KILL: Final = Kill()
 
@@ -723,8 +807,39 @@ def encode_relay(
 ) -> bytes:
     """A daemon -> client data message: our order for type/num_groups/data_len, the
     sender's ``hint`` bytes untouched (section 5.2)."""
-    head = _HEADER_LE.pack(service_type | ENDIAN_MARKER, pad_name(sender), num_groups, 0, len(data))
-    return b"".join((head[:40], hint, head[44:], groups_blob, data))
+    head = _RELAY_HEAD.pack(
+        service_type | ENDIAN_MARKER, pad_name(sender), num_groups, hint, len(data)
+    )
+    return b"".join((head, groups_blob, data))
+
+
+def decode_relay(buf: bytes) -> RegularMessage:
+    """The frame a client decodes from ``buf``, one whole daemon -> client data message
+    with a little-endian header (what :func:`encode_relay` makes, or a :class:`Relay`'s
+    ``wire``): the decoding of :class:`ClientDecoder`, without a decoder."""
+    stype, sender, num_groups, _hint, data_len = _HEADER_LE.unpack_from(buf)
+    if not stype & REGULAR_MESS or stype & REJECT_MESS or not 0 <= num_groups <= MAX_GROUPS:
+        raise WireError(f"not a relayed data message (type 0x{stype:08x})", 0)
+    doff = HEADER_SIZE + GROUP_FIELD * num_groups
+    if len(buf) != doff + data_len:
+        raise WireError(f"relayed message of {len(buf)} bytes; its header says {doff + data_len}")
+    if num_groups == 1:
+        field = buf[HEADER_SIZE:doff]
+        dests = _one_group.get(field) or _one_group_of(field)
+    else:
+        dests = _groups(buf, HEADER_SIZE, num_groups)
+    mess_type, little = _hint_mess_type(buf, 40)
+    return _new(  # type: ignore[no-any-return]
+        RegularMessage,
+        (
+            stype & ~ENDIAN_MARKER,
+            _name_cache.get(sender) or _name(sender),
+            dests,
+            mess_type,
+            buf[doff:],
+            not little,
+        ),
+    )
 
 
 def _gid_bytes(group_id: GroupId) -> bytes:
@@ -906,6 +1021,12 @@ class _Check(Protocol):
     ) -> None: ...
 
 
+class _Relay(Protocol):
+    def __call__(
+        self, buf: bytes, pos: int, total: int, stype: int, sender: bytes, num_groups: int
+    ) -> Any: ...
+
+
 def _join(parts: list[Any]) -> bytes:
     if not parts:
         return b""
@@ -937,13 +1058,24 @@ class _MessageStream:
         "_old_type_field",
         "_pneed",
         "_prefix",
+        "_relay",
         "offset",
         "staged",
     )
 
-    def __init__(self, build: _Build, check: _Check, *, old_type_field: bool) -> None:
+    def __init__(
+        self,
+        build: _Build,
+        check: _Check,
+        *,
+        old_type_field: bool,
+        relay: _Relay | None = None,
+    ) -> None:
         self._build = build
         self._check = check
+        # Tried first on every whole little-endian message (``buf[pos:pos + total]``);
+        # when it returns a frame, ``build`` is not called.
+        self._relay = relay
         # Only the daemon writes the REJECT_MESS old_type field; a client's header with
         # that bit is just a header (the daemon reads no extra bytes for it).
         self._old_type_field = old_type_field
@@ -1024,6 +1156,7 @@ class _MessageStream:
         # a call per message is a measurable share of the cost of a small message.
         build = self._build
         check = self._check
+        relay = self._relay
         old_type_field = self._old_type_field
         unpack_le = _HEADER_LE.unpack_from
         unpack_be = _HEADER_BE.unpack_from
@@ -1042,6 +1175,13 @@ class _MessageStream:
                 self._start(data[pos : pos + HEADER_SIZE], fields, out)
                 self._fill(data, pos + HEADER_SIZE, out)
                 return
+            if relay is not None and little:
+                frame = relay(data, pos, total, stype, sender, num_groups)
+                if frame is not None:
+                    out.append(frame)
+                    pos += total
+                    self.offset += total
+                    continue
             goff = pos + HEADER_SIZE
             doff = goff + extra + GROUP_FIELD * num_groups
             out.append(
@@ -1108,7 +1248,32 @@ class _MessageStream:
 
     def _finish(self, out: list[Any]) -> None:
         assert self._hdr is not None
-        hbuf, little, stype, sender, num_groups, data_len, _extra, total = self._hdr
+        hbuf, little, stype, sender, num_groups, data_len, extra, total = self._hdr
+        relay = self._relay
+        if relay is not None and little:
+            # One join of the whole message: forwarded as is, it is copied only once.
+            whole = b"".join([hbuf, *self._prefix, *self._data])
+            self._prefix = []
+            self._data = []
+            self._hdr = None
+            frame = relay(whole, 0, total, stype, sender, num_groups)
+            if frame is None:
+                doff = HEADER_SIZE + extra + GROUP_FIELD * num_groups
+                frame = self._build(
+                    whole,
+                    0,
+                    little,
+                    stype,
+                    sender,
+                    num_groups,
+                    data_len,
+                    whole,
+                    HEADER_SIZE,
+                    whole[doff:],
+                )
+            out.append(frame)
+            self.offset += total
+            return
         prefix = _join(self._prefix)
         payload = _join(self._data)
         self._prefix = []
@@ -1271,19 +1436,22 @@ class ClientDecoder:
             )
         stype &= ~ENDIAN_MARKER
         if stype & REGULAR_MESS:
-            mess_type, hint_le = _hint_mess_type(hbuf, hpos + 40)
+            # _hint_mess_type, inlined: this runs once per message received.
+            if hbuf[hpos + 40] & 0x80 and hbuf[hpos + 43] & 0x80:
+                mess_type = hbuf[hpos + 41] | hbuf[hpos + 42] << 8
+                big_endian = False
+            else:
+                mess_type = hbuf[hpos + 41] << 8 | hbuf[hpos + 42]
+                big_endian = True
+            if mess_type & 0x8000:
+                mess_type -= 0x10000
             if num_groups == 1:  # the common case, without a call
                 field = gbuf[goff : goff + GROUP_FIELD]
-                dests: tuple[str, ...] = (_name_cache.get(field) or _name(field),)
+                dests = _one_group.get(field) or _one_group_of(field)
             else:
                 dests = _groups(gbuf, goff, num_groups)
-            return RegularMessage(
-                stype,
-                sender_name,
-                dests,
-                mess_type,
-                payload,
-                not hint_le,
+            return _new(  # type: ignore[no-any-return]
+                RegularMessage, (stype, sender_name, dests, mess_type, payload, big_endian)
             )
         if stype & MEMBERSHIP_MESS:
             return self._membership(little, stype, sender_name, gbuf, goff, num_groups, payload)
@@ -1393,6 +1561,7 @@ class DaemonDecoder:
         *,
         strict_size: bool = True,
         auth_methods: Sequence[str] | None = DEFAULT_AUTH_METHODS,
+        relay: bool = False,
     ) -> None:
         self._state = "connect"
         self._request: ConnectRequest | None = None
@@ -1404,7 +1573,12 @@ class DaemonDecoder:
         self._strict_size = strict_size
         self._auth_methods = None if auth_methods is None else frozenset(auth_methods)
         self._failed: WireError | None = None
-        self._messages = _MessageStream(self._message, self._check_header, old_type_field=False)
+        self._messages = _MessageStream(
+            self._message,
+            self._check_header,
+            old_type_field=False,
+            relay=self._relay if relay else None,
+        )
 
     @property
     def request(self) -> ConnectRequest | None:
@@ -1625,11 +1799,34 @@ class DaemonDecoder:
             group = _name(gbuf[goff : goff + GROUP_FIELD]) if num_groups else ""
             return Join(group) if stype & JOIN_MESS else Leave(group)
         mess_type, _ = _hint_mess_type(hbuf, hpos + 40)
-        return Multicast(
-            stype,
-            self._sender_str,
-            _groups(gbuf, goff, num_groups),
-            mess_type,
-            payload,
-            bytes(hbuf[hpos + 40 : hpos + 44]),
+        return _new(  # type: ignore[no-any-return]
+            Multicast,
+            (
+                stype,
+                self._sender_str,
+                _groups(gbuf, goff, num_groups),
+                mess_type,
+                payload,
+                bytes(hbuf[hpos + 40 : hpos + 44]),
+            ),
         )
+
+    def _relay(
+        self, buf: bytes, pos: int, total: int, stype: int, sender: bytes, num_groups: int
+    ) -> Relay | None:
+        """A :class:`Relay` for the message at ``buf[pos:pos + total]``, when it can be
+        forwarded as it is (see Relay); None otherwise (it is then built as usual)."""
+        if stype & _NOT_VERBATIM or sender != self._sender_field:
+            return None
+        goff = pos + HEADER_SIZE
+        if num_groups == 1:
+            blob = buf[goff : goff + GROUP_FIELD]
+            if blob not in _canonical and canonical_field(blob) is None:
+                return None
+        else:
+            blob = buf[goff : goff + GROUP_FIELD * num_groups]
+            for i in range(0, GROUP_FIELD * num_groups, GROUP_FIELD):
+                if canonical_field(blob[i : i + GROUP_FIELD]) is None:
+                    return None
+        wire = buf if pos == 0 and total == len(buf) else buf[pos : pos + total]
+        return _new(Relay, (stype & ~ENDIAN_MARKER, blob, num_groups, wire))  # type: ignore[no-any-return]
