@@ -30,6 +30,7 @@ from spreadqueue.queue.messages import (
     Kind,
     Reason,
     Register,
+    Release,
     Result,
     Retire,
     Status,
@@ -58,6 +59,7 @@ SAMPLES = {
     Kind.DONE: [Done("w1", "p.1")],
     Kind.FAILED: [Failed("p.1", Reason.WORKER_LOST, "lost"), Failed("p.2", Reason.RESUBMIT, "")],
     Kind.RETIRE: [Retire("w1")],
+    Kind.RELEASE: [Release("w1", "p.1"), Release("w1", "p.2")],
 }
 
 
@@ -77,7 +79,7 @@ def test_round_trip_every_kind(kind: Kind) -> None:
 
 
 def test_mess_types_are_a_recognisable_range() -> None:
-    assert [mess_type(k) for k in Kind] == [0x5100 + k for k in range(1, 11)]
+    assert [mess_type(k) for k in Kind] == [0x5100 + k for k in range(1, 12)]
     assert is_queue_message(0x5101) and is_queue_message(0x51FF)
     assert not is_queue_message(0) and not is_queue_message(0x5200)
 
@@ -113,6 +115,52 @@ def test_an_entry_too_large_for_any_message_is_refused() -> None:
 def test_extra_trailing_fields_are_ignored_for_forward_compatibility() -> None:
     data = envelope([["p.1", "f", b"", None, "a future field"]])
     assert decode(mess_type(Kind.SUBMIT), data).entries == [Submit("p.1", "f", b"", None)]
+
+
+def test_optional_trailing_fields() -> None:
+    """SUBMIT's ack_ms and REGISTER's slots: absent or unusable means None."""
+    submit = mess_type(Kind.SUBMIT)
+    entries = [["a", "f", b"", None, 5000], ["b", "f", b"", 10], ["c", "f", b"", None, -1]]
+    assert decode(submit, envelope(entries)).entries == [
+        Submit("a", "f", b"", None, 5000),
+        Submit("b", "f", b"", 10, None),
+        Submit("c", "f", b"", None, None),
+    ]
+    register = mess_type(Kind.REGISTER)
+    entries = [["w1", 9, ["t"], 1], ["w2", 4, []], ["w3", 4, [], "x", "more"]]
+    assert decode(register, envelope(entries)).entries == [
+        Register("w1", 9, ("t",), 1),
+        Register("w2", 4, ()),
+        Register("w3", 4, (), None),
+    ]
+    # what a peer of the first revision sends still decodes (nothing new is required)
+    [data] = encode(Kind.SUBMIT, [Submit("a", "f", b"", None, 250)])
+    assert msgpack.unpackb(data) == [1, [["a", "f", b"", None, 250]]]
+
+
+def test_fast_and_general_decoders_agree() -> None:
+    """The inline checks of the hot kinds accept and refuse exactly what the schema does:
+    anything unusual goes to the general parser, which names the problem."""
+    cases = [
+        (Kind.RESULT, [["t", "w", True, 1, ["E", "m", "tb"]]], True),  # error: general path
+        (Kind.RESULT, [["t", "w", True, 2, "why"]], True),
+        (Kind.RESULT, [["t", "w", True, False, b""]], False),  # bool status
+        (Kind.RESULT, [["t", "w", True, 0, None]], False),
+        (Kind.ASSIGN, [["w", "t", "f", b"", "#a#b", 1, None, "extra"]], True),
+        (Kind.ASSIGN, [["w", "t", "f", b"", "#a#b", True, None]], False),
+        (Kind.ASSIGN, [["w", "t", "f", b"", "#a#" + "b" * 40, 1, None]], False),
+        (Kind.SUBMIT, [["t", "f", b"", False]], False),
+        (Kind.DONE, [["w", ""]], False),
+        (Kind.CANCEL, [["t", 1]], True),
+        (Kind.ACK, [[None]], False),
+    ]
+    for kind, entries, ok in cases:
+        data = envelope(entries)
+        if ok:
+            assert len(decode(mess_type(kind), data).entries) == len(entries)
+        else:
+            with pytest.raises(MalformedMessage, match=f"{kind.name} entry 0"):
+                decode(mess_type(kind), data)
 
 
 BAD = [

@@ -287,7 +287,10 @@ def test_a_worker_session_dying_mid_run_loses_no_task(net: Net) -> None:
         return deferLater(clock, 0.01, lambda: n * n)
 
     sessions = [net.session() for _ in range(4)]
-    workers = [net.worker({"square": slow_square}, session=s, concurrency=3) for s in sessions]
+    # (no prefetch: every task the dead worker held had started; see the prefetch test)
+    workers = [
+        net.worker({"square": slow_square}, session=s, concurrency=3, prefetch=0) for s in sessions
+    ]
     sender = net.sender()
     ids, got = run_many(net, sender, 1000)
     net.advance(0.3)
@@ -436,10 +439,10 @@ def test_a_late_reply_after_timeout_is_dropped(net: Net) -> None:
 def test_rpc_cancellation(net: Net) -> None:
     manager = net.manager()
     cancelled: list[bool] = []
-    net.worker({"forever": lambda _: Deferred(lambda d: cancelled.append(True))})
+    net.worker({"forever": lambda _: Deferred(lambda d: cancelled.append(True))}, prefetch=0)
     sender = net.sender()
     d = sender.rpc("forever")
-    queued = sender.rpc("forever")  # waits in the manager's queue (one worker)
+    queued = sender.rpc("forever")  # waits in the manager's queue (one worker, no prefetch)
     net.pump()
     d.cancel()
     queued.cancel()
@@ -918,3 +921,234 @@ def test_stopping_a_manager_that_opened_its_session_waits_until_it_is_closed(
     assert pending(stopped)
     closed.callback(None)
     fired(stopped)
+
+
+# --------------------------------------------------------------------------- prefetch
+
+
+class Gate:
+    """Handlers whose tasks finish when the test says so (``block``), or at once
+    (``quick``); ``started`` lists the tasks in the order their handler ran."""
+
+    def __init__(self) -> None:
+        self.started: list[Any] = []
+        self.blocked: list[Deferred[Any]] = []
+
+    def quick(self, n: Any) -> Any:
+        self.started.append(n)
+        return n
+
+    def block(self, n: Any) -> Deferred[Any]:
+        self.started.append(n)
+        d: Deferred[Any] = Deferred()
+        self.blocked.append(d)
+        return d.addCallback(lambda _: n)
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        return {"quick": self.quick, "block": self.block}
+
+
+def prefetching_worker(net: Net, sender: Sender, gate: Gate, **options: Any) -> Worker:
+    """A worker that has run a few short tasks, so it prefetches now."""
+    worker = net.worker(gate.handlers(), **options)
+    calls = [sender.rpc("quick", i) for i in range(4)]
+    net.pump()
+    assert [fired(d) for d in calls] == [0, 1, 2, 3]
+    net.pump()
+    assert worker.prefetching
+    gate.started.clear()
+    return worker
+
+
+def test_a_worker_prefetches_once_its_tasks_prove_short(net: Net) -> None:
+    manager = net.manager()
+    sender = net.sender()
+    gate = Gate()
+    worker = net.worker(gate.handlers(), concurrency=2, prefetch=8)
+    assert manager.state is not None
+    assert manager.state.workers()[0][1] == 2  # no prefetch before it knows its tasks
+    assigns = watch(worker.session)
+    calls = [sender.rpc("quick", i) for i in range(4)]
+    net.pump()
+    assert [fired(d) for d in calls] == [0, 1, 2, 3]
+    net.pump()
+    assert worker.prefetching and manager.state.workers()[0][1] == 10
+    assigns.clear()
+    calls = [sender.rpc("quick", i) for i in range(100)]
+    net.pump()
+    assert [fired(d) for d in calls] == list(range(100))
+    assert gate.started[4:] == list(range(100))  # FIFO
+    # 10 tasks per ASSIGN message (and one RESULT+DONE message back for each)
+    assert len([k for _, k in assigns if k is Kind.ASSIGN]) == 10
+    assert manager.state.running == 0 and manager.stats["completed"] == 104
+
+
+def test_a_worker_whose_tasks_turn_long_stops_prefetching_and_hands_tasks_back(
+    net: Net,
+) -> None:
+    clock = net.clock
+    manager = net.manager()
+    sender = net.sender()
+    gate = Gate()
+    worker = prefetching_worker(net, sender, gate)
+    calls = [sender.rpc("block", i) for i in range(5)]
+    net.pump()
+    assert (worker.busy, worker.prefetched) == (1, 4)
+    clock.advance(1.0)  # a long task
+    gate.blocked[0].callback(None)
+    net.pump()
+    assert not worker.prefetching
+    assert manager.state is not None and manager.state.workers()[0][1] == 1
+    assert manager.stats["released"] == 3  # the next one started when the slot freed
+    assert not pending(calls[0]) and (worker.busy, worker.prefetched) == (1, 0)
+    other = net.worker(gate.handlers())
+    net.pump()
+    assert other.busy == 1  # a released task went to the idle worker at once
+    for i in range(1, 5):
+        gate.blocked[i].callback(None)
+        net.pump()
+    assert [fired(d) for d in calls] == [0, 1, 2, 3, 4]
+    assert sorted(gate.started) == [0, 1, 2, 3, 4]  # each ran once
+
+
+def test_a_stopping_worker_hands_its_prefetched_tasks_back_at_once(net: Net) -> None:
+    manager = net.manager()
+    sender = net.sender()
+    gate = Gate()
+    worker = prefetching_worker(net, sender, gate)
+    calls = [sender.rpc("block", i) for i in range(5)]
+    net.pump()
+    assert (worker.busy, worker.prefetched) == (1, 4)
+    stopping = worker.stop()
+    net.pump()
+    assert worker.prefetched == 0 and pending(stopping)
+    assert manager.stats["released"] == 4
+    assert manager.state is not None and manager.state.queued == 4
+    other = net.worker(gate.handlers(), prefetch=0)
+    net.pump()
+    assert gate.started == [0, 1]  # taken over while the first is still running
+    gate.blocked[0].callback(None)
+    net.pump()
+    fired(stopping)
+    for i in range(1, 5):
+        gate.blocked[i].callback(None)
+        net.pump()
+    assert [fired(d) for d in calls] == [0, 1, 2, 3, 4]
+    assert sorted(gate.started) == [0, 1, 2, 3, 4]
+    assert other.stats["completed"] == 4
+
+
+def test_cancelling_a_prefetched_task_drops_it_before_it_starts(net: Net) -> None:
+    manager = net.manager()
+    sender = net.sender()
+    gate = Gate()
+    worker = prefetching_worker(net, sender, gate)
+    calls = [sender.rpc("block", i) for i in range(3)]
+    net.pump()
+    assert (worker.busy, worker.prefetched) == (1, 2)
+    calls[1].cancel()
+    failure_of(calls[1], CancelledError)
+    net.pump()
+    assert worker.prefetched == 1 and worker.stats["cancelled"] == 1
+    assert manager.state is not None and manager.state.running == 2
+    for d in gate.blocked[:1]:
+        d.callback(None)
+    net.pump()
+    gate.blocked[1].callback(None)
+    net.pump()
+    assert (fired(calls[0]), fired(calls[2])) == (0, 2)
+    assert gate.started == [0, 2]  # the cancelled one never ran
+    assert manager.state.running == 0 and sender.stats["late_replies"] == 1
+
+
+def test_a_worker_dying_with_prefetched_tasks_loses_none(net: Net) -> None:
+    manager = net.manager()
+    sender = net.sender()
+    gate = Gate()
+    session = net.session()
+    prefetching_worker(net, sender, gate, session=session)
+    calls = [sender.rpc("block", i) for i in range(6)]
+    net.pump()
+    session.crash()
+    net.pump()
+    assert manager.stats["requeued"] == 6
+    net.worker(gate.handlers(), prefetch=0)
+    for _ in range(6):
+        net.pump()
+        gate.blocked[-1].callback(None)
+    net.pump()
+    assert [fired(d) for d in calls] == list(range(6))
+    # only the task that had started ran twice
+    assert Counter(gate.started) == Counter({0: 2, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1})
+
+
+def test_acks_held_back_are_left_out_when_results_come_first(net: Net) -> None:
+    manager = net.manager()
+    net.worker({"echo": echo})
+    sender = net.sender()
+    seen = watch(sender.session)
+    for i in range(10):
+        d = sender.rpc("echo", i)
+        net.pump()
+        assert fired(d) == i
+    net.advance(0.2)
+    # one ACK (the first, so the sender knows its manager), then results only
+    assert [k for _, k in seen].count(Kind.ACK) == 1
+    assert manager.stats["acks_held"] == 9 and manager.stats["acks_saved"] == 9
+    assert sender.unacknowledged == 0
+
+
+def test_a_held_ack_arrives_for_a_long_task_well_within_the_ack_timeout(net: Net) -> None:
+    clock = net.clock
+    manager = net.manager()
+    net.worker({"slow": lambda n: deferLater(clock, 5.0, lambda: n)})
+    sender = net.sender(ack_timeout=1.0)
+    first = sender.rpc("slow", 0)
+    net.advance(0.01)
+    assert sender.unacknowledged == 0  # the first ACK is never held
+    net.advance(5.1)
+    d = sender.rpc("slow", 1)
+    net.pump()
+    assert sender.unacknowledged == 1
+    net.advance(0.1)  # held for at most min(ack_delay, ack_timeout / 4)
+    assert sender.unacknowledged == 0 and pending(d)
+    net.advance(5.0)
+    assert (fired(first), fired(d)) == (0, 1)
+    assert manager.stats["acks_held"] == 1 and manager.stats["acks_saved"] == 0
+
+
+def test_a_task_whose_ack_was_held_survives_losing_its_worker_and_the_manager(
+    net: Net,
+) -> None:
+    """A held ACK, then the worker and the manager go before it is sent: the sender
+    still resubmits the task to the standby (the session had an ACK from the manager
+    before any was held, which every sender of the session sees; one that saw none
+    resubmits when any member goes)."""
+    first_session = net.session()
+    net.manager(first_session)
+    standby = net.manager()
+    gate = Gate()
+    worker_session = net.session()
+    net.worker(gate.handlers(), session=worker_session)
+    shared = net.session()
+    older = net.sender(shared)
+    assert fired(_rpc_pumped(net, older, "quick", 1)) == 1  # the session's first ACK
+    newer = net.sender(shared)  # saw that ACK? no: created after it
+    held = newer.rpc("block", 2)
+    net.pump()
+    assert newer.unacknowledged == 1 and gate.started == [1, 2]
+    worker_session.crash()
+    first_session.crash()
+    net.pump()
+    assert standby.active and newer.stats["resubmitted"] == 1
+    net.worker(gate.handlers())
+    net.pump()
+    gate.blocked[-1].callback(None)
+    net.pump()
+    assert fired(held) == 2
+
+
+def _rpc_pumped(net: Net, sender: Sender, func: str, arg: Any) -> Deferred[Any]:
+    d = sender.rpc(func, arg)
+    net.pump()
+    return d

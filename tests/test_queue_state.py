@@ -22,6 +22,7 @@ from spreadqueue.queue.messages import (
     Cancel,
     Done,
     Register,
+    Release,
     Result,
     Retire,
     Status,
@@ -609,6 +610,157 @@ def test_register_listing_a_task_already_running_elsewhere_only_counts_credit() 
     h.done("#b#d", "w", "t1")
     assert assigned(h.effects()) == [("#b#d", "w", "t2", 1)]
     assert h.m.running == 2  # t1 still counted at #a#d until it says done
+
+
+# --------------------------------------------------------------------------- prefetch
+
+
+def test_a_free_slot_wins_over_prefetch_credit() -> None:
+    """Workers with slots 1 and capacity 3: each gets one task to start before any gets
+    a second to keep; a worker that finishes (a free slot again) comes first."""
+    h = ready_manager()
+    for s in ("#a#d", "#b#d", "#c#d"):
+        h.join(G.workers, s)
+        h.msg(s, Kind.REGISTER, [Register("w", 3, (), 1)])
+    h.submit("#s#d", "t1", "t2", "t3", "t4", "t5")
+    where = [(a[0], a[2]) for a in assigned(h.effects())]
+    assert sorted(where) == [
+        ("#a#d", "t1"),
+        ("#a#d", "t4"),
+        ("#b#d", "t2"),
+        ("#b#d", "t5"),
+        ("#c#d", "t3"),
+    ]
+    h.done("#b#d", "w", "t2")  # b still holds t5: no free slot
+    h.done("#a#d", "w", "t1", "t4")  # a is idle
+    h.submit("#s#d", "t6", "t7")
+    # a has a free slot; then c (prefetch credit, used least recently) before b
+    assert [(a[0], a[2]) for a in assigned(h.effects())] == [("#a#d", "t6"), ("#c#d", "t7")]
+    assert sorted(h.m.workers()) == [
+        (("#a#d", "w"), 3, 1),
+        (("#b#d", "w"), 3, 1),
+        (("#c#d", "w"), 3, 2),
+    ]
+
+
+def test_a_register_without_slots_means_no_prefetch() -> None:
+    h = ready_manager()
+    h.worker("#a#d", capacity=2)  # an older worker: no slots field
+    h.join(G.workers, "#b#d")
+    h.msg("#b#d", Kind.REGISTER, [Register("w", 2, (), 1)])
+    h.submit("#s#d", "t1", "t2", "t3")
+    # '#a#d' runs 2 at once: both its credits are free slots, preferred to b's prefetch
+    where = {a[2]: a[0] for a in assigned(h.effects())}  # (batched per worker session)
+    assert where == {"t1": "#a#d", "t2": "#b#d", "t3": "#a#d"}
+
+
+def test_released_tasks_go_back_to_the_head_and_do_not_count_as_attempts() -> None:
+    h = ready_manager(max_attempts=1)
+    h.join(G.workers, "#a#d")
+    h.msg("#a#d", Kind.REGISTER, [Register("w", 3, (), 1)])
+    h.submit("#s#d", "t1", "t2", "t3", "t4")
+    assert [a[2] for a in assigned(h.effects())] == ["t1", "t2", "t3"]
+    # stopping: capacity 0, and t2, t3 were never started
+    h.msg("#a#d", Kind.REGISTER, [Register("w", 0, ("t1", "t2", "t3"), 0)])
+    h.msg("#a#d", Kind.RELEASE, [Release("w", "t2"), Release("w", "t3"), Release("w", "zz")])
+    assert h.m.queued_ids() == ["t2", "t3", "t4"]
+    assert h.m.stats["released"] == 2 and h.m.stats["unknown_release"] == 1
+    h.worker("#b#d", capacity=3)
+    # attempt 1 again (max_attempts=1 would have failed them as WORKER_LOST otherwise)
+    assert assigned(h.effects()) == [
+        ("#b#d", "w", "t2", 1),
+        ("#b#d", "w", "t3", 1),
+        ("#b#d", "w", "t4", 1),
+    ]
+    assert h.m.running == 4
+
+
+def test_a_worker_with_a_burst_takes_that_many_in_a_row_and_bursts_rotate() -> None:
+    h = ready_manager()
+    for s in ("#a#d", "#b#d", "#c#d"):
+        h.join(G.workers, s)
+        h.msg(s, Kind.REGISTER, [Register("w", 4, (), 4, 4)])
+    h.submit("#s#d", "t1", "t2", "t3", "t4", "t5", "t6")
+    where = {a[2]: a[0] for a in assigned(h.effects())}
+    assert where == {"t1": "#a#d", "t2": "#a#d", "t3": "#a#d", "t4": "#a#d"} | {
+        "t5": "#b#d",
+        "t6": "#b#d",
+    }
+    h.done("#a#d", "w", "t1", "t2", "t3", "t4")
+    h.submit("#s#d", "t7", "t8", "t9", "t10", "t11")
+    where = {a[2]: a[0] for a in assigned(h.effects())}
+    # c waited longest; then b (2 free slots left), then a
+    assert where == {"t7": "#c#d", "t8": "#c#d", "t9": "#c#d", "t10": "#c#d", "t11": "#b#d"}
+
+
+# --------------------------------------------------------------------------- held ACKs
+
+
+def submit_waiting(h: H, sender: str, *ids: str, ack_ms: int = 5000) -> None:
+    """SUBMITs of a sender that says it waits ``ack_ms`` for the ACK."""
+    h.msg(sender, Kind.SUBMIT, [Submit(i, "f", b"args", None, ack_ms) for i in ids])
+
+
+def acked(effects: list[Effect]) -> list[str]:
+    return [e.task_id for _, es in of(effects, Kind.ACK) for e in es]
+
+
+def test_the_ack_of_a_task_assigned_at_once_is_held_and_left_out_if_it_finishes() -> None:
+    h = ready_manager(ack_delay=0.05)
+    h.worker("#w#d", capacity=2)
+    submit_waiting(h, "#s#d", "t1")
+    assert acked(h.effects()) == ["t1"]  # the first ACK to a sender is never held
+    submit_waiting(h, "#s#d", "t2", "t3", "t4")
+    effects = h.effects()
+    assert acked(effects) == ["t3", "t4"]  # queued (no credit): acknowledged at once
+    assert [a[2] for a in assigned(effects)] == ["t2"]
+    assert h.m.next_wakeup() == pytest.approx(0.05)
+    h.done("#w#d", "w", "t1", "t2")  # t2 done: its result was the acknowledgement
+    h.effects()
+    h.tick(0.06)
+    assert acked(h.effects()) == []
+    assert h.m.stats["acks_held"] == 1 and h.m.stats["acks_saved"] == 1
+    assert h.m.next_wakeup() is None
+
+
+def test_a_held_ack_goes_out_when_due_if_the_task_is_still_running() -> None:
+    h = ready_manager(ack_delay=0.05)
+    h.worker("#w#d", capacity=4)
+    submit_waiting(h, "#s#d", "t1")
+    submit_waiting(h, "#s#d", "t2", "t3", ack_ms=80)  # waits 80 ms: held 20 ms at most
+    assert acked(h.effects()) == ["t1", "t2", "t3"]  # 20 ms is too short to bother
+    submit_waiting(h, "#s#d", "t4")
+    assert acked(h.effects()) == []
+    h.tick(0.049)
+    assert acked(h.effects()) == []
+    h.tick(0.002)
+    assert acked(h.effects()) == ["t4"]
+
+
+def test_acks_are_not_held_for_senders_that_do_not_ask_or_with_holding_off() -> None:
+    h = ready_manager(ack_delay=0.05)
+    h.worker("#w#d", capacity=5)
+    h.submit("#s#d", "t1")
+    h.submit("#s#d", "t2")  # no ack_ms: a first-revision sender
+    assert acked(h.effects()) == ["t1", "t2"]
+    off = ready_manager(ack_delay=0)
+    off.worker("#w#d", capacity=5)
+    submit_waiting(off, "#s#d", "t1")
+    submit_waiting(off, "#s#d", "t2")
+    assert acked(off.effects()) == ["t1", "t2"]
+
+
+def test_a_sender_that_leaves_and_comes_back_gets_its_first_ack_at_once() -> None:
+    h = ready_manager(ack_delay=0.05)
+    h.worker("#w#d", capacity=5)
+    h.join(G.senders, "#s#d")
+    submit_waiting(h, "#s#d", "t1")
+    submit_waiting(h, "#s#d", "t2")
+    assert acked(h.effects()) == ["t1"]
+    h.disconnect("#s#d")
+    h.join(G.senders, "#s#d")
+    submit_waiting(h, "#s#d", "t3")
+    assert acked(h.effects()) == ["t3"]
 
 
 # --------------------------------------------------------------------------- invariants

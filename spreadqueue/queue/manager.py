@@ -31,8 +31,13 @@ __all__ = ["ManagerService", "SessionFactory"]
 #: Makes a new session (e.g. ``lambda: connect(reactor, endpoint)``).
 SessionFactory = Callable[[], "Deferred[ISpreadSession]"]
 
+#: The held acknowledgements' timer fires at most this often; an ACK goes out at most
+#: this much after its due time (QueueManager holds ACKs only for senders that wait
+#: 100 ms or more for them).
+_WAKEUP_GRAIN: Final = 0.01
+
 _MANAGER_KINDS: Final = frozenset(
-    {Kind.SUBMIT, Kind.CANCEL, Kind.REGISTER, Kind.DONE, Kind.RESULT, Kind.RETIRE}
+    {Kind.SUBMIT, Kind.CANCEL, Kind.REGISTER, Kind.DONE, Kind.RESULT, Kind.RETIRE, Kind.RELEASE}
 )
 
 
@@ -46,6 +51,10 @@ class ManagerService(Service):
 
     Start several for one queue (in other processes, or on other sessions) for
     standby: exactly one is active at a time (see :attr:`active`).
+
+    ``ack_delay`` (seconds) is how long the acknowledgement of a task assigned at once
+    may be held back (and then left out if the result came first); see
+    :class:`~spreadqueue.queue.state.QueueManager`.
     """
 
     log = Logger()
@@ -63,6 +72,7 @@ class ManagerService(Service):
         tick_interval: float = 0.25,
         reconnect_delay: float = 1.0,
         max_reconnect_delay: float = 30.0,
+        ack_delay: float = 0.05,
     ) -> None:
         self.groups = queue_groups(queue)
         self.name = f"spreadqueue-manager-{queue}"  # type: ignore[assignment]
@@ -80,6 +90,7 @@ class ManagerService(Service):
             "max_attempts": max_attempts,
             "register_grace": register_grace,
             "max_queued": max_queued,
+            "ack_delay": ack_delay,
         }
         self._tick_interval = tick_interval
         self._reconnect_delay = reconnect_delay
@@ -89,6 +100,7 @@ class ManagerService(Service):
         self._session: ISpreadSession | None = None
         self._state: QueueManager | None = None
         self._ticker: LoopingCall | None = None
+        self._wakeup: IDelayedCall | None = None
         self._turn = Turn(reactor, self._flush)
         self._active_waiters: list[Deferred[None]] = []
         self._counters: dict[str, int] = {
@@ -252,6 +264,9 @@ class ManagerService(Service):
             self._ticker.stop()
         self._ticker = None
         self._turn.cancel()
+        if self._wakeup is not None and self._wakeup.active():
+            self._wakeup.cancel()
+        self._wakeup = None
         for listener, group in (
             (self._on_manager_group, self.groups.manager),
             (self._on_worker_group, self.groups.workers),
@@ -341,6 +356,10 @@ class ManagerService(Service):
             state.tick(self._now())
             self._flush()
 
+    def _woken(self) -> None:
+        self._wakeup = None
+        self._tick()
+
     def _flush(self) -> None:
         state, session = self._state, self._session
         if state is None or session is None:
@@ -349,6 +368,12 @@ class ManagerService(Service):
             self._counters["messages_sent"] += send(
                 session, effect.groups, effect.kind, effect.entries
             )
+        due = state.next_wakeup()
+        if due is not None and self._wakeup is None:
+            # One timer for all the held acknowledgements, firing at most every
+            # _WAKEUP_GRAIN seconds (each firing sends all that are due by then).
+            delay = max(due - self._now(), _WAKEUP_GRAIN)
+            self._wakeup = self._reactor.callLater(delay, self._woken)
         if state.active and self._active_waiters:
             waiters, self._active_waiters = self._active_waiters, []
             for d in waiters:

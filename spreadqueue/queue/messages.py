@@ -35,6 +35,7 @@ __all__ = [
     "Message",
     "Reason",
     "Register",
+    "Release",
     "Result",
     "Retire",
     "Status",
@@ -81,6 +82,7 @@ class Kind(enum.IntEnum):
     DONE = 8
     FAILED = 9
     RETIRE = 10
+    RELEASE = 11
 
 
 class Status(enum.IntEnum):
@@ -101,12 +103,18 @@ class Reason(enum.IntEnum):
 
 
 class Submit(NamedTuple):
-    """sender -> ``Q-mgr``: run ``func(args)`` once; reply to the message's sender."""
+    """sender -> ``Q-mgr``: run ``func(args)`` once; reply to the message's sender.
+
+    ``ack_ms`` (optional) is how long the sender waits for the ACK: a manager may then
+    hold the ACK of a task it assigns at once back for a while, and leave it out
+    when the task is done first (docs/protocol.md, "ACK").
+    """
 
     task_id: str
     func: str
     args: bytes
     timeout_ms: int | None
+    ack_ms: int | None = None
 
 
 class Ack(NamedTuple):
@@ -122,12 +130,20 @@ class Cancel(NamedTuple):
 
 
 class Register(NamedTuple):
-    """worker session -> ``Q-mgr``: this worker exists, takes ``capacity`` tasks at
-    once (0: draining) and still holds the tasks ``held``."""
+    """worker session -> ``Q-mgr``: this worker exists, holds up to ``capacity`` tasks
+    (0: draining) and still holds the tasks ``held``.
+
+    ``slots`` (optional) is how many of them it starts at once; the rest of
+    ``capacity`` is prefetch. None means all of them (no prefetch). ``burst``
+    (optional) is how many tasks in a row the manager may hand it when it is chosen
+    (its tasks are so short that one message of many beats many workers). None: 1.
+    """
 
     worker_id: str
     capacity: int
     held: tuple[str, ...]
+    slots: int | None = None
+    burst: int | None = None
 
 
 class Assign(NamedTuple):
@@ -171,6 +187,14 @@ class Retire(NamedTuple):
     """worker session -> ``Q-mgr``: the worker is gone; requeue what it still held."""
 
     worker_id: str
+
+
+class Release(NamedTuple):
+    """worker session -> ``Q-mgr``: the worker gives back a task it never started
+    (a prefetched task, when it stops): queue it again, at the head."""
+
+    worker_id: str
+    task_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +247,11 @@ def encode(kind: Kind, entries: Sequence[Sequence[Any]], *, max_bytes: int = 0) 
     limit = max_bytes or max_data(1)
     if not entries:
         return [_HEAD + b"\x90"]
+    if len(entries) <= MAX_ENTRIES:
+        # The usual case: everything fits one message, packed in one call.
+        whole = _packer.pack([PROTOCOL_VERSION, entries])
+        if len(whole) <= limit:
+            return [whole]
     budget = limit - len(_HEAD) - _MAX_ARRAY_HEADER
     out: list[bytes] = []
     batch: list[bytes] = []
@@ -357,6 +386,15 @@ _SCHEMAS: dict[Kind, tuple[type[tuple[Any, ...]] | None, _Fields]] = {
     Kind.DONE: (Done, (_worker_id, _task_id)),
     Kind.FAILED: (Failed, (_task_id, _enum(Reason), _text)),
     Kind.RETIRE: (Retire, (_worker_id,)),
+    Kind.RELEASE: (Release, (_worker_id, _task_id)),
+}
+
+#: Optional trailing fields (a later revision of an entry): kind -> checks of the
+#: fields after the required ones. A value that does not pass is ignored (None), as
+#: an unknown trailing field is.
+_OPTIONAL: dict[Kind, tuple[Callable[[Any], Any], ...]] = {
+    Kind.SUBMIT: (_opt_uint(MAX_TIMEOUT_MS),),
+    Kind.REGISTER: (_opt_uint(MAX_CAPACITY), _opt_uint(MAX_CAPACITY)),
 }
 
 
@@ -376,6 +414,7 @@ def _result_payload(status: int, payload: Any) -> Any:
 
 def _parse_entries(kind: Kind, entries: list[Any]) -> list[Any]:
     cls, fields = _SCHEMAS[kind]
+    optional = _OPTIONAL.get(kind)
     nfields = len(fields)
     out: list[Any] = []
     append = out.append
@@ -393,19 +432,179 @@ def _parse_entries(kind: Kind, entries: list[Any]) -> list[Any]:
                 values[4] = _result_payload(values[3], values[4])
         except _Bad as e:
             raise MalformedMessage(f"{kind.name} entry {i}: {e}") from None
+        if optional is not None:
+            values.extend(_optional_values(optional, nfields, entry))
         append(cls._make(values) if cls is not None else ())  # type: ignore[attr-defined]
     return out
+
+
+def _optional_values(
+    checks: tuple[Callable[[Any], Any], ...], first: int, entry: list[Any]
+) -> list[Any]:
+    out: list[Any] = []
+    for index, check in enumerate(checks, first):
+        value = None
+        if index < len(entry):
+            try:
+                value = check(entry[index])
+            except _Bad:
+                pass
+        out.append(value)
+    return out
+
+
+# Fast paths: the hot kinds checked inline, without a call per field. They accept
+# exactly what the schema accepts; on anything unusual they give up (None) and the
+# general parser above decides (and names the problem).
+
+_tuple_new: Any = tuple.__new__
+_STATUSES: Final = frozenset(int(s) for s in Status)
+_OK: Final = int(Status.OK)
+_CANCELLED: Final = int(Status.CANCELLED)
+#: reply_to names already checked (an ASSIGN carries the same few names over and over)
+_good_groups: dict[str, None] = {}
+_GOOD_GROUPS_MAX: Final = 4096
+
+
+def _fast_ids(cls: Any, entries: list[Any]) -> list[Any] | None:
+    """One-field entries of a task id (ACK, CANCEL)."""
+    out: list[Any] = []
+    append = out.append
+    for e in entries:
+        if type(e) is not list or not e:
+            return None
+        tid = e[0]
+        if type(tid) is not str or not 0 < len(tid) <= MAX_TASK_ID:
+            return None
+        append(_tuple_new(cls, (tid,)))
+    return out
+
+
+def _fast_submit(entries: list[Any]) -> list[Any] | None:
+    out: list[Any] = []
+    append = out.append
+    for e in entries:
+        if type(e) is not list or len(e) < 4:
+            return None
+        tid, func, args, timeout = e[0], e[1], e[2], e[3]
+        if (
+            type(tid) is not str
+            or not 0 < len(tid) <= MAX_TASK_ID
+            or type(func) is not str
+            or not 0 < len(func) <= MAX_FUNC
+            or type(args) is not bytes
+            or len(args) > MAX_PAYLOAD
+            or (
+                timeout is not None
+                and (type(timeout) is not int or not 0 <= timeout <= MAX_TIMEOUT_MS)
+            )
+        ):
+            return None
+        ack = e[4] if len(e) > 4 else None
+        if ack is not None and (type(ack) is not int or not 0 <= ack <= MAX_TIMEOUT_MS):
+            ack = None  # an unknown trailing field: ignored
+        append(_tuple_new(Submit, (tid, func, args, timeout, ack)))
+    return out
+
+
+def _fast_assign(entries: list[Any]) -> list[Any] | None:
+    out: list[Any] = []
+    append = out.append
+    good = _good_groups
+    for e in entries:
+        if type(e) is not list or len(e) < 7:
+            return None
+        wid, tid, func, args, reply_to, attempt, timeout = e[0], e[1], e[2], e[3], e[4], e[5], e[6]
+        if (
+            type(wid) is not str
+            or not 0 < len(wid) <= MAX_WORKER_ID
+            or type(tid) is not str
+            or not 0 < len(tid) <= MAX_TASK_ID
+            or type(func) is not str
+            or not 0 < len(func) <= MAX_FUNC
+            or type(args) is not bytes
+            or len(args) > MAX_PAYLOAD
+            or type(attempt) is not int
+            or not 0 <= attempt <= MAX_ATTEMPT
+            or (
+                timeout is not None
+                and (type(timeout) is not int or not 0 <= timeout <= MAX_TIMEOUT_MS)
+            )
+        ):
+            return None
+        if reply_to not in good:
+            try:
+                _private_group(reply_to)
+            except _Bad:
+                return None
+            if len(good) < _GOOD_GROUPS_MAX:
+                good[reply_to] = None
+        append(_tuple_new(Assign, (wid, tid, func, args, reply_to, attempt, timeout)))
+    return out
+
+
+def _fast_result(entries: list[Any]) -> list[Any] | None:
+    out: list[Any] = []
+    append = out.append
+    for e in entries:
+        if type(e) is not list or len(e) < 5:
+            return None
+        tid, wid, final, status, payload = e[0], e[1], e[2], e[3], e[4]
+        if (
+            type(tid) is not str
+            or not 0 < len(tid) <= MAX_TASK_ID
+            or type(wid) is not str
+            or not 0 < len(wid) <= MAX_WORKER_ID
+            or type(final) is not bool
+        ):
+            return None
+        if status == _OK and type(status) is int:
+            if type(payload) is not bytes or len(payload) > MAX_PAYLOAD:
+                return None
+        elif status == _CANCELLED and type(status) is int:
+            if payload is not None:
+                return None
+        else:
+            return None  # errors are rare: the general parser checks them
+        append(_tuple_new(Result, (tid, wid, final, status, payload)))
+    return out
+
+
+def _fast_done(entries: list[Any]) -> list[Any] | None:
+    out: list[Any] = []
+    append = out.append
+    for e in entries:
+        if type(e) is not list or len(e) < 2:
+            return None
+        wid, tid = e[0], e[1]
+        if (
+            type(wid) is not str
+            or not 0 < len(wid) <= MAX_WORKER_ID
+            or type(tid) is not str
+            or not 0 < len(tid) <= MAX_TASK_ID
+        ):
+            return None
+        append(_tuple_new(Done, (wid, tid)))
+    return out
+
+
+_FAST: dict[Kind, Callable[[list[Any]], list[Any] | None]] = {
+    Kind.SUBMIT: _fast_submit,
+    Kind.ACK: lambda entries: _fast_ids(Ack, entries),
+    Kind.CANCEL: lambda entries: _fast_ids(Cancel, entries),
+    Kind.ASSIGN: _fast_assign,
+    Kind.RESULT: _fast_result,
+    Kind.DONE: _fast_done,
+}
+_KINDS: Final = {int(k): k for k in Kind}
 
 
 def decode(mess_type: int, data: bytes) -> Message:
     """Decode one queue message; raise MalformedMessage for anything off-protocol."""
     raw = mess_type - MESS_TYPE_BASE
-    try:
-        kind = Kind(raw)
-    except ValueError:
-        raise MalformedMessage(
-            f"unknown queue message kind {raw} (mess_type {mess_type:#x})"
-        ) from None
+    kind = _KINDS.get(raw)
+    if kind is None:
+        raise MalformedMessage(f"unknown queue message kind {raw} (mess_type {mess_type:#x})")
     if len(data) > wire.MAX_MESSAGE_BYTES:
         raise MalformedMessage(f"{kind.name} message of {len(data)} bytes is too large")
     try:
@@ -430,4 +629,9 @@ def decode(mess_type: int, data: bytes) -> Message:
         )
     if type(entries) is not list:
         raise MalformedMessage(f"{kind.name} entries are not an array: {_show(entries)}")
+    fast = _FAST.get(kind)
+    if fast is not None:
+        parsed = fast(entries)
+        if parsed is not None:
+            return Message(kind, parsed)
     return Message(kind, _parse_entries(kind, entries))

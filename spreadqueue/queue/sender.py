@@ -43,7 +43,7 @@ from .messages import (
     decode,
 )
 from .names import queue_groups
-from .outbox import Outbox, Turn
+from .outbox import Turn, send
 from .serializer import default_serializer
 from .sharing import acquire, membership, release
 
@@ -54,6 +54,8 @@ _UNACKED: Final = 1  # sent, no manager acknowledged it yet
 _ACKED: Final = 2  # a manager queued it
 
 _MINE: Final = frozenset(MESS_TYPE_BASE + k for k in (Kind.ACK, Kind.RESULT, Kind.FAILED))
+_OK: Final = int(Status.OK)
+_tuple_new: Any = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,9 @@ class Sender:
         if not prefix or len(prefix) > 40 or "." in prefix:
             raise ValueError("id_prefix must be 1..40 characters without '.'")
         self._prefix = prefix + "."
+        # Sent with every SUBMIT: a manager may hold the ACK of a task it assigns at
+        # once back for a fraction of this, and leave it out when the result is first.
+        self._ack_ms: int | None = max(0, min(MAX_TIMEOUT_MS, int(ack_timeout * 1000)))
         self._counter = itertools.count(1)
         self._pending: dict[str, _Pending] = {}
         self._backlog: deque[_Pending] = deque()
@@ -161,8 +166,13 @@ class Sender:
         self._replies: deque[Reply | TaskError] = deque()
         self._waiters: deque[Deferred[Reply]] = deque()
         self._members: dict[str, None] = {}
-        self._last_manager: str | None = None
-        self._outbox = Outbox()
+        # sessions that sent our session ACKs (the managers we may depend on; managers
+        # of other queues sharing the session too, harmlessly: they are not in Q-snd)
+        self._ackers: dict[str, None] = {}
+        # what the next flush sends to Q-mgr (one message per kind, split if large)
+        self._submits: list[Submit] = []
+        self._cancels: list[Cancel] = []
+        self._to_manager = (self.groups.manager,)
         self._turn = Turn(reactor, self._flush)
         self._state = "new"  # new -> starting -> ready -> stopped
         self._start_d: Deferred[None] | None = None
@@ -231,7 +241,7 @@ class Sender:
         self._state = "stopped"
         for p in list(self._pending.values()):
             if p.state != _BACKLOG:
-                self._outbox.add((self.groups.manager,), Kind.CANCEL, Cancel(p.task_id))
+                self._cancels.append(Cancel(p.task_id))
         self._fail_all("the sender was stopped")
         if not started:
             return succeed(None)
@@ -296,7 +306,8 @@ class Sender:
     def _submit(
         self, func: str, args: Any, timeout: float | None, deferred: Deferred[Any] | None
     ) -> str:
-        if self._state == "stopped":
+        state = self._state
+        if state == "stopped":
             raise QueueError("this sender is stopped")
         if not isinstance(func, str) or not 0 < len(func) <= MAX_FUNC:
             raise ValueError(f"the function name must be a str of 1..{MAX_FUNC} characters")
@@ -307,45 +318,54 @@ class Sender:
             raise PayloadTooLarge(f"arguments of {len(data)} bytes; at most {MAX_PAYLOAD} fit")
         task_id = f"{self._prefix}{next(self._counter)}"
         now = self._reactor.seconds()
-        p = _Pending(
-            task_id, func, data, timeout, None if timeout is None else now + timeout, deferred
-        )
+        deadline = None if timeout is None else now + timeout
+        p = _Pending(task_id, func, data, timeout, deadline, deferred)
         self._pending[task_id] = p
-        if p.deadline is not None:
-            heapq.heappush(self._deadlines, (p.deadline, next(self._deadline_seq), p))
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, next(self._deadline_seq), p))
             self._live_deadlines += 1
-            self._arm_deadlines(now)
-        self._backlog.append(p)
+            timer = self._deadline_timer
+            if timer is None or timer.getTime() > deadline:
+                self._arm_deadlines(now)
         self.stats["submitted"] += 1
-        if self._state == "new":
-            self.start()
-        self._pump()
+        if state == "ready" and not self._backlog and self._unacked < self.window:
+            self._send(p, now)  # the usual case: straight into this turn's SUBMIT
+        else:
+            self._backlog.append(p)
+            if state == "new":
+                self.start()
+            self._pump()
         return task_id
+
+    def _send(self, p: _Pending, now: float) -> None:
+        """Put ``p`` into this turn's SUBMIT message."""
+        p.state = _UNACKED
+        self._unacked += 1
+        deadline = p.deadline
+        remaining = None if deadline is None else max(1, int((deadline - now) * 1000))
+        submits = self._submits
+        submits.append(_tuple_new(Submit, (p.task_id, p.func, p.args, remaining, self._ack_ms)))
+        ack_deadline = p.ack_deadline = now + self.ack_timeout
+        self._acks.append((ack_deadline, p))
+        if self._ack_timer is None:
+            self._ack_timer = self._reactor.callLater(
+                max(0.0, self._acks[0][0] - now), self._check_acks
+            )
+        if len(submits) == 1:
+            self._turn.schedule()
 
     def _pump(self) -> None:
         """Send backlog tasks while the window allows."""
-        if self._state != "ready":
+        backlog = self._backlog
+        if not backlog or self._state != "ready":
             return
-        backlog, pending = self._backlog, self._pending
+        pending = self._pending
         now = self._reactor.seconds()
         while backlog and self._unacked < self.window:
             p = backlog.popleft()
             if pending.get(p.task_id) is not p or p.state != _BACKLOG:
                 continue
-            p.state = _UNACKED
-            self._unacked += 1
-            remaining = None if p.deadline is None else max(1, int((p.deadline - now) * 1000))
-            self._outbox.add(
-                (self.groups.manager,), Kind.SUBMIT, Submit(p.task_id, p.func, p.args, remaining)
-            )
-            p.ack_deadline = now + self.ack_timeout
-            self._acks.append((p.ack_deadline, p))
-        if self._acks and self._ack_timer is None:
-            self._ack_timer = self._reactor.callLater(
-                max(0.0, self._acks[0][0] - now), self._check_acks
-            )
-        if self._outbox:
-            self._turn.schedule()
+            self._send(p, now)
 
     def _check_acks(self) -> None:
         self._ack_timer = None
@@ -423,10 +443,11 @@ class Sender:
         if p.state == _UNACKED:
             self._unacked -= 1
         if cancel and p.state != _BACKLOG and self._state != "stopped":
-            self._outbox.add((self.groups.manager,), Kind.CANCEL, Cancel(p.task_id))
+            self._cancels.append(Cancel(p.task_id))
             self._turn.schedule()
         p.state = _BACKLOG
-        self._pump()
+        if self._backlog:
+            self._pump()
 
     def _finish(self, p: _Pending, outcome: Reply | TaskError, *, cancel: bool = False) -> None:
         """The task's final outcome: remove it and hand ``outcome`` to its reader."""
@@ -478,13 +499,21 @@ class Sender:
             self._members = {}
             return
         members = dict.fromkeys(frame.members)
-        gone = [m for m in self._members if m not in members]
-        came = [m for m in members if m not in self._members and m != self.session.private_group]
+        before = self._members
+        gone = [m for m in before if m not in members]
+        came = [m for m in members if m not in before and m != self.session.private_group]
         self._members = members
         if self._state != "ready":
             return
         lost = frozenset(gone)
-        unacked_too = bool(came) or self._last_manager in lost
+        # Unacknowledged tasks may be held by a manager that has gone: one that
+        # acknowledged our session (managers hold ACKs back only after one), or, if we
+        # saw no ACK from a member of this queue (a sender new on a shared session),
+        # any member.
+        ackers = [m for m in self._ackers if m in before]
+        unacked_too = bool(came) or (any(m in lost for m in ackers) if ackers else bool(lost))
+        for m in gone:
+            self._ackers.pop(m, None)
         again = [
             p
             for p in self._pending.values()
@@ -519,6 +548,10 @@ class Sender:
         mine = self._prefix
         pending = self._pending
         if msg.kind is Kind.ACK:
+            # Any ACK to our session names the manager, even one for another sender
+            # sharing the session (a manager holds ACKs back once it acked the session).
+            if frame.sender not in self._ackers:
+                self._ackers[frame.sender] = None
             for e in msg.entries:
                 p = pending.get(e.task_id)
                 if p is None:
@@ -527,19 +560,37 @@ class Sender:
                     self._unacked -= 1
                     p.state = _ACKED
                 p.acked_by = frame.sender
-                self._last_manager = frame.sender
             self._pump()
+            return
+        if msg.kind is Kind.RESULT:
+            loads = self._serializer.loads
+            for e in msg.entries:
+                p = pending.get(e.task_id)
+                if p is None:
+                    if e.task_id.startswith(mine):
+                        self.stats["late_replies"] += 1  # timed out, cancelled or a duplicate
+                    continue
+                d = p.deferred
+                if d is not None and e.status == _OK and e.final:
+                    # The usual case (an rpc answered): no Reply, straight to its Deferred.
+                    try:
+                        value = loads(e.payload)
+                    except ValueError:
+                        self._result(p, e)
+                        continue
+                    self.stats["results"] += 1
+                    self._remove(p, cancel=False)
+                    d.callback(value)
+                else:
+                    self._result(p, e)
             return
         for e in msg.entries:
             p = pending.get(e.task_id)
             if p is None:
                 if e.task_id.startswith(mine):
-                    self.stats["late_replies"] += 1  # timed out, cancelled or a duplicate
+                    self.stats["late_replies"] += 1
                 continue
-            if msg.kind is Kind.RESULT:
-                self._result(p, e)
-            else:
-                self._failed(p, e)
+            self._failed(p, e)
 
     def _result(self, p: _Pending, e: Any) -> None:
         outcome: Reply | TaskError
@@ -574,5 +625,15 @@ class Sender:
     # ------------------------------------------------------------------ sending
 
     def _flush(self) -> None:
-        if self.session.connected:
-            self.stats["messages_sent"] += self._outbox.send_all(self.session)
+        submits, cancels = self._submits, self._cancels
+        if not (submits or cancels):
+            return
+        self._submits, self._cancels = [], []
+        session = self.session
+        if session.connected:
+            sent = 0
+            if submits:
+                sent += send(session, self._to_manager, Kind.SUBMIT, submits)
+            if cancels:
+                sent += send(session, self._to_manager, Kind.CANCEL, cancels)
+            self.stats["messages_sent"] += sent

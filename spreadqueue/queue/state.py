@@ -31,6 +31,17 @@ __all__ = ["Effect", "QueueManager", "WorkerKey"]
 WorkerKey = tuple[str, str]
 
 _FUNC_CACHE_MAX: Final = 4096
+#: Senders remembered as "acknowledged once" (see QueueManager.ack_delay); past this
+#: many the memory is cleared, which only makes the next acknowledgements immediate.
+_ACKED_SENDERS_MAX: Final = 10_000
+#: Hold an acknowledgement back only if its sender waits 4 times this or more.
+_MIN_ACK_HOLD: Final = 0.025
+
+_tuple_new: Any = tuple.__new__
+
+
+def _due(item: tuple[float, Any]) -> float:
+    return item[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +83,18 @@ class _Task:
 class _Worker:
     """A registered worker. ``held`` maps the task ids it holds to their task, or to
     None for tasks this manager knows nothing about (held since before a manager
-    change); every held task uses one credit."""
+    change); every held task uses one credit. Of its ``capacity``, ``slots`` run at
+    once; the rest is prefetch (tasks it keeps to start as slots free up)."""
 
-    __slots__ = ("capacity", "held", "key", "session", "worker_id")
+    __slots__ = ("burst", "capacity", "held", "key", "session", "slots", "worker_id")
 
     def __init__(self, session: str, worker_id: str) -> None:
         self.session = session
         self.worker_id = worker_id
         self.key: WorkerKey = (session, worker_id)
         self.capacity = 0
+        self.slots = 0
+        self.burst = 1
         self.held: dict[str, _Task | None] = {}
 
 
@@ -94,6 +108,10 @@ _STATS: Final = (
     "expired",
     "requeued",
     "worker_lost_failures",
+    "released",
+    "unknown_release",
+    "acks_held",
+    "acks_saved",
     "queue_full",
     "dropped_sender_gone",
     "resubmit_requests",
@@ -117,6 +135,19 @@ class QueueManager:
     dispatches); the others stand by and ignore traffic. The active one is the
     longest-standing member of ``Q-mgr``: every manager works that out the same way
     from the membership notices it sees (docs/protocol.md, "Managers").
+
+    Dispatching prefers workers with a free slot (``slots``) over workers that would
+    only prefetch the task; among equals the least recently used one (or the
+    ``policy``'s choice among those candidates). A worker chosen takes up to its
+    ``burst`` tasks in a row (while it keeps a free slot, or, when no worker has one,
+    credit).
+
+    ``ack_delay``: a SUBMIT that says how long its sender waits for the ACK
+    (``ack_ms``) and that is assigned at once has its ACK held back for up to
+    ``min(ack_delay, ack_ms / 4)`` seconds, and never sent when the task is done by
+    then: the result is the acknowledgement. The first ACK to each sender is never
+    held (the sender learns which manager it depends on). 0 disables holding.
+    :meth:`next_wakeup` says when :meth:`tick` has held ACKs to send.
     """
 
     def __init__(
@@ -129,6 +160,7 @@ class QueueManager:
         register_grace: float = 2.0,
         max_queued: int | None = None,
         sweep_interval: float = 1.0,
+        ack_delay: float = 0.05,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -140,6 +172,7 @@ class QueueManager:
         self.register_grace = register_grace
         self.max_queued = max_queued
         self.sweep_interval = sweep_interval
+        self.ack_delay = ack_delay
         #: counters (see docs/protocol.md); all start at 0
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
 
@@ -156,12 +189,17 @@ class QueueManager:
         self._queued = 0
         self._workers: dict[WorkerKey, _Worker] = {}
         self._by_session: dict[str, dict[WorkerKey, _Worker]] = {}
-        self._ready: dict[WorkerKey, _Worker] = {}  # workers with credit, LRU first
+        # workers with credit, LRU first: with a free slot / with prefetch credit only
+        self._free: dict[WorkerKey, _Worker] = {}
+        self._extra: dict[WorkerKey, _Worker] = {}
         self._foreign: dict[str, _Worker] = {}  # unknown task id -> worker holding it
         self._awaiting: dict[str, None] = {}  # worker sessions not yet re-registered
         self._grace_until = 0.0
         self._next_sweep = 0.0
         self._funcs: dict[str, str] = {}
+        # held acknowledgements: (when due, task, hold) in due order
+        self._late_acks: deque[tuple[float, _Task]] = deque()
+        self._acked_senders: dict[str, None] = {}
 
         self._out: dict[tuple[tuple[str, ...], Kind], list[Any]] = {}
 
@@ -204,6 +242,11 @@ class QueueManager:
         self._out = {}
         return out
 
+    def next_wakeup(self) -> float | None:
+        """When :meth:`tick` next has held acknowledgements to send (None: never)."""
+        late = self._late_acks
+        return late[0][0] if late and self._active else None
+
     # ------------------------------------------------------------------ inputs
 
     def on_membership(self, now: float, msg: MembershipMessage) -> None:
@@ -222,15 +265,19 @@ class QueueManager:
     def on_message(self, now: float, sender: str, kind: Kind, entries: Sequence[Any]) -> None:
         """A decoded queue message delivered to ``Q-mgr`` from session ``sender``.
 
-        Kinds other than SUBMIT, CANCEL, REGISTER, DONE, RESULT and RETIRE are
-        ignored. A standby manager ignores everything.
+        Kinds other than SUBMIT, CANCEL, REGISTER, DONE, RESULT, RETIRE and RELEASE
+        are ignored. A standby manager ignores everything.
         """
         if not self._active:
             self.stats["ignored_standby"] += 1
             return
         if kind is Kind.SUBMIT:
-            self._submit(now, sender, entries)
-        elif kind is Kind.DONE:
+            hold = self._submit(now, sender, entries)
+            self._dispatch(now)
+            if hold:
+                self._hold_acks(now, sender, hold)
+            return
+        if kind is Kind.DONE:
             for e in entries:
                 self._done(sender, e.worker_id, e.task_id)
         elif kind is Kind.RESULT:
@@ -243,14 +290,20 @@ class QueueManager:
             self._register(sender, entries)
         elif kind is Kind.RETIRE:
             self._retire(sender, entries)
+        elif kind is Kind.RELEASE:
+            self._release(sender, entries)
         else:
             return
         self._dispatch(now)
 
     def tick(self, now: float) -> None:
-        """Let time pass: end the re-registration grace, drop expired queued tasks."""
+        """Let time pass: end the re-registration grace, drop expired queued tasks,
+        send the held acknowledgements that are due."""
         if not self._active:
             return
+        late = self._late_acks
+        if late and late[0][0] <= now:
+            self._send_late_acks(now)
         if now >= self._next_sweep:
             self._next_sweep = now + self.sweep_interval
             self._sweep(now)
@@ -313,6 +366,8 @@ class QueueManager:
         self._update_activity(now)
         if not (self._active and lost):
             return
+        for s in lost:
+            self._acked_senders.pop(s, None)
         gone = frozenset(lost)
         for t in list(self._tasks.values()):
             if t.reply_to not in gone:
@@ -370,14 +425,23 @@ class QueueManager:
         self._queued = 0
         self._workers.clear()
         self._by_session.clear()
-        self._ready.clear()
+        self._free.clear()
+        self._extra.clear()
         self._foreign.clear()
         self._awaiting.clear()
+        self._late_acks.clear()
+        self._acked_senders.clear()
 
     # ------------------------------------------------------------------ messages
 
-    def _submit(self, now: float, sender: str, entries: Iterable[Any]) -> None:
+    def _submit(
+        self, now: float, sender: str, entries: Iterable[Any]
+    ) -> list[tuple[_Task, float]] | None:
+        """Queue the tasks, acknowledge them; return those whose ACK may be held
+        back if they are assigned at once (with how long), or None."""
         acks: list[Ack] = []
+        hold: list[tuple[_Task, float]] | None = None
+        may_hold = self.ack_delay > 0 and sender in self._acked_senders
         tasks = self._tasks
         for e in entries:
             tid = e.task_id
@@ -385,7 +449,7 @@ class QueueManager:
             if known is not None:
                 if known.reply_to == sender:
                     # A resubmission (after a manager change) of what we have: ack again.
-                    acks.append(Ack(tid))
+                    acks.append(_tuple_new(Ack, (tid,)))
                     self.stats["duplicate_submits"] += 1
                 else:
                     self.stats["id_conflicts"] += 1
@@ -417,9 +481,56 @@ class QueueManager:
             else:
                 self._queue.append(t)
                 self._queued += 1
-            acks.append(Ack(tid))
+                if may_hold and e.ack_ms is not None:
+                    delay = min(self.ack_delay, e.ack_ms / 4000.0)
+                    if delay >= _MIN_ACK_HOLD:
+                        if hold is None:
+                            hold = []
+                        hold.append((t, delay))
+                        continue
+            acks.append(_tuple_new(Ack, (tid,)))
         if acks:
             self._emit_all((sender,), Kind.ACK, acks)
+            acked = self._acked_senders
+            if sender not in acked:
+                if len(acked) >= _ACKED_SENDERS_MAX:
+                    acked.clear()
+                acked[sender] = None
+        return hold
+
+    def _hold_acks(self, now: float, sender: str, hold: list[tuple[_Task, float]]) -> None:
+        """After dispatching: hold back the ACKs of the tasks now running somewhere
+        (their results will do), send those of the tasks still queued."""
+        acks: list[Ack] = []
+        late = self._late_acks
+        last = late[-1][0] if late else 0.0
+        ordered = True
+        for t, delay in hold:
+            if t.worker is not None:
+                due = now + delay
+                if due < last:
+                    ordered = False
+                last = due
+                late.append((due, t))
+            else:
+                acks.append(_tuple_new(Ack, (t.task_id,)))
+        self.stats["acks_held"] += len(hold) - len(acks)
+        if not ordered:
+            # Senders wait for ACKs for different times: keep the deque in due order.
+            self._late_acks = deque(sorted(late, key=_due))
+        if acks:
+            self._emit_all((sender,), Kind.ACK, acks)
+
+    def _send_late_acks(self, now: float) -> None:
+        late, tasks = self._late_acks, self._tasks
+        saved = 0
+        while late and late[0][0] <= now:
+            _, t = late.popleft()
+            if tasks.get(t.task_id) is t:
+                self._emit((t.reply_to,), Kind.ACK, _tuple_new(Ack, (t.task_id,)))
+            else:
+                saved += 1  # done (or failed, cancelled) first: no ACK needed
+        self.stats["acks_saved"] += saved
 
     def _cancel(self, sender: str, entries: Iterable[Any]) -> None:
         for e in entries:
@@ -447,6 +558,10 @@ class QueueManager:
                 w = self._workers[key] = _Worker(session, e.worker_id)
                 self._by_session.setdefault(session, {})[key] = w
             w.capacity = e.capacity
+            slots = e.slots if len(e) > 3 else None
+            w.slots = e.capacity if slots is None else min(slots, e.capacity)
+            burst = e.burst if len(e) > 4 else None
+            w.burst = max(1, burst or 1)
             # Only ever add what a worker says it holds: an ASSIGN may cross this
             # REGISTER, so a task missing from ``held`` is not proof it is not there.
             for tid in e.held:
@@ -492,14 +607,46 @@ class QueueManager:
                 lost.extend(self._remove_worker(w))
         self._requeue(lost)
 
+    def _release(self, session: str, entries: Iterable[Any]) -> None:
+        """Tasks a worker hands back unstarted: to the head of the queue, and the
+        assignment does not count as an attempt."""
+        back: list[_Task] = []
+        tasks, foreign = self._tasks, self._foreign
+        for e in entries:
+            tid = e.task_id
+            w = self._workers.get((session, e.worker_id))
+            if w is None or tid not in w.held:
+                self.stats["unknown_release"] += 1
+                continue
+            t = w.held.pop(tid)
+            if t is None:
+                if foreign.get(tid) is w:
+                    del foreign[tid]
+            elif tasks.get(tid) is t:
+                t.attempt = max(0, t.attempt - 1)
+                back.append(t)
+            self._update_ready(w)
+        if back:
+            self._requeue(back, counted="released")
+
     # ------------------------------------------------------------------ workers
 
     def _update_ready(self, w: _Worker) -> None:
-        if len(w.held) < w.capacity:
-            if w.key not in self._ready:
-                self._ready[w.key] = w  # back at the end: least recently used first
+        """File ``w`` with the workers that have a free slot, or prefetch credit only,
+        or neither. A worker that changes list goes to its end (least recently used
+        first); one that stays keeps its place."""
+        n, key = len(w.held), w.key
+        if n < w.slots:
+            if key not in self._free:
+                self._extra.pop(key, None)
+                self._free[key] = w
+        elif n < w.capacity:
+            if key not in self._extra:
+                self._free.pop(key, None)
+                self._extra[key] = w
         else:
-            self._ready.pop(w.key, None)
+            self._free.pop(key, None)
+            self._extra.pop(key, None)
 
     def _lose_session(self, session: str) -> list[_Task]:
         workers = self._by_session.get(session)
@@ -513,7 +660,8 @@ class QueueManager:
 
     def _remove_worker(self, w: _Worker) -> list[_Task]:
         del self._workers[w.key]
-        self._ready.pop(w.key, None)
+        self._free.pop(w.key, None)
+        self._extra.pop(w.key, None)
         by_session = self._by_session.get(w.session)
         if by_session is not None:
             by_session.pop(w.key, None)
@@ -529,7 +677,7 @@ class QueueManager:
         w.held.clear()
         return out
 
-    def _requeue(self, lost: list[_Task]) -> None:
+    def _requeue(self, lost: list[_Task], counted: str = "requeued") -> None:
         """Put tasks of lost workers back at the head of the queue, in order."""
         head: list[_Task] = []
         for t in lost:
@@ -554,12 +702,13 @@ class QueueManager:
         if head:
             self._queue.extendleft(reversed(head))
             self._queued += len(head)
-            self.stats["requeued"] += len(head)
+            self.stats[counted] += len(head)
 
     # ------------------------------------------------------------------ dispatch
 
     def _dispatch(self, now: float) -> None:
-        if not (self._active and self._queued and self._ready):
+        free, extra = self._free, self._extra
+        if not (self._active and self._queued and (free or extra)):
             return
         if self._awaiting:
             if now < self._grace_until:
@@ -567,35 +716,57 @@ class QueueManager:
                 # so resubmitted tasks are not started twice.
                 return
             self._awaiting.clear()
-        queue, ready, tasks = self._queue, self._ready, self._tasks
-        while self._queued and ready and queue:
+        queue, tasks, out = self._queue, self._tasks, self._out
+        lru = self._lru
+        assigned = 0
+        chosen: _Worker | None = None  # the worker taking a burst, and how many more
+        more = 0
+        while self._queued and (free or extra) and queue:
             t = queue.popleft()
             if t.worker is not None or tasks.get(t.task_id) is not t:
                 continue  # cancelled or adopted since it was queued
             self._queued -= 1
-            if t.deadline is not None and t.deadline <= now:
+            deadline = t.deadline
+            if deadline is not None and deadline <= now:
                 del tasks[t.task_id]
                 self.stats["expired"] += 1
                 continue
-            if self._lru:
-                key = next(iter(ready))
+            # A worker with a free slot starts the task now; prefetch credit only
+            # when every slot is busy.
+            pool = free if free else extra
+            if more and chosen is not None and chosen.key in pool:
+                key = chosen.key  # the rest of its burst
+                more -= 1
+            elif lru:
+                key = next(iter(pool))
             else:
-                key = self._policy.choose(list(ready))
-                if key not in ready:
+                key = self._policy.choose(list(pool))
+                if key not in pool:
                     raise ValueError(f"assignment policy chose {key!r}, not a candidate")
-            w = ready.pop(key)
+            w = pool.pop(key)
+            if w is not chosen:
+                chosen, more = w, w.burst - 1
             t.worker = w
             t.attempt += 1
-            w.held[t.task_id] = t
-            if len(w.held) < w.capacity:
-                ready[key] = w
-            remaining = None if t.deadline is None else max(1, math.ceil((t.deadline - now) * 1000))
-            self._emit(
-                (w.session,),
-                Kind.ASSIGN,
-                Assign(w.worker_id, t.task_id, t.func, t.args, t.reply_to, t.attempt, remaining),
+            held = w.held
+            held[t.task_id] = t
+            n = len(held)
+            if n < w.slots:
+                free[key] = w  # back at the end: least recently used first
+            elif n < w.capacity:
+                extra[key] = w
+            remaining = None if deadline is None else max(1, math.ceil((deadline - now) * 1000))
+            entry = _tuple_new(
+                Assign, (w.worker_id, t.task_id, t.func, t.args, t.reply_to, t.attempt, remaining)
             )
-            self.stats["assigned"] += 1
+            okey = ((w.session,), Kind.ASSIGN)
+            batch = out.get(okey)
+            if batch is None:
+                out[okey] = [entry]
+            else:
+                batch.append(entry)
+            assigned += 1
+        self.stats["assigned"] += assigned
         if len(queue) > 2 * self._queued + 1024:
             # Too many stale entries (cancelled tasks): rebuild the deque.
             self._queue = deque(t for t in queue if t.worker is None and tasks.get(t.task_id) is t)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
+from collections import deque
 from collections.abc import Callable, Mapping
-from inspect import iscoroutine
+from types import CoroutineType
 from typing import Any, Final, TypeVar
 
 from twisted.application.service import Service
@@ -17,12 +19,15 @@ from ..interfaces import ISerializer, ISpreadSession
 from ..spread.wire import RegularMessage
 from .errors import MalformedMessage, PayloadTooLarge
 from .messages import (
+    MAX_CAPACITY,
     MAX_PAYLOAD,
     MAX_TEXT,
     MESS_TYPE_BASE,
+    Assign,
     Done,
     Kind,
     Register,
+    Release,
     Result,
     Retire,
     Status,
@@ -46,7 +51,21 @@ _HELLO: Final = MESS_TYPE_BASE + Kind.HELLO
 #: Results whose payloads add up to at most this many bytes travel in one message to
 #: [sender, Q-mgr], which doubles as the DONE notice.
 DEFAULT_COMBINE_LIMIT: Final = 16 * 1024
+#: Tasks a worker takes beyond its concurrency by default (see ``Worker``'s prefetch).
+DEFAULT_PREFETCH: Final = 16
+#: A worker prefetches while its tasks take less than this long on average (seconds),
+#: and stops when they take 4 times as long.
+DEFAULT_PREFETCH_BELOW: Final = 0.005
+#: Completed tasks a worker sees before it may start prefetching.
+_PREFETCH_SAMPLES: Final = 4
+#: Weight of the newest task in the average run time.
+_EWMA_WEIGHT: Final = 0.2
+# Prefetch levels: none; prefetch beyond the slots; tiny tasks, taken in bursts.
+_NO_PREFETCH: Final = 0
+_PREFETCH: Final = 1
+_BURST: Final = 2
 _MAX_TRACEBACK: Final = 16 * 1024
+_tuple_new: Any = tuple.__new__
 
 
 def _type_name(t: type) -> str:
@@ -71,7 +90,7 @@ class Task:
         "_cancelled",
         "_deferred",
         "_finished",
-        "_timer",
+        "_started",
         "attempt",
         "func",
         "reply_to",
@@ -92,10 +111,10 @@ class Task:
         self.worker = worker
         self._buffer: Any = _NOTHING  # the last respond()ed payload, not yet sent
         self._deferred: Deferred[Any] | None = None
-        self._timer: IDelayedCall | None = None
         self._finished = False
         self._cancelled = False
         self._abandoned = False
+        self._started = 0.0
 
     def __repr__(self) -> str:
         return f"<Task {self.task_id} {self.func} attempt {self.attempt}>"
@@ -105,7 +124,21 @@ class Worker(Service):
     """A worker of queue ``queue`` on ``session``, with handlers by function name.
 
     ``concurrency`` is how many tasks it runs at once: the manager gives it that many
-    credits and never waits for a per-task "ready". A handler is called with the
+    credits and never waits for a per-task "ready". ``prefetch`` is how many more it
+    may take ahead of time (default 16), kept in a local FIFO and started as slots
+    free up, so that many short tasks travel in one message each way. It prefetches
+    only while its tasks are short (on average under ``prefetch_below`` seconds, after
+    a few tasks): for long tasks, taking work early gains nothing and would let later
+    tasks start elsewhere before earlier ones (FIFO order) or wait behind a long one.
+    When its tasks turn long it stops prefetching and hands back what it has not
+    started (RELEASE); so does a stopping worker; the tasks of a worker that dies go
+    to others like any it held. The manager prefers workers with an idle slot, so
+    prefetched tasks wait only when every worker is busy. When the tasks are tiny (a
+    whole ``concurrency + prefetch`` of them takes under ``prefetch_below``), the
+    worker asks for bursts: the manager then gives it batches in turn with the other
+    workers, instead of one task to each of many (fewer messages and wake-ups).
+    ``prefetch=0`` never takes more than it can start at once. A handler is called
+    with the
     decoded arguments (and, if registered ``with_task=True``, the :class:`Task`
     first) and may return a value, a Deferred or a coroutine; what it returns is the
     task's result. Exceptions go back to the sender as
@@ -128,15 +161,24 @@ class Worker(Service):
         worker_id: str | None = None,
         stop_timeout: float = 30.0,
         combine_limit: int = DEFAULT_COMBINE_LIMIT,
+        prefetch: int = DEFAULT_PREFETCH,
+        prefetch_below: float = DEFAULT_PREFETCH_BELOW,
     ) -> None:
-        if not 1 <= concurrency <= 10_000:
-            raise ValueError("concurrency must be between 1 and 10000")
+        if not 1 <= concurrency <= MAX_CAPACITY:
+            raise ValueError(f"concurrency must be between 1 and {MAX_CAPACITY}")
+        if not 0 <= prefetch <= MAX_CAPACITY - concurrency:
+            raise ValueError(f"prefetch must be between 0 and {MAX_CAPACITY} - concurrency")
         self.groups = queue_groups(queue)
         self.session = session
         #: unique within the session (the manager knows workers by session + id)
         self.worker_id = worker_id or f"w{next(_worker_numbers)}"
         self.name = f"spreadqueue-worker-{queue}-{self.worker_id}"  # type: ignore[assignment]
         self.concurrency = concurrency
+        self.prefetch = prefetch
+        self.prefetch_below = prefetch_below
+        self._level = _NO_PREFETCH
+        self._run_time = 0.0  # moving average of the tasks' run time (seconds)
+        self._samples = 0
         self.stop_timeout = stop_timeout
         self._reactor = reactor
         self._serializer: ISerializer = serializer or default_serializer()
@@ -145,6 +187,15 @@ class Worker(Service):
         for fname, fn in (handlers or {}).items():
             self.add_handler(fname, fn)
         self._running: dict[str, Task] = {}
+        # prefetched tasks, not started yet: ids -> ASSIGN entry, and their FIFO
+        # (entries whose id is no longer in _waiting are skipped)
+        self._waiting: dict[str, Assign] = {}
+        self._fifo: deque[tuple[Assign, float | None]] = deque()
+        self._starting = False
+        # handler timeouts: one heap and one timer (entries of finished tasks skipped)
+        self._expiries: list[tuple[float, int, Task]] = []
+        self._expiry_seq = itertools.count()
+        self._expiry_timer: IDelayedCall | None = None
         self._state = "new"  # new -> starting -> ready -> draining -> stopped
         self._results: dict[str, list[Result]] = {}
         self._result_bytes: dict[str, int] = {}
@@ -159,6 +210,7 @@ class Worker(Service):
             "errors": 0,
             "cancelled": 0,
             "duplicates": 0,
+            "released": 0,
             "malformed": 0,
             "messages_sent": 0,
         }
@@ -184,6 +236,16 @@ class Worker(Service):
     def busy(self) -> int:
         """Tasks being run now."""
         return len(self._running)
+
+    @property
+    def prefetched(self) -> int:
+        """Tasks taken ahead of time, waiting for a free slot."""
+        return len(self._waiting)
+
+    @property
+    def prefetching(self) -> bool:
+        """True while the worker takes tasks ahead of time (its tasks are short)."""
+        return self._level != _NO_PREFETCH
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -248,6 +310,7 @@ class Worker(Service):
         if self._state == "ready":
             self._state = "draining"
             self._register()  # capacity 0: no new tasks
+            self._release_waiting()  # what has not started goes back to the manager
             self._flush()
         if self._running:
             drained: Deferred[None] = Deferred()
@@ -260,7 +323,9 @@ class Worker(Service):
             task._abandoned = True
             self._cancel_task(task)
         self._running.clear()
+        self._forget_waiting()
         self._state = "stopped"
+        self._stop_expiry_timer()
         if self.session.connected:
             self._control.add((self.groups.manager,), Kind.RETIRE, Retire(self.worker_id))
             self._flush()
@@ -285,6 +350,8 @@ class Worker(Service):
             task._abandoned = True
             self._cancel_task(task)
         self._running.clear()
+        self._forget_waiting()
+        self._stop_expiry_timer()
         self._turn.cancel()
         drained, self._drained = self._drained, []
         for d in drained:
@@ -317,26 +384,139 @@ class Worker(Service):
             )
             return
         if msg.kind is Kind.ASSIGN:
-            for entry in msg.entries:
-                if entry.worker_id == self.worker_id:
-                    self._assigned(entry)
+            self._assigned(msg.entries)
         else:
-            for entry in msg.entries:
-                task = self._running.get(entry.task_id)
+            self._cancelled(msg.entries)
+
+    def _cancelled(self, entries: list[Any]) -> None:
+        waiting, running = self._waiting, self._running
+        for entry in entries:
+            tid = entry.task_id
+            if tid in waiting:
+                # Not started: answer at once (the manager counts it done).
+                a = waiting.pop(tid)
+                self.stats["cancelled"] += 1
+                self._add_result(a.reply_to, a.task_id, True, Status.CANCELLED, None, 0)
+        # Slots freed by cancelled handlers are filled only once every cancel of the
+        # message is applied (or a prefetched task cancelled here would start first).
+        starting, self._starting = self._starting, True
+        try:
+            for entry in entries:
+                task = running.get(entry.task_id)
                 if task is not None:
                     task._cancelled = True
                     self._cancel_task(task)
+        finally:
+            self._starting = starting
+        if waiting and not starting:
+            self._start_waiting()
 
     # ------------------------------------------------------------------ running
 
-    def _assigned(self, entry: Any) -> None:
-        if self._state not in ("ready", "draining"):
+    def _assigned(self, entries: list[Any]) -> None:
+        state = self._state
+        if state != "ready" and state != "draining":
             return  # stopped: the manager requeues what we held when we retired
-        if entry.task_id in self._running:
-            self.stats["duplicates"] += 1
+        me, running, waiting, fifo = self.worker_id, self._running, self._waiting, self._fifo
+        now: float | None = None
+        for entry in entries:
+            if entry.worker_id != me:
+                continue  # another worker of this session
+            tid = entry.task_id
+            if tid in running or tid in waiting:
+                self.stats["duplicates"] += 1
+                continue
+            if state == "draining":
+                # It crossed our capacity-0 REGISTER: give it back unstarted.
+                self._release(tid)
+                continue
+            self.stats["assigned"] += 1
+            deadline = None
+            if entry.timeout_ms is not None:
+                if now is None:
+                    now = self._reactor.seconds()
+                deadline = now + entry.timeout_ms / 1000.0
+            waiting[tid] = entry
+            fifo.append((entry, deadline))
+        if waiting:
+            self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        """Start prefetched tasks, oldest first, while slots are free."""
+        if self._starting:
+            return  # a handler finished synchronously inside the loop below
+        self._starting = True
+        try:
+            running, waiting, fifo = self._running, self._waiting, self._fifo
+            limit = self.concurrency
+            now: float | None = None
+            while fifo and len(running) < limit:
+                entry, deadline = fifo.popleft()
+                tid = entry.task_id
+                if waiting.get(tid) is not entry:
+                    continue  # cancelled while waiting
+                del waiting[tid]
+                if deadline is not None:
+                    if now is None:
+                        now = self._reactor.seconds()
+                    if deadline <= now:
+                        # Its sender stopped waiting while it waited here: do not run it.
+                        self.stats["cancelled"] += 1
+                        self._add_result(entry.reply_to, tid, True, Status.CANCELLED, None, 0)
+                        continue
+                self._run(entry, deadline)
+        finally:
+            self._starting = False
+
+    def _timed(self, run_time: float) -> None:
+        """Average the run times; start or stop prefetching when they cross the line."""
+        n = self._samples = self._samples + 1
+        average = (
+            run_time if n == 1 else self._run_time + _EWMA_WEIGHT * (run_time - self._run_time)
+        )
+        self._run_time = average
+        level, below = self._level, self.prefetch_below
+        if average > 4 * below or (
+            level == _NO_PREFETCH and (average >= below or n < _PREFETCH_SAMPLES)
+        ):
+            new = _NO_PREFETCH
+        else:
+            # Tiny tasks: a whole batch takes less than one round trip's worth of time.
+            batch = average * (self.concurrency + self.prefetch)
+            new = _BURST if batch < (4 * below if level == _BURST else below) else _PREFETCH
+        if new == level:
             return
-        self.stats["assigned"] += 1
+        self._level = new
+        if self._state == "ready":
+            self._register()
+            if new == _NO_PREFETCH:
+                # Long tasks: prefetched ones would wait behind them while other
+                # workers may be idle. Hand them back and take one at a time again.
+                self._release_waiting()
+            self._turn.schedule()
+
+    def _release(self, tid: str) -> None:
+        self.stats["released"] += 1
+        self._control.add(
+            (self.groups.manager,), Kind.RELEASE, _tuple_new(Release, (self.worker_id, tid))
+        )
+        self._turn.schedule()
+
+    def _release_waiting(self) -> None:
+        """Hand every prefetched task back to the manager (we are stopping)."""
+        waiting = self._waiting
+        for entry, _ in self._fifo:
+            if waiting.get(entry.task_id) is entry:
+                self._release(entry.task_id)
+        self._forget_waiting()
+
+    def _forget_waiting(self) -> None:
+        self._waiting.clear()
+        self._fifo.clear()
+
+    def _run(self, entry: Any, deadline: float | None) -> None:
         task = Task(self, entry.task_id, entry.func, entry.reply_to, entry.attempt)
+        task._started = self._reactor.seconds()
         self._running[task.task_id] = task
         registered = self._handlers.get(entry.func)
         if registered is None:
@@ -357,21 +537,50 @@ class Worker(Service):
         except Exception:
             self._failed(Failure(), task)
             return
-        if iscoroutine(r):
+        if type(r) is CoroutineType:
             r = Deferred.fromCoroutine(r)
         if not isinstance(r, Deferred):
             self._succeeded(r, task)
             return
         task._deferred = r
-        if entry.timeout_ms is not None:
+        if deadline is not None:
             # The sender stops waiting then; stop working too (if the handler can).
-            task._timer = self._reactor.callLater(entry.timeout_ms / 1000.0, self._expire, task)
+            self._expire_at(deadline, task)
         r.addCallbacks(self._succeeded, self._failed, callbackArgs=(task,), errbackArgs=(task,))
 
-    def _expire(self, task: Task) -> None:
-        task._timer = None
-        task._cancelled = True
-        self._cancel_task(task)
+    def _expire_at(self, deadline: float, task: Task) -> None:
+        heap = self._expiries
+        heapq.heappush(heap, (deadline, next(self._expiry_seq), task))
+        if len(heap) > 2 * len(self._running) + 1024:
+            # Mostly finished tasks: drop their entries.
+            self._expiries = heap = [x for x in heap if not x[2]._finished]
+            heapq.heapify(heap)
+        timer = self._expiry_timer
+        if timer is not None:
+            if timer.getTime() <= heap[0][0]:
+                return
+            timer.cancel()
+        delay = max(0.0, heap[0][0] - self._reactor.seconds())
+        self._expiry_timer = self._reactor.callLater(delay, self._expire_due)
+
+    def _expire_due(self) -> None:
+        self._expiry_timer = None
+        now = self._reactor.seconds()
+        heap = self._expiries
+        while heap and heap[0][0] <= now:
+            task = heapq.heappop(heap)[2]
+            if not task._finished:
+                task._cancelled = True
+                self._cancel_task(task)
+            heap = self._expiries  # (cancelling may have compacted it)
+        if heap and self._expiry_timer is None:
+            self._expiry_timer = self._reactor.callLater(heap[0][0] - now, self._expire_due)
+
+    def _stop_expiry_timer(self) -> None:
+        timer, self._expiry_timer = self._expiry_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._expiries = []
 
     def _cancel_task(self, task: Task) -> None:
         d = task._deferred
@@ -437,12 +646,11 @@ class Worker(Service):
 
     def _complete(self, task: Task, status: Status, payload: Any) -> None:
         task._finished = True
-        if task._timer is not None and task._timer.active():
-            task._timer.cancel()
         if self._running.get(task.task_id) is task:
             del self._running[task.task_id]
         if task._abandoned:
             return
+        run_time = self._reactor.seconds() - task._started if self.prefetch else 0.0
         if status is Status.OK:
             self.stats["completed"] += 1
         elif status is Status.CANCELLED:
@@ -454,33 +662,54 @@ class Worker(Service):
             self._queue_result(task, False, Status.OK, task._buffer)
             task._buffer = _NOTHING
         self._queue_result(task, True, status, payload)
+        if self._waiting and not self._starting:
+            self._start_waiting()
+        if self.prefetch:
+            self._timed(run_time)
         if not self._running and self._drained:
             drained, self._drained = self._drained, []
             for d in drained:
                 d.callback(None)
 
     def _queue_result(self, task: Task, final: bool, status: Status, payload: Any) -> None:
-        reply_to = task.reply_to
+        if type(payload) is bytes or type(payload) is str:
+            size = len(payload)
+        elif isinstance(payload, tuple):
+            size = sum(len(p) for p in payload)
+        else:
+            size = 0
+        self._add_result(task.reply_to, task.task_id, final, status, payload, size)
+
+    def _add_result(
+        self, reply_to: str, tid: str, final: bool, status: Status, payload: Any, size: int
+    ) -> None:
+        entry = _tuple_new(Result, (tid, self.worker_id, final, status, payload))
         batch = self._results.get(reply_to)
         if batch is None:
-            batch = self._results[reply_to] = []
-            self._result_bytes[reply_to] = 0
-        batch.append(Result(task.task_id, self.worker_id, final, status, payload))
-        if isinstance(payload, (bytes, str)):
-            self._result_bytes[reply_to] += len(payload)
-        elif isinstance(payload, tuple):
-            self._result_bytes[reply_to] += sum(len(p) for p in payload)
-        self._turn.schedule()
+            self._results[reply_to] = [entry]
+            self._result_bytes[reply_to] = size
+            self._turn.schedule()
+        else:
+            batch.append(entry)
+            self._result_bytes[reply_to] += size
 
     # ------------------------------------------------------------------ sending
 
     def _register(self) -> None:
-        capacity = self.concurrency if self._state == "ready" else 0
-        self._control.add(
-            (self.groups.manager,),
-            Kind.REGISTER,
-            Register(self.worker_id, capacity, tuple(self._running)),
-        )
+        held = (*self._running, *self._waiting)
+        level, concurrency = self._level, self.concurrency
+        if self._state != "ready":
+            entry = Register(self.worker_id, 0, held, 0)
+        elif level == _NO_PREFETCH:
+            entry = Register(self.worker_id, concurrency, held, concurrency)
+        elif level == _PREFETCH:
+            entry = Register(self.worker_id, concurrency + self.prefetch, held, concurrency)
+        else:
+            # Tasks so short that running a whole batch in a row delays none of them
+            # noticeably: take bursts (fewer, fuller messages; fewer wake-ups).
+            capacity = concurrency + self.prefetch
+            entry = Register(self.worker_id, capacity, held, capacity, capacity)
+        self._control.add((self.groups.manager,), Kind.REGISTER, entry)
 
     def _flush(self) -> None:
         session = self.session
