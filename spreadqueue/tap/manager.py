@@ -29,6 +29,13 @@ class Options(usage.Options):
         ["name", None, None, "Private Spread name (at most 10 characters) [default: invented]"],
         ["max-attempts", None, 3, "Runs of a task before its sender gets WorkerLost.", int],
         ["embedded-daemon", None, "never", "never, auto or always (sqm: auto)."],
+        [
+            "ack-delay",
+            None,
+            0.05,
+            "Hold an ACK this long, dropped if the result comes first.",
+            float,
+        ],
         ["ready-file", None, None, "Write this file once the manager is active."],
     ]
     optFlags = [["no-embedded-daemon", None, "Never start an embedded daemon (for sqm)."]]
@@ -54,6 +61,8 @@ class Options(usage.Options):
             raise usage.UsageError(f"--embedded-daemon must be one of {', '.join(EMBEDDED_MODES)}")
         if self["max-attempts"] < 1:
             raise usage.UsageError("--max-attempts must be at least 1")
+        if not 0 <= self["ack-delay"] <= 1:
+            raise usage.UsageError("--ack-delay must be between 0 and 1 second")
 
 
 def makeService(options: dict[str, Any]) -> IService:
@@ -73,6 +82,7 @@ def makeService(options: dict[str, Any]) -> IService:
         embedded=options["embedded-daemon"],
         name=options["name"],
         max_attempts=options["max-attempts"],
+        ack_delay=options["ack-delay"],
         on_ready=ready,
         on_failure=lambda f: fail_startup(f, reactor),
     )

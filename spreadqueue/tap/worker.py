@@ -52,7 +52,8 @@ class Options(usage.Options):
         ["queue", "q", None, "Queue name."],
         ["spread", "s", None, "Spread daemon endpoint [default: $SPREAD_DAEMON or 4803@localhost]"],
         ["handlers", "H", None, "module:object, a dict of function name -> callable."],
-        ["concurrency", "c", 1, "Tasks this worker runs at once (its credits).", int],
+        ["concurrency", "c", 1, "Tasks this worker runs at once.", int],
+        ["prefetch", None, 16, "Extra tasks it may hold while tasks are tiny (0: none).", int],
         ["name", None, None, "Private Spread name (at most 10 characters) [default: invented]"],
         ["ready-file", None, None, "Write this file once the worker is registered."],
     ]
@@ -70,6 +71,8 @@ class Options(usage.Options):
         self["handler-map"] = load_handlers(self["handlers"])
         if not 1 <= self["concurrency"] <= 10_000:
             raise usage.UsageError("--concurrency must be between 1 and 10000")
+        if not 0 <= self["prefetch"] <= 10_000:
+            raise usage.UsageError("--prefetch must be between 0 and 10000")
         self["spread"] = self["spread"] or default_spread()
 
 
@@ -89,6 +92,7 @@ def makeService(options: dict[str, Any]) -> IService:
         options["spread"],
         options["handler-map"],
         concurrency=options["concurrency"],
+        prefetch=options["prefetch"],
         name=options["name"],
         on_ready=ready,
     )
