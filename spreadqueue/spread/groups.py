@@ -652,18 +652,7 @@ class DaemonCore:
         """Deliver a :class:`~spreadqueue.spread.wire.Relay` from ``session``: as
         :meth:`multicast` does, but routed by its raw destination fields and sent to
         the receivers as the very bytes that came in."""
-        if self._busy:
-            self._queued.append((self._relay, (session, frame)))
-            return
-        self._busy = True
-        try:
-            self._relay(session, frame)
-            queued = self._queued
-            while queued:
-                op, args = queued.popleft()
-                op(*args)
-        finally:
-            self._busy = False
+        self._run(self._relay, session, frame)
 
     def _relay(self, session: Session, frame: Relay) -> None:
         if not session.is_open:
