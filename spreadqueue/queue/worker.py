@@ -137,8 +137,7 @@ class Worker(Service):
     whole ``concurrency + prefetch`` of them takes under ``prefetch_below``), the
     worker asks for bursts: the manager then gives it batches in turn with the other
     workers, instead of one task to each of many (fewer messages and wake-ups).
-    ``prefetch=0`` never takes more than it can start at once. A handler is called
-    with the
+    ``prefetch=0`` never takes more than it can start at once. A handler is called with the
     decoded arguments (and, if registered ``with_task=True``, the :class:`Task`
     first) and may return a value, a Deferred or a coroutine; what it returns is the
     task's result. Exceptions go back to the sender as

@@ -23,7 +23,6 @@ never paused: the real daemon drops a session that falls 1000 messages behind.
 
 from __future__ import annotations
 
-import re
 import struct
 from typing import Any, cast
 
@@ -51,6 +50,7 @@ from zope.interface import implementer
 
 from ..interfaces import ISessionLink
 from . import wire
+from .endpoints import SPREAD_FORM
 from .errors import (
     AuthRejected,
     SessionClosed,
@@ -78,8 +78,6 @@ DEFAULT_PORT = 4803
 _SINGLE_WRITE_LIMIT = 16384
 _HEADER_LE = struct.Struct("<I32siIi")
 _ENDIAN_MARKER = wire.ENDIAN_MARKER
-
-_SPREAD_FORM = re.compile(r"^(\d+)(?:@(.+))?$")
 
 
 class ConnectTimeout(SpreadError, TimeoutError):
@@ -382,7 +380,7 @@ def parse_spread_endpoint(reactor: Any, description: str) -> IStreamClientEndpoi
     Raises ValueError for a malformed description.
     """
     text = description.strip()
-    m = _SPREAD_FORM.match(text)
+    m = SPREAD_FORM.match(text)
     if m is None:
         return cast(IStreamClientEndpoint, clientFromString(reactor, text))
     port = int(m.group(1))

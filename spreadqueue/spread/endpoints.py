@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+#: Spread's own address forms: ``4803`` and ``4803@host``.
+SPREAD_FORM = re.compile(r"^(\d+)(?:@(.+))?$")
 
 #: Hosts that mean "this machine" in a client endpoint.
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", ""})
@@ -30,11 +34,9 @@ class SpreadAddress:
 def spread_address(description: str) -> SpreadAddress:
     """Parse ``4803``, ``4803@host`` or ``tcp:host=H:port=P`` into a SpreadAddress."""
     text = description.strip()
-    if text.isdigit():
-        return SpreadAddress("127.0.0.1", int(text))
-    if "@" in text and text.split("@", 1)[0].isdigit():
-        port, host = text.split("@", 1)
-        return SpreadAddress(host, int(port))
+    m = SPREAD_FORM.match(text)
+    if m is not None:
+        return SpreadAddress(m.group(2) or "127.0.0.1", int(m.group(1)))
     parts = text.split(":")
     if parts[0] in ("tcp", "tcp6") and len(parts) > 1:
         fields: dict[str, str] = {}
