@@ -899,6 +899,30 @@ def test_replies_made_while_handling_a_read_go_out_in_one_write() -> None:
     assert transport.writes[1] == wire.encode_message(wire.SAFE_MESS, me, "grp", b"outside a read")
 
 
+def test_a_read_is_one_delivery_batch_and_its_deferred_sends_share_its_write() -> None:
+    proto, transport, session = accepted()
+    me = session.private_group
+    seen: list[bytes] = []
+
+    def batched_reply() -> None:
+        session.multicast("#bob#localhost", b"+".join(seen), mess_type=2)
+
+    def collect(frame: Any) -> None:
+        if not seen:
+            assert session.after_delivery(batched_reply)
+        seen.append(frame.data)
+
+    session.add_listener(collect, me)
+    pings = [
+        wire.RegularMessage(wire.AGREED_MESS, "#bob#localhost", (me,), 1, data)
+        for data in (b"a", b"b")
+    ]
+    proto.dataReceived(b"".join(wire.encode_client_frame(p) for p in pings))
+    reply = wire.encode_message(wire.SAFE_MESS, me, "#bob#localhost", b"a+b", 2)
+    assert transport.writes == [reply]
+    assert not session.after_delivery(batched_reply)  # the batch is over
+
+
 def test_disconnect_from_a_listener_sends_its_replies_first() -> None:
     proto, transport, session = accepted()
     me = session.private_group

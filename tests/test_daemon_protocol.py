@@ -717,8 +717,9 @@ def test_stopping_the_service_ends_local_sessions() -> None:
 
 
 def test_local_session_replies_go_out_in_the_same_turn_in_one_write() -> None:
-    """What an in-process session sends while handling its frames is written when it
-    is done with them: no second reactor turn, one write per connection."""
+    """An in-process session gets what a read delivered to it when the daemon is done
+    with that read, and what it sends meanwhile is written then: no reactor turn
+    between the read and the replies, one write per connection."""
     factory, clock = make_factory()
     counting = CountingTransport()
     bob = Client(factory, "bob", transport=counting).handshake()
@@ -732,13 +733,27 @@ def test_local_session_replies_go_out_in_the_same_turn_in_one_write() -> None:
     manager.add_listener(echo, manager.private_group)
     counting.writes = 0
     bob.multicast([manager.private_group], b"ping")
-    assert counting.writes == 0  # the in-process session gets it on the next turn
-    assert len(clock.getDelayedCalls()) == 1
-    clock.advance(0)
+    assert clock.getDelayedCalls() == []  # nothing left for a later turn
     assert counting.writes == 1
-    assert clock.getDelayedCalls() == []
     got = [f.data for f in bob.frames() if isinstance(f, wire.RegularMessage)]
     assert got == [b"ping\x00", b"ping\x01", b"ping\x02"]
+
+
+def test_remote_readers_are_written_before_in_process_sessions_run() -> None:
+    """A read that reaches sockets and an in-process session writes to the sockets
+    first: local work never delays a remote reader."""
+    factory, _ = make_factory()
+    carol_transport = CountingTransport()
+    carol = Client(factory, "carol", transport=carol_transport).handshake()
+    bob = Client(factory, "bob").handshake()
+    manager = local_session(factory, "manager")
+    writes_seen: list[int] = []
+    manager.add_listener(
+        lambda frame: writes_seen.append(carol_transport.writes), manager.private_group
+    )
+    carol_transport.writes = 0
+    bob.multicast([carol.group, manager.private_group], b"to both")
+    assert writes_seen == [1]
 
 
 def test_relayed_bytes_are_the_senders_own() -> None:

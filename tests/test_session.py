@@ -472,6 +472,75 @@ def test_reentrant_delivery_keeps_one_order() -> None:
     assert seen == [("a", b"1"), ("b", b"1"), ("a", b"2"), ("b", b"2")]
 
 
+def test_after_delivery_runs_once_when_the_batch_ends() -> None:
+    session, _ = make()
+    log: list[str] = []
+
+    def flush() -> None:
+        log.append("flush")
+
+    def listener(frame: Any) -> None:
+        log.append(frame.data.decode())
+        assert session.after_delivery(flush)
+
+    session.add_listener(listener, "g")
+    assert not session.after_delivery(flush)  # no delivery under way: nothing scheduled
+    session.begin_delivery()
+    session.frame_received(regular(("g",), b"1"))
+    session.frame_received(regular(("g",), b"2"))
+    assert log == ["1", "2"]  # not after each frame: after the batch
+    session.end_delivery()
+    assert log == ["1", "2", "flush", "flush"]  # each request runs (Turn de-duplicates)
+    session.frame_received(regular(("g",), b"3"))  # unbracketed: a batch of its own
+    assert log == ["1", "2", "flush", "flush", "3", "flush"]
+
+
+def test_work_deferred_by_deferred_work_runs_in_the_same_loop() -> None:
+    session, _ = make()
+    log: list[str] = []
+
+    def second() -> None:
+        log.append("second")
+
+    def first() -> None:
+        log.append("first")
+        assert session.after_delivery(second)
+
+    session.add_listener(lambda frame: session.after_delivery(first), "g")
+    session.frame_received(regular(("g",)))
+    assert log == ["first", "second"]
+    assert not session.after_delivery(first)
+
+
+def test_nested_batches_run_deferred_work_at_the_outermost_end() -> None:
+    session, _ = make()
+    log: list[str] = []
+    session.begin_delivery()
+    session.begin_delivery()
+    assert session.after_delivery(lambda: log.append("ran"))
+    session.end_delivery()
+    assert log == []
+    session.end_delivery()
+    assert log == ["ran"]
+
+
+def test_failing_deferred_work_is_logged_and_the_rest_still_runs() -> None:
+    session, _ = make()
+    log: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    session.begin_delivery()
+    session.after_delivery(broken)
+    session.after_delivery(lambda: log.append("ran"))
+    with capturedLogs() as events:
+        session.end_delivery()
+    assert log == ["ran"]
+    assert [e["log_failure"].value.args for e in events if "log_failure" in e] == [("boom",)]
+    assert not session.after_delivery(broken)  # the bracket closed despite the failure
+
+
 @needs_traces
 def test_transition_and_network_notices_reach_group_listeners() -> None:
     session, _ = make("#alice#d1")

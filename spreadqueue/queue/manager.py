@@ -216,6 +216,7 @@ class ManagerService(Service):
     def _attach(self, session: ISpreadSession) -> None:
         groups = self.groups
         self._session = session
+        self._turn.session = session
         self._counters["sessions"] += 1
         self._state = QueueManager(groups, session.private_group, **self._options)
         session.add_listener(self._on_manager_group, groups.manager)
@@ -275,6 +276,7 @@ class ManagerService(Service):
             session.remove_listener(listener, group)
         if self._session is session:
             self._session = None
+            self._turn.session = None
             self._state = None
 
     def _lost(self, session: ISpreadSession) -> None:

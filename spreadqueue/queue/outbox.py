@@ -1,8 +1,9 @@
 """Per-turn batching of outgoing queue messages.
 
-Components add entries while they handle frames; one flush per reactor turn (a
-``callLater(0)``) sends each (destination, kind) batch as one Spread message, or as
-few as fit. This is what lets one process wake-up carry many tasks.
+Components add entries while they handle frames; one flush per batch of frames (at
+the session's ``after_delivery``, or on a ``callLater(0)`` when no delivery is under
+way) sends each (destination, kind) batch as one Spread message, or as few as fit.
+This is what lets one process wake-up carry many tasks.
 """
 
 from __future__ import annotations
@@ -51,26 +52,54 @@ def send(session: ISpreadSession, groups: Sequence[str], kind: Kind, entries: Se
 
 
 class Turn:
-    """Runs ``fn`` once at the end of the current reactor turn, however often asked."""
+    """Runs ``fn`` once at the end of the current batch of work, however often asked.
 
-    def __init__(self, reactor: IReactorTime, fn: Callable[[], object]) -> None:
+    While ``session`` is delivering frames (a read's worth), that is when the last of
+    them has been handled, in the same reactor turn and before the read's one write;
+    otherwise on the next reactor turn (``callLater(0)``).
+    """
+
+    def __init__(
+        self, reactor: IReactorTime, fn: Callable[[], object], session: Any = None
+    ) -> None:
         self._reactor = reactor
         self._fn = fn
+        self._after_delivery: Callable[[Callable[[], object]], bool] | None = None
+        self.session = session
+        self._pending = False
         self._call: IDelayedCall | None = None
+
+    @property
+    def session(self) -> Any:
+        """The session whose deliveries we batch over (an ISpreadSession, or None)."""
+        return self._session
+
+    @session.setter
+    def session(self, session: Any) -> None:
+        self._session = session
+        # after_delivery is SpreadSession's; other ISpreadSession providers go per turn
+        self._after_delivery = getattr(session, "after_delivery", None)
 
     def schedule(self) -> None:
         """Make sure ``fn`` runs soon (once)."""
-        if self._call is None:
+        if self._pending:
+            return
+        self._pending = True
+        after_delivery = self._after_delivery
+        if after_delivery is None or not after_delivery(self._run):
             self._call = self._reactor.callLater(0, self._run)
 
     def cancel(self) -> None:
         """Forget a pending run."""
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        self._pending = False
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
 
     def _run(self) -> None:
-        self._call = None
+        if not self._pending:
+            return  # cancelled (an after_delivery call cannot be taken back)
+        self.cancel()
         self._fn()
 
 

@@ -173,7 +173,7 @@ class Sender:
         self._submits: list[Submit] = []
         self._cancels: list[Cancel] = []
         self._to_manager = (self.groups.manager,)
-        self._turn = Turn(reactor, self._flush)
+        self._turn = Turn(reactor, self._flush, session)
         self._state = "new"  # new -> starting -> ready -> stopped
         self._start_d: Deferred[None] | None = None
         self.stats: dict[str, int] = {

@@ -199,7 +199,7 @@ class Worker(Service):
         self._results: dict[str, list[Result]] = {}
         self._result_bytes: dict[str, int] = {}
         self._control = Outbox()  # REGISTER / DONE / RETIRE to Q-mgr
-        self._turn = Turn(reactor, self._flush)
+        self._turn = Turn(reactor, self._flush, session)
         self._drained: list[Deferred[None]] = []
         self._start_d: Deferred[None] | None = None
         self._stop_d: Deferred[None] | None = None

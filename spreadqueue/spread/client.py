@@ -172,17 +172,39 @@ class SpreadClientProtocol(Protocol):
             # Frames decoded before the bad unit still count: the real daemon acted on
             # them before it sent the garbage, so we deliver them, then drop.
             frames, error = getattr(e, "frames", []), e
-        session = self.session
-        for frame in frames:
-            if session is not None:
-                session.frame_received(frame)  # type: ignore[arg-type]
-            else:
+        if self.session is None:
+            for i, frame in enumerate(frames):
                 self._handshake_frame(frame)
-                session = self.session
-            if self._broken is not None:
-                return
+                if self._broken is not None:
+                    return
+                if self.session is not None:
+                    # accepted: the rest of this read is the session's first batch
+                    frames = frames[i + 1 :]
+                    break
+            else:
+                frames = []
+        if frames and not self._deliver(frames):
+            return
         if error is not None:
             self._protocol_error(error)
+
+    def _deliver(self, frames: list[wire.ClientFrame]) -> bool:
+        """Hand ``frames`` to the session as one batch; False if that broke the link.
+
+        What listeners defer with after_delivery runs once at the end of the batch and
+        goes out in this read's one write.
+        """
+        session = self.session
+        assert session is not None
+        session.begin_delivery()
+        try:
+            for frame in frames:
+                session.frame_received(frame)  # type: ignore[arg-type]
+                if self._broken is not None:
+                    return False
+        finally:
+            session.end_delivery()
+        return True
 
     def _handshake_frame(self, frame: wire.ClientFrame) -> None:
         transport = self.transport

@@ -25,6 +25,12 @@ Delivery rules:
 - Frames reach listeners in stream order. A frame fed while another is being
   dispatched (an in-process link delivering synchronously from inside a listener) is
   queued and dispatched after the current one: every listener sees one total order.
+- A link that hands over several frames at once (everything one read decoded)
+  brackets them with :meth:`SpreadSession.begin_delivery` and
+  :meth:`SpreadSession.end_delivery`. Work a listener defers with
+  :meth:`SpreadSession.after_delivery` runs when the last of them has been dispatched,
+  in the same reactor turn and before the link writes: batching per read costs
+  no extra turn.
 - A listener that raises is logged; the others are still called.
 - Listeners may add and remove listeners while being called. A listener removed
   during a dispatch is not called again, not even for the frame being dispatched; one
@@ -168,6 +174,9 @@ class SpreadSession:
         self._removed: set[tuple[Listener, str | None]] = set()
         self._delivering = False
         self._backlog: deque[Frame] = deque()
+        # delivery batches open (begin_delivery) and what runs when the last one ends
+        self._batches = 0
+        self._after: list[Callable[[], object]] = []
         # groups our own notices say we are in, and the joins/leaves still in flight
         self._joined: set[str] = set()
         self._ops: dict[str, deque[_GroupOp]] = {}
@@ -380,20 +389,60 @@ class SpreadSession:
 
     # ------------------------------------------------------------------ incoming frames
 
+    def begin_delivery(self) -> None:
+        """The link is about to hand over a batch of frames (see :meth:`end_delivery`)."""
+        self._batches += 1
+
+    def end_delivery(self) -> None:
+        """The link has handed over its batch: run what :meth:`after_delivery` deferred.
+
+        Call it once per :meth:`begin_delivery`, also when delivery failed. What a
+        deferred call defers in turn runs in the same loop.
+        """
+        if self._batches == 1:
+            after = self._after
+            while after:
+                self._after = []
+                for fn in after:
+                    try:
+                        fn()
+                    except Exception:
+                        self._log.failure("work deferred to the end of a delivery failed")
+                after = self._after
+        self._batches -= 1
+
+    def after_delivery(self, fn: Callable[[], object]) -> bool:
+        """Run ``fn()`` once the frames being delivered now have all been dispatched.
+
+        Returns False, and schedules nothing, when no delivery is under way (the caller
+        then picks its own moment, e.g. ``callLater(0)``). ``fn`` runs in the same
+        reactor turn, before what the listeners sent is written: the place to flush
+        work batched over the frames of one read.
+        """
+        if self._batches:
+            self._after.append(fn)
+            return True
+        return False
+
     def frame_received(self, frame: Frame) -> None:
-        """Dispatch one decoded frame from the daemon (called by the link)."""
+        """Dispatch one decoded frame from the daemon (called by the link).
+
+        Outside a :meth:`begin_delivery` bracket the frame is a batch of its own.
+        """
         if self._delivering:
             # Re-entrant delivery (a listener's send looped straight back in process):
             # finish the current frame first so every listener sees one order.
             self._backlog.append(frame)
             return
         self._delivering = True
+        self._batches += 1
         try:
             self._deliver(frame)
             while self._backlog:
                 self._deliver(self._backlog.popleft())
         finally:
             self._delivering = False
+            self.end_delivery()
 
     def _deliver(self, frame: Frame) -> None:
         if not self.connected:
