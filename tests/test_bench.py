@@ -83,6 +83,11 @@ def test_smoke_seq_and_raw(tmp_path: Path) -> None:
     relay = raw["relay"]["median"]
     assert relay["messages_per_s"] > 0
     assert relay["sent"] == relay["received"] > 0 and relay["lost"] == 0
+    floor = raw["floor"]["median"]
+    assert floor["round_trips_per_s"] > 0 and floor["lost"] == 0
+    _check_latency(floor["latency_us"])
+    assert floor["cpu_s"]["daemon"] > 0 and floor["cpu_s"]["clients"] > 0
+    assert "over the floor (bare Twisted" in done.stdout
 
 
 def test_help_explains_the_output(capsys: pytest.CaptureFixture[str]) -> None:
@@ -177,6 +182,9 @@ def test_report_formats_every_kind_of_phase() -> None:
                     {"round_trips_per_s": 5000.0, "latency_us": lat, "lost": 0, "cpu_s": cpu}
                 ),
                 "relay": case({"messages_per_s": 9e4, "sent": 5, "received": 5, "lost": 0}),
+                "floor": case(
+                    {"round_trips_per_s": 8000.0, "latency_us": {**lat, "p50": 60.0}, "lost": 0}
+                ),
             }
         },
         "seq": {"cases": {"C=1": case({"tasks_per_s": 2500.0, "latency_us": lat, "tasks": tasks})}},
@@ -199,3 +207,5 @@ def test_report_formats_every_kind_of_phase() -> None:
     assert "2,500 rpc/s" in text and "5,000 rt/s" in text and "90,000 msg/s" in text
     assert "ERROR" in text and "boom" in text and "400 B/task" in text
     assert "seq p50 is 1.0x the ping-pong's" in text
+    assert "8,000 rt/s" in text
+    assert "Spread adds 40 us, the queue 0 us more" in text

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .cluster import Cluster
+from .floor import FloorProcesses
 from .procs import AgentError, AgentProcess
 from .procstat import cpu_times_many, machine_busy_seconds, rss_bytes
 from .profiling import PySpy
@@ -42,6 +43,8 @@ RELAY_WINDOW = 500
 KILL_SPACING_S = 0.02
 #: Arguments of the queue phases (except ``payload``): 100 bytes once serialized.
 ARGS_BYTES = 100
+#: The floor's message: about what a 100-byte ping is on the wire with Spread's header.
+FLOOR_BYTES = 150
 
 
 @dataclass(frozen=True)
@@ -250,10 +253,34 @@ def phase_seq(cluster: Cluster, s: Settings) -> dict[str, Any]:
     workers, senders = cluster.workers_of(1), cluster.senders_of(1)
     runs = _repeat(s, _queue_run, cluster, s, senders, workers, inflight=1)
     params = {"inflight": 1, "workers": 1, "senders": 1, "payload_bytes": ARGS_BYTES}
+    case = _case(params, runs)
+    _add_profiled_run(cluster, s, "seq", case, senders, workers, inflight=1)
     return _phase(
-        "sequential rpc of a no-op handler, 100-byte args, 1 sender, 1 worker",
-        {"C=1": _case(params, runs)},
+        "sequential rpc of a no-op handler, 100-byte args, 1 sender, 1 worker", {"C=1": case}
     )
+
+
+def _add_profiled_run(
+    cluster: Cluster,
+    s: Settings,
+    phase: str,
+    case: dict[str, Any],
+    senders: Sequence[AgentProcess],
+    workers: Sequence[AgentProcess],
+    *,
+    inflight: int,
+) -> None:
+    """With --profile, one extra run of ``case`` under py-spy, its files in DIR/<phase>/.
+
+    Its numbers are shown apart (``profiled_run``), never in the median.
+    """
+    if s.profile is None:
+        return
+    profile = s.profile.within(phase)
+    case["profiled_run"] = _queue_run(
+        cluster, s, senders, workers, inflight=inflight, profile=profile
+    )
+    case["profile_dir"] = str(profile.outdir)
 
 
 def phase_pipelined(cluster: Cluster, s: Settings) -> dict[str, Any]:
@@ -264,12 +291,8 @@ def phase_pipelined(cluster: Cluster, s: Settings) -> dict[str, Any]:
         runs = _repeat(s, _queue_run, cluster, s, senders, workers, inflight=c)
         params = {"inflight": c, "workers": 1, "senders": 1, "payload_bytes": ARGS_BYTES}
         case = _case(params, runs)
-        if s.profile is not None and c == max(s.pipelined):
-            # An extra run under py-spy: its numbers are shown apart, never in the median.
-            case["profiled_run"] = _queue_run(
-                cluster, s, senders, workers, inflight=c, profile=s.profile
-            )
-            case["profile_dir"] = str(s.profile.outdir)
+        if c == max(s.pipelined):
+            _add_profiled_run(cluster, s, "pipelined", case, senders, workers, inflight=c)
         cases[f"C={c}"] = case
     return _phase("one sender keeping C no-op calls in flight, 1 worker", cases)
 
@@ -481,6 +504,13 @@ def _ping_run(cluster: Cluster, s: Settings, a: AgentProcess, b: AgentProcess) -
     ident = a.send("ping", peer=b.private_group, size=ARGS_BYTES, t0_ns=t0, t1_ns=t1)
     cpu, cpu_system = _cpu_over({"daemon": _daemon(cluster), "clients": [a.pid, b.pid]}, t0, t1)
     result = a.reply(ident, timeout=_seconds_left(t1) + 30.0)
+    return _round_trips(result, cpu, cpu_system, t0, t1)
+
+
+def _round_trips(
+    result: Mapping[str, Any], cpu: RoleCpu, cpu_system: RoleCpu, t0: int, t1: int
+) -> dict[str, Any]:
+    """A ping-pong run from the pinger's ``{"latencies_ns", "lost"}`` and the CPU."""
     latencies = result["latencies_ns"]
     if not latencies:
         raise AgentError("no round trip completed in the measured window")
@@ -519,8 +549,18 @@ def _relay_run(cluster: Cluster, s: Settings, a: AgentProcess, b: AgentProcess) 
     }
 
 
+def _floor_run(floor: FloorProcesses, s: Settings) -> dict[str, Any]:
+    t0, t1 = _window(s)
+    pinger, result = floor.ping(FLOOR_BYTES, t0, t1)
+    pids = {**floor.pids}
+    pids["clients"] = [*pids["clients"], pinger.pid]
+    cpu, cpu_system = _cpu_over(pids, t0, t1)
+    return _round_trips(result(_seconds_left(t1) + 30.0), cpu, cpu_system, t0, t1)
+
+
 def phase_raw(cluster: Cluster, s: Settings) -> dict[str, Any]:
-    """Plain Spread between two sessions: ping-pong latency and the relay rate."""
+    """Plain Spread between two sessions: ping-pong latency and the relay rate; and
+    the floor under it: the same round trip through bare Twisted processes."""
     a, b = cluster.start_agents("raw", 2)
     try:
         b.request("echo")
@@ -528,17 +568,24 @@ def phase_raw(cluster: Cluster, s: Settings) -> dict[str, Any]:
         relays = _repeat(s, _relay_run, cluster, s, a, b)
     finally:
         cluster.retire([a, b])
+    floor = FloorProcesses(cluster.workdir)
+    try:
+        floors = _repeat(s, _floor_run, floor, s)
+    finally:
+        floor.stop()
     return _phase(
         "two plain Spread sessions through the same daemon, no queue, 100-byte AGREED "
         f"messages; relay: one sender to one receiver, paced by the receiver's "
         f"acknowledgement every {RELAY_ACK_EVERY} messages (at most {RELAY_WINDOW} beyond "
-        "it), rate counted at the receiver",
+        "it), rate counted at the receiver; floor: the ping-pong's wake-ups with no Spread, "
+        f"{FLOOR_BYTES} bytes through a bare Twisted relay to a bare Twisted echoer",
         {
             "ping-pong": _case({"size": ARGS_BYTES}, pings),
             "relay": _case(
                 {"size": ARGS_BYTES, "ack_every": RELAY_ACK_EVERY, "window": RELAY_WINDOW},
                 relays,
             ),
+            "floor": _case({"size": FLOOR_BYTES}, floors),
         },
     )
 

@@ -53,6 +53,10 @@ class PySpy:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         outdir.mkdir(parents=True, exist_ok=True)
 
+    def within(self, name: str) -> PySpy:
+        """Recorders like these whose files go to the subdirectory ``name``."""
+        return PySpy(self.executable, self.outdir / name, self.rate)
+
     def start(self, targets: Mapping[str, int], seconds: float) -> None:
         """Record each ``label -> pid`` of ``targets`` for ``seconds`` (rounded up)."""
         for label, pid in targets.items():

@@ -177,16 +177,27 @@ def format_report(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
 
 
 def _raw_ratio(results: Mapping[str, Any]) -> str:
-    """How the queue's sequential rpc compares with a plain Spread ping-pong."""
+    """How the queue's sequential rpc compares with a plain Spread ping-pong, and both
+    with the floor (the same wake-ups through bare Twisted processes)."""
     try:
-        ping = results["raw"]["cases"]["ping-pong"]["median"]
+        cases = results["raw"]["cases"]
+        ping = cases["ping-pong"]["median"]
         seq = results["seq"]["cases"]["C=1"]["median"]
     except (KeyError, TypeError):
         return ""
     p_seq, p_raw = seq["latency_us"]["p50"], ping["latency_us"]["p50"]
     r_seq, r_raw = seq["tasks_per_s"], ping["round_trips_per_s"]
-    return (
+    text = (
         f"queue vs raw Spread: seq p50 is {p_seq / p_raw:.1f}x the ping-pong's "
         f"({p_seq:,.0f} vs {p_raw:,.0f} us); seq rate is {r_seq / r_raw:.2f}x its round trips/s "
         f"({r_seq:,.0f} vs {r_raw:,.0f})"
     )
+    floor = (cases.get("floor") or {}).get("median")
+    if floor:
+        p_floor = floor["latency_us"]["p50"]
+        text += (
+            f"\nover the floor (bare Twisted, same wake-ups, {p_floor:,.0f} us p50, "
+            f"{floor['round_trips_per_s']:,.0f} rt/s): Spread adds {p_raw - p_floor:,.0f} us, "
+            f"the queue {p_seq - p_raw:,.0f} us more"
+        )
+    return text

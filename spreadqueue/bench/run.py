@@ -32,7 +32,9 @@ phases (all of them unless --phase is given):
 
   raw        two plain Spread sessions, no queue: ping-pong round trips, and the
              daemon's relay rate (one sender to one receiver, paced by the
-             receiver's acknowledgement every 100 messages, at most 500 ahead)
+             receiver's acknowledgement every 100 messages, at most 500 ahead);
+             and the floor: the same round trip's wake-ups with no Spread at all,
+             through a bare Twisted relay to a bare Twisted echoer
   seq        one sender, one worker: sequential rpc of a no-op, 100-byte args
   pipelined  one sender keeping C = 1, 10, 100 calls in flight, one worker
   payload    100 B, 10 KB, 100 KB args (10 in flight, one worker): tasks/s, MB/s
@@ -62,6 +64,8 @@ how to read the output:
   (e.g. an external daemon's CPU). "other" is the CPU the rest of the machine used
   in the same window (other programs, an external daemon here): well above 0, and
   the run was disturbed.
+  The last lines compare seq with the raw ping-pong and both with the floor: what
+  Spread adds to the bare round trip, and what the queue adds on top.
   With --repeat N every figure is the median of N runs, and the rates of all runs
   are shown; --json FILE writes every run's numbers: one object per phase, keyed
   by the phase name (plus "meta"), rates per second, latencies in microseconds.
@@ -70,7 +74,7 @@ how to read the output:
 examples:
   spreadqueue bench                              # everything, about 80-90 s
   spreadqueue bench --phase seq --phase raw --repeat 3 --json out.json
-  spreadqueue bench --phase pipelined --profile prof/   # py-spy profiles (pip install py-spy)
+  spreadqueue bench --phase seq --profile prof/  # py-spy profiles (pip install py-spy)
   spreadqueue bench --combine a.json b.json c.json      # medians of 3 separate runs
 """
 
@@ -120,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
         "--profile",
         metavar="DIR",
         help="profile the daemon, manager, a worker and the sender with py-spy during an "
-        "extra pipelined C=100 run; collapsed stacks and summary.txt go to DIR",
+        "extra run of seq and of pipelined C=100; collapsed stacks and summary.txt go to "
+        "DIR/seq and DIR/pipelined",
     )
     p.add_argument(
         "--workdir", metavar="DIR", help="keep the processes' logs in DIR (default: a temp dir)"
@@ -224,11 +229,20 @@ _PROFILED_ROLES = {
 }
 
 
-def _write_profile_summary(outdir: Path, results: dict[str, Any]) -> None:
+def _write_profile_summaries(results: dict[str, Any]) -> list[Path]:
+    """A summary.txt beside each profiled run's files; returns their paths."""
+    written = []
+    for phase in results.values():
+        for case in (phase.get("cases") or {}).values():
+            if "profiled_run" in case:
+                outdir = Path(case["profile_dir"])
+                _write_profile_summary(outdir, case["profiled_run"])
+                written.append(outdir / "summary.txt")
+    return written
+
+
+def _write_profile_summary(outdir: Path, run: dict[str, Any]) -> None:
     """summary.txt: each profile's ranking, in microseconds of user CPU per task too."""
-    run: dict[str, Any] = {}
-    for case in results.get("pipelined", {}).get("cases", {}).values():
-        run = case.get("profiled_run", run)
     measured = (run.get("tasks") or {}).get("measured") or 0
     parts = []
     for label, role in _PROFILED_ROLES.items():
@@ -294,8 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     print(format_report(results, meta))
     if s.profile is not None:
-        _write_profile_summary(s.profile.outdir, results)
-        print(f"\nprofiles: {s.profile.outdir} (summary.txt ranks the functions)")
+        for summary in _write_profile_summaries(results):
+            print(f"\nprofile: {summary} ranks the functions")
     if options.json:
         _write_json(options.json, meta, results)
     return 0 if ok else 1
