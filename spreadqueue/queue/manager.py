@@ -2,7 +2,7 @@
 
 The service is the thin Twisted shell around the pure state machine: it joins the
 queue's groups, decodes frames into inputs, lets time pass, and sends the effects,
-batched once per reactor turn.
+batched once per batch of frames (see :class:`~spreadqueue.queue.outbox.Turn`).
 """
 
 from __future__ import annotations

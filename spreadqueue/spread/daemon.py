@@ -116,7 +116,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class _Coalescer:
-    """Turns the writes one reactor turn makes to a connection into one write.
+    """Turns the writes one read (or other batch of work) makes to a connection into
+    one write.
 
     Work that can deliver (a read, a lost connection) runs inside a batch (``with
     coalescer:``); outboxes written to meanwhile are flushed when the outermost batch
@@ -792,7 +793,7 @@ class SpreadDaemonFactory(Factory):
 
     @property
     def coalescing(self) -> bool:
-        """True when writes of one reactor turn are merged per connection."""
+        """True when the writes of one read are merged per connection."""
         return self._coalesce
 
     def connection_made(self, protocol: SpreadDaemonProtocol) -> None:
