@@ -983,6 +983,31 @@ def test_a_worker_prefetches_once_its_tasks_prove_short(net: Net) -> None:
     assert manager.state.running == 0 and manager.stats["completed"] == 104
 
 
+def test_a_slow_first_task_does_not_keep_a_fresh_worker_from_bursts(net: Net) -> None:
+    """The first tasks of a new process run cold; judging by their average put short-
+    task workers into single-task prefetch, where they took a fifth of their share."""
+    clock = net.clock
+    manager = net.manager()
+    sender = net.sender()
+    gate = Gate()
+    worker = net.worker(gate.handlers())
+    first = sender.rpc("block", 0)
+    net.pump()
+    clock.advance(0.05)  # the cold first call: 50 ms
+    gate.blocked[0].callback(None)
+    net.pump()
+    assert fired(first) == 0
+    calls = [sender.rpc("quick", i) for i in range(1, 4)]
+    net.pump()
+    assert [fired(d) for d in calls] == [1, 2, 3]
+    net.pump()
+    assert worker.prefetching
+    assert manager.state is not None
+    ((_, capacity, _),) = manager.state.workers()
+    w = next(iter(manager.state._workers.values()))
+    assert capacity == w.slots == w.burst == 1 + worker.prefetch  # bursts, not 1 slot
+
+
 def test_a_worker_whose_tasks_turn_long_stops_prefetching_and_hands_tasks_back(
     net: Net,
 ) -> None:

@@ -470,9 +470,14 @@ class Worker(Service):
     def _timed(self, run_time: float) -> None:
         """Average the run times; start or stop prefetching when they cross the line."""
         n = self._samples = self._samples + 1
-        average = (
-            run_time if n == 1 else self._run_time + _EWMA_WEIGHT * (run_time - self._run_time)
-        )
+        if n <= _PREFETCH_SAMPLES:
+            # A fresh process runs its first tasks cold (first imports, first calls,
+            # preempted among its peers): the fastest of them is the honest estimate.
+            # Their average could start a short-task worker in single-task prefetch,
+            # where it gets few tasks and so few samples to climb out of it.
+            average = run_time if n == 1 else min(self._run_time, run_time)
+        else:
+            average = self._run_time + _EWMA_WEIGHT * (run_time - self._run_time)
         self._run_time = average
         level, below = self._level, self.prefetch_below
         if average > 4 * below or (
