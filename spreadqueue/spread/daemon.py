@@ -595,8 +595,7 @@ class _LocalInbox:
         self._reactor = reactor
         self._coalescer = coalescer
         self._queue: deque[Any] = deque()
-        self._scheduled = False
-        self._call: IDelayedCall | None = None
+        self._scheduled = False  # a drain is due (at the batch's end or next turn)
         self.session: SpreadSession | None = None
 
     def deliver(self, envelope: Envelope) -> None:
@@ -614,15 +613,10 @@ class _LocalInbox:
         self._scheduled = True
         coalescer = self._coalescer
         if coalescer is None or not coalescer.later(self._drain):
-            self._call = self._reactor.callLater(0, self._drain)
+            self._reactor.callLater(0, self._drain)
 
     def _drain(self) -> None:
-        if not self._scheduled:
-            return
         self._scheduled = False
-        call, self._call = self._call, None
-        if call is not None and call.active():
-            call.cancel()
         coalescer = self._coalescer
         if coalescer is None:
             self._drain_queue()
