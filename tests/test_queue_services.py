@@ -1008,6 +1008,30 @@ def test_a_slow_first_task_does_not_keep_a_fresh_worker_from_bursts(net: Net) ->
     assert capacity == w.slots == w.burst == 1 + worker.prefetch  # bursts, not 1 slot
 
 
+def test_tiny_tasks_slowed_now_and_then_keep_a_worker_in_bursts(net: Net) -> None:
+    """Wall-clock run times include preemption: every fourth no-op taking 8 ms (under
+    the 20 ms stop line) must not drop a worker out of bursts while its peers stay."""
+    clock = net.clock
+    manager = net.manager()
+    sender = net.sender()
+    gate = Gate()
+    worker = prefetching_worker(net, sender, gate)
+    assert manager.state is not None
+    for round_ in range(12):
+        slow = sender.rpc("block", round_)
+        net.pump()
+        clock.advance(0.008)
+        gate.blocked[-1].callback(None)
+        net.pump()
+        assert fired(slow) == round_
+        calls = [sender.rpc("quick", i) for i in range(3)]
+        net.pump()
+        assert [fired(d) for d in calls] == [0, 1, 2]
+        net.pump()
+        w = next(iter(manager.state._workers.values()))
+        assert w.slots == w.burst == 1 + worker.prefetch, f"round {round_}"
+
+
 def test_a_worker_whose_tasks_turn_long_stops_prefetching_and_hands_tasks_back(
     net: Net,
 ) -> None:

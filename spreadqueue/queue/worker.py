@@ -53,13 +53,15 @@ _HELLO: Final = MESS_TYPE_BASE + Kind.HELLO
 DEFAULT_COMBINE_LIMIT: Final = 16 * 1024
 #: Tasks a worker takes beyond its concurrency by default (see ``Worker``'s prefetch).
 DEFAULT_PREFETCH: Final = 16
-#: A worker prefetches while its tasks take less than this long on average (seconds),
+#: A worker prefetches while its tasks typically take less than this long (seconds),
 #: and stops when they take 4 times as long.
 DEFAULT_PREFETCH_BELOW: Final = 0.005
 #: Completed tasks a worker sees before it may start prefetching.
 _PREFETCH_SAMPLES: Final = 4
-#: Weight of the newest task in the average run time.
-_EWMA_WEIGHT: Final = 0.2
+#: A task's typical run time is the (lower) median of this many recent ones.
+_RECENT: Final = 8
+#: How much of a long task's run time is still remembered after each later task.
+_LONG_DECAY: Final = 0.8
 # Prefetch levels: none; prefetch beyond the slots; tiny tasks, taken in bursts.
 _NO_PREFETCH: Final = 0
 _PREFETCH: Final = 1
@@ -127,7 +129,7 @@ class Worker(Service):
     credits and never waits for a per-task "ready". ``prefetch`` is how many more it
     may take ahead of time (default 16), kept in a local FIFO and started as slots
     free up, so that many short tasks travel in one message each way. It prefetches
-    only while its tasks are short (on average under ``prefetch_below`` seconds, after
+    only while its tasks are short (typically under ``prefetch_below`` seconds, after
     a few tasks): for long tasks, taking work early gains nothing and would let later
     tasks start elsewhere before earlier ones (FIFO order) or wait behind a long one.
     When its tasks turn long it stops prefetching and hands back what it has not
@@ -176,7 +178,9 @@ class Worker(Service):
         self.prefetch = prefetch
         self.prefetch_below = prefetch_below
         self._level = _NO_PREFETCH
-        self._run_time = 0.0  # moving average of the tasks' run time (seconds)
+        # recent run times (seconds), and the fading memory of the last long task
+        self._recent: deque[float] = deque(maxlen=_RECENT)
+        self._long = 0.0
         self._samples = 0
         self.stop_timeout = stop_timeout
         self._reactor = reactor
@@ -468,25 +472,35 @@ class Worker(Service):
             self._starting = False
 
     def _timed(self, run_time: float) -> None:
-        """Average the run times; start or stop prefetching when they cross the line."""
+        """Track how long tasks take; start or stop prefetching when they cross the line.
+
+        Run times are wall-clock, so a short task that was preempted, or one of a cold
+        process's first, looks slow now and then. The typical run time is therefore
+        the median of the recent ones: single slow samples do not move it, and
+        workers with the same tasks settle on the same level (a worker left in
+        single-task prefetch by noise would get a fraction of its peers' share). Once
+        past the first few (a fresh process runs its first tasks cold), a task longer
+        than the stop line is never noise: it counts at once, and its memory fades
+        over the next tasks.
+        """
         n = self._samples = self._samples + 1
-        if n <= _PREFETCH_SAMPLES:
-            # A fresh process runs its first tasks cold (first imports, first calls,
-            # preempted among its peers): the fastest of them is the honest estimate.
-            # Their average could start a short-task worker in single-task prefetch,
-            # where it gets few tasks and so few samples to climb out of it.
-            average = run_time if n == 1 else min(self._run_time, run_time)
+        recent = self._recent
+        recent.append(run_time)
+        below = self.prefetch_below
+        if run_time > 4 * below and n > _PREFETCH_SAMPLES:
+            self._long = run_time
         else:
-            average = self._run_time + _EWMA_WEIGHT * (run_time - self._run_time)
-        self._run_time = average
-        level, below = self._level, self.prefetch_below
-        if average > 4 * below or (
-            level == _NO_PREFETCH and (average >= below or n < _PREFETCH_SAMPLES)
+            self._long *= _LONG_DECAY
+        ordered = sorted(recent)
+        typical = max(ordered[(len(ordered) - 1) // 2], self._long)
+        level = self._level
+        if typical > 4 * below or (
+            level == _NO_PREFETCH and (typical >= below or n < _PREFETCH_SAMPLES)
         ):
             new = _NO_PREFETCH
         else:
             # Tiny tasks: a whole batch takes less than one round trip's worth of time.
-            batch = average * (self.concurrency + self.prefetch)
+            batch = typical * (self.concurrency + self.prefetch)
             new = _BURST if batch < (4 * below if level == _BURST else below) else _PREFETCH
         if new == level:
             return
