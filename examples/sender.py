@@ -16,8 +16,8 @@ import sys
 
 from twisted.internet.error import ConnectError
 
-from spreadqueue.queue import TaskError
-from spreadqueue.queue.blocking import BlockingSender
+from spreadqueue._queue.blocking import BlockingSender
+from spreadqueue._queue.errors import TaskError
 
 QUEUE = os.environ.get("SPREAD_QUEUE_NAME") or os.environ.get("SPREAD_QUEUE") or "myqueue"
 SPREAD = os.environ.get("SPREAD_DAEMON") or "4803@localhost"

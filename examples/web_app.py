@@ -22,8 +22,10 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from spreadqueue.queue import Sender, TaskError, Worker
-from spreadqueue.spread.client import connect
+from spreadqueue._queue.errors import TaskError
+from spreadqueue._queue.sender import Sender
+from spreadqueue._queue.worker import Worker
+from spreadqueue._spread.client import connect
 
 QUEUE = os.environ.get("SPREAD_QUEUE_NAME") or os.environ.get("SPREAD_QUEUE") or "myqueue"
 SPREAD = os.environ.get("SPREAD_DAEMON") or "4803@localhost"

@@ -16,8 +16,8 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from spreadqueue.queue import Task, Worker
-from spreadqueue.spread.client import connect
+from spreadqueue._queue.worker import Task, Worker
+from spreadqueue._spread.client import connect
 
 QUEUE = os.environ.get("SPREAD_QUEUE_NAME") or os.environ.get("SPREAD_QUEUE") or "myqueue"
 SPREAD = os.environ.get("SPREAD_DAEMON") or "4803@localhost"

@@ -1,104 +1,13 @@
-"""The zope.interface contracts of spreadqueue.
+"""The zope.interface contracts of spreadqueue, for applications and their tests.
 
-Every implementation is checked with :func:`zope.interface.verify.verifyObject` in the
-tests. Application code should depend on these, not on concrete classes, so that the
-in-memory fake of :mod:`spreadqueue.testing` can stand in for a real daemon.
+Depend on these rather than on concrete classes, so that the in-memory fake of
+:mod:`spreadqueue.testing` can stand in for a real daemon. Every implementation in
+spreadqueue is checked with :func:`zope.interface.verify.verifyObject` in its tests.
 """
 
 from __future__ import annotations
 
-from zope.interface import Attribute, Interface
+from ._queue.interfaces import IAssignmentPolicy, ISerializer
+from ._spread.interfaces import ISessionLink, ISessionSink, ISpreadSession
 
-
-class ISpreadSession(Interface):
-    """One Spread session (one private name, one mailbox), shared by many users.
-
-    Listeners are called with the decoded frames of
-    :mod:`spreadqueue.spread.wire`: :class:`~spreadqueue.spread.wire.RegularMessage`,
-    :class:`~spreadqueue.spread.wire.MembershipMessage` and
-    :class:`~spreadqueue.spread.wire.RejectMessage`.
-    """
-
-    private_group = Attribute("This session's private group, e.g. '#alice#localhost' (str).")
-    name = Attribute("This session's private name, e.g. 'alice' (str).")
-    daemon_name = Attribute("The name of the daemon the session is connected to (str).")
-    connected = Attribute("True until the session is closed or lost.")
-
-    def join(group):  # type: ignore[no-untyped-def]
-        """Join ``group``; return a Deferred that fires (with None) once we are a member.
-
-        With membership notices on, it fires on our own join notice; otherwise as soon
-        as the join is written. Joining a group twice is harmless.
-        """
-
-    def leave(group):  # type: ignore[no-untyped-def]
-        """Leave ``group``; return a Deferred that fires once we have left."""
-
-    def multicast(groups, data, service=None, mess_type=0, self_discard=False):  # type: ignore[no-untyped-def]
-        """Send ``data`` (bytes) to ``groups`` (a group name or a sequence of them).
-
-        ``service`` defaults to SAFE. Raises MessageTooLong / IllegalGroupName before
-        anything is written, and SessionClosed when the session is gone.
-        """
-
-    def add_listener(listener, group=None):  # type: ignore[no-untyped-def]
-        """Call ``listener(frame)`` for every frame that concerns ``group``.
-
-        A regular message concerns each group it was sent to; a membership notice
-        concerns its group. With ``group=None`` the listener gets every frame once.
-        """
-
-    def remove_listener(listener, group=None):  # type: ignore[no-untyped-def]
-        """Stop calling ``listener`` for ``group`` (no error if it was not registered)."""
-
-    def receive():  # type: ignore[no-untyped-def]
-        """A Deferred for the next frame this session receives (for simple scripts).
-
-        Frames are queued for ``receive`` only after its first call.
-        """
-
-    def disconnect():  # type: ignore[no-untyped-def]
-        """Close the session politely (KILL_MESS); return a Deferred that fires when closed."""
-
-    def whenDisconnected():  # type: ignore[no-untyped-def]
-        """A new Deferred that fires with None when the session ends for any reason."""
-
-
-class ISessionLink(Interface):
-    """What a :class:`~spreadqueue.spread.session.SpreadSession` sends through.
-
-    The TCP client protocol implements it by writing wire bytes; the embedded daemon's
-    in-process sessions implement it by calling the daemon directly. Names are bytes.
-    """
-
-    def send_multicast(service_type, groups, mess_type, data):  # type: ignore[no-untyped-def]
-        """Send a data message; ``groups`` is a sequence of bytes names."""
-
-    def send_join(group):  # type: ignore[no-untyped-def]
-        """Send JOIN_MESS for ``group``."""
-
-    def send_leave(group):  # type: ignore[no-untyped-def]
-        """Send LEAVE_MESS for ``group``."""
-
-    def send_kill():  # type: ignore[no-untyped-def]
-        """Send KILL_MESS and close."""
-
-
-class ISerializer(Interface):
-    """Turns queue payloads (arguments, results) into bytes and back."""
-
-    name = Attribute("A short name for the format, e.g. 'msgpack'.")
-
-    def dumps(obj):  # type: ignore[no-untyped-def]
-        """Bytes for ``obj``; raise TypeError for what the format cannot carry."""
-
-    def loads(data):  # type: ignore[no-untyped-def]
-        """The object encoded in ``data``; raise ValueError for malformed input."""
-
-
-class IAssignmentPolicy(Interface):
-    """Chooses which idle worker gets the next task (deterministically)."""
-
-    def choose(candidates):  # type: ignore[no-untyped-def]
-        """Return one of ``candidates`` (a non-empty sequence of worker ids, oldest idle
-        first) to receive the next task."""
+__all__ = ["IAssignmentPolicy", "ISerializer", "ISessionLink", "ISessionSink", "ISpreadSession"]

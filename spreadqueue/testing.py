@@ -14,9 +14,9 @@ no real time. Drive it with a :class:`twisted.internet.task.Clock`::
     network.flush()            # deliver everything that is due now
     assert d.called
 
-Sessions are :class:`~spreadqueue.spread.session.SpreadSession` objects, so they
+Sessions are :class:`~spreadqueue._spread.session.SpreadSession` objects, so they
 provide :class:`~spreadqueue.interfaces.ISpreadSession` exactly as the ones
-:func:`spreadqueue.spread.client.connect` returns.
+:func:`spreadqueue._spread.client.connect` returns.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from .spread.daemon import SpreadDaemonFactory, local_session
-from .spread.session import SpreadSession
+from ._spread.daemon import SpreadDaemonFactory, local_session
+from ._spread.session import SpreadSession
 
 __all__ = ["FakeSpreadNetwork"]
 
@@ -54,7 +54,7 @@ class FakeSpreadNetwork:
     def connect(
         self, name: str | None = None, *, membership: bool = True, **_: Any
     ) -> Deferred[SpreadSession]:
-        """Like :func:`spreadqueue.spread.client.connect`, without the reactor and endpoint."""
+        """Like :func:`spreadqueue._spread.client.connect`, without the reactor and endpoint."""
         try:
             return succeed(self.session(name or "", membership=membership))
         except Exception as e:

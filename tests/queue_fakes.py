@@ -27,9 +27,9 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from spreadqueue.interfaces import ISpreadSession
-from spreadqueue.spread import wire
-from spreadqueue.spread.errors import IllegalGroupName, SessionClosed
+from spreadqueue._spread import wire
+from spreadqueue._spread.errors import IllegalGroupName, SessionClosed
+from spreadqueue._spread.interfaces import ISpreadSession
 
 Listener = Callable[[Any], object]
 

@@ -17,12 +17,12 @@ from typing import Any
 import msgpack
 import pytest
 
-from spreadqueue.bench.agent import payload_of
-from spreadqueue.bench.procstat import cpu_seconds, rss_bytes
-from spreadqueue.bench.profiling import load_stacks, summarise
-from spreadqueue.bench.report import format_report
-from spreadqueue.bench.run import main as bench_main
-from spreadqueue.bench.stats import latency_summary, median_of_runs, percentile, spread_summary
+from spreadqueue._bench.agent import payload_of
+from spreadqueue._bench.procstat import cpu_seconds, rss_bytes
+from spreadqueue._bench.profiling import load_stacks, summarise
+from spreadqueue._bench.report import format_report
+from spreadqueue._bench.run import main as bench_main
+from spreadqueue._bench.stats import latency_summary, median_of_runs, percentile, spread_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 SPREAD_ENV = "SPREADQUEUE_TEST_SPREAD"
@@ -44,7 +44,7 @@ def _check_latency(lat: dict[str, Any]) -> None:
 
 def test_smoke_seq_and_raw(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    argv = [sys.executable, "-m", "spreadqueue.cli", "bench", "--quick"]
+    argv = [sys.executable, "-m", "spreadqueue._service.cli", "bench", "--quick"]
     argv += ["--phase", "seq", "--phase", "raw", "--json", str(out)]
     external = os.environ.get(SPREAD_ENV)
     if external:

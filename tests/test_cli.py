@@ -1,7 +1,7 @@
 """The command lines as users run them: exit status, output, and what they start.
 
-Every command runs as a child process (``python -m spreadqueue.cli ...``, ``sqm`` via
-``spreadqueue.cli.sqm_main``, the twistd plugins via ``python -m twisted``). The
+Every command runs as a child process (``python -m spreadqueue._service.cli ...``, ``sqm`` via
+``spreadqueue._service.cli.sqm_main``, the twistd plugins via ``python -m twisted``). The
 one-shot commands are started all at once by a module fixture and checked one by one,
 so the module costs about as long as its slowest command (an rpc waiting out the
 5-second acknowledgement timeout). The ``spreadqueue rpc`` calls that need a queue
@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 from procs import TESTS, Proc, child_env, free_port, spread_daemon, twist
 
-from spreadqueue import cli
-from spreadqueue.spread import wire
+from spreadqueue._service import cli
+from spreadqueue._spread import wire
 
-SQM = "import sys; from spreadqueue.cli import sqm_main; sys.exit(sqm_main())"
+SQM = "import sys; from spreadqueue._service.cli import sqm_main; sys.exit(sqm_main())"
 HANDLERS = "e2e_handlers:HANDLERS"
 LONG_QUEUE = "q" * 28  # one more than a queue name may have
 #: The most any one command may take on a loaded machine.
@@ -38,7 +38,7 @@ COMMAND_DEADLINE = 60.0
 
 def spreadqueue(*args: str) -> list[str]:
     """The ``spreadqueue`` command line."""
-    return [sys.executable, "-m", "spreadqueue.cli", *args]
+    return [sys.executable, "-m", "spreadqueue._service.cli", *args]
 
 
 def sqm(*args: str) -> list[str]:

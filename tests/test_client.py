@@ -22,16 +22,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from spreadqueue.interfaces import ISessionLink, ISpreadSession
-from spreadqueue.spread import errors, wire
-from spreadqueue.spread.client import (
+from spreadqueue._spread import errors, wire
+from spreadqueue._spread.client import (
     ConnectTimeout,
     SpreadClientProtocol,
     connect,
     parse_spread_endpoint,
 )
-from spreadqueue.spread.output import Output
-from spreadqueue.spread.session import SpreadSession
+from spreadqueue._spread.interfaces import ISessionLink, ISpreadSession
+from spreadqueue._spread.output import Output
+from spreadqueue._spread.session import SpreadSession
 
 # --------------------------------------------------------------------------- traces
 

@@ -25,8 +25,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from spreadqueue.spread import wire
-from spreadqueue.spread.daemon import SpreadDaemonFactory, SpreadDaemonProtocol
+from spreadqueue._spread import wire
+from spreadqueue._spread.daemon import SpreadDaemonFactory, SpreadDaemonProtocol
 
 TRACES = Path(
     os.environ.get(

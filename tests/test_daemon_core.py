@@ -6,14 +6,11 @@ import pytest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from spreadqueue.interfaces import ISessionLink
-from spreadqueue.spread import wire
-from spreadqueue.spread.errors import IllegalName, NameNotUnique, QuotaExceeded, SessionClosed
-from spreadqueue.spread.groups import (
+from spreadqueue._spread import wire
+from spreadqueue._spread.core import (
     CallbackSink,
     DaemonCore,
     Envelope,
-    ISessionSink,
     LocalLink,
     MembershipEnvelope,
     RelayEnvelope,
@@ -21,6 +18,8 @@ from spreadqueue.spread.groups import (
     Session,
     daemon_id,
 )
+from spreadqueue._spread.errors import IllegalName, NameNotUnique, QuotaExceeded, SessionClosed
+from spreadqueue._spread.interfaces import ISessionLink, ISessionSink
 
 TIME = 1795397590
 

@@ -22,16 +22,17 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from spreadqueue.spread import wire
-from spreadqueue.spread.daemon import (
+from spreadqueue._spread import wire
+from spreadqueue._spread.core import CallbackSink, LocalLink
+from spreadqueue._spread.daemon import (
     SpreadDaemonFactory,
     SpreadDaemonProtocol,
     SpreadDaemonService,
     listen,
     local_session,
 )
-from spreadqueue.spread.errors import QuotaExceeded
-from spreadqueue.spread.groups import CallbackSink, ISessionSink, LocalLink
+from spreadqueue._spread.errors import QuotaExceeded
+from spreadqueue._spread.interfaces import ISessionSink
 
 TRACES = Path(
     os.environ.get(

@@ -46,26 +46,25 @@ from procs import (
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.trial import unittest
 
-from spreadqueue.queue import (
+from spreadqueue._queue.errors import (
     NoManager,
     RemoteError,
-    Reply,
-    Sender,
     SenderStopped,
     TaskTimeout,
     UnknownFunction,
     WorkerLost,
-    queue_groups,
 )
-from spreadqueue.queue.messages import MESS_TYPE_BASE, Kind, Reason, decode
-from spreadqueue.spread import wire
-from spreadqueue.spread.client import connect
-from spreadqueue.spread.session import SpreadSession
+from spreadqueue._queue.messages import MESS_TYPE_BASE, Kind, Reason, decode
+from spreadqueue._queue.names import queue_groups
+from spreadqueue._queue.sender import Reply, Sender
+from spreadqueue._spread import wire
+from spreadqueue._spread.client import connect
+from spreadqueue._spread.session import SpreadSession
 
 T = TypeVar("T")
 
 HANDLERS = "e2e_handlers:HANDLERS"
-SQM = "import sys; from spreadqueue.cli import sqm_main; sys.exit(sqm_main())"
+SQM = "import sys; from spreadqueue._service.cli import sqm_main; sys.exit(sqm_main())"
 #: How long a whole run of tasks may take on a loaded 2-core machine.
 RUN_DEADLINE = 60.0
 

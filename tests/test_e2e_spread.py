@@ -17,10 +17,10 @@ from procs import skip_if_external, spread_daemon
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
-from spreadqueue.spread import wire
-from spreadqueue.spread.client import connect
-from spreadqueue.spread.errors import NameNotUnique
-from spreadqueue.spread.session import SpreadSession
+from spreadqueue._spread import wire
+from spreadqueue._spread.client import connect
+from spreadqueue._spread.errors import NameNotUnique
+from spreadqueue._spread.session import SpreadSession
 
 
 def unique_name(prefix: str = "t") -> str:

@@ -15,8 +15,11 @@ import pytest
 from twisted.internet.selectreactor import SelectReactor
 from twisted.internet.threads import blockingCallFromThread
 
-from spreadqueue.queue import ManagerService, NoManager, RemoteError, Reply, Worker
-from spreadqueue.queue.blocking import BlockingSender
+from spreadqueue._queue.blocking import BlockingSender
+from spreadqueue._queue.errors import NoManager, RemoteError
+from spreadqueue._queue.manager import ManagerService
+from spreadqueue._queue.sender import Reply
+from spreadqueue._queue.worker import Worker
 from spreadqueue.testing import FakeSpreadNetwork
 
 

@@ -8,17 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zope.interface.verify import verifyObject
 
-from spreadqueue.interfaces import IAssignmentPolicy, ISerializer
-from spreadqueue.queue import (
-    JsonSerializer,
-    LeastRecentlyUsed,
-    MalformedMessage,
-    MsgpackSerializer,
-    PayloadTooLarge,
-    QueueNameError,
-    queue_groups,
-)
-from spreadqueue.queue.messages import (
+from spreadqueue._queue.errors import MalformedMessage, PayloadTooLarge, QueueNameError
+from spreadqueue._queue.interfaces import IAssignmentPolicy, ISerializer
+from spreadqueue._queue.messages import (
     MAX_ENTRIES,
     MAX_PAYLOAD,
     MESS_TYPE_BASE,
@@ -41,7 +33,10 @@ from spreadqueue.queue.messages import (
     max_data,
     mess_type,
 )
-from spreadqueue.spread import wire
+from spreadqueue._queue.names import queue_groups
+from spreadqueue._queue.policy import LeastRecentlyUsed
+from spreadqueue._queue.serializer import JsonSerializer, MsgpackSerializer
+from spreadqueue._spread import wire
 
 SAMPLES = {
     Kind.SUBMIT: [Submit("p.1", "add", b"\x92\x01\x02", None), Submit("p.2", "f", b"", 1500)],

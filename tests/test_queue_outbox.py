@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from twisted.internet.task import Clock
 
-from spreadqueue.queue.outbox import Turn
+from spreadqueue._queue.outbox import Turn
 
 
 class BatchingSession:

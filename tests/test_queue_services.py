@@ -16,29 +16,26 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from spreadqueue.interfaces import ISpreadSession
-from spreadqueue.queue import (
-    JsonSerializer,
-    Kind,
-    ManagerService,
+from spreadqueue._queue.errors import (
     NoManager,
     PayloadTooLarge,
     QueueError,
     QueueNameError,
     RemoteError,
-    Reply,
-    Sender,
     SenderStopped,
-    Task,
     TaskTimeout,
     UnknownFunction,
-    Worker,
     WorkerLost,
-    queue_groups,
 )
-from spreadqueue.queue.messages import Result, Status, encode, mess_type
-from spreadqueue.queue.sharing import acquire, holders, membership, release
-from spreadqueue.spread.wire import RegularMessage
+from spreadqueue._queue.manager import ManagerService
+from spreadqueue._queue.messages import Kind, Result, Status, encode, mess_type
+from spreadqueue._queue.names import queue_groups
+from spreadqueue._queue.sender import Reply, Sender
+from spreadqueue._queue.serializer import JsonSerializer
+from spreadqueue._queue.sharing import acquire, holders, membership, release
+from spreadqueue._queue.worker import Task, Worker
+from spreadqueue._spread.interfaces import ISpreadSession
+from spreadqueue._spread.wire import RegularMessage
 
 Q = "q"
 G = queue_groups(Q)

@@ -15,12 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zope.interface import implementer
 
-from spreadqueue.interfaces import IAssignmentPolicy
-from spreadqueue.queue import Effect, Kind, QueueManager, Reason, queue_groups
-from spreadqueue.queue.messages import (
+from spreadqueue._queue.interfaces import IAssignmentPolicy
+from spreadqueue._queue.messages import (
     Assign,
     Cancel,
     Done,
+    Kind,
+    Reason,
     Register,
     Release,
     Result,
@@ -28,7 +29,9 @@ from spreadqueue.queue.messages import (
     Status,
     Submit,
 )
-from spreadqueue.spread.wire import (
+from spreadqueue._queue.names import queue_groups
+from spreadqueue._queue.state import Effect, QueueManager
+from spreadqueue._spread.wire import (
     CAUSED_BY_DISCONNECT,
     CAUSED_BY_JOIN,
     CAUSED_BY_LEAVE,

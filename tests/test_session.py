@@ -18,9 +18,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from spreadqueue.interfaces import ISessionLink, ISpreadSession
-from spreadqueue.spread import errors, wire
-from spreadqueue.spread.session import ReceiveOverflow, SpreadSession
+from spreadqueue._spread import errors, wire
+from spreadqueue._spread.interfaces import ISessionLink, ISpreadSession
+from spreadqueue._spread.session import ReceiveOverflow, SpreadSession
 
 TRACES = Path(
     os.environ.get(

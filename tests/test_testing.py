@@ -5,8 +5,8 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from spreadqueue.interfaces import ISpreadSession
-from spreadqueue.spread import wire
+from spreadqueue._spread import wire
+from spreadqueue._spread.interfaces import ISpreadSession
 from spreadqueue.testing import FakeSpreadNetwork
 
 
@@ -53,7 +53,9 @@ def test_connect_refuses_a_duplicate_name() -> None:
 def test_the_readme_example_runs_a_queue_in_memory() -> None:
     """The README's spreadqueue.testing example, verbatim in spirit: a whole queue
     (manager, worker, sender) on the fake network, driven by a Clock."""
-    from spreadqueue.queue import ManagerService, Sender, Worker
+    from spreadqueue._queue.manager import ManagerService
+    from spreadqueue._queue.sender import Sender
+    from spreadqueue._queue.worker import Worker
 
     clock = Clock()
     network = FakeSpreadNetwork(clock)

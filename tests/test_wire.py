@@ -1,4 +1,4 @@
-"""Unit and property tests of :mod:`spreadqueue.spread.wire` (no traces needed).
+"""Unit and property tests of :mod:`spreadqueue._spread.wire` (no traces needed).
 
 Round trips for every encoder/decoder pair, chunking independence, garbage resistance,
 the daemon's header and handshake rules (README 5.3, 5.6) and our extra size rule, the
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spreadqueue.spread import wire
-from spreadqueue.spread.errors import (
+from spreadqueue._spread import wire
+from spreadqueue._spread.errors import (
     HandshakeError,
     IllegalGroupName,
     IllegalService,

@@ -1,4 +1,4 @@
-"""Golden tests: :mod:`spreadqueue.spread.wire` against traces of a real Spread 5.0.1 daemon.
+"""Golden tests: :mod:`spreadqueue._spread.wire` against traces of a real Spread 5.0.1 daemon.
 
 Every trace of ``../shared/spread-wire/traces`` (skipped with a reason when that folder is
 absent) and every compact vector of ``tests/vectors`` (always) is replayed connection by
@@ -39,13 +39,8 @@ import pytest
 import spread_traces as st
 from spread_traces import CLIENT, DAEMON, Decode, Record, Trace
 
-from spreadqueue.spread import wire
-from spreadqueue.spread.errors import (
-    HandshakeError,
-    IllegalGroupName,
-    MessageTooLong,
-    WireError,
-)
+from spreadqueue._spread import wire
+from spreadqueue._spread.errors import HandshakeError, IllegalGroupName, MessageTooLong, WireError
 
 MARK = wire.ENDIAN_MARKER
 TRACE_PATHS = st.trace_paths()

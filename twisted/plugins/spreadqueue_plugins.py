@@ -8,19 +8,19 @@ from twisted.application.service import ServiceMaker
 
 spreadDaemon = ServiceMaker(
     "spreadqueue embedded Spread daemon",
-    "spreadqueue.tap.daemon",
+    "spreadqueue._service.daemon_tap",
     "A Spread 4/5 compatible daemon (client protocol) for one machine.",
     "spread-daemon",
 )
 spreadqueueManager = ServiceMaker(
     "spreadqueue queue manager",
-    "spreadqueue.tap.manager",
+    "spreadqueue._service.manager_tap",
     "A spreadqueue queue manager (sqm): assigns each task to one worker.",
     "spreadqueue-manager",
 )
 spreadqueueWorker = ServiceMaker(
     "spreadqueue worker",
-    "spreadqueue.tap.worker",
+    "spreadqueue._service.worker_tap",
     "A spreadqueue worker running the handlers of module:object.",
     "spreadqueue-worker",
 )

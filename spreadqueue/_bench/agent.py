@@ -1,0 +1,377 @@
+"""A benchmark agent: one process playing one role, driven over its stdin/stdout.
+
+Run by ``spreadqueue bench`` (never by hand, though it works)::
+
+    python -m spreadqueue._bench.agent manager --spread ENDPOINT --queue Q
+    python -m spreadqueue._bench.agent worker  --spread ENDPOINT --queue Q [--victim]
+    python -m spreadqueue._bench.agent sender  --spread ENDPOINT --queue Q
+    python -m spreadqueue._bench.agent raw     --spread ENDPOINT
+
+Each role builds the product's own objects on its own Spread session over TCP
+(:class:`~spreadqueue._queue.ManagerService`, :class:`~spreadqueue._queue.Worker`,
+:class:`~spreadqueue._queue.Sender`, or a bare
+:class:`~spreadqueue._spread.session.SpreadSession` for ``raw``), reports
+``{"event": "ready", "pid": ..., "private_group": ...}`` and then answers the
+commands of :mod:`spreadqueue._bench.channel` (see each role's ``command``).
+
+Workers handle ``noop`` (returns None; counts tasks completed in the window the parent
+set) and ``hold``: the first attempt of a ``hold`` task never returns on a worker
+started with ``--victim`` (it reports ``{"event": "held", "task_id": ...}``, and the
+parent kills it with SIGKILL); any later attempt, on any worker, reports
+``{"event": "reassigned", "task_id": ..., "attempt": ..., "t_ns": ...}`` with the
+monotonic time it arrived, and returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.stdio import StandardIO
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+
+from .._queue.manager import ManagerService
+from .._queue.sender import Sender
+from .._queue.worker import Task, Worker
+from .._spread.client import connect
+from .._spread.daemon import SpreadDaemonService, local_session
+from .._spread.session import SpreadSession
+from .channel import ControlChannel
+from .load import RpcLoad
+from .rawload import Echo, PingPong, RelayReceiver, RelaySender
+
+__all__ = ["main"]
+
+ROLES = ("manager", "sqm", "worker", "sender", "raw")
+
+
+class _Role:
+    """What every role shares: a session, a channel, a ``stop`` command."""
+
+    def __init__(self, reactor: Any, session: SpreadSession, channel: ControlChannel) -> None:
+        self.reactor = reactor
+        self.session = session
+        self.channel = channel
+
+    async def start(self) -> dict[str, Any]:
+        """Start the role's product objects; return what the ready event adds."""
+        return {}
+
+    async def stop(self) -> None:
+        """Stop the role's product objects (the session is closed afterwards)."""
+
+    def command(self, cmd: str, args: dict[str, Any]) -> Any:
+        """Run one command from the parent."""
+        raise ValueError(f"{type(self).__name__} has no command {cmd!r}")
+
+
+class ManagerRole(_Role):
+    """A :class:`ManagerService` of the queue. Command ``stats``: its counters and
+    ``queued``, ``running``, ``workers``."""
+
+    def __init__(self, reactor: Any, session: SpreadSession, channel: ControlChannel, queue: str):
+        super().__init__(reactor, session, channel)
+        self.manager = ManagerService(reactor, session, queue)
+
+    async def start(self) -> dict[str, Any]:
+        self.manager.startService()
+        await self.manager.whenActive()
+        return {}
+
+    async def stop(self) -> None:
+        await self.manager.stopService()
+
+    def command(self, cmd: str, args: dict[str, Any]) -> Any:
+        if cmd == "stats":
+            state = self.manager.state
+            return {
+                **self.manager.stats,
+                "queued": state.queued if state else 0,
+                "running": state.running if state else 0,
+                "workers": state.worker_count if state else 0,
+            }
+        return super().command(cmd, args)
+
+
+class WorkerRole(_Role):
+    """A :class:`Worker` with the ``noop`` and ``hold`` handlers.
+
+    Commands: ``window {t0_ns, t1_ns}`` (count noop tasks completed in that window from
+    now on), ``stats`` (``in_window``, ``total`` and the worker's counters).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        session: SpreadSession,
+        channel: ControlChannel,
+        queue: str,
+        concurrency: int,
+        victim: bool,
+    ):
+        super().__init__(reactor, session, channel)
+        self.victim = victim
+        self.total = 0
+        self.in_window = 0
+        self._t0 = self._t1 = 0
+        self.worker = Worker(reactor, session, queue, concurrency=concurrency)
+        self.worker.add_handler("noop", self._noop)
+        self.worker.add_handler("hold", self._hold, with_task=True)
+
+    def _noop(self, _args: object) -> None:
+        self.total += 1
+        if self._t0 <= time.monotonic_ns() < self._t1:
+            self.in_window += 1
+
+    def _hold(self, task: Task, _args: object) -> Any:
+        if task.attempt > 1:
+            now = time.monotonic_ns()  # first: this is the measurement
+            self.channel.emit("reassigned", task_id=task.task_id, attempt=task.attempt, t_ns=now)
+            return None
+        if self.victim:
+            self.channel.emit("held", task_id=task.task_id)
+            return Deferred()  # held until this process is killed
+        return None
+
+    async def start(self) -> dict[str, Any]:
+        await self.worker.start()
+        return {"worker_id": self.worker.worker_id}
+
+    async def stop(self) -> None:
+        await self.worker.stop(timeout=1.0)
+
+    def command(self, cmd: str, args: dict[str, Any]) -> Any:
+        if cmd == "window":
+            self._t0, self._t1 = int(args["t0_ns"]), int(args["t1_ns"])
+            self.in_window = 0
+            return None
+        if cmd == "stats":
+            return {"in_window": self.in_window, "total": self.total, **self.worker.stats}
+        return super().command(cmd, args)
+
+
+class SenderRole(_Role):
+    """A :class:`Sender`.
+
+    Commands: ``load {func, payload, inflight, t0_ns, t1_ns}`` (see
+    :class:`~spreadqueue._bench.load.RpcLoad`; ``payload`` is the serialized size of the
+    arguments in bytes); ``hold {count}`` (start ``count`` rpc calls of ``hold``) and
+    ``hold_wait {wait_s}`` (wait for them: ``{"ok": n, "errors": {...}}``);
+    ``flood {count, payload}`` (submit that many ``noop`` tasks at once, no timeout,
+    leaving the sender's window to pace them); ``stats``.
+    """
+
+    def __init__(self, reactor: Any, session: SpreadSession, channel: ControlChannel, queue: str):
+        super().__init__(reactor, session, channel)
+        self.sender = Sender(reactor, session, queue)
+        self._holds: list[Deferred[Any]] = []
+
+    async def start(self) -> dict[str, Any]:
+        await self.sender.start()
+        return {}
+
+    async def stop(self) -> None:
+        await self.sender.stop()
+
+    def command(self, cmd: str, args: dict[str, Any]) -> Any:
+        if cmd == "load":
+            load = RpcLoad(
+                self.reactor,
+                self.sender,
+                args["func"],
+                payload_of(int(args["payload"])),
+                int(args["inflight"]),
+                int(args["t0_ns"]),
+                int(args["t1_ns"]),
+            )
+            return load.run()
+        if cmd == "hold":
+            for _ in range(int(args["count"])):
+                self._holds.append(self.sender.rpc("hold", None, timeout=120.0))
+            return None
+        if cmd == "hold_wait":
+            return self._hold_wait(float(args["wait_s"]))
+        if cmd == "flood":
+            data = payload_of(int(args["payload"]))
+            for _ in range(int(args["count"])):
+                self.sender.submit("noop", data)
+            return None
+        if cmd == "stats":
+            return {**self.sender.stats, "pending": self.sender.pending}
+        return super().command(cmd, args)
+
+    async def _hold_wait(self, timeout: float) -> dict[str, Any]:
+        holds, self._holds = self._holds, []
+        waiting = DeferredList(holds, consumeErrors=True)
+        waiting.addTimeout(timeout, self.reactor)
+        try:
+            outcomes = await waiting
+        except Exception:
+            outcomes = [(d.called, None) for d in holds]
+        errors: dict[str, int] = {}
+        ok = 0
+        for success, value in outcomes:
+            if success:
+                ok += 1
+            else:
+                name = type(getattr(value, "value", value)).__name__
+                errors[name] = errors.get(name, 0) + 1
+        return {"ok": ok, "errors": errors, "count": len(holds)}
+
+
+class RawRole(_Role):
+    """A bare Spread session. Commands: ``echo``; ``ping {peer, size, t0_ns, t1_ns}``;
+    ``relay_receive {ack_every, t0_ns, t1_ns}`` and ``relay_stats``;
+    ``relay_send {peer, size, window, t1_ns}``."""
+
+    def __init__(self, reactor: Any, session: SpreadSession, channel: ControlChannel):
+        super().__init__(reactor, session, channel)
+        self._echo: Echo | None = None
+        self._receiver: RelayReceiver | None = None
+
+    def command(self, cmd: str, args: dict[str, Any]) -> Any:
+        if cmd == "echo":
+            if self._echo is None:
+                self._echo = Echo(self.session)
+            return None
+        if cmd == "ping":
+            return PingPong(
+                self.reactor,
+                self.session,
+                args["peer"],
+                int(args["size"]),
+                int(args["t0_ns"]),
+                int(args["t1_ns"]),
+            ).run()
+        if cmd == "relay_receive":
+            if self._receiver is not None:
+                self._receiver.stop()
+            self._receiver = RelayReceiver(
+                self.session, int(args["ack_every"]), int(args["t0_ns"]), int(args["t1_ns"])
+            )
+            return None
+        if cmd == "relay_stats":
+            if self._receiver is None:
+                raise ValueError("relay_receive first")
+            return self._receiver.stats()
+        if cmd == "relay_send":
+            return RelaySender(
+                self.reactor,
+                self.session,
+                args["peer"],
+                int(args["size"]),
+                int(args["window"]),
+                int(args["t1_ns"]),
+            ).run()
+        return super().command(cmd, args)
+
+
+def payload_of(size: int) -> bytes:
+    """Arguments whose msgpack serialization (the default serializer) is ``size`` bytes."""
+    # A msgpack bin has a 2-byte header up to 255 bytes of data, 3 up to 65535, 5 beyond.
+    if 2 <= size <= 2 + 255:
+        return bytes(size - 2)
+    if 3 + 256 <= size <= 3 + 65535:
+        return bytes(size - 3)
+    if size >= 5 + 65536:
+        return bytes(size - 5)
+    raise ValueError(f"no msgpack bytes value serializes to exactly {size} bytes")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m spreadqueue._bench.agent", description=__doc__)
+    p.add_argument("role", choices=ROLES)
+    p.add_argument("--spread", default="", help="Spread daemon endpoint (not for sqm)")
+    p.add_argument("--queue", default="bench", help="queue name (not for raw)")
+    p.add_argument("--concurrency", type=int, default=1, help="worker's concurrency")
+    p.add_argument("--victim", action="store_true", help="worker: hold 'hold' tasks")
+    return p
+
+
+async def _serve(reactor: Any, options: argparse.Namespace) -> None:
+    finished: Deferred[None] = Deferred()
+    role: _Role | None = None
+
+    def eof() -> None:
+        if not finished.called:
+            finished.callback(None)
+
+    def handle(cmd: str, args: dict[str, Any]) -> Any:
+        if cmd == "stop":
+            reactor.callLater(0, eof)
+            return None
+        if role is None:
+            raise ValueError("not ready yet")
+        return role.command(cmd, args)
+
+    channel = ControlChannel(handle, eof)
+    StandardIO(channel, reactor=reactor)
+    colocated: dict[str, Any] = {}
+    if options.role == "sqm":
+        # What sqm does with no daemon around: the embedded daemon in this process and
+        # the manager on an in-process session of it (no socket, no encoding).
+        daemon = SpreadDaemonService("tcp:0:interface=127.0.0.1", reactor=reactor)
+        daemon.startService()
+        port = await daemon.whenListening()
+        colocated["port"] = cast(IPv4Address, port.getHost()).port
+        session = local_session(daemon.factory)
+    else:
+        session = await connect(reactor, options.spread)
+    if options.role in ("manager", "sqm"):
+        role = ManagerRole(reactor, session, channel, options.queue)
+    elif options.role == "worker":
+        role = WorkerRole(
+            reactor, session, channel, options.queue, options.concurrency, options.victim
+        )
+    elif options.role == "sender":
+        role = SenderRole(reactor, session, channel, options.queue)
+    else:
+        role = RawRole(reactor, session, channel)
+    extra = await role.start()
+    channel.emit(
+        "ready", pid=os.getpid(), private_group=session.private_group, **extra, **colocated
+    )
+    await finished
+    try:
+        await role.stop()
+    finally:
+        if session.connected:
+            await session.disconnect()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one agent until the parent says ``stop`` or closes our stdin."""
+    from twisted.internet import task
+
+    options = _parser().parse_args(argv)
+    # Logs to stderr (the parent keeps them in a file); stdout is the control channel.
+    globalLogBeginner.beginLoggingTo(
+        [
+            FilteringLogObserver(
+                textFileLogObserver(sys.stderr),
+                [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
+            )
+        ],
+        redirectStandardIO=False,
+    )
+    try:
+        task.react(lambda reactor: Deferred.fromCoroutine(_serve(reactor, options)))
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""``ManagerService``: runs a :class:`~spreadqueue._queue.state.QueueManager` on a session.
+
+The service is the thin Twisted shell around the pure state machine: it joins the
+queue's groups, decodes frames into inputs, lets time pass, and sends the effects,
+batched once per batch of frames (see :class:`~spreadqueue._queue.outbox.Turn`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .._spread.interfaces import ISpreadSession
+from .._spread.wire import MembershipMessage, RegularMessage
+from .errors import MalformedMessage
+from .interfaces import IAssignmentPolicy
+from .messages import Kind, Message, decode, is_queue_message
+from .names import queue_groups
+from .outbox import Turn, send
+from .sharing import acquire, membership, release
+from .state import QueueManager
+
+__all__ = ["ManagerService", "SessionFactory"]
+
+#: Makes a new session (e.g. ``lambda: connect(reactor, endpoint)``).
+SessionFactory = Callable[[], "Deferred[ISpreadSession]"]
+
+#: The held acknowledgements' timer fires at most this often; an ACK goes out at most
+#: this much after its due time (QueueManager holds ACKs only for senders that wait
+#: 100 ms or more for them).
+_WAKEUP_GRAIN: Final = 0.01
+
+_MANAGER_KINDS: Final = frozenset(
+    {Kind.SUBMIT, Kind.CANCEL, Kind.REGISTER, Kind.DONE, Kind.RESULT, Kind.RETIRE, Kind.RELEASE}
+)
+
+
+class ManagerService(Service):
+    """The queue manager of queue ``queue``, as a Twisted service.
+
+    ``session`` is an :class:`~spreadqueue.interfaces.ISpreadSession` (shared with
+    anything else; the service never closes it) or a :data:`SessionFactory`; with a
+    factory the service opens its own session, and opens a new one (with back-off)
+    whenever it is lost, as long as the service runs.
+
+    Start several for one queue (in other processes, or on other sessions) for
+    standby: exactly one is active at a time (see :attr:`active`).
+
+    ``ack_delay`` (seconds) is how long the acknowledgement of a task assigned at once
+    may be held back (and then left out if the result came first); see
+    :class:`~spreadqueue._queue.state.QueueManager`.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        session: ISpreadSession | SessionFactory,
+        queue: str,
+        *,
+        policy: IAssignmentPolicy | None = None,
+        max_attempts: int = 3,
+        register_grace: float = 2.0,
+        max_queued: int | None = None,
+        tick_interval: float = 0.25,
+        reconnect_delay: float = 1.0,
+        max_reconnect_delay: float = 30.0,
+        ack_delay: float = 0.05,
+    ) -> None:
+        self.groups = queue_groups(queue)
+        self.name = f"spreadqueue-manager-{queue}"  # type: ignore[assignment]
+        self._reactor = reactor
+        if ISpreadSession.providedBy(session):
+            self._given: ISpreadSession | None = session  # type: ignore[assignment]
+            self._factory: SessionFactory | None = None
+        elif callable(session):
+            self._given = None
+            self._factory = session
+        else:
+            raise TypeError(f"session must be an ISpreadSession or a factory, not {session!r}")
+        self._options: dict[str, Any] = {
+            "policy": policy,
+            "max_attempts": max_attempts,
+            "register_grace": register_grace,
+            "max_queued": max_queued,
+            "ack_delay": ack_delay,
+        }
+        self._tick_interval = tick_interval
+        self._reconnect_delay = reconnect_delay
+        self._max_reconnect_delay = max_reconnect_delay
+        self._delay = reconnect_delay
+        self._retry: IDelayedCall | None = None
+        self._session: ISpreadSession | None = None
+        self._state: QueueManager | None = None
+        self._ticker: LoopingCall | None = None
+        self._wakeup: IDelayedCall | None = None
+        self._turn = Turn(reactor, self._flush)
+        self._active_waiters: list[Deferred[None]] = []
+        self._counters: dict[str, int] = {
+            "malformed": 0,
+            "foreign": 0,
+            "unexpected": 0,
+            "messages_sent": 0,
+            "sessions": 0,
+        }
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def session(self) -> ISpreadSession | None:
+        """The session in use (None while (re)connecting or stopped)."""
+        return self._session
+
+    @property
+    def state(self) -> QueueManager | None:
+        """The state machine of the current session (None while not attached)."""
+        return self._state
+
+    @property
+    def active(self) -> bool:
+        """True while this manager is the queue's active manager."""
+        return self._state is not None and self._state.active
+
+    def whenActive(self) -> Deferred[None]:
+        """A Deferred that fires once this manager is the queue's active manager."""
+        if self.active:
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._active_waiters.remove)
+        self._active_waiters.append(d)
+        return d
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Service counters merged with the state machine's."""
+        out = dict(self._counters)
+        if self._state is not None:
+            out.update(self._state.stats)
+        return out
+
+    # ------------------------------------------------------------------ service
+
+    def startService(self) -> None:
+        """Join the queue's groups (opening a session first with a factory)."""
+        super().startService()
+        if self._given is not None:
+            self._attach(self._given)
+        else:
+            self._open()
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """Leave the groups (the manager group first, so a standby takes over at once)."""
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        session = self._session
+        if session is None:
+            return succeed(None)
+        groups = self.groups
+        # Leave Q-mgr first: a standby takes over at that point of the total order.
+        # Senders then see us leave Q-snd and resubmit to it.
+        leaves = [release(session, g) for g in (groups.manager, groups.senders, groups.workers)]
+        d: Deferred[Any] = DeferredList(leaves, consumeErrors=True)
+
+        def detach(_: object) -> Deferred[None] | None:
+            self._flush()
+            self._detach(session)
+            if self._factory is not None and session.connected:
+                # Stop only once the session is closed: at reactor shutdown, what is
+                # still unwritten (the RESUBMITs just flushed, the KILL) would be lost.
+                return session.disconnect()
+            return None
+
+        d.addCallback(detach)
+        return d  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ sessions
+
+    def _open(self) -> None:
+        assert self._factory is not None
+        self._retry = None
+        d = self._factory()
+
+        def opened(session: ISpreadSession) -> None:
+            self._delay = self._reconnect_delay
+            if not self.running:
+                session.disconnect()
+                return
+            self._attach(session)
+
+        def failed(f: Failure) -> None:
+            self.log.warn(
+                "queue manager {queue}: cannot open a Spread session ({error}); retrying in "
+                "{delay:.1f}s",
+                queue=self.groups.queue,
+                error=f.getErrorMessage(),
+                delay=self._delay,
+            )
+            self._schedule_reopen()
+
+        d.addCallbacks(opened, failed)
+
+    def _schedule_reopen(self) -> None:
+        if not self.running or self._factory is None or self._retry is not None:
+            return
+        self._retry = self._reactor.callLater(self._delay, self._open)
+        self._delay = min(self._delay * 2, self._max_reconnect_delay)
+
+    def _attach(self, session: ISpreadSession) -> None:
+        groups = self.groups
+        self._session = session
+        self._turn.session = session
+        self._counters["sessions"] += 1
+        self._state = QueueManager(groups, session.private_group, **self._options)
+        session.add_listener(self._on_manager_group, groups.manager)
+        session.add_listener(self._on_worker_group, groups.workers)
+        session.add_listener(self._on_sender_group, groups.senders)
+        session.whenDisconnected().addCallback(lambda _: self._lost(session))
+        # Join Q-wrk first (an active manager must see workers come and go), then
+        # Q-mgr, then Q-snd: senders resend unacknowledged submits when a member joins
+        # Q-snd, and by then we are in Q-mgr to receive them. The state machine only
+        # becomes active once it is a member of all three.
+        d = acquire(session, groups.workers)
+        d.addCallback(lambda _: self._catch_up(session, groups.workers))
+        d.addCallback(lambda _: acquire(session, groups.manager))
+        d.addCallback(lambda _: acquire(session, groups.senders))
+        d.addCallback(lambda _: self._catch_up(session, groups.senders))
+        d.addErrback(self._join_failed, session)
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = self._reactor
+        self._ticker.start(self._tick_interval, now=False)
+        self.log.info(
+            "queue manager {queue} attached to {session}",
+            queue=groups.queue,
+            session=session.private_group,
+        )
+
+    def _catch_up(self, session: ISpreadSession, group: str) -> None:
+        """Give the state machine the current members of ``group``.
+
+        A worker or sender sharing our session may have joined the group before us:
+        then our own join notice never comes, and without it the state machine would
+        never count itself a member (and never become active). Replaying the latest
+        notice is harmless when we did see it: nothing changed since.
+        """
+        view = membership(session, group)
+        state = self._state
+        if view is not None and state is not None and session is self._session:
+            state.on_membership(self._now(), view)
+            self._turn.schedule()
+
+    def _join_failed(self, f: Failure, session: ISpreadSession) -> None:
+        if session is self._session and session.connected:
+            self.log.failure("queue manager {queue}: joining failed", f, queue=self.groups.queue)
+
+    def _detach(self, session: ISpreadSession) -> None:
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        self._ticker = None
+        self._turn.cancel()
+        if self._wakeup is not None and self._wakeup.active():
+            self._wakeup.cancel()
+        self._wakeup = None
+        for listener, group in (
+            (self._on_manager_group, self.groups.manager),
+            (self._on_worker_group, self.groups.workers),
+            (self._on_sender_group, self.groups.senders),
+        ):
+            session.remove_listener(listener, group)
+        if self._session is session:
+            self._session = None
+            self._turn.session = None
+            self._state = None
+
+    def _lost(self, session: ISpreadSession) -> None:
+        if self._session is not session:
+            return
+        self.log.warn(
+            "queue manager {queue}: Spread session {session} lost",
+            queue=self.groups.queue,
+            session=session.private_group,
+        )
+        self._detach(session)
+        self._schedule_reopen()
+
+    # ------------------------------------------------------------------ frames
+
+    def _now(self) -> float:
+        return self._reactor.seconds()
+
+    def _decode(self, frame: RegularMessage) -> Message | None:
+        if not is_queue_message(frame.mess_type):
+            self._counters["foreign"] += 1
+            return None
+        try:
+            return decode(frame.mess_type, frame.data)
+        except MalformedMessage as e:
+            self._counters["malformed"] += 1
+            self.log.warn(
+                "queue manager {queue}: dropped a malformed message from {sender}: {error}",
+                queue=self.groups.queue,
+                sender=frame.sender,
+                error=str(e),
+            )
+            return None
+
+    def _on_manager_group(self, frame: object) -> None:
+        state = self._state
+        if state is None:
+            return
+        if type(frame) is MembershipMessage:
+            state.on_membership(self._now(), frame)
+        elif type(frame) is RegularMessage:
+            msg = self._decode(frame)
+            if msg is None:
+                return
+            if msg.kind not in _MANAGER_KINDS:
+                self._counters["unexpected"] += 1
+                return
+            state.on_message(self._now(), frame.sender, msg.kind, msg.entries)
+        self._turn.schedule()
+
+    def _on_worker_group(self, frame: object) -> None:
+        state = self._state
+        if state is None:
+            return
+        if type(frame) is MembershipMessage:
+            state.on_membership(self._now(), frame)
+            self._turn.schedule()
+        elif type(frame) is RegularMessage:
+            msg = self._decode(frame)
+            if msg is not None and msg.kind is Kind.HELLO:
+                if frame.sender != state.me and state.active:
+                    # Two active managers: only possible while a network partition
+                    # heals; the merge notice settles it (docs/protocol.md).
+                    self.log.warn(
+                        "queue manager {queue}: another manager {other} is active too",
+                        queue=self.groups.queue,
+                        other=frame.sender,
+                    )
+
+    def _on_sender_group(self, frame: object) -> None:
+        state = self._state
+        if state is not None and type(frame) is MembershipMessage:
+            state.on_membership(self._now(), frame)
+            self._turn.schedule()
+
+    def _tick(self) -> None:
+        state = self._state
+        if state is not None:
+            state.tick(self._now())
+            self._flush()
+
+    def _woken(self) -> None:
+        self._wakeup = None
+        self._tick()
+
+    def _flush(self) -> None:
+        state, session = self._state, self._session
+        if state is None or session is None:
+            return
+        for effect in state.take_effects():
+            self._counters["messages_sent"] += send(
+                session, effect.groups, effect.kind, effect.entries
+            )
+        due = state.next_wakeup()
+        if due is not None and self._wakeup is None:
+            # One timer for all the held acknowledgements, firing at most every
+            # _WAKEUP_GRAIN seconds (each firing sends all that are due by then).
+            delay = max(due - self._now(), _WAKEUP_GRAIN)
+            self._wakeup = self._reactor.callLater(delay, self._woken)
+        if state.active and self._active_waiters:
+            waiters, self._active_waiters = self._active_waiters, []
+            for d in waiters:
+                d.callback(None)

@@ -1,0 +1,640 @@
+"""``Sender``: submits tasks to a queue and collects their results."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .._spread.interfaces import ISpreadSession
+from .._spread.wire import MembershipMessage, RegularMessage
+from .errors import (
+    MalformedMessage,
+    NoManager,
+    PayloadTooLarge,
+    QueueError,
+    QueueFull,
+    RemoteError,
+    SenderStopped,
+    TaskError,
+    TaskTimeout,
+    UnknownFunction,
+    WorkerLost,
+)
+from .interfaces import ISerializer
+from .messages import (
+    MAX_FUNC,
+    MAX_PAYLOAD,
+    MAX_TIMEOUT_MS,
+    MESS_TYPE_BASE,
+    Cancel,
+    Kind,
+    Reason,
+    Status,
+    Submit,
+    decode,
+)
+from .names import queue_groups
+from .outbox import Turn, send
+from .serializer import default_serializer
+from .sharing import acquire, membership, release
+
+__all__ = ["Reply", "Sender"]
+
+_BACKLOG: Final = 0  # not sent yet (window full, not started, or to resend)
+_UNACKED: Final = 1  # sent, no manager acknowledged it yet
+_ACKED: Final = 2  # a manager queued it
+
+_MINE: Final = frozenset(MESS_TYPE_BASE + k for k in (Kind.ACK, Kind.RESULT, Kind.FAILED))
+_OK: Final = int(Status.OK)
+_tuple_new: Any = tuple.__new__
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One answer to a submitted task, as :meth:`Sender.receive` returns it.
+
+    ``final`` is False for the earlier answers of a task that answered several
+    times (the seed's repeated ``respond``); the last answer is final.
+    """
+
+    task_id: str
+    value: Any
+    final: bool = True
+
+
+class _Pending:
+    __slots__ = (
+        "ack_deadline",
+        "acked_by",
+        "args",
+        "deadline",
+        "deferred",
+        "func",
+        "state",
+        "task_id",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        task_id: str,
+        func: str,
+        args: bytes,
+        timeout: float | None,
+        deadline: float | None,
+        deferred: Deferred[Any] | None,
+    ) -> None:
+        self.task_id = task_id
+        self.func = func
+        self.args = args
+        self.timeout = timeout
+        self.deadline = deadline
+        self.deferred = deferred
+        self.state = _BACKLOG
+        self.acked_by: str | None = None
+        self.ack_deadline = 0.0
+
+
+class Sender:
+    """Submits calls to queue ``queue`` over ``session`` and collects the answers.
+
+    - :meth:`submit` queues a call and returns its task id at once; :meth:`receive`
+      gives the answers of submitted tasks in completion order.
+    - :meth:`rpc` is a call with its own Deferred (cancellable; concurrent calls never
+      see each other's answers).
+
+    Every submission must be acknowledged by the queue's active manager within
+    ``ack_timeout`` seconds, else it fails with NoManager. At most ``window``
+    submissions are unacknowledged at once (more wait here), so a fast sender cannot
+    bury the manager. When the manager that acknowledged a task goes away, the task is
+    submitted again to whichever manager is active then.
+
+    Any number of senders (and workers, managers) may share one session.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        session: ISpreadSession,
+        queue: str,
+        *,
+        serializer: ISerializer | None = None,
+        ack_timeout: float = 5.0,
+        window: int = 256,
+        id_prefix: str | None = None,
+    ) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.groups = queue_groups(queue)
+        self.session = session
+        self.ack_timeout = ack_timeout
+        self.window = window
+        self._reactor = reactor
+        self._serializer: ISerializer = serializer or default_serializer()
+        # Task ids are unique across senders and processes: a random prefix per Sender
+        # (several share one session, so the session's name is not enough) + a counter.
+        prefix = id_prefix if id_prefix is not None else secrets.token_hex(8)
+        if not prefix or len(prefix) > 40 or "." in prefix:
+            raise ValueError("id_prefix must be 1..40 characters without '.'")
+        self._prefix = prefix + "."
+        # Sent with every SUBMIT: a manager may hold the ACK of a task it assigns at
+        # once back for a fraction of this, and leave it out when the result is first.
+        self._ack_ms: int | None = max(0, min(MAX_TIMEOUT_MS, int(ack_timeout * 1000)))
+        self._counter = itertools.count(1)
+        self._pending: dict[str, _Pending] = {}
+        self._backlog: deque[_Pending] = deque()
+        self._unacked = 0
+        self._acks: deque[tuple[float, _Pending]] = deque()
+        self._ack_timer: IDelayedCall | None = None
+        # Task timeouts: one heap and one timer for all tasks, not a DelayedCall per
+        # task; entries of finished tasks are skipped when they come up.
+        self._deadlines: list[tuple[float, int, _Pending]] = []
+        self._deadline_seq = itertools.count()
+        self._deadline_timer: IDelayedCall | None = None
+        self._live_deadlines = 0
+        self._replies: deque[Reply | TaskError] = deque()
+        self._waiters: deque[Deferred[Reply]] = deque()
+        self._members: dict[str, None] = {}
+        # sessions that sent our session ACKs (the managers we may depend on; managers
+        # of other queues sharing the session too, harmlessly: they are not in Q-snd)
+        self._ackers: dict[str, None] = {}
+        # what the next flush sends to Q-mgr (one message per kind, split if large)
+        self._submits: list[Submit] = []
+        self._cancels: list[Cancel] = []
+        self._to_manager = (self.groups.manager,)
+        self._turn = Turn(reactor, self._flush, session)
+        self._state = "new"  # new -> starting -> ready -> stopped
+        self._start_d: Deferred[None] | None = None
+        self.stats: dict[str, int] = {
+            "submitted": 0,
+            "results": 0,
+            "late_replies": 0,
+            "resubmitted": 0,
+            "malformed": 0,
+            "messages_sent": 0,
+        }
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def pending(self) -> int:
+        """Tasks submitted and not finished (answered, failed, timed out, cancelled)."""
+        return len(self._pending)
+
+    @property
+    def unacknowledged(self) -> int:
+        """Submissions sent and not yet acknowledged by a manager."""
+        return self._unacked
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Deferred[None]:
+        """Join the queue's sender group; submissions are sent once it fires.
+
+        Called by the first :meth:`submit` / :meth:`rpc` if not called before.
+        """
+        if self._start_d is not None:
+            return self._start_d
+        self._state = "starting"
+        session = self.session
+        session.add_listener(self._on_private, session.private_group)
+        session.add_listener(self._on_senders, self.groups.senders)
+        session.whenDisconnected().addCallback(lambda _: self._session_lost())
+        d = acquire(session, self.groups.senders)
+
+        def joined(_: object) -> None:
+            if self._state == "starting":
+                # When another component of this session joined Q-snd first, no join
+                # notice came our way: start from the group's current members, or a
+                # manager leaving would go unnoticed (and its tasks unresubmitted).
+                view = membership(session, self.groups.senders)
+                if view is not None:
+                    self._members = dict.fromkeys(view.members)
+                self._state = "ready"
+                self._pump()
+
+        def failed(f: Failure) -> None:
+            if self._state == "starting":
+                self.log.failure("queue sender {queue}: join failed", f, queue=self.groups.queue)
+                self._fail_all("could not join the queue's sender group")
+
+        d.addCallbacks(joined, failed)
+        self._start_d = d
+        return d
+
+    def stop(self) -> Deferred[None]:
+        """Cancel every pending task (telling the manager), leave the sender group."""
+        if self._state == "stopped":
+            return succeed(None)
+        started = self._state != "new"
+        self._state = "stopped"
+        for p in list(self._pending.values()):
+            if p.state != _BACKLOG:
+                self._cancels.append(Cancel(p.task_id))
+        self._fail_all("the sender was stopped")
+        if not started:
+            return succeed(None)
+        self._flush()
+        self._turn.cancel()
+        session = self.session
+        session.remove_listener(self._on_private, session.private_group)
+        session.remove_listener(self._on_senders, self.groups.senders)
+        return release(session, self.groups.senders)
+
+    # ------------------------------------------------------------------ API
+
+    def submit(self, func: str, args: Any = None, *, timeout: float | None = None) -> str:
+        """Queue ``func(args)``; return its task id at once.
+
+        The answer comes from :meth:`receive`. With ``timeout`` (seconds) the task
+        fails with TaskTimeout if no final answer came by then, and the manager is
+        told to drop it. Raises TypeError (unserializable args), PayloadTooLarge,
+        ValueError (bad function name or timeout) and QueueError once stopped.
+        """
+        return self._submit(func, args, timeout, None)
+
+    def rpc(self, func: str, args: Any = None, *, timeout: float | None = 30.0) -> Deferred[Any]:
+        """Call ``func(args)`` on a worker; the Deferred fires with the final answer.
+
+        It fails with RemoteError, UnknownFunction, TaskTimeout, WorkerLost,
+        NoManager..., and can be cancelled (the manager is told to drop the task).
+        """
+        cell: list[str] = []
+        d: Deferred[Any] = Deferred(lambda _: self._withdraw(cell[0]) if cell else None)
+        try:
+            cell.append(self._submit(func, args, timeout, d))
+        except Exception:
+            return fail()
+        return d
+
+    def receive(self) -> Deferred[Reply]:
+        """The next answer to a :meth:`submit` ted task (completion order).
+
+        Fires with a :class:`Reply`, or fails with the task's TaskError (RemoteError,
+        TaskTimeout, ...; its ``task_id`` says which task).
+        """
+        if self._replies:
+            item = self._replies.popleft()
+            return fail(item) if isinstance(item, TaskError) else succeed(item)
+        d: Deferred[Reply] = Deferred(self._waiters.remove)
+        self._waiters.append(d)
+        return d
+
+    def cancel(self, task_id: str) -> bool:
+        """Give up on a task: it will produce no answer; False if it was not pending."""
+        p = self._pending.get(task_id)
+        if p is None:
+            return False
+        self._withdraw(task_id)
+        if p.deferred is not None and not p.deferred.called:
+            p.deferred.cancel()
+        return True
+
+    # ------------------------------------------------------------------ submitting
+
+    def _submit(
+        self, func: str, args: Any, timeout: float | None, deferred: Deferred[Any] | None
+    ) -> str:
+        state = self._state
+        if state == "stopped":
+            raise QueueError("this sender is stopped")
+        if not isinstance(func, str) or not 0 < len(func) <= MAX_FUNC:
+            raise ValueError(f"the function name must be a str of 1..{MAX_FUNC} characters")
+        if timeout is not None and not 0 < timeout * 1000 <= MAX_TIMEOUT_MS:
+            raise ValueError(f"timeout must be positive and at most {MAX_TIMEOUT_MS} ms")
+        data = self._serializer.dumps(args)
+        if len(data) > MAX_PAYLOAD:
+            raise PayloadTooLarge(f"arguments of {len(data)} bytes; at most {MAX_PAYLOAD} fit")
+        task_id = f"{self._prefix}{next(self._counter)}"
+        now = self._reactor.seconds()
+        deadline = None if timeout is None else now + timeout
+        p = _Pending(task_id, func, data, timeout, deadline, deferred)
+        self._pending[task_id] = p
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, next(self._deadline_seq), p))
+            self._live_deadlines += 1
+            timer = self._deadline_timer
+            if timer is None or timer.getTime() > deadline:
+                self._arm_deadlines(now)
+        self.stats["submitted"] += 1
+        if state == "ready" and not self._backlog and self._unacked < self.window:
+            self._send(p, now)  # the usual case: straight into this turn's SUBMIT
+        else:
+            self._backlog.append(p)
+            if state == "new":
+                self.start()
+            self._pump()
+        return task_id
+
+    def _send(self, p: _Pending, now: float) -> None:
+        """Put ``p`` into this turn's SUBMIT message."""
+        p.state = _UNACKED
+        self._unacked += 1
+        deadline = p.deadline
+        remaining = None if deadline is None else max(1, int((deadline - now) * 1000))
+        submits = self._submits
+        submits.append(_tuple_new(Submit, (p.task_id, p.func, p.args, remaining, self._ack_ms)))
+        ack_deadline = p.ack_deadline = now + self.ack_timeout
+        self._acks.append((ack_deadline, p))
+        if self._ack_timer is None:
+            self._ack_timer = self._reactor.callLater(
+                max(0.0, self._acks[0][0] - now), self._check_acks
+            )
+        if len(submits) == 1:
+            self._turn.schedule()
+
+    def _pump(self) -> None:
+        """Send backlog tasks while the window allows."""
+        backlog = self._backlog
+        if not backlog or self._state != "ready":
+            return
+        pending = self._pending
+        now = self._reactor.seconds()
+        while backlog and self._unacked < self.window:
+            p = backlog.popleft()
+            if pending.get(p.task_id) is not p or p.state != _BACKLOG:
+                continue
+            self._send(p, now)
+
+    def _check_acks(self) -> None:
+        self._ack_timer = None
+        now = self._reactor.seconds()
+        acks = self._acks
+        while acks and acks[0][0] <= now:
+            deadline, p = acks.popleft()
+            if (
+                p.state == _UNACKED
+                and p.ack_deadline == deadline
+                and self._pending.get(p.task_id) is p
+            ):
+                self._finish(
+                    p,
+                    NoManager(
+                        p.task_id,
+                        f"no manager of queue {self.groups.queue!r} acknowledged the task "
+                        f"within {self.ack_timeout:g}s",
+                    ),
+                    cancel=True,
+                )
+        if acks:
+            self._ack_timer = self._reactor.callLater(acks[0][0] - now, self._check_acks)
+        self._pump()
+
+    def _resend(self, tasks: list[_Pending]) -> None:
+        """Submit ``tasks`` again (to whichever manager is active now), in order."""
+        for p in reversed(tasks):
+            if p.state == _UNACKED:
+                self._unacked -= 1
+            p.state = _BACKLOG
+            p.acked_by = None
+            self._backlog.appendleft(p)
+        self.stats["resubmitted"] += len(tasks)
+        self._pump()
+
+    def _arm_deadlines(self, now: float) -> None:
+        heap, timer = self._deadlines, self._deadline_timer
+        if not heap:
+            return
+        first = heap[0][0]
+        if timer is not None:
+            if timer.getTime() <= first:
+                return
+            timer.cancel()
+        self._deadline_timer = self._reactor.callLater(max(0.0, first - now), self._timeouts)
+
+    def _timeouts(self) -> None:
+        self._deadline_timer = None
+        now = self._reactor.seconds()
+        pending = self._pending
+        # (re-read self._deadlines: finishing a task may compact it into a new list)
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, p = heapq.heappop(self._deadlines)
+            if pending.get(p.task_id) is p:
+                error = TaskTimeout(p.task_id, f"no result within {p.timeout:g}s")
+                self._finish(p, error, cancel=True)
+        self._arm_deadlines(now)
+
+    def _withdraw(self, task_id: str) -> None:
+        """Forget a task without answering it; tell the manager if it was sent."""
+        p = self._pending.get(task_id)
+        if p is not None:
+            self._remove(p, cancel=True)
+
+    def _remove(self, p: _Pending, *, cancel: bool) -> None:
+        del self._pending[p.task_id]
+        if p.deadline is not None:
+            self._live_deadlines -= 1
+            heap = self._deadlines
+            if len(heap) > 2 * self._live_deadlines + 1024:
+                pending = self._pending
+                self._deadlines = [e for e in heap if pending.get(e[2].task_id) is e[2]]
+                heapq.heapify(self._deadlines)
+        if p.state == _UNACKED:
+            self._unacked -= 1
+        if cancel and p.state != _BACKLOG and self._state != "stopped":
+            self._cancels.append(Cancel(p.task_id))
+            self._turn.schedule()
+        p.state = _BACKLOG
+        if self._backlog:
+            self._pump()
+
+    def _finish(self, p: _Pending, outcome: Reply | TaskError, *, cancel: bool = False) -> None:
+        """The task's final outcome: remove it and hand ``outcome`` to its reader."""
+        self._remove(p, cancel=cancel)
+        self._deliver(p, outcome)
+
+    def _deliver(self, p: _Pending, outcome: Reply | TaskError) -> None:
+        d = p.deferred
+        if d is not None:
+            if isinstance(outcome, TaskError):
+                d.errback(outcome)
+            else:
+                d.callback(outcome.value)
+            return
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            if isinstance(outcome, TaskError):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)
+        else:
+            self._replies.append(outcome)
+
+    def _fail_all(self, why: str) -> None:
+        for p in list(self._pending.values()):
+            self._finish(p, SenderStopped(p.task_id, why))
+        self._backlog.clear()
+        self._acks.clear()
+        self._deadlines.clear()
+        for timer in (self._ack_timer, self._deadline_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._ack_timer = self._deadline_timer = None
+        waiters, self._waiters = self._waiters, deque()
+        for w in waiters:
+            w.errback(SenderStopped("", why))
+
+    def _session_lost(self) -> None:
+        if self._state != "stopped":
+            self._state = "stopped"
+            self._fail_all("the Spread session was lost")
+
+    # ------------------------------------------------------------------ frames
+
+    def _on_senders(self, frame: object) -> None:
+        if type(frame) is not MembershipMessage or frame.is_transition:
+            return
+        if frame.is_self_leave:
+            self._members = {}
+            return
+        members = dict.fromkeys(frame.members)
+        before = self._members
+        gone = [m for m in before if m not in members]
+        came = [m for m in members if m not in before and m != self.session.private_group]
+        self._members = members
+        if self._state != "ready":
+            return
+        lost = frozenset(gone)
+        # Unacknowledged tasks may be held by a manager that has gone: one that
+        # acknowledged our session (managers hold ACKs back only after one), or, if we
+        # saw no ACK from a member of this queue (a sender new on a shared session),
+        # any member.
+        ackers = [m for m in self._ackers if m in before]
+        unacked_too = bool(came) or (any(m in lost for m in ackers) if ackers else bool(lost))
+        for m in gone:
+            self._ackers.pop(m, None)
+        again = [
+            p
+            for p in self._pending.values()
+            if (p.state == _ACKED and p.acked_by in lost) or (unacked_too and p.state == _UNACKED)
+        ]
+        if again:
+            # A manager we depended on left (its tasks go to the active one now), or a
+            # session joined that may be a (new) manager: submits nobody acknowledged
+            # may have gone to an empty manager group, so send them again. Managers
+            # acknowledge duplicates without queueing them twice.
+            self.log.info(
+                "queue sender {queue}: membership changed; resubmitting {n} task(s)",
+                queue=self.groups.queue,
+                n=len(again),
+            )
+            self._resend(again)
+
+    def _on_private(self, frame: object) -> None:
+        if type(frame) is not RegularMessage or frame.mess_type not in _MINE:
+            return
+        try:
+            msg = decode(frame.mess_type, frame.data)
+        except MalformedMessage as exc:
+            self.stats["malformed"] += 1
+            self.log.warn(
+                "queue sender {queue}: dropped a malformed message from {sender}: {error}",
+                queue=self.groups.queue,
+                sender=frame.sender,
+                error=str(exc),
+            )
+            return
+        mine = self._prefix
+        pending = self._pending
+        if msg.kind is Kind.ACK:
+            # Any ACK to our session names the manager, even one for another sender
+            # sharing the session (a manager holds ACKs back once it acked the session).
+            if frame.sender not in self._ackers:
+                self._ackers[frame.sender] = None
+            for e in msg.entries:
+                p = pending.get(e.task_id)
+                if p is None:
+                    continue
+                if p.state == _UNACKED:
+                    self._unacked -= 1
+                    p.state = _ACKED
+                p.acked_by = frame.sender
+            self._pump()
+            return
+        if msg.kind is Kind.RESULT:
+            loads = self._serializer.loads
+            for e in msg.entries:
+                p = pending.get(e.task_id)
+                if p is None:
+                    if e.task_id.startswith(mine):
+                        self.stats["late_replies"] += 1  # timed out, cancelled or a duplicate
+                    continue
+                d = p.deferred
+                if d is not None and e.status == _OK and e.final:
+                    # The usual case (an rpc answered): no Reply, straight to its Deferred.
+                    try:
+                        value = loads(e.payload)
+                    except ValueError:
+                        self._result(p, e)
+                        continue
+                    self.stats["results"] += 1
+                    self._remove(p, cancel=False)
+                    d.callback(value)
+                else:
+                    self._result(p, e)
+            return
+        for e in msg.entries:
+            p = pending.get(e.task_id)
+            if p is None:
+                if e.task_id.startswith(mine):
+                    self.stats["late_replies"] += 1
+                continue
+            self._failed(p, e)
+
+    def _result(self, p: _Pending, e: Any) -> None:
+        outcome: Reply | TaskError
+        status = e.status
+        if status == Status.OK:
+            try:
+                outcome = Reply(p.task_id, self._serializer.loads(e.payload), e.final)
+            except ValueError as err:
+                outcome = RemoteError(p.task_id, "spreadqueue.BadResult", str(err))
+        elif status == Status.ERROR:
+            outcome = RemoteError(p.task_id, *e.payload)
+        elif status == Status.UNKNOWN_FUNCTION:
+            outcome = UnknownFunction(p.task_id, p.func, e.payload)
+        else:
+            outcome = TaskError(p.task_id, "the worker cancelled the task")
+        self.stats["results"] += 1
+        if e.final or isinstance(outcome, TaskError):
+            self._finish(p, outcome)
+        elif p.deferred is None:
+            self._deliver(p, outcome)  # an earlier answer of several; rpc waits for the last
+
+    def _failed(self, p: _Pending, e: Any) -> None:
+        if e.reason == Reason.RESUBMIT:
+            if p.state != _BACKLOG:
+                self._resend([p])
+            return
+        error_type: Callable[[str, str], TaskError] = (
+            QueueFull if e.reason == Reason.QUEUE_FULL else WorkerLost
+        )
+        self._finish(p, error_type(p.task_id, e.message))
+
+    # ------------------------------------------------------------------ sending
+
+    def _flush(self) -> None:
+        submits, cancels = self._submits, self._cancels
+        if not (submits or cancels):
+            return
+        self._submits, self._cancels = [], []
+        session = self.session
+        if session.connected:
+            sent = 0
+            if submits:
+                sent += send(session, self._to_manager, Kind.SUBMIT, submits)
+            if cancels:
+                sent += send(session, self._to_manager, Kind.CANCEL, cancels)
+            self.stats["messages_sent"] += sent

@@ -1,0 +1,803 @@
+"""The queue manager's brain: a pure, deterministic state machine.
+
+:class:`QueueManager` does no I/O and reads no clock: every input carries ``now`` (a
+float in seconds from whatever clock the caller uses) and every decision depends only
+on the ordered inputs. Several managers fed the same totally ordered Spread stream
+therefore decide the same things (the basis for hot standby). Outputs are
+:class:`Effect` s, batched per destination and kind, taken with
+:meth:`QueueManager.take_effects`.
+
+Iteration order never depends on hashing: every collection that is iterated to
+produce output is a dict (insertion ordered) or a deque.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .._spread.wire import CAUSED_BY_NETWORK, MembershipMessage
+from .interfaces import IAssignmentPolicy
+from .messages import Ack, Assign, Cancel, Failed, Kind, Reason
+from .names import QueueGroups
+from .policy import LeastRecentlyUsed
+
+__all__ = ["Effect", "QueueManager", "WorkerKey"]
+
+#: A worker as the manager knows it: (its session's private group, its worker id).
+WorkerKey = tuple[str, str]
+
+_FUNC_CACHE_MAX: Final = 4096
+#: Senders remembered as "acknowledged once" (see QueueManager.ack_delay); past this
+#: many the memory is cleared, which only makes the next acknowledgements immediate.
+_ACKED_SENDERS_MAX: Final = 10_000
+#: Hold an acknowledgement back only if its sender waits 4 times this or more.
+_MIN_ACK_HOLD: Final = 0.025
+
+_tuple_new: Any = tuple.__new__
+
+
+def _due(item: tuple[float, Any]) -> float:
+    return item[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """Send ``entries`` of ``kind`` to ``groups`` (one Spread message or more)."""
+
+    groups: tuple[str, ...]
+    kind: Kind
+    entries: list[Any]
+
+
+class _Task:
+    """A task the manager knows: queued (``worker is None``) or running at ``worker``."""
+
+    __slots__ = (
+        "args",
+        "attempt",
+        "cancelled",
+        "deadline",
+        "func",
+        "reply_to",
+        "task_id",
+        "worker",
+    )
+
+    def __init__(
+        self, task_id: str, func: str, args: bytes, reply_to: str, deadline: float | None
+    ) -> None:
+        self.task_id = task_id
+        self.func = func
+        self.args = args
+        self.reply_to = reply_to
+        self.deadline = deadline
+        self.attempt = 0
+        self.worker: _Worker | None = None
+        self.cancelled = False
+
+
+class _Worker:
+    """A registered worker. ``held`` maps the task ids it holds to their task, or to
+    None for tasks this manager knows nothing about (held since before a manager
+    change); every held task uses one credit. Of its ``capacity``, ``slots`` run at
+    once; the rest is prefetch (tasks it keeps to start as slots free up)."""
+
+    __slots__ = ("burst", "capacity", "held", "key", "session", "slots", "worker_id")
+
+    def __init__(self, session: str, worker_id: str) -> None:
+        self.session = session
+        self.worker_id = worker_id
+        self.key: WorkerKey = (session, worker_id)
+        self.capacity = 0
+        self.slots = 0
+        self.burst = 1
+        self.held: dict[str, _Task | None] = {}
+
+
+_STATS: Final = (
+    "submitted",
+    "duplicate_submits",
+    "id_conflicts",
+    "assigned",
+    "completed",
+    "cancelled",
+    "expired",
+    "requeued",
+    "worker_lost_failures",
+    "released",
+    "unknown_release",
+    "acks_held",
+    "acks_saved",
+    "queue_full",
+    "dropped_sender_gone",
+    "resubmit_requests",
+    "workers_lost",
+    "unknown_done",
+    "unknown_session_registers",
+    "ignored_standby",
+    "activations",
+)
+
+
+class QueueManager:
+    """The manager of one queue, as a pure state machine.
+
+    ``me`` is the private group of the manager's own session. Feed it every
+    membership notice of the queue's three groups (:meth:`on_membership`), every
+    queue message delivered to ``Q-mgr`` (:meth:`on_message`) and, now and then,
+    the time (:meth:`tick`); send what :meth:`take_effects` returns.
+
+    Exactly one manager of a queue is *active* (it queues, acknowledges and
+    dispatches); the others stand by and ignore traffic. The active one is the
+    longest-standing member of ``Q-mgr``: every manager works that out the same way
+    from the membership notices it sees (docs/protocol.md, "Managers").
+
+    Dispatching prefers workers with a free slot (``slots``) over workers that would
+    only prefetch the task; among equals the least recently used one (or the
+    ``policy``'s choice among those candidates). A worker chosen takes up to its
+    ``burst`` tasks in a row (while it keeps a free slot, or, when no worker has one,
+    credit).
+
+    ``ack_delay``: a SUBMIT that says how long its sender waits for the ACK
+    (``ack_ms``) and that is assigned at once has its ACK held back for up to
+    ``min(ack_delay, ack_ms / 4)`` seconds, and never sent when the task is done by
+    then: the result is the acknowledgement. The first ACK to each sender is never
+    held (the sender learns which manager it depends on). 0 disables holding.
+    :meth:`next_wakeup` says when :meth:`tick` has held ACKs to send.
+    """
+
+    def __init__(
+        self,
+        groups: QueueGroups,
+        me: str,
+        *,
+        policy: IAssignmentPolicy | None = None,
+        max_attempts: int = 3,
+        register_grace: float = 2.0,
+        max_queued: int | None = None,
+        sweep_interval: float = 1.0,
+        ack_delay: float = 0.05,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.groups = groups
+        self.me = me
+        self._policy: IAssignmentPolicy = policy if policy is not None else LeastRecentlyUsed()
+        self._lru = type(self._policy) is LeastRecentlyUsed
+        self.max_attempts = max_attempts
+        self.register_grace = register_grace
+        self.max_queued = max_queued
+        self.sweep_interval = sweep_interval
+        self.ack_delay = ack_delay
+        #: counters (see docs/protocol.md); all start at 0
+        self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
+
+        # membership as seen in the three groups (ordered: dicts as ordered sets)
+        self._mgr_members: dict[str, None] = {}
+        self._wrk_members: dict[str, None] = {}
+        self._snd_members: dict[str, None] = {}
+        self._older: dict[str, None] = {}  # Q-mgr members that joined before us
+        self._active = False
+
+        # work (only while active)
+        self._tasks: dict[str, _Task] = {}
+        self._queue: deque[_Task] = deque()  # may hold stale entries, skipped lazily
+        self._queued = 0
+        self._workers: dict[WorkerKey, _Worker] = {}
+        self._by_session: dict[str, dict[WorkerKey, _Worker]] = {}
+        # workers with credit, LRU first: with a free slot / with prefetch credit only
+        self._free: dict[WorkerKey, _Worker] = {}
+        self._extra: dict[WorkerKey, _Worker] = {}
+        self._foreign: dict[str, _Worker] = {}  # unknown task id -> worker holding it
+        self._awaiting: dict[str, None] = {}  # worker sessions not yet re-registered
+        self._grace_until = 0.0
+        self._next_sweep = 0.0
+        self._funcs: dict[str, str] = {}
+        # held acknowledgements: (when due, task, hold) in due order
+        self._late_acks: deque[tuple[float, _Task]] = deque()
+        self._acked_senders: dict[str, None] = {}
+
+        self._out: dict[tuple[tuple[str, ...], Kind], list[Any]] = {}
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def active(self) -> bool:
+        """True while this manager is the queue's active manager."""
+        return self._active
+
+    @property
+    def queued(self) -> int:
+        """Tasks waiting for a worker."""
+        return self._queued
+
+    @property
+    def running(self) -> int:
+        """Tasks assigned to a worker and not yet done."""
+        return len(self._tasks) - self._queued
+
+    @property
+    def worker_count(self) -> int:
+        """Registered workers."""
+        return len(self._workers)
+
+    def workers(self) -> list[tuple[WorkerKey, int, int]]:
+        """``(key, capacity, held)`` of every registered worker, in registration order."""
+        return [(w.key, w.capacity, len(w.held)) for w in self._workers.values()]
+
+    def queued_ids(self) -> list[str]:
+        """Ids of the queued tasks, head first."""
+        tasks = self._tasks
+        return [t.task_id for t in self._queue if t.worker is None and tasks.get(t.task_id) is t]
+
+    def take_effects(self) -> list[Effect]:
+        """The messages to send now, one Effect per (destination, kind), in order."""
+        if not self._out:
+            return []
+        out = [Effect(groups, kind, entries) for (groups, kind), entries in self._out.items()]
+        self._out = {}
+        return out
+
+    def next_wakeup(self) -> float | None:
+        """When :meth:`tick` next has held acknowledgements to send (None: never)."""
+        late = self._late_acks
+        return late[0][0] if late and self._active else None
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_membership(self, now: float, msg: MembershipMessage) -> None:
+        """A membership notice of one of the queue's groups (others are ignored)."""
+        if msg.is_transition:
+            # The regular notice that follows says who is left; act on that one.
+            return
+        group = msg.group
+        if group == self.groups.manager:
+            self._manager_view(now, msg)
+        elif group == self.groups.workers:
+            self._worker_view(now, msg)
+        elif group == self.groups.senders:
+            self._sender_view(now, msg)
+
+    def on_message(self, now: float, sender: str, kind: Kind, entries: Sequence[Any]) -> None:
+        """A decoded queue message delivered to ``Q-mgr`` from session ``sender``.
+
+        Kinds other than SUBMIT, CANCEL, REGISTER, DONE, RESULT, RETIRE and RELEASE
+        are ignored. A standby manager ignores everything.
+        """
+        if not self._active:
+            self.stats["ignored_standby"] += 1
+            return
+        if kind is Kind.SUBMIT:
+            hold = self._submit(now, sender, entries)
+            self._dispatch(now)
+            if hold:
+                self._hold_acks(now, sender, hold)
+            return
+        if kind is Kind.DONE:
+            for e in entries:
+                self._done(sender, e.worker_id, e.task_id)
+        elif kind is Kind.RESULT:
+            for e in entries:
+                if e.final:
+                    self._done(sender, e.worker_id, e.task_id)
+        elif kind is Kind.CANCEL:
+            self._cancel(sender, entries)
+        elif kind is Kind.REGISTER:
+            self._register(sender, entries)
+        elif kind is Kind.RETIRE:
+            self._retire(sender, entries)
+        elif kind is Kind.RELEASE:
+            self._release(sender, entries)
+        else:
+            return
+        self._dispatch(now)
+
+    def tick(self, now: float) -> None:
+        """Let time pass: end the re-registration grace, drop expired queued tasks,
+        send the held acknowledgements that are due."""
+        if not self._active:
+            return
+        late = self._late_acks
+        if late and late[0][0] <= now:
+            self._send_late_acks(now)
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.sweep_interval
+            self._sweep(now)
+        self._dispatch(now)
+
+    # ------------------------------------------------------------------ membership
+
+    @staticmethod
+    def _diff(
+        old: dict[str, None], msg: MembershipMessage
+    ) -> tuple[dict[str, None], list[str], list[str]]:
+        if msg.is_self_leave:
+            return {}, list(old), []
+        members = dict.fromkeys(msg.members)
+        lost = [m for m in old if m not in members]
+        new = [m for m in members if m not in old]
+        return members, lost, new
+
+    def _manager_view(self, now: float, msg: MembershipMessage) -> None:
+        members, lost, new = self._diff(self._mgr_members, msg)
+        self._mgr_members = members
+        me = self.me
+        if me not in members:
+            self._older = {}
+        elif me in new:
+            # Our own join: everyone already there has been there longer.
+            self._older = {m: None for m in members if m != me}
+        else:
+            for m in lost:
+                self._older.pop(m, None)
+            if new and msg.cause == CAUSED_BY_NETWORK:
+                # A merge: the vs-sets come in the same order at every member, so
+                # "members of an earlier set are older" is a rule all sides agree on.
+                position = {m: i for i, vs in enumerate(msg.vs_sets) for m in vs}
+                mine = msg.local_vs_set
+                for m in new:
+                    if position.get(m, mine) < mine:
+                        self._older[m] = None
+        self._update_activity(now)
+
+    def _worker_view(self, now: float, msg: MembershipMessage) -> None:
+        members, lost, new = self._diff(self._wrk_members, msg)
+        self._wrk_members = members
+        self._update_activity(now)
+        if not self._active:
+            return
+        lost_tasks: list[_Task] = []
+        for session in lost:
+            self._awaiting.pop(session, None)
+            lost_tasks.extend(self._lose_session(session))
+        self._requeue(lost_tasks)
+        if msg.cause == CAUSED_BY_NETWORK and any(m != self.me for m in new):
+            # Sessions that come with a merge never registered with us: ask them.
+            self._emit((self.groups.workers,), Kind.HELLO, None)
+        self._dispatch(now)
+
+    def _sender_view(self, now: float, msg: MembershipMessage) -> None:
+        members, lost, _new = self._diff(self._snd_members, msg)
+        self._snd_members = members
+        self._update_activity(now)
+        if not (self._active and lost):
+            return
+        for s in lost:
+            self._acked_senders.pop(s, None)
+        gone = frozenset(lost)
+        for t in list(self._tasks.values()):
+            if t.reply_to not in gone:
+                continue
+            if t.worker is None:
+                # Nobody will read the answer: do not run it.
+                del self._tasks[t.task_id]
+                self._queued -= 1
+                self.stats["dropped_sender_gone"] += 1
+            elif not t.cancelled:
+                t.cancelled = True
+                self._emit((t.worker.session,), Kind.CANCEL, Cancel(t.task_id))
+
+    def _update_activity(self, now: float) -> None:
+        """Active = the oldest member of Q-mgr, and a member of all three groups.
+
+        Seniority decides between managers; membership of Q-wrk and Q-snd only delays
+        our own start until we can see workers and senders come and go (senders
+        resend unacknowledged submits when they see a manager join Q-snd).
+        """
+        me = self.me
+        self._set_active(
+            now,
+            me in self._mgr_members
+            and me in self._wrk_members
+            and me in self._snd_members
+            and not self._older,
+        )
+
+    def _set_active(self, now: float, active: bool) -> None:
+        if active == self._active:
+            return
+        self._active = active
+        if active:
+            self.stats["activations"] += 1
+            me, managers = self.me, self._mgr_members
+            self._awaiting = {s: None for s in self._wrk_members if s != me and s not in managers}
+            self._grace_until = now + self.register_grace
+            self._next_sweep = now + self.sweep_interval
+            # Workers answer HELLO with REGISTER (and the tasks they still hold).
+            self._emit((self.groups.workers,), Kind.HELLO, None)
+            return
+        # Stepping down: queued tasks go back to their senders, who resubmit them to
+        # the manager that is active now. Running tasks answer their senders anyway.
+        for t in self._queue:
+            if t.worker is None and self._tasks.get(t.task_id) is t:
+                self._emit(
+                    (t.reply_to,),
+                    Kind.FAILED,
+                    Failed(t.task_id, Reason.RESUBMIT, "queue manager stepped down"),
+                )
+                self.stats["resubmit_requests"] += 1
+        self._tasks.clear()
+        self._queue.clear()
+        self._queued = 0
+        self._workers.clear()
+        self._by_session.clear()
+        self._free.clear()
+        self._extra.clear()
+        self._foreign.clear()
+        self._awaiting.clear()
+        self._late_acks.clear()
+        self._acked_senders.clear()
+
+    # ------------------------------------------------------------------ messages
+
+    def _submit(
+        self, now: float, sender: str, entries: Iterable[Any]
+    ) -> list[tuple[_Task, float]] | None:
+        """Queue the tasks, acknowledge them; return those whose ACK may be held
+        back if they are assigned at once (with how long), or None."""
+        acks: list[Ack] = []
+        hold: list[tuple[_Task, float]] | None = None
+        may_hold = self.ack_delay > 0 and sender in self._acked_senders
+        tasks = self._tasks
+        for e in entries:
+            tid = e.task_id
+            known = tasks.get(tid)
+            if known is not None:
+                if known.reply_to == sender:
+                    # A resubmission (after a manager change) of what we have: ack again.
+                    acks.append(_tuple_new(Ack, (tid,)))
+                    self.stats["duplicate_submits"] += 1
+                else:
+                    self.stats["id_conflicts"] += 1
+                continue
+            owner = self._foreign.pop(tid, None)
+            if owner is None and self.max_queued is not None and self._queued >= self.max_queued:
+                self._emit(
+                    (sender,),
+                    Kind.FAILED,
+                    Failed(tid, Reason.QUEUE_FULL, f"queue holds {self._queued} tasks"),
+                )
+                self.stats["queue_full"] += 1
+                continue
+            func = self._funcs.get(e.func)
+            if func is None:
+                func = e.func
+                if len(self._funcs) < _FUNC_CACHE_MAX:
+                    self._funcs[func] = func
+            deadline = None if e.timeout_ms is None else now + e.timeout_ms / 1000.0
+            t = _Task(tid, func, e.args, sender, deadline)
+            tasks[tid] = t
+            self.stats["submitted"] += 1
+            if owner is not None:
+                # A worker told us it already runs this task (it was assigned by the
+                # manager before us): record it there instead of running it twice.
+                t.worker = owner
+                t.attempt = 1
+                owner.held[tid] = t
+            else:
+                self._queue.append(t)
+                self._queued += 1
+                if may_hold and e.ack_ms is not None:
+                    delay = min(self.ack_delay, e.ack_ms / 4000.0)
+                    if delay >= _MIN_ACK_HOLD:
+                        if hold is None:
+                            hold = []
+                        hold.append((t, delay))
+                        continue
+            acks.append(_tuple_new(Ack, (tid,)))
+        if acks:
+            self._emit_all((sender,), Kind.ACK, acks)
+            acked = self._acked_senders
+            if sender not in acked:
+                if len(acked) >= _ACKED_SENDERS_MAX:
+                    acked.clear()
+                acked[sender] = None
+        return hold
+
+    def _hold_acks(self, now: float, sender: str, hold: list[tuple[_Task, float]]) -> None:
+        """After dispatching: hold back the ACKs of the tasks now running somewhere
+        (their results will do), send those of the tasks still queued."""
+        acks: list[Ack] = []
+        late = self._late_acks
+        last = late[-1][0] if late else 0.0
+        ordered = True
+        for t, delay in hold:
+            if t.worker is not None:
+                due = now + delay
+                if due < last:
+                    ordered = False
+                last = due
+                late.append((due, t))
+            else:
+                acks.append(_tuple_new(Ack, (t.task_id,)))
+        self.stats["acks_held"] += len(hold) - len(acks)
+        if not ordered:
+            # Senders wait for ACKs for different times: keep the deque in due order.
+            self._late_acks = deque(sorted(late, key=_due))
+        if acks:
+            self._emit_all((sender,), Kind.ACK, acks)
+
+    def _send_late_acks(self, now: float) -> None:
+        late, tasks = self._late_acks, self._tasks
+        saved = 0
+        while late and late[0][0] <= now:
+            _, t = late.popleft()
+            if tasks.get(t.task_id) is t:
+                self._emit((t.reply_to,), Kind.ACK, _tuple_new(Ack, (t.task_id,)))
+            else:
+                saved += 1  # done (or failed, cancelled) first: no ACK needed
+        self.stats["acks_saved"] += saved
+
+    def _cancel(self, sender: str, entries: Iterable[Any]) -> None:
+        for e in entries:
+            t = self._tasks.get(e.task_id)
+            if t is None or t.reply_to != sender:
+                continue
+            if t.worker is None:
+                del self._tasks[t.task_id]  # its queue entry is now stale
+                self._queued -= 1
+                self.stats["cancelled"] += 1
+            elif not t.cancelled:
+                t.cancelled = True
+                self._emit((t.worker.session,), Kind.CANCEL, Cancel(t.task_id))
+
+    def _register(self, session: str, entries: Iterable[Any]) -> None:
+        if session not in self._wrk_members:
+            # We could not see this session die: refuse to depend on it.
+            self.stats["unknown_session_registers"] += 1
+            return
+        self._awaiting.pop(session, None)
+        for e in entries:
+            key = (session, e.worker_id)
+            w = self._workers.get(key)
+            if w is None:
+                w = self._workers[key] = _Worker(session, e.worker_id)
+                self._by_session.setdefault(session, {})[key] = w
+            w.capacity = e.capacity
+            slots = e.slots if len(e) > 3 else None
+            w.slots = e.capacity if slots is None else min(slots, e.capacity)
+            burst = e.burst if len(e) > 4 else None
+            w.burst = max(1, burst or 1)
+            # Only ever add what a worker says it holds: an ASSIGN may cross this
+            # REGISTER, so a task missing from ``held`` is not proof it is not there.
+            for tid in e.held:
+                self._adopt(w, tid)
+            self._update_ready(w)
+
+    def _adopt(self, w: _Worker, tid: str) -> None:
+        if tid in w.held:
+            return
+        t = self._tasks.get(tid)
+        if t is None:
+            w.held[tid] = None
+            self._foreign[tid] = w
+        elif t.worker is None:
+            # Queued here (resubmitted) but already running there: run it once.
+            self._queue.remove(t)
+            self._queued -= 1
+            t.worker = w
+            t.attempt += 1
+            w.held[tid] = t
+        else:
+            w.held[tid] = None  # running elsewhere as well: only count the credit
+
+    def _done(self, session: str, worker_id: str, tid: str) -> None:
+        w = self._workers.get((session, worker_id))
+        if w is None or tid not in w.held:
+            self.stats["unknown_done"] += 1
+            return
+        t = w.held.pop(tid)
+        if t is not None:
+            if self._tasks.get(tid) is t:
+                del self._tasks[tid]
+            self.stats["completed"] += 1
+        elif self._foreign.get(tid) is w:
+            del self._foreign[tid]
+        self._update_ready(w)
+
+    def _retire(self, session: str, entries: Iterable[Any]) -> None:
+        lost: list[_Task] = []
+        for e in entries:
+            w = self._workers.get((session, e.worker_id))
+            if w is not None:
+                lost.extend(self._remove_worker(w))
+        self._requeue(lost)
+
+    def _release(self, session: str, entries: Iterable[Any]) -> None:
+        """Tasks a worker hands back unstarted: to the head of the queue, and the
+        assignment does not count as an attempt."""
+        back: list[_Task] = []
+        tasks, foreign = self._tasks, self._foreign
+        for e in entries:
+            tid = e.task_id
+            w = self._workers.get((session, e.worker_id))
+            if w is None or tid not in w.held:
+                self.stats["unknown_release"] += 1
+                continue
+            t = w.held.pop(tid)
+            if t is None:
+                if foreign.get(tid) is w:
+                    del foreign[tid]
+            elif tasks.get(tid) is t:
+                t.attempt = max(0, t.attempt - 1)
+                back.append(t)
+            self._update_ready(w)
+        if back:
+            self._requeue(back, counted="released")
+
+    # ------------------------------------------------------------------ workers
+
+    def _update_ready(self, w: _Worker) -> None:
+        """File ``w`` with the workers that have a free slot, or prefetch credit only,
+        or neither. A worker that changes list goes to its end (least recently used
+        first); one that stays keeps its place."""
+        n, key = len(w.held), w.key
+        if n < w.slots:
+            if key not in self._free:
+                self._extra.pop(key, None)
+                self._free[key] = w
+        elif n < w.capacity:
+            if key not in self._extra:
+                self._free.pop(key, None)
+                self._extra[key] = w
+        else:
+            self._free.pop(key, None)
+            self._extra.pop(key, None)
+
+    def _lose_session(self, session: str) -> list[_Task]:
+        workers = self._by_session.get(session)
+        if not workers:
+            return []
+        lost: list[_Task] = []
+        for w in list(workers.values()):
+            lost.extend(self._remove_worker(w))
+            self.stats["workers_lost"] += 1
+        return lost
+
+    def _remove_worker(self, w: _Worker) -> list[_Task]:
+        del self._workers[w.key]
+        self._free.pop(w.key, None)
+        self._extra.pop(w.key, None)
+        by_session = self._by_session.get(w.session)
+        if by_session is not None:
+            by_session.pop(w.key, None)
+            if not by_session:
+                del self._by_session[w.session]
+        out: list[_Task] = []
+        for tid, t in w.held.items():
+            if t is None:
+                if self._foreign.get(tid) is w:
+                    del self._foreign[tid]
+            elif self._tasks.get(tid) is t:
+                out.append(t)
+        w.held.clear()
+        return out
+
+    def _requeue(self, lost: list[_Task], counted: str = "requeued") -> None:
+        """Put tasks of lost workers back at the head of the queue, in order."""
+        head: list[_Task] = []
+        for t in lost:
+            t.worker = None
+            if t.cancelled:
+                del self._tasks[t.task_id]
+                self.stats["cancelled"] += 1
+            elif t.attempt >= self.max_attempts:
+                del self._tasks[t.task_id]
+                self._emit(
+                    (t.reply_to,),
+                    Kind.FAILED,
+                    Failed(
+                        t.task_id,
+                        Reason.WORKER_LOST,
+                        f"worker lost while running the task ({t.attempt} attempts)",
+                    ),
+                )
+                self.stats["worker_lost_failures"] += 1
+            else:
+                head.append(t)
+        if head:
+            self._queue.extendleft(reversed(head))
+            self._queued += len(head)
+            self.stats[counted] += len(head)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _dispatch(self, now: float) -> None:
+        free, extra = self._free, self._extra
+        if not (self._active and self._queued and (free or extra)):
+            return
+        if self._awaiting:
+            if now < self._grace_until:
+                # After a takeover, wait for the workers to say what they still run,
+                # so resubmitted tasks are not started twice.
+                return
+            self._awaiting.clear()
+        queue, tasks, out = self._queue, self._tasks, self._out
+        lru = self._lru
+        assigned = 0
+        chosen: _Worker | None = None  # the worker taking a burst, and how many more
+        more = 0
+        while self._queued and (free or extra) and queue:
+            t = queue.popleft()
+            if t.worker is not None or tasks.get(t.task_id) is not t:
+                continue  # cancelled or adopted since it was queued
+            self._queued -= 1
+            deadline = t.deadline
+            if deadline is not None and deadline <= now:
+                del tasks[t.task_id]
+                self.stats["expired"] += 1
+                continue
+            # A worker with a free slot starts the task now; prefetch credit only
+            # when every slot is busy.
+            pool = free if free else extra
+            if more and chosen is not None and chosen.key in pool:
+                key = chosen.key  # the rest of its burst
+                more -= 1
+            elif lru:
+                key = next(iter(pool))
+            else:
+                key = self._policy.choose(list(pool))
+                if key not in pool:
+                    raise ValueError(f"assignment policy chose {key!r}, not a candidate")
+            w = pool.pop(key)
+            if w is not chosen:
+                chosen, more = w, w.burst - 1
+            t.worker = w
+            t.attempt += 1
+            held = w.held
+            held[t.task_id] = t
+            n = len(held)
+            if n < w.slots:
+                free[key] = w  # back at the end: least recently used first
+            elif n < w.capacity:
+                extra[key] = w
+            remaining = None if deadline is None else max(1, math.ceil((deadline - now) * 1000))
+            entry = _tuple_new(
+                Assign, (w.worker_id, t.task_id, t.func, t.args, t.reply_to, t.attempt, remaining)
+            )
+            okey = ((w.session,), Kind.ASSIGN)
+            batch = out.get(okey)
+            if batch is None:
+                out[okey] = [entry]
+            else:
+                batch.append(entry)
+            assigned += 1
+        self.stats["assigned"] += assigned
+        if len(queue) > 2 * self._queued + 1024:
+            # Too many stale entries (cancelled tasks): rebuild the deque.
+            self._queue = deque(t for t in queue if t.worker is None and tasks.get(t.task_id) is t)
+
+    def _sweep(self, now: float) -> None:
+        """Drop queued tasks whose deadline passed: their sender gave up on them."""
+        tasks = self._tasks
+        expired = [
+            t
+            for t in tasks.values()
+            if t.worker is None and t.deadline is not None and t.deadline <= now
+        ]
+        for t in expired:
+            del tasks[t.task_id]
+        self._queued -= len(expired)
+        self.stats["expired"] += len(expired)
+
+    # ------------------------------------------------------------------ effects
+
+    def _emit(self, groups: tuple[str, ...], kind: Kind, entry: Any) -> None:
+        key = (groups, kind)
+        entries = self._out.get(key)
+        if entries is None:
+            entries = self._out[key] = []
+        if entry is not None:
+            entries.append(entry)
+
+    def _emit_all(self, groups: tuple[str, ...], kind: Kind, entries: list[Any]) -> None:
+        key = (groups, kind)
+        existing = self._out.get(key)
+        if existing is None:
+            self._out[key] = entries
+        else:
+            existing.extend(entries)

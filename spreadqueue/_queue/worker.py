@@ -1,0 +1,753 @@
+"""``Worker``: runs the tasks a queue manager assigns, answers the senders directly."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable, Mapping
+from types import CoroutineType
+from typing import Any, Final, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .._spread.interfaces import ISpreadSession
+from .._spread.wire import RegularMessage
+from .errors import MalformedMessage, PayloadTooLarge
+from .interfaces import ISerializer
+from .messages import (
+    MAX_CAPACITY,
+    MAX_PAYLOAD,
+    MAX_TEXT,
+    MESS_TYPE_BASE,
+    Assign,
+    Done,
+    Kind,
+    Register,
+    Release,
+    Result,
+    Retire,
+    Status,
+    decode,
+)
+from .names import queue_groups
+from .outbox import Outbox, Turn, send
+from .serializer import default_serializer
+from .sharing import acquire, release
+
+__all__ = ["Handler", "Task", "Worker"]
+
+Handler = Callable[..., Any]
+F = TypeVar("F", bound=Handler)
+
+_worker_numbers = itertools.count(1)
+_NOTHING: Final = object()
+_ASSIGN: Final = MESS_TYPE_BASE + Kind.ASSIGN
+_CANCEL: Final = MESS_TYPE_BASE + Kind.CANCEL
+_HELLO: Final = MESS_TYPE_BASE + Kind.HELLO
+#: Results whose payloads add up to at most this many bytes travel in one message to
+#: [sender, Q-mgr], which doubles as the DONE notice.
+DEFAULT_COMBINE_LIMIT: Final = 16 * 1024
+#: Tasks a worker takes beyond its concurrency by default (see ``Worker``'s prefetch).
+DEFAULT_PREFETCH: Final = 16
+#: A worker prefetches while its tasks typically take less than this long (seconds),
+#: and stops when they take 4 times as long.
+DEFAULT_PREFETCH_BELOW: Final = 0.005
+#: Completed tasks a worker sees before it may start prefetching.
+_PREFETCH_SAMPLES: Final = 4
+#: A task's typical run time is the (lower) median of this many recent ones.
+_RECENT: Final = 8
+#: How much of a long task's run time is still remembered after each later task.
+_LONG_DECAY: Final = 0.8
+# Prefetch levels: none; prefetch beyond the slots; tiny tasks, taken in bursts.
+_NO_PREFETCH: Final = 0
+_PREFETCH: Final = 1
+_BURST: Final = 2
+_MAX_TRACEBACK: Final = 16 * 1024
+_tuple_new: Any = tuple.__new__
+
+
+def _type_name(t: type) -> str:
+    module = t.__module__
+    return t.__qualname__ if module == "builtins" else f"{module}.{t.__qualname__}"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 20] + "\n...[truncated]"
+
+
+class Task:
+    """One task as a handler sees it (the seed's *originator*).
+
+    Pass it to :meth:`Worker.respond` to answer the sender before (or instead of)
+    returning a value.
+    """
+
+    __slots__ = (
+        "_abandoned",
+        "_buffer",
+        "_cancelled",
+        "_deferred",
+        "_finished",
+        "_started",
+        "attempt",
+        "func",
+        "reply_to",
+        "task_id",
+        "worker",
+    )
+
+    def __init__(self, worker: Worker, task_id: str, func: str, reply_to: str, attempt: int):
+        #: the task's unique id (as the sender's ``submit`` returned it)
+        self.task_id = task_id
+        #: the function name it was submitted with
+        self.func = func
+        #: the sender's private group (where the answers go)
+        self.reply_to = reply_to
+        #: 1 for the first run; more if earlier workers were lost while running it
+        self.attempt = attempt
+        #: the worker running it
+        self.worker = worker
+        self._buffer: Any = _NOTHING  # the last respond()ed payload, not yet sent
+        self._deferred: Deferred[Any] | None = None
+        self._finished = False
+        self._cancelled = False
+        self._abandoned = False
+        self._started = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Task {self.task_id} {self.func} attempt {self.attempt}>"
+
+
+class Worker(Service):
+    """A worker of queue ``queue`` on ``session``, with handlers by function name.
+
+    ``concurrency`` is how many tasks it runs at once: the manager gives it that many
+    credits and never waits for a per-task "ready". ``prefetch`` is how many more it
+    may take ahead of time (default 16), kept in a local FIFO and started as slots
+    free up, so that many short tasks travel in one message each way. It prefetches
+    only while its tasks are short (typically under ``prefetch_below`` seconds, after
+    a few tasks): for long tasks, taking work early gains nothing and would let later
+    tasks start elsewhere before earlier ones (FIFO order) or wait behind a long one.
+    When its tasks turn long it stops prefetching and hands back what it has not
+    started (RELEASE); so does a stopping worker; the tasks of a worker that dies go
+    to others like any it held. The manager prefers workers with an idle slot, so
+    prefetched tasks wait only when every worker is busy. When the tasks are tiny (a
+    whole ``concurrency + prefetch`` of them takes under ``prefetch_below``), the
+    worker asks for bursts: the manager then gives it batches in turn with the other
+    workers, instead of one task to each of many (fewer messages and wake-ups).
+    ``prefetch=0`` never takes more than it can start at once. A handler is called with the
+    decoded arguments (and, if registered ``with_task=True``, the :class:`Task`
+    first) and may return a value, a Deferred or a coroutine; what it returns is the
+    task's result. Exceptions go back to the sender as
+    :class:`~spreadqueue._queue.errors.RemoteError`.
+
+    Any number of workers (and senders, managers) may share one session.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        session: ISpreadSession,
+        queue: str,
+        handlers: Mapping[str, Handler] | None = None,
+        *,
+        concurrency: int = 1,
+        serializer: ISerializer | None = None,
+        worker_id: str | None = None,
+        stop_timeout: float = 30.0,
+        combine_limit: int = DEFAULT_COMBINE_LIMIT,
+        prefetch: int = DEFAULT_PREFETCH,
+        prefetch_below: float = DEFAULT_PREFETCH_BELOW,
+    ) -> None:
+        if not 1 <= concurrency <= MAX_CAPACITY:
+            raise ValueError(f"concurrency must be between 1 and {MAX_CAPACITY}")
+        if not 0 <= prefetch <= MAX_CAPACITY - concurrency:
+            raise ValueError(f"prefetch must be between 0 and {MAX_CAPACITY} - concurrency")
+        self.groups = queue_groups(queue)
+        self.session = session
+        #: unique within the session (the manager knows workers by session + id)
+        self.worker_id = worker_id or f"w{next(_worker_numbers)}"
+        self.name = f"spreadqueue-worker-{queue}-{self.worker_id}"  # type: ignore[assignment]
+        self.concurrency = concurrency
+        self.prefetch = prefetch
+        self.prefetch_below = prefetch_below
+        self._level = _NO_PREFETCH
+        # recent run times (seconds), and the fading memory of the last long task
+        self._recent: deque[float] = deque(maxlen=_RECENT)
+        self._long = 0.0
+        self._samples = 0
+        self.stop_timeout = stop_timeout
+        self._reactor = reactor
+        self._serializer: ISerializer = serializer or default_serializer()
+        self._combine_limit = combine_limit
+        self._handlers: dict[str, tuple[Handler, bool]] = {}
+        for fname, fn in (handlers or {}).items():
+            self.add_handler(fname, fn)
+        self._running: dict[str, Task] = {}
+        # prefetched tasks, not started yet: ids -> ASSIGN entry, and their FIFO
+        # (entries whose id is no longer in _waiting are skipped)
+        self._waiting: dict[str, Assign] = {}
+        self._fifo: deque[tuple[Assign, float | None]] = deque()
+        self._starting = False
+        # handler timeouts: one heap and one timer (entries of finished tasks skipped)
+        self._expiries: list[tuple[float, int, Task]] = []
+        self._expiry_seq = itertools.count()
+        self._expiry_timer: IDelayedCall | None = None
+        self._state = "new"  # new -> starting -> ready -> draining -> stopped
+        self._results: dict[str, list[Result]] = {}
+        self._result_bytes: dict[str, int] = {}
+        self._control = Outbox()  # REGISTER / DONE / RETIRE to Q-mgr
+        self._turn = Turn(reactor, self._flush, session)
+        self._drained: list[Deferred[None]] = []
+        self._start_d: Deferred[None] | None = None
+        self._stop_d: Deferred[None] | None = None
+        self.stats: dict[str, int] = {
+            "assigned": 0,
+            "completed": 0,
+            "errors": 0,
+            "cancelled": 0,
+            "duplicates": 0,
+            "released": 0,
+            "malformed": 0,
+            "messages_sent": 0,
+        }
+
+    # ------------------------------------------------------------------ handlers
+
+    def add_handler(self, name: str, fn: Handler, *, with_task: bool = False) -> None:
+        """Handle tasks for function ``name`` with ``fn(args)`` (``fn(task, args)``)."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("a handler name must be a non-empty str")
+        self._handlers[name] = (fn, with_task)
+
+    def handler(self, name: str, *, with_task: bool = False) -> Callable[[F], F]:
+        """Decorator form of :meth:`add_handler`."""
+
+        def register(fn: F) -> F:
+            self.add_handler(name, fn, with_task=with_task)
+            return fn
+
+        return register
+
+    @property
+    def busy(self) -> int:
+        """Tasks being run now."""
+        return len(self._running)
+
+    @property
+    def prefetched(self) -> int:
+        """Tasks taken ahead of time, waiting for a free slot."""
+        return len(self._waiting)
+
+    @property
+    def prefetching(self) -> bool:
+        """True while the worker takes tasks ahead of time (its tasks are short)."""
+        return self._level != _NO_PREFETCH
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def startService(self) -> None:
+        """Start taking tasks (see :meth:`start`)."""
+        super().startService()
+        self.start()
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """Stop gracefully (see :meth:`stop`)."""
+        super().stopService()
+        return self.stop()
+
+    def start(self) -> Deferred[None]:
+        """Join the queue's worker group and register; fires once registered."""
+        if self._start_d is not None:
+            return self._start_d
+        self._state = "starting"
+        session, groups = self.session, self.groups
+        session.add_listener(self._on_private, session.private_group)
+        session.add_listener(self._on_worker_group, groups.workers)
+        session.whenDisconnected().addCallback(lambda _: self._session_lost())
+        d = acquire(session, groups.workers)
+
+        def joined(_: object) -> None:
+            if self._state != "starting":
+                return
+            self._state = "ready"
+            self._register()
+            self._flush()
+
+        d.addCallback(joined)
+        self._start_d = d
+        return d
+
+    def stop(self, timeout: float | None = None) -> Deferred[None]:
+        """Stop taking tasks, finish the running ones, leave the queue.
+
+        Tasks still running after ``timeout`` seconds (default ``stop_timeout``) are
+        cancelled without answering; the manager gives them to another worker.
+        """
+        if self._stop_d is None:
+            wait = self.stop_timeout if timeout is None else timeout
+            self._stop_d = Deferred.fromCoroutine(self._stop(wait))
+        # every caller gets its own Deferred for the one stop in progress
+        d: Deferred[None] = Deferred()
+
+        def relay(result: object) -> object:
+            if isinstance(result, Failure):
+                d.errback(result)
+                return None
+            d.callback(None)
+            return result
+
+        self._stop_d.addBoth(relay)
+        return d
+
+    async def _stop(self, timeout: float) -> None:
+        if self._state in ("new", "stopped"):
+            self._state = "stopped"
+            return
+        if self._state == "ready":
+            self._state = "draining"
+            self._register()  # capacity 0: no new tasks
+            self._release_waiting()  # what has not started goes back to the manager
+            self._flush()
+        if self._running:
+            drained: Deferred[None] = Deferred()
+            self._drained.append(drained)
+            timer = self._reactor.callLater(timeout, self._give_up_draining, drained)
+            await drained
+            if timer.active():
+                timer.cancel()
+        for task in list(self._running.values()):
+            task._abandoned = True
+            self._cancel_task(task)
+        self._running.clear()
+        self._forget_waiting()
+        self._state = "stopped"
+        self._stop_expiry_timer()
+        if self.session.connected:
+            self._control.add((self.groups.manager,), Kind.RETIRE, Retire(self.worker_id))
+            self._flush()
+        self._turn.cancel()
+        session = self.session
+        session.remove_listener(self._on_private, session.private_group)
+        session.remove_listener(self._on_worker_group, self.groups.workers)
+        await release(session, self.groups.workers)
+
+    def _give_up_draining(self, drained: Deferred[None]) -> None:
+        if drained in self._drained:
+            self._drained.remove(drained)
+            drained.callback(None)
+
+    def _session_lost(self) -> None:
+        """The session is gone: nothing we run can be answered; the manager (which saw
+        the session leave) gives our tasks to other workers."""
+        if self._state == "stopped":
+            return
+        self._state = "stopped"
+        for task in list(self._running.values()):
+            task._abandoned = True
+            self._cancel_task(task)
+        self._running.clear()
+        self._forget_waiting()
+        self._stop_expiry_timer()
+        self._turn.cancel()
+        drained, self._drained = self._drained, []
+        for d in drained:
+            d.callback(None)
+
+    # ------------------------------------------------------------------ frames
+
+    def _on_worker_group(self, frame: object) -> None:
+        if type(frame) is RegularMessage and frame.mess_type == _HELLO:
+            # A manager became active (or saw us come back): tell it what we are.
+            if self._state in ("ready", "draining"):
+                self._register()
+                self._turn.schedule()
+
+    def _on_private(self, frame: object) -> None:
+        if type(frame) is not RegularMessage:
+            return
+        mt = frame.mess_type
+        if mt != _ASSIGN and mt != _CANCEL:
+            return  # someone else's traffic on our shared private group
+        try:
+            msg = decode(mt, frame.data)
+        except MalformedMessage as e:
+            self.stats["malformed"] += 1
+            self.log.warn(
+                "queue worker {worker}: dropped a malformed message from {sender}: {error}",
+                worker=self.worker_id,
+                sender=frame.sender,
+                error=str(e),
+            )
+            return
+        if msg.kind is Kind.ASSIGN:
+            self._assigned(msg.entries)
+        else:
+            self._cancelled(msg.entries)
+
+    def _cancelled(self, entries: list[Any]) -> None:
+        waiting, running = self._waiting, self._running
+        for entry in entries:
+            tid = entry.task_id
+            if tid in waiting:
+                # Not started: answer at once (the manager counts it done).
+                a = waiting.pop(tid)
+                self.stats["cancelled"] += 1
+                self._add_result(a.reply_to, a.task_id, True, Status.CANCELLED, None, 0)
+        # Slots freed by cancelled handlers are filled only once every cancel of the
+        # message is applied (or a prefetched task cancelled here would start first).
+        starting, self._starting = self._starting, True
+        try:
+            for entry in entries:
+                task = running.get(entry.task_id)
+                if task is not None:
+                    task._cancelled = True
+                    self._cancel_task(task)
+        finally:
+            self._starting = starting
+        if waiting and not starting:
+            self._start_waiting()
+
+    # ------------------------------------------------------------------ running
+
+    def _assigned(self, entries: list[Any]) -> None:
+        state = self._state
+        if state != "ready" and state != "draining":
+            return  # stopped: the manager requeues what we held when we retired
+        me, running, waiting, fifo = self.worker_id, self._running, self._waiting, self._fifo
+        now: float | None = None
+        for entry in entries:
+            if entry.worker_id != me:
+                continue  # another worker of this session
+            tid = entry.task_id
+            if tid in running or tid in waiting:
+                self.stats["duplicates"] += 1
+                continue
+            if state == "draining":
+                # It crossed our capacity-0 REGISTER: give it back unstarted.
+                self._release(tid)
+                continue
+            self.stats["assigned"] += 1
+            deadline = None
+            if entry.timeout_ms is not None:
+                if now is None:
+                    now = self._reactor.seconds()
+                deadline = now + entry.timeout_ms / 1000.0
+            waiting[tid] = entry
+            fifo.append((entry, deadline))
+        if waiting:
+            self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        """Start prefetched tasks, oldest first, while slots are free."""
+        if self._starting:
+            return  # a handler finished synchronously inside the loop below
+        self._starting = True
+        try:
+            running, waiting, fifo = self._running, self._waiting, self._fifo
+            limit = self.concurrency
+            now: float | None = None
+            while fifo and len(running) < limit:
+                entry, deadline = fifo.popleft()
+                tid = entry.task_id
+                if waiting.get(tid) is not entry:
+                    continue  # cancelled while waiting
+                del waiting[tid]
+                if deadline is not None:
+                    if now is None:
+                        now = self._reactor.seconds()
+                    if deadline <= now:
+                        # Its sender stopped waiting while it waited here: do not run it.
+                        self.stats["cancelled"] += 1
+                        self._add_result(entry.reply_to, tid, True, Status.CANCELLED, None, 0)
+                        continue
+                self._run(entry, deadline)
+        finally:
+            self._starting = False
+
+    def _timed(self, run_time: float) -> None:
+        """Track how long tasks take; start or stop prefetching when they cross the line.
+
+        Run times are wall-clock, so a short task that was preempted, or one of a cold
+        process's first, looks slow now and then. The typical run time is therefore
+        the median of the recent ones: single slow samples do not move it, and
+        workers with the same tasks settle on the same level (a worker left in
+        single-task prefetch by noise would get a fraction of its peers' share). Once
+        past the first few (a fresh process runs its first tasks cold), a task longer
+        than the stop line is never noise: it counts at once, and its memory fades
+        over the next tasks.
+        """
+        n = self._samples = self._samples + 1
+        recent = self._recent
+        recent.append(run_time)
+        below = self.prefetch_below
+        if run_time > 4 * below and n > _PREFETCH_SAMPLES:
+            self._long = run_time
+        else:
+            self._long *= _LONG_DECAY
+        ordered = sorted(recent)
+        typical = max(ordered[(len(ordered) - 1) // 2], self._long)
+        level = self._level
+        if typical > 4 * below or (
+            level == _NO_PREFETCH and (typical >= below or n < _PREFETCH_SAMPLES)
+        ):
+            new = _NO_PREFETCH
+        else:
+            # Tiny tasks: a whole batch takes less than one round trip's worth of time.
+            batch = typical * (self.concurrency + self.prefetch)
+            new = _BURST if batch < (4 * below if level == _BURST else below) else _PREFETCH
+        if new == level:
+            return
+        self._level = new
+        if self._state == "ready":
+            self._register()
+            if new == _NO_PREFETCH:
+                # Long tasks: prefetched ones would wait behind them while other
+                # workers may be idle. Hand them back and take one at a time again.
+                self._release_waiting()
+            self._turn.schedule()
+
+    def _release(self, tid: str) -> None:
+        self.stats["released"] += 1
+        self._control.add(
+            (self.groups.manager,), Kind.RELEASE, _tuple_new(Release, (self.worker_id, tid))
+        )
+        self._turn.schedule()
+
+    def _release_waiting(self) -> None:
+        """Hand every prefetched task back to the manager (we are stopping)."""
+        waiting = self._waiting
+        for entry, _ in self._fifo:
+            if waiting.get(entry.task_id) is entry:
+                self._release(entry.task_id)
+        self._forget_waiting()
+
+    def _forget_waiting(self) -> None:
+        self._waiting.clear()
+        self._fifo.clear()
+
+    def _run(self, entry: Any, deadline: float | None) -> None:
+        task = Task(self, entry.task_id, entry.func, entry.reply_to, entry.attempt)
+        task._started = self._reactor.seconds()
+        self._running[task.task_id] = task
+        registered = self._handlers.get(entry.func)
+        if registered is None:
+            self._complete(
+                task,
+                Status.UNKNOWN_FUNCTION,
+                f"worker {self.worker_id} has no handler for {entry.func!r}",
+            )
+            return
+        fn, with_task = registered
+        try:
+            args = self._serializer.loads(entry.args)
+        except ValueError as e:
+            self._complete(task, Status.ERROR, ("spreadqueue.BadArguments", str(e), ""))
+            return
+        try:
+            r = fn(task, args) if with_task else fn(args)
+        except Exception:
+            self._failed(Failure(), task)
+            return
+        if type(r) is CoroutineType:
+            r = Deferred.fromCoroutine(r)
+        if not isinstance(r, Deferred):
+            self._succeeded(r, task)
+            return
+        task._deferred = r
+        if deadline is not None:
+            # The sender stops waiting then; stop working too (if the handler can).
+            self._expire_at(deadline, task)
+        r.addCallbacks(self._succeeded, self._failed, callbackArgs=(task,), errbackArgs=(task,))
+
+    def _expire_at(self, deadline: float, task: Task) -> None:
+        heap = self._expiries
+        heapq.heappush(heap, (deadline, next(self._expiry_seq), task))
+        if len(heap) > 2 * len(self._running) + 1024:
+            # Mostly finished tasks: drop their entries.
+            self._expiries = heap = [x for x in heap if not x[2]._finished]
+            heapq.heapify(heap)
+        timer = self._expiry_timer
+        if timer is not None:
+            if timer.getTime() <= heap[0][0]:
+                return
+            timer.cancel()
+        delay = max(0.0, heap[0][0] - self._reactor.seconds())
+        self._expiry_timer = self._reactor.callLater(delay, self._expire_due)
+
+    def _expire_due(self) -> None:
+        self._expiry_timer = None
+        now = self._reactor.seconds()
+        heap = self._expiries
+        while heap and heap[0][0] <= now:
+            task = heapq.heappop(heap)[2]
+            if not task._finished:
+                task._cancelled = True
+                self._cancel_task(task)
+            heap = self._expiries  # (cancelling may have compacted it)
+        if heap and self._expiry_timer is None:
+            self._expiry_timer = self._reactor.callLater(heap[0][0] - now, self._expire_due)
+
+    def _stop_expiry_timer(self) -> None:
+        timer, self._expiry_timer = self._expiry_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._expiries = []
+
+    def _cancel_task(self, task: Task) -> None:
+        d = task._deferred
+        if d is not None and not d.called:
+            d.cancel()
+
+    def respond(self, task: Task, result: Any) -> None:
+        """Send ``result`` to the task's sender (the seed's ``respond``).
+
+        May be called several times for one task: each call is one answer. The last
+        one is held back until the handler returns, so it can travel as the task's
+        final answer (together with the manager's done notice); a handler that
+        returns a value other than None after responding sends that as the final
+        answer. Raises TypeError (unserializable) or PayloadTooLarge at once.
+        """
+        if not isinstance(task, Task) or task.worker is not self:
+            raise ValueError(f"{task!r} is not a task of this worker")
+        if task._finished:
+            raise ValueError(f"{task!r} is already finished")
+        payload = self._serializer.dumps(result)
+        if len(payload) > MAX_PAYLOAD:
+            raise PayloadTooLarge(f"a response of {len(payload)} bytes; at most {MAX_PAYLOAD}")
+        if task._buffer is not _NOTHING:
+            self._queue_result(task, False, Status.OK, task._buffer)
+        task._buffer = payload
+
+    def _succeeded(self, value: Any, task: Task) -> None:
+        if task._finished:
+            return
+        if value is None and task._buffer is not _NOTHING:
+            payload, task._buffer = task._buffer, _NOTHING
+            self._complete(task, Status.OK, payload)
+            return
+        try:
+            payload = self._serializer.dumps(value)
+        except Exception as e:
+            self._complete(
+                task, Status.ERROR, (_type_name(type(e)), f"result not serializable: {e}", "")
+            )
+            return
+        if len(payload) > MAX_PAYLOAD:
+            message = f"result of {len(payload)} bytes; at most {MAX_PAYLOAD} fit"
+            self._complete(task, Status.ERROR, ("spreadqueue.PayloadTooLarge", message, ""))
+            return
+        self._complete(task, Status.OK, payload)
+
+    def _failed(self, failure: Failure, task: Task) -> None:
+        if task._finished:
+            return
+        if task._cancelled and failure.check(CancelledError):
+            self._complete(task, Status.CANCELLED, None)
+            return
+        exc_type = failure.type if isinstance(failure.type, type) else type(failure.value)
+        self._complete(
+            task,
+            Status.ERROR,
+            (
+                _clip(_type_name(exc_type), 200),
+                _clip(str(failure.value), MAX_TEXT),
+                _clip(failure.getTraceback(), _MAX_TRACEBACK),
+            ),
+        )
+
+    def _complete(self, task: Task, status: Status, payload: Any) -> None:
+        task._finished = True
+        if self._running.get(task.task_id) is task:
+            del self._running[task.task_id]
+        if task._abandoned:
+            return
+        run_time = self._reactor.seconds() - task._started if self.prefetch else 0.0
+        if status is Status.OK:
+            self.stats["completed"] += 1
+        elif status is Status.CANCELLED:
+            self.stats["cancelled"] += 1
+        else:
+            self.stats["errors"] += 1
+        if task._buffer is not _NOTHING:
+            # responded, then failed: the responses still count
+            self._queue_result(task, False, Status.OK, task._buffer)
+            task._buffer = _NOTHING
+        self._queue_result(task, True, status, payload)
+        if self._waiting and not self._starting:
+            self._start_waiting()
+        if self.prefetch:
+            self._timed(run_time)
+        if not self._running and self._drained:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
+
+    def _queue_result(self, task: Task, final: bool, status: Status, payload: Any) -> None:
+        if type(payload) is bytes or type(payload) is str:
+            size = len(payload)
+        elif isinstance(payload, tuple):
+            size = sum(len(p) for p in payload)
+        else:
+            size = 0
+        self._add_result(task.reply_to, task.task_id, final, status, payload, size)
+
+    def _add_result(
+        self, reply_to: str, tid: str, final: bool, status: Status, payload: Any, size: int
+    ) -> None:
+        entry = _tuple_new(Result, (tid, self.worker_id, final, status, payload))
+        batch = self._results.get(reply_to)
+        if batch is None:
+            self._results[reply_to] = [entry]
+            self._result_bytes[reply_to] = size
+            self._turn.schedule()
+        else:
+            batch.append(entry)
+            self._result_bytes[reply_to] += size
+
+    # ------------------------------------------------------------------ sending
+
+    def _register(self) -> None:
+        held = (*self._running, *self._waiting)
+        level, concurrency = self._level, self.concurrency
+        if self._state != "ready":
+            entry = Register(self.worker_id, 0, held, 0)
+        elif level == _NO_PREFETCH:
+            entry = Register(self.worker_id, concurrency, held, concurrency)
+        elif level == _PREFETCH:
+            entry = Register(self.worker_id, concurrency + self.prefetch, held, concurrency)
+        else:
+            # Tasks so short that running a whole batch in a row delays none of them
+            # noticeably: take bursts (fewer, fuller messages; fewer wake-ups).
+            capacity = concurrency + self.prefetch
+            entry = Register(self.worker_id, capacity, held, capacity, capacity)
+        self._control.add((self.groups.manager,), Kind.REGISTER, entry)
+
+    def _flush(self) -> None:
+        session = self.session
+        results, self._results = self._results, {}
+        sizes, self._result_bytes = self._result_bytes, {}
+        if not session.connected:
+            return
+        manager = self.groups.manager
+        sent = 0
+        dones: list[Done] = []
+        for reply_to, batch in results.items():
+            if sizes[reply_to] <= self._combine_limit:
+                # One message to the sender and the manager: the manager reads the
+                # final entries as done notices (no second message).
+                sent += send(session, (reply_to, manager), Kind.RESULT, batch)
+            else:
+                sent += send(session, (reply_to,), Kind.RESULT, batch)
+                dones.extend(Done(r.worker_id, r.task_id) for r in batch if r.final)
+        if dones:
+            sent += send(session, (manager,), Kind.DONE, dones)
+        sent += self._control.send_all(session)
+        self.stats["messages_sent"] += sent

@@ -1,0 +1,119 @@
+"""``spreadqueue rpc``: call a function on a queue from the shell, print the result as JSON.
+
+Exit status: 0 with the result on stdout; 1 when the task failed (the worker raised,
+unknown function, worker lost); 2 for a usage error; 3 when nothing answered in time
+(no manager, timeout, no Spread daemon).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from .._queue.errors import NoManager, RemoteError, TaskError, TaskTimeout
+from .._queue.names import validate_queue_name
+from .._spread.errors import SpreadError
+from .common import default_queue, default_spread
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNANSWERED = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spreadqueue rpc",
+        description="Call FUNC on a worker of the queue with ARGS (JSON); print the result "
+        "as JSON. Exit status: 0 ok, 1 the task failed, 2 usage, 3 no answer in time.",
+    )
+    p.add_argument("func", metavar="FUNC", help="function name registered by the workers")
+    p.add_argument("args", metavar="JSON", nargs="?", default="null", help="arguments, as JSON")
+    p.add_argument("--queue", "-q", default=None, help="queue [default: $SPREAD_QUEUE_NAME]")
+    p.add_argument(
+        "--spread",
+        "-s",
+        default=None,
+        help="Spread daemon [default: $SPREAD_DAEMON or 4803@localhost]",
+    )
+    p.add_argument("--timeout", "-t", type=float, default=30.0, help="seconds [default: 30]")
+    return p
+
+
+async def _call(reactor: Any, spread: str, queue: str, func: str, args: Any, timeout: float) -> Any:
+    from .._queue.sender import Sender
+    from .._spread.client import connect
+
+    session = await connect(reactor, spread, None, timeout=min(timeout, 10.0))
+    # Acknowledgements come well before results: half the timeout names a missing manager.
+    sender = Sender(reactor, session, queue, ack_timeout=min(timeout / 2, 5.0))
+    try:
+        return await sender.rpc(func, args, timeout=timeout)
+    finally:
+        await sender.stop()
+        await session.disconnect()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``spreadqueue rpc``; return the exit status."""
+    from twisted.internet import task
+
+    options = _parser().parse_args(argv)
+    try:
+        queue = validate_queue_name(options.queue or default_queue() or "")
+    except ValueError as e:
+        print(f"spreadqueue rpc: {e} (give --queue or set $SPREAD_QUEUE_NAME)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        args = json.loads(options.args)
+    except ValueError as e:
+        print(f"spreadqueue rpc: ARGS is not JSON: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if options.timeout <= 0:
+        print("spreadqueue rpc: --timeout must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    spread = options.spread or default_spread()
+    outcome: list[int] = []
+
+    def done(result: Any) -> None:
+        print(json.dumps(result, default=repr))
+        outcome.append(0)
+
+    def failed(failure: Any) -> None:
+        err = failure.value
+        if isinstance(err, RemoteError):
+            print(f"spreadqueue rpc: the worker raised {err}", file=sys.stderr)
+            if getattr(err, "traceback", None):
+                print(err.traceback, file=sys.stderr, end="")
+            outcome.append(EXIT_FAILED)
+        elif isinstance(err, (TaskTimeout, NoManager)):
+            print(f"spreadqueue rpc: {err}", file=sys.stderr)
+            outcome.append(EXIT_UNANSWERED)
+        elif isinstance(err, TaskError):
+            print(f"spreadqueue rpc: {err}", file=sys.stderr)
+            outcome.append(EXIT_FAILED)
+        elif isinstance(err, (SpreadError, OSError)) or "Connect" in type(err).__name__:
+            print(
+                f"spreadqueue rpc: cannot reach the Spread daemon at {spread}: {err}",
+                file=sys.stderr,
+            )
+            outcome.append(EXIT_UNANSWERED)
+        else:
+            print(f"spreadqueue rpc: {failure.getErrorMessage()}", file=sys.stderr)
+            outcome.append(EXIT_FAILED)
+
+    def run(reactor: Any) -> Deferred[None]:
+        d = Deferred.fromCoroutine(
+            _call(reactor, spread, queue, options.func, args, options.timeout)
+        )
+        return d.addCallbacks(done, failed)
+
+    try:
+        task.react(run)
+    except SystemExit:
+        pass
+    return outcome[0] if outcome else EXIT_FAILED

@@ -1,0 +1,100 @@
+"""``twistd spreadqueue-worker``: a worker running the handlers of ``module:object``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from .._queue.names import validate_queue_name
+from .common import ReadyFileService, default_queue, default_spread, write_ready_file
+from .processes import WorkerProcessService
+
+
+def load_handlers(spec: str) -> dict[str, Any]:
+    """Import ``module:object`` where the object maps function names to callables."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise usage.UsageError(f"--handlers wants module:object, not {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise usage.UsageError(f"--handlers: cannot import {module_name!r}: {e}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise usage.UsageError(f"--handlers: {module_name!r} has no {attr!r}") from None
+    if not isinstance(obj, Mapping) or not obj:
+        raise usage.UsageError(
+            f"--handlers: {spec} must be a non-empty dict of function name -> callable"
+        )
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not callable(v)]
+    if bad:
+        raise usage.UsageError(f"--handlers: {spec}: not a name -> callable entry: {bad!r}")
+    return dict(obj)
+
+
+class Options(usage.Options):
+    """Options of ``twistd spreadqueue-worker``."""
+
+    synopsis = "--handlers module:object [options]"
+    longdesc = (
+        "Runs a worker of one queue. module:object is a dict mapping function names to "
+        "callables taking the task's arguments; a callable may return a value, a Deferred "
+        "or a coroutine. The queue defaults to $SPREAD_QUEUE_NAME (or $SPREAD_QUEUE)."
+    )
+    optParameters = [
+        ["queue", "q", None, "Queue name."],
+        ["spread", "s", None, "Spread daemon endpoint [default: $SPREAD_DAEMON or 4803@localhost]"],
+        ["handlers", "H", None, "module:object, a dict of function name -> callable."],
+        ["concurrency", "c", 1, "Tasks this worker runs at once.", int],
+        ["prefetch", None, 16, "Extra tasks it may hold while tasks are tiny (0: none).", int],
+        ["name", None, None, "Private Spread name (at most 10 characters) [default: invented]"],
+        ["ready-file", None, None, "Write this file once the worker is registered."],
+    ]
+
+    def postOptions(self) -> None:
+        queue = self["queue"] or default_queue()
+        if not queue:
+            raise usage.UsageError("no queue: give --queue or set $SPREAD_QUEUE_NAME")
+        try:
+            self["queue"] = validate_queue_name(queue)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if not self["handlers"]:
+            raise usage.UsageError("--handlers module:object is required")
+        self["handler-map"] = load_handlers(self["handlers"])
+        if not 1 <= self["concurrency"] <= 10_000:
+            raise usage.UsageError("--concurrency must be between 1 and 10000")
+        if not 0 <= self["prefetch"] <= 10_000:
+            raise usage.UsageError("--prefetch must be between 0 and 10000")
+        self["spread"] = self["spread"] or default_spread()
+
+
+def makeService(options: dict[str, Any]) -> IService:
+    """The worker service and its readiness file."""
+    from twisted.internet import reactor
+
+    ready_file = options["ready-file"]
+
+    def ready() -> None:
+        if ready_file:
+            write_ready_file(ready_file, "registered\n")
+
+    service = WorkerProcessService(
+        reactor,
+        options["queue"],
+        options["spread"],
+        options["handler-map"],
+        concurrency=options["concurrency"],
+        prefetch=options["prefetch"],
+        name=options["name"],
+        on_ready=ready,
+    )
+    ReadyFileService(ready_file or "").setServiceParent(service)
+    return service

@@ -1,0 +1,482 @@
+"""The Twisted Spread client: a Protocol around the sans-IO codec, and :func:`connect`.
+
+:class:`SpreadClientProtocol` performs the handshake exactly as libspread 5.0.1 does
+(README section 5.3): the connect record in one write, then - only once the daemon's auth
+list has arrived - the 90-byte NULL auth choice in one write (the real daemon reads each
+with a single non-blocking read and refuses pipelined or split records). On acceptance it
+creates a :class:`~spreadqueue._spread.session.SpreadSession` and becomes that session's
+:class:`~spreadqueue.interfaces.ISessionLink`. Each message is header + groups + data in
+one piece; what the listeners send while one read is handled goes out in one write when
+it has been handled, other sends at once - straight to the socket when Twisted has
+nothing buffered (:mod:`.output`).
+
+Back-pressure: the protocol registers itself with its transport as a streaming
+(push) producer. When the transport's buffer fills, Twisted calls
+:meth:`SpreadClientProtocol.pauseProducing`, which marks the session not writable
+(``session.writable`` is False, ``session.whenWritable()`` waits, producers registered
+with ``session.register_producer`` are paused); when it drains, the reverse. Reading is
+never paused: the real daemon drops a session that falls 1000 messages behind.
+
+:func:`connect` opens a session over any ``IStreamClientEndpoint`` or an endpoint string
+(Twisted's ``tcp:host=...:port=...`` or Spread's own ``4803@host`` / ``4803``).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, cast
+
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    clientFromString,
+)
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import wire
+from .endpoints import SPREAD_FORM
+from .errors import (
+    AuthRejected,
+    SessionClosed,
+    SpreadError,
+    VersionRejected,
+    WireError,
+    rejection_for,
+)
+from .interfaces import ISessionLink
+from .output import Output
+from .session import SpreadSession
+
+__all__ = [
+    "DEFAULT_PORT",
+    "ConnectTimeout",
+    "SpreadClientProtocol",
+    "connect",
+    "parse_spread_endpoint",
+]
+
+#: Spread's default daemon port.
+DEFAULT_PORT = 4803
+#: Messages with at most this much data go out as one bytes object (one copy, and one
+#: buffer entry for the transport); bigger ones as writeSequence([header+groups, data])
+#: so the payload is not copied once more.
+_SINGLE_WRITE_LIMIT = 16384
+_HEADER_LE = struct.Struct("<I32siIi")
+_ENDIAN_MARKER = wire.ENDIAN_MARKER
+
+
+class ConnectTimeout(SpreadError, TimeoutError):
+    """No Spread session within the time given to :func:`connect`."""
+
+
+@implementer(ISessionLink, IPushProducer)
+class SpreadClientProtocol(Protocol):
+    """One client connection to a Spread daemon.
+
+    ``name`` is the private name (None or ``""``: the daemon invents one); it must be at
+    most 10 bytes in ``$``..``~``: unlike libspread, which silently cuts longer names to
+    10, this raises IllegalGroupName. ``membership`` asks for membership notices;
+    ``priority`` is sent as libspread 5.0.1 does (the daemon ignores it). ``clock``,
+    when given, bounds :meth:`send_kill`: the connection is aborted if it has not
+    closed ``disconnect_timeout`` seconds after KILL_MESS (a daemon that stopped
+    reading would otherwise keep it open forever).
+
+    :attr:`ready` fires with the :class:`SpreadSession` once the daemon accepts us, or
+    fails with the typed rejection (:func:`~spreadqueue._spread.errors.rejection_for`),
+    a :class:`WireError`, or SessionClosed if the connection ends during the handshake.
+    Cancelling it aborts the connection.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        membership: bool = True,
+        priority: int = 0,
+        clock: IReactorTime | None = None,
+        disconnect_timeout: float = 5.0,
+    ) -> None:
+        if priority < 0:
+            raise ValueError(f"priority must be >= 0, not {priority}")
+        self._connect_record = wire.encode_connect(
+            name or None, membership=membership, priority=priority
+        )
+        self._membership = membership
+        self._clock = clock
+        self._disconnect_timeout = disconnect_timeout
+        self._decoder = wire.ClientDecoder()
+        self._private_group = b""
+        self._paused = False
+        self._broken: BaseException | None = None
+        self._kill_timer: IDelayedCall | None = None
+        self._out: Output | None = None
+        self._sender_field = b""
+        #: The session, once accepted.
+        self.session: SpreadSession | None = None
+        #: Fires with the session once the daemon accepts it (see the class docstring).
+        self.ready: Deferred[SpreadSession] = Deferred(self._cancel_handshake)
+
+    # ------------------------------------------------------------------ connection
+
+    def connectionMade(self) -> None:
+        """Send the connect record (one write) and register for back-pressure."""
+        transport = self.transport
+        assert transport is not None
+        if ITCPTransport.providedBy(transport):
+            # Spread is latency-bound small messages; both libspread and the daemon
+            # set TCP_NODELAY too.
+            cast(ITCPTransport, transport).setTcpNoDelay(True)
+        cast(IConsumer, transport).registerProducer(self, True)
+        self._out = Output(transport)
+        transport.write(self._connect_record)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Decode what the daemon sent and hand the frames on.
+
+        What the listeners send meanwhile goes out in one write when this returns.
+        """
+        if self._broken is not None:
+            return
+        out = self._out
+        if out is None:
+            self._received(data)
+            return
+        out.begin()
+        try:
+            self._received(data)
+        finally:
+            out.end()
+
+    def _received(self, data: bytes) -> None:
+        error: WireError | None = None
+        try:
+            frames = self._decoder.feed(data)
+        except WireError as e:
+            # Frames decoded before the bad unit still count: the real daemon acted on
+            # them before it sent the garbage, so we deliver them, then drop.
+            frames, error = getattr(e, "frames", []), e
+        if self.session is None:
+            for i, frame in enumerate(frames):
+                self._handshake_frame(frame)
+                if self._broken is not None:
+                    return
+                if self.session is not None:
+                    # accepted: the rest of this read is the session's first batch
+                    frames = frames[i + 1 :]
+                    break
+            else:
+                frames = []
+        if frames and not self._deliver(frames):
+            return
+        if error is not None:
+            self._protocol_error(error)
+
+    def _deliver(self, frames: list[wire.ClientFrame]) -> bool:
+        """Hand ``frames`` to the session as one batch; False if that broke the link.
+
+        What listeners defer with after_delivery runs once at the end of the batch and
+        goes out in this read's one write.
+        """
+        session = self.session
+        assert session is not None
+        session.begin_delivery()
+        try:
+            for frame in frames:
+                session.frame_received(frame)  # type: ignore[arg-type]
+                if self._broken is not None:
+                    return False
+        finally:
+            session.end_delivery()
+        return True
+
+    def _handshake_frame(self, frame: wire.ClientFrame) -> None:
+        transport = self.transport
+        assert transport is not None
+        if isinstance(frame, wire.AuthList):
+            if "NULL" not in frame.methods:
+                self._fail_handshake(
+                    AuthRejected(
+                        f"the daemon allows only {' '.join(frame.methods) or 'no'} "
+                        "authentication; spreadqueue speaks NULL only"
+                    )
+                )
+                return
+            # One write: the daemon takes the auth choice from a single read (trace c7).
+            transport.write(wire.encode_auth_choice(("NULL",)))
+        elif isinstance(frame, wire.Accepted):
+            if frame.daemon_version[:1] < (3,):
+                self._fail_handshake(
+                    VersionRejected(f"daemon version {frame.daemon_version} is older than 3")
+                )
+                return
+            self._private_group = wire.to_bytes(frame.private_group)
+            self._sender_field = wire.pad_name(self._private_group)
+            session = SpreadSession(self, frame.private_group, membership=self._membership)
+            self.session = session
+            if self._paused:
+                session.pause_writing()
+            self._log.info(
+                "Spread session {private_group} accepted by daemon version {version}",
+                private_group=frame.private_group,
+                version=".".join(map(str, frame.daemon_version)),
+            )
+            if not self.ready.called:
+                self.ready.callback(session)
+        elif isinstance(frame, wire.HandshakeRejected):
+            self._fail_handshake(rejection_for(frame.code))
+        else:
+            self._protocol_error(WireError(f"message {frame!r} before the session was accepted"))
+
+    def _fail_handshake(self, error: BaseException) -> None:
+        self._log.warn("Spread daemon refused the session: {error}", error=error)
+        self._broken = error
+        if not self.ready.called:
+            self.ready.errback(Failure(error))
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _protocol_error(self, error: WireError) -> None:
+        self._log.error(
+            "Spread daemon at {peer} broke the protocol ({error}); dropping the connection",
+            peer=self.transport.getPeer() if self.transport is not None else None,
+            error=error,
+        )
+        self._broken = error
+        if not self.ready.called:
+            self.ready.errback(Failure(error))
+        if self.transport is not None:
+            self._abort()
+
+    def _abort(self) -> None:
+        if self._out is not None:
+            self._out.discard()
+        transport = self.transport
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        elif transport is not None:
+            transport.loseConnection()
+
+    def _cancel_handshake(self, d: Deferred[SpreadSession]) -> None:
+        self._broken = CancelledError("Spread connect cancelled")
+        if self.transport is not None:
+            self._abort()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Tell the session (or the handshake's waiter) that the connection is gone."""
+        if self._kill_timer is not None and self._kill_timer.active():
+            self._kill_timer.cancel()
+        self._kill_timer = None
+        if self._broken is not None and not isinstance(self._broken, CancelledError):
+            # the real cause beats the transport's generic "connection lost"
+            reason = Failure(self._broken)
+        if self.session is not None:
+            self.session.connection_lost(reason)
+        elif not self.ready.called:
+            self.ready.errback(
+                Failure(
+                    SessionClosed(
+                        "the daemon closed the connection during the handshake "
+                        f"({reason.getErrorMessage()})"
+                    )
+                )
+            )
+
+    # ------------------------------------------------------------------ ISessionLink
+
+    def _output(self) -> Output:
+        transport = self.transport
+        out = self._out
+        if out is None or transport is None or getattr(transport, "disconnecting", False):
+            raise SessionClosed("the connection to the Spread daemon is closed")
+        return out
+
+    def send_multicast(
+        self, service_type: int, groups: list[bytes], mess_type: int, data: bytes
+    ) -> None:
+        """Write one data message (header + groups + data) in one write."""
+        out = self._output()
+        if not -0x8000 <= mess_type <= 0xFFFF:
+            raise ValueError(f"mess_type {mess_type} does not fit 16 bits")
+        head = _HEADER_LE.pack(
+            (service_type | _ENDIAN_MARKER) & 0xFFFFFFFF,
+            self._sender_field,
+            len(groups),
+            ((mess_type << 8) & 0x00FFFF00) | _ENDIAN_MARKER,
+            len(data),
+        )
+        if len(groups) == 1:
+            names = wire.pad_name(groups[0])
+        else:
+            names = b"".join(map(wire.pad_name, groups))
+        if len(data) <= _SINGLE_WRITE_LIMIT:
+            out.write(b"".join((head, names, data)))
+        else:
+            out.write_many([head + names, data])
+
+    def send_join(self, group: bytes) -> None:
+        """Write JOIN_MESS for ``group``."""
+        self._output().write(wire.encode_join(self._private_group, group))
+
+    def send_leave(self, group: bytes) -> None:
+        """Write LEAVE_MESS for ``group``."""
+        self._output().write(wire.encode_leave(self._private_group, group))
+
+    def send_kill(self) -> None:
+        """Write KILL_MESS and close, as SP_disconnect does (trace l1)."""
+        out = self._output()
+        out.write(wire.encode_kill(self._private_group))
+        out.flush()  # what a listener sent before disconnecting goes out first
+        transport = out.transport
+        # A registered producer would keep loseConnection from ever completing.
+        transport.unregisterProducer()
+        transport.loseConnection()
+        if self._clock is not None and self._disconnect_timeout is not None:
+            self._kill_timer = self._clock.callLater(self._disconnect_timeout, self._abort)
+
+    # ------------------------------------------------------------------ IPushProducer
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: the session stops being writable."""
+        self._paused = True
+        if self.session is not None:
+            self.session.pause_writing()
+
+    def resumeProducing(self) -> None:
+        """The transport's buffer drained: the session is writable again."""
+        self._paused = False
+        if self.session is not None:
+            self.session.resume_writing()
+
+    def stopProducing(self) -> None:
+        """The transport is going away; connectionLost does the cleaning up."""
+
+
+class _SpreadClientFactory(Factory):
+    """Builds the one SpreadClientProtocol of a :func:`connect` call."""
+
+    def __init__(
+        self, name: str | None, membership: bool, priority: int, clock: IReactorTime
+    ) -> None:
+        self._kwargs: dict[str, Any] = {
+            "membership": membership,
+            "priority": priority,
+            "clock": clock,
+        }
+        self._name = name
+        self.protocol_instance: SpreadClientProtocol | None = None
+
+    def buildProtocol(self, addr: Any) -> SpreadClientProtocol:
+        proto = SpreadClientProtocol(self._name, **self._kwargs)
+        proto.factory = self
+        self.protocol_instance = proto
+        return proto
+
+
+def parse_spread_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
+    """An endpoint for a Spread daemon address.
+
+    Accepts Spread's own forms - ``"4803@host"`` (TCP to host:4803; IPv4 or IPv6
+    literals, ``[::1]`` too, or a host name) and a bare ``"4803"`` (127.0.0.1:4803:
+    libspread would use the daemon's Unix socket ``/tmp/4803``, but the embedded
+    daemon has none, and the TCP port reaches the same daemon) - and any Twisted
+    client endpoint description such as ``"tcp:host=127.0.0.1:port=4803"``.
+    ``reactor`` must provide IReactorTCP (and IReactorTime for host names).
+    Raises ValueError for a malformed description.
+    """
+    text = description.strip()
+    m = SPREAD_FORM.match(text)
+    if m is None:
+        return cast(IStreamClientEndpoint, clientFromString(reactor, text))
+    port = int(m.group(1))
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} in {description!r} is outside 1..65535")
+    host = m.group(2)
+    if host is None:
+        return TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ValueError(f"no host in {description!r}")
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port)
+    return HostnameEndpoint(reactor, host, port)
+
+
+async def _open(endpoint: IStreamClientEndpoint, factory: _SpreadClientFactory) -> SpreadSession:
+    try:
+        proto = cast(SpreadClientProtocol, await endpoint.connect(factory))
+    except ConnectingCancelledError as e:
+        # what a cancelled TCP endpoint reports: make it the usual CancelledError
+        raise CancelledError(f"connecting to {e.address} cancelled") from e
+    return await proto.ready
+
+
+def connect(
+    reactor: Any,
+    endpoint: IStreamClientEndpoint | str,
+    name: str | None = None,
+    *,
+    membership: bool = True,
+    priority: int = 0,
+    timeout: float | None = 10.0,
+) -> Deferred[SpreadSession]:
+    """Open a Spread session; the Deferred fires with a connected :class:`SpreadSession`.
+
+    ``endpoint`` is an IStreamClientEndpoint or a description for
+    :func:`parse_spread_endpoint`. ``name`` is the private name (None: the daemon
+    invents one); a name longer than 10 bytes or with bytes outside ``$``..``~``
+    raises IllegalGroupName here, at once (libspread would silently cut it to 10).
+    ``reactor`` provides IReactorTCP and IReactorTime.
+
+    The Deferred fails with the typed rejection (NameNotUnique, IllegalName,
+    VersionRejected, AuthRejected, QuotaExceeded ...), with :class:`ConnectTimeout` when
+    the TCP connection plus handshake take longer than ``timeout`` seconds (None: no
+    limit), with the endpoint's error when the daemon cannot be reached, and with
+    SessionClosed when the daemon closes the connection during the handshake.
+    Cancelling it stops the attempt (CancelledError).
+    """
+    if name is not None:
+        wire.check_private_name(name)
+    if priority < 0:
+        raise ValueError(f"priority must be >= 0, not {priority}")
+    where = endpoint if isinstance(endpoint, str) else repr(endpoint)
+    if isinstance(endpoint, str):
+        endpoint = parse_spread_endpoint(reactor, endpoint)
+    factory = _SpreadClientFactory(name, membership, priority, reactor)
+    d = Deferred.fromCoroutine(_open(endpoint, factory))
+    if timeout is not None:
+
+        def timed_out(result: SpreadSession | Failure, after: float) -> SpreadSession | Failure:
+            if isinstance(result, Failure) and result.check(CancelledError):
+                stage = (
+                    "connecting"
+                    if factory.protocol_instance is None
+                    else "waiting for the daemon's handshake"
+                )
+                return Failure(
+                    ConnectTimeout(f"no Spread session with {where} after {after:g}s ({stage})")
+                )
+            return result
+
+        return d.addTimeout(timeout, reactor, onTimeoutCancel=timed_out)
+    return d

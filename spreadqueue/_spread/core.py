@@ -1,0 +1,861 @@
+"""The state of one embedded Spread daemon, without I/O: sessions, groups, routing.
+
+:class:`DaemonCore` holds what a single Spread 5.0.1 daemon knows about its clients
+(see ``shared/spread-wire/README.md``; section numbers below refer to it): sessions by
+private name, groups and their ordered members, group ids, membership notices and the
+routing of multicasts. It never touches a socket or a reactor. Each session delivers
+through a sink (:class:`ISessionSink`): the TCP protocol of :mod:`.daemon` writes wire
+bytes, an in-process session takes the decoded frame.
+
+Every delivered message is an :class:`Envelope` shared by all its receivers: its wire
+bytes are encoded once, on first use, and its decoded frame is built once, on first use.
+
+One daemon gives every service type the same total order: messages and membership
+changes are delivered in the order the core is asked to perform them. Calls made while
+the core is delivering (a sink that answers from inside ``deliver``, or drops its
+session) are queued and run right after the current operation, so every receiver sees
+the same order.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import random
+import struct
+import time as _time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
+
+from zope.interface import implementer
+
+from .errors import IllegalName, NameNotUnique, QuotaExceeded, SessionClosed
+from .interfaces import ISessionLink, ISessionSink
+from .wire import (
+    CAUSED_BY_DISCONNECT,
+    CAUSED_BY_JOIN,
+    CAUSED_BY_LEAVE,
+    CONTROL_MESS,
+    GROUP_FIELD,
+    MAX_DAEMON_NAME,
+    MAX_GROUP_NAME,
+    MAX_PRIVATE_NAME,
+    REG_MEMB_MESS,
+    REGULAR_MESS,
+    SELF_DISCARD,
+    ClientFrame,
+    GroupId,
+    MembershipMessage,
+    RegularMessage,
+    Relay,
+    decode_relay,
+    encode_hint,
+    encode_membership,
+    encode_relay,
+    encode_self_leave,
+    is_legal_name,
+)
+
+__all__ = [
+    "DEFAULT_MAX_SESSIONS",
+    "Admission",
+    "CallbackSink",
+    "DaemonCore",
+    "Envelope",
+    "Group",
+    "LocalLink",
+    "MembershipEnvelope",
+    "RelayEnvelope",
+    "SelfLeaveEnvelope",
+    "Session",
+    "WireEnvelope",
+    "daemon_id",
+]
+
+#: (2000 - 5) / 2 sessions, like the real daemon (section 5.10).
+DEFAULT_MAX_SESSIONS: Final = 997
+#: Invented names are ``r<0..9998>-<slot>`` (section 5.3).
+_RANDOM_NAME_RANGE: Final = 9999
+#: What a relayed data message keeps of its sender's type bits. Spread relays the bits
+#: untouched, but a membership or reject bit would make receivers (ours included) decode
+#: a forged notice, so only the service level and SELF_DISCARD go through.
+_RELAY_BITS: Final = REGULAR_MESS | SELF_DISCARD
+_ZERO32: Final = bytes(32)
+_LINK_NAME_CACHE: Final = 4096
+_U32_LE = struct.Struct("<I")
+
+
+def daemon_id(name: str) -> int:
+    """The daemon id the real daemon derives from its name (section 5.7, group id).
+
+    Spread hashes the configured name, terminating NUL included, with Bob Jenkins'
+    one-at-a-time hash seeded with the length (``localhost`` -> 482711334, ``d1`` ->
+    1552775919); 0 and 0xffffffff are reserved and replaced by ``length << 16``.
+    """
+    raw = name.encode("latin-1") + b"\0"
+    h = len(raw)
+    for b in raw:
+        # C's plain char is signed on x86: bytes >= 0x80 count as negative.
+        h = (h + (b - 256 if b > 127 else b)) & 0xFFFFFFFF
+        h = (h + (h << 10)) & 0xFFFFFFFF
+        h ^= h >> 6
+    h = (h + (h << 3)) & 0xFFFFFFFF
+    h ^= h >> 11
+    h = (h + (h << 15)) & 0xFFFFFFFF
+    if h in (0, 0xFFFFFFFF):
+        h = (len(raw) << 16) or 0x10000
+    return h
+
+
+# --------------------------------------------------------------------------- names
+
+_padded: dict[str, bytes] = {}
+
+
+def _pad(name: str) -> bytes:
+    """``name`` as a NUL-padded 32-byte wire field (cached: names repeat a lot).
+
+    A field without a NUL (32 name bytes) is cut to 31, as the daemon forces byte 31 to
+    NUL: everything this daemon writes is a proper NUL-terminated field.
+    """
+    field = _padded.get(name)
+    if field is None:
+        raw = name.encode("latin-1")[:MAX_GROUP_NAME]
+        field = raw + _ZERO32[len(raw) :]
+        if len(_padded) < 65536:
+            _padded[name] = field
+    return field
+
+
+def _groups_blob(groups: Sequence[str]) -> bytes:
+    if len(groups) == 1:
+        return _pad(groups[0])
+    return b"".join([_pad(g) for g in groups])
+
+
+def _signed16(v: int) -> int:
+    return v - 0x10000 if v & 0x8000 else v
+
+
+def _hint_mess_type(hint: bytes) -> tuple[int, bool]:
+    """``(mess_type, little_endian)`` of a raw 4-byte hint (section 5.5)."""
+    little = bool(hint[0] & 0x80 and hint[3] & 0x80)
+    value = int.from_bytes(hint, "little" if little else "big")
+    return _signed16((value >> 8) & 0xFFFF), little
+
+
+# --------------------------------------------------------------------------- envelopes
+
+
+class Envelope:
+    """One message on its way to its receivers; shared by all of them.
+
+    :attr:`wire` is the message as the daemon writes it to a client, encoded on first
+    use and then reused for every receiver. :attr:`frame` is the same message as
+    :class:`~spreadqueue._spread.wire.ClientDecoder` would decode it, for in-process
+    sessions that need no bytes.
+    """
+
+    __slots__ = ("_frame", "_wire")
+
+    def __init__(self) -> None:
+        self._wire: bytes | None = None
+        self._frame: ClientFrame | None = None
+
+    @property
+    def wire(self) -> bytes:
+        """The encoded message (header, groups, data), built once."""
+        wire = self._wire
+        if wire is None:
+            wire = self._wire = self._encode()
+        return wire
+
+    @property
+    def frame(self) -> ClientFrame:
+        """The decoded message, built once."""
+        frame = self._frame
+        if frame is None:
+            frame = self._frame = self._decode()
+        return frame
+
+    def _encode(self) -> bytes:
+        raise NotImplementedError
+
+    def _decode(self) -> ClientFrame:
+        raise NotImplementedError
+
+
+class RelayEnvelope(Envelope):
+    """A data message relayed from ``sender`` (section 5.7, regular message)."""
+
+    __slots__ = ("data", "groups", "hint", "raw_sender", "sender", "service_type")
+
+    def __init__(
+        self,
+        service_type: int,
+        sender: str,
+        groups: Sequence[str],
+        hint: bytes,
+        data: bytes,
+        raw_sender: bytes | None = None,
+    ) -> None:
+        self._wire = None
+        self._frame = None
+        self.service_type = service_type
+        self.sender = sender
+        self.groups = groups
+        self.hint = hint
+        self.data = data
+        self.raw_sender = sender.encode("latin-1") if raw_sender is None else raw_sender
+
+    def _encode(self) -> bytes:
+        # The hint keeps the sender's byte order and marker (section 5.2).
+        return encode_relay(
+            self.service_type,
+            self.raw_sender,
+            _groups_blob(self.groups),
+            len(self.groups),
+            self.hint,
+            self.data,
+        )
+
+    def _decode(self) -> ClientFrame:
+        mess_type, little = _hint_mess_type(self.hint)
+        groups = self.groups if isinstance(self.groups, tuple) else tuple(self.groups)
+        if any(len(g) > MAX_GROUP_NAME for g in groups):
+            groups = tuple(g[:MAX_GROUP_NAME] for g in groups)
+        return RegularMessage(
+            self.service_type, self.sender, groups, mess_type, self.data, not little
+        )
+
+
+class WireEnvelope(Envelope):
+    """A data message forwarded as the sender wrote it (see
+    :class:`~spreadqueue._spread.wire.Relay`): its wire bytes are given, its frame is
+    decoded from them on first use."""
+
+    __slots__ = ()
+
+    def __init__(self, wire: bytes) -> None:
+        self._wire = wire
+        self._frame = None
+
+    def _decode(self) -> ClientFrame:
+        assert self._wire is not None
+        return decode_relay(self._wire)
+
+
+class MembershipEnvelope(Envelope):
+    """A regular membership notice: REG_MEMB_MESS | ``cause`` with one vs-set holding
+    only ``changed`` (section 5.7: join, leave and disconnect on one daemon)."""
+
+    __slots__ = ("cause", "changed", "group", "group_id", "members")
+
+    def __init__(
+        self, cause: int, group: str, members: tuple[str, ...], group_id: GroupId, changed: str
+    ) -> None:
+        self._wire = None
+        self._frame = None
+        self.cause = cause
+        self.group = group
+        self.members = members
+        self.group_id = group_id
+        self.changed = changed
+
+    def _encode(self) -> bytes:
+        return encode_membership(
+            REG_MEMB_MESS | self.cause,
+            self.group,
+            self.members,
+            self.group_id,
+            ((self.changed,),),
+        )
+
+    def _decode(self) -> ClientFrame:
+        return MembershipMessage(
+            REG_MEMB_MESS | self.cause,
+            self.group,
+            self.cause,
+            self.group_id,
+            self.members,
+            ((self.changed,),),
+            0,
+            self.changed,
+        )
+
+
+class SelfLeaveEnvelope(Envelope):
+    """The notice to a member that left ``group``: CAUSED_BY_LEAVE alone, no body."""
+
+    __slots__ = ("group",)
+
+    def __init__(self, group: str) -> None:
+        self._wire = None
+        self._frame = None
+        self.group = group
+
+    def _encode(self) -> bytes:
+        return encode_self_leave(self.group)
+
+    def _decode(self) -> ClientFrame:
+        return MembershipMessage(
+            CAUSED_BY_LEAVE, self.group, CAUSED_BY_LEAVE, None, is_self_leave=True
+        )
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+@implementer(ISessionSink)
+class CallbackSink:
+    """Hands the decoded frame of every delivery to ``receive`` (in-process sessions).
+
+    ``on_error`` gets any exception ``receive`` raises, so one faulty listener cannot
+    break delivery to the other sessions.
+    """
+
+    __slots__ = ("_on_error", "_receive")
+
+    def __init__(
+        self,
+        receive: Callable[[ClientFrame], object],
+        on_error: Callable[[BaseException], object] | None = None,
+    ) -> None:
+        self._receive = receive
+        self._on_error = on_error
+
+    def deliver(self, envelope: Envelope) -> None:
+        """Call ``receive(envelope.frame)``."""
+        try:
+            self._receive(envelope.frame)
+        except Exception as exc:
+            if self._on_error is None:
+                raise
+            self._on_error(exc)
+
+
+# --------------------------------------------------------------------------- state
+
+
+class Session:
+    """One client session of the daemon."""
+
+    __slots__ = (
+        "field",
+        "groups",
+        "is_open",
+        "membership",
+        "name",
+        "private_group",
+        "raw_private_group",
+        "sink",
+        "slot",
+    )
+
+    def __init__(
+        self, name: str, private_group: str, membership: bool, sink: ISessionSink, slot: int
+    ) -> None:
+        #: the private name, e.g. ``alice``
+        self.name = name
+        #: ``#alice#localhost``
+        self.private_group = private_group
+        self.raw_private_group = private_group.encode("latin-1")
+        #: the private group as a 32-byte wire field (the routing key of unicasts)
+        self.field = _pad(private_group)
+        #: True when the session gets membership notices
+        self.membership = membership
+        self.sink = sink
+        #: the number standing for the real daemon's socket number (invented names)
+        self.slot = slot
+        #: the groups this session is a member of, in join order
+        self.groups: dict[str, Group] = {}
+        self.is_open = True
+
+    def __repr__(self) -> str:
+        return f"<Session {self.private_group}>"
+
+
+class Group:
+    """A group and its members, ordered by private group name (section 5.7)."""
+
+    __slots__ = ("counter", "field", "members", "name", "order")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        #: the name as a 32-byte wire field (the routing key of multicasts)
+        self.field = _pad(name)
+        #: private group name -> session, in join order
+        self.members: dict[str, Session] = {}
+        #: the members' private group names in byte order (notices list them so)
+        self.order: list[str] = []
+        #: word [2] of the group id: 1 when created, +1 per join, leave or disconnect
+        self.counter = 0
+
+    def add(self, session: Session) -> None:
+        self.members[session.private_group] = session
+        bisect.insort(self.order, session.private_group)
+        self.counter += 1
+
+    def remove(self, session: Session) -> None:
+        del self.members[session.private_group]
+        del self.order[bisect.bisect_left(self.order, session.private_group)]
+        self.counter += 1
+
+
+class Admission:
+    """A session being admitted: holds a quota slot, then a name, until it opens."""
+
+    __slots__ = ("name", "settled", "slot")
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.name: str | None = None
+        self.settled = False
+
+
+class DaemonCore:
+    """Sessions, groups and routing of one Spread daemon named ``name``.
+
+    ``time`` is word [1] of every group id (the real daemon's membership time stamp,
+    epoch seconds); ``max_sessions`` bounds sessions plus admissions in progress;
+    ``randrange(n)`` returns a number in ``0..n-1`` for invented names.
+    """
+
+    def __init__(
+        self,
+        name: str = "localhost",
+        *,
+        time: int | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        randrange: Callable[[int], int] | None = None,
+    ) -> None:
+        if not name or len(name.encode("latin-1")) > MAX_DAEMON_NAME or "#" in name:
+            raise ValueError(f"daemon name {name!r} must be 1..{MAX_DAEMON_NAME} bytes, no '#'")
+        if max_sessions < 0:
+            raise ValueError("max_sessions cannot be negative")
+        self.name = name
+        self.daemon_id = daemon_id(name)
+        self.time = (int(_time.time()) if time is None else time) & 0xFFFFFFFF
+        self.max_sessions = max_sessions
+        self._randrange = randrange or random.randrange
+        self._suffix = "#" + name
+        #: private name -> Session, or the Admission that claimed it
+        self._names: dict[str, Session | Admission] = {}
+        #: private group name -> Session (routing of unicasts)
+        self._by_group: dict[str, Session] = {}
+        self._groups: dict[str, Group] = {}
+        #: wire field (a name NUL-padded to 32 bytes) -> its group or private group's
+        #: session: routes a Relay without decoding a name
+        self._targets: dict[bytes, Group | Session] = {}
+        self._admissions = 0
+        self._slots_free: list[int] = []
+        self._next_slot = 1
+        self._busy = False
+        self._queued: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+
+    # ----------------------------------------------------------------- queries
+
+    @property
+    def session_count(self) -> int:
+        """Open sessions."""
+        return len(self._by_group)
+
+    @property
+    def admissions(self) -> int:
+        """Admissions in progress (sessions in their handshake)."""
+        return self._admissions
+
+    @property
+    def group_count(self) -> int:
+        """Groups with at least one member."""
+        return len(self._groups)
+
+    def session(self, private_group: str) -> Session | None:
+        """The open session whose private group is ``private_group``."""
+        return self._by_group.get(private_group)
+
+    def sessions(self) -> tuple[Session, ...]:
+        """Every open session."""
+        return tuple(self._by_group.values())
+
+    def groups(self) -> tuple[str, ...]:
+        """The names of the groups that have members, sorted."""
+        return tuple(sorted(self._groups))
+
+    def members(self, group: str) -> tuple[str, ...]:
+        """The private group names of ``group``'s members, in notice order."""
+        g = self._groups.get(group)
+        return tuple(g.order) if g is not None else ()
+
+    def group_id(self, group: str) -> GroupId | None:
+        """``group``'s current id, or None when it has no members."""
+        g = self._groups.get(group)
+        return None if g is None else GroupId(self.daemon_id, self.time, g.counter)
+
+    def snapshot(self) -> tuple[frozenset[str], dict[str, tuple[str, ...]], int]:
+        """(private groups, group -> members, admissions): compare to check for leaks."""
+        return (
+            frozenset(self._by_group),
+            {name: tuple(g.order) for name, g in self._groups.items()},
+            self._admissions,
+        )
+
+    def private_group_of(self, name: str) -> str:
+        """``#name#daemon``."""
+        return "#" + name + self._suffix
+
+    # ----------------------------------------------------------------- admission
+
+    def admit(self) -> Admission:
+        """Take a quota slot for a new session; raise QuotaExceeded when full.
+
+        The real daemon refuses at accept time, before reading anything (section 5.3).
+        Admissions in progress count: a client that never finishes its handshake still
+        holds its slot until it is abandoned.
+        """
+        if len(self._by_group) + self._admissions >= self.max_sessions:
+            raise QuotaExceeded()
+        self._admissions += 1
+        if self._slots_free:
+            # The lowest free number, as the kernel hands out the lowest free fd.
+            slot = heapq.heappop(self._slots_free)
+        else:
+            slot = self._next_slot
+            self._next_slot += 1
+        return Admission(slot)
+
+    def claim(self, admission: Admission, name: str | bytes = "") -> str:
+        """Reserve the private ``name`` for ``admission``; return it.
+
+        An empty name makes the daemon invent one, ``r<random>-<slot>``. Raises
+        IllegalName or NameNotUnique (the real daemon's checks, section 5.3).
+        """
+        if admission.settled or admission.name is not None:
+            raise ValueError("admission already has a name or is settled")
+        text = name if isinstance(name, str) else name.decode("latin-1")
+        if not text:
+            text = self._invent_name(admission.slot)
+        else:
+            raw = text.encode("latin-1")
+            if len(raw) > MAX_PRIVATE_NAME or not is_legal_name(raw):
+                raise IllegalName()
+            if text in self._names:
+                raise NameNotUnique()
+        self._names[text] = admission
+        admission.name = text
+        return text
+
+    def _invent_name(self, slot: int) -> str:
+        while True:
+            text = f"r{self._randrange(_RANDOM_NAME_RANGE)}-{slot}"[:MAX_PRIVATE_NAME]
+            if text not in self._names:
+                return text
+
+    def open(self, admission: Admission, sink: ISessionSink, *, membership: bool = True) -> Session:
+        """Turn a named ``admission`` into an open session delivering to ``sink``."""
+        if admission.settled or admission.name is None:
+            raise ValueError("admission is settled or has no name")
+        admission.settled = True
+        self._admissions -= 1
+        session = Session(
+            admission.name, self.private_group_of(admission.name), membership, sink, admission.slot
+        )
+        self._names[session.name] = session
+        self._by_group[session.private_group] = session
+        self._targets[session.field] = session
+        return session
+
+    def abandon(self, admission: Admission) -> None:
+        """Give up ``admission`` (handshake failed): free its slot and name. Idempotent."""
+        if admission.settled:
+            return
+        admission.settled = True
+        self._admissions -= 1
+        if admission.name is not None and self._names.get(admission.name) is admission:
+            del self._names[admission.name]
+        heapq.heappush(self._slots_free, admission.slot)
+
+    def connect(
+        self, sink: ISessionSink, name: str | bytes = "", *, membership: bool = True
+    ) -> Session:
+        """Admit, name and open a session at once (in-process sessions).
+
+        Raises QuotaExceeded, IllegalName or NameNotUnique.
+        """
+        admission = self.admit()
+        try:
+            self.claim(admission, name)
+        except BaseException:
+            self.abandon(admission)
+            raise
+        return self.open(admission, sink, membership=membership)
+
+    # ----------------------------------------------------------------- operations
+
+    def join(self, session: Session, group: str) -> None:
+        """``session`` joins ``group``; members get REG_MEMB_MESS | CAUSED_BY_JOIN.
+
+        Joining a group one is in does nothing (section 5.7). So does a name that
+        cannot be a group: empty, longer than 31 bytes, or private (``#...``).
+        """
+        self._run(self._join, session, group)
+
+    def leave(self, session: Session, group: str) -> None:
+        """``session`` leaves ``group``: a self-leave notice to it, CAUSED_BY_LEAVE to
+        the others. Leaving a group one is not in does nothing."""
+        self._run(self._leave, session, group)
+
+    def disconnect(self, session: Session) -> None:
+        """Close ``session``: the members of its groups get CAUSED_BY_DISCONNECT.
+
+        Idempotent.
+        """
+        self._run(self._disconnect, session)
+
+    def multicast(
+        self,
+        session: Session,
+        service_type: int,
+        groups: Sequence[str],
+        data: bytes,
+        mess_type: int = 0,
+        *,
+        hint: bytes | None = None,
+    ) -> None:
+        """Deliver ``data`` from ``session`` to ``groups``, one copy per receiver.
+
+        ``groups`` may name public groups and private groups (``#name#daemon``); unknown
+        ones are dropped silently, as are groups without members. The sender need not
+        be a member. With SELF_DISCARD in ``service_type`` the sender gets no copy.
+        ``hint`` is the sender's raw 4-byte hint (it carries ``mess_type`` and the
+        sender's byte order); without it one is made from ``mess_type``.
+        """
+        if hint is None:
+            hint = _U32_LE.pack(encode_hint(mess_type))
+        self._run(self._multicast, session, service_type, groups, hint, data)
+
+    def relay(self, session: Session, frame: Relay) -> None:
+        """Deliver a :class:`~spreadqueue._spread.wire.Relay` from ``session``: as
+        :meth:`multicast` does, but routed by its raw destination fields and sent to
+        the receivers as the very bytes that came in."""
+        self._run(self._relay, session, frame)
+
+    def _relay(self, session: Session, frame: Relay) -> None:
+        if not session.is_open:
+            return
+        service_type, blob, num_groups, wire = frame
+        skip = session if service_type & SELF_DISCARD else None
+        if num_groups == 1:
+            target = self._targets.get(blob)
+            if target is None:
+                return
+            envelope = WireEnvelope(wire)
+            if type(target) is Session:
+                if target is not skip:
+                    target.sink.deliver(envelope)
+                return
+            for receiver in target.members.values():  # type: ignore[union-attr]
+                if receiver is not skip:
+                    receiver.sink.deliver(envelope)
+            return
+        # One copy per receiver, however many destinations it is reached by.
+        merged: dict[str, Session] = {}
+        targets = self._targets
+        for i in range(0, GROUP_FIELD * num_groups, GROUP_FIELD):
+            target = targets.get(blob[i : i + GROUP_FIELD])
+            if type(target) is Session:
+                merged[target.private_group] = target
+            elif target is not None:
+                merged.update(target.members)  # type: ignore[union-attr]
+        if merged:
+            envelope = WireEnvelope(wire)
+            for receiver in merged.values():
+                if receiver is not skip:
+                    receiver.sink.deliver(envelope)
+
+    def _run(self, op: Callable[..., None], *args: Any) -> None:
+        # Serialise: a call made from inside a delivery (a sink answering at once, or
+        # dropping its session) runs after the current operation, so every receiver
+        # sees one total order of messages and membership changes.
+        if self._busy:
+            self._queued.append((op, args))
+            return
+        self._busy = True
+        try:
+            op(*args)
+            queued = self._queued
+            while queued:
+                op, args = queued.popleft()
+                op(*args)
+        finally:
+            self._busy = False
+
+    def _join(self, session: Session, name: str) -> None:
+        if not session.is_open or name in session.groups:
+            return
+        if not name or len(name) > MAX_GROUP_NAME or name[0] == "#":
+            return
+        group = self._groups.get(name)
+        if group is None:
+            group = self._groups[name] = Group(name)
+            self._targets[group.field] = group
+        group.add(session)
+        session.groups[name] = group
+        self._notify(group, CAUSED_BY_JOIN, session.private_group)
+
+    def _leave(self, session: Session, name: str) -> None:
+        group = session.groups.pop(name, None) if session.is_open else None
+        if group is None:
+            return
+        group.remove(session)
+        if session.membership:
+            session.sink.deliver(SelfLeaveEnvelope(name))
+        self._after_departure(group, CAUSED_BY_LEAVE, session.private_group)
+
+    def _disconnect(self, session: Session) -> None:
+        if not session.is_open:
+            return
+        session.is_open = False
+        del self._by_group[session.private_group]
+        del self._targets[session.field]
+        del self._names[session.name]
+        heapq.heappush(self._slots_free, session.slot)
+        # [inferred] one notice per group, in group-name order like the daemon's
+        # sorted group table; only the order within one receiver's stream matters.
+        for name in sorted(session.groups):
+            group = session.groups[name]
+            group.remove(session)
+            self._after_departure(group, CAUSED_BY_DISCONNECT, session.private_group)
+        session.groups.clear()
+
+    def _after_departure(self, group: Group, cause: int, member: str) -> None:
+        if group.members:
+            self._notify(group, cause, member)
+        else:
+            del self._groups[group.name]
+            del self._targets[group.field]
+
+    def _notify(self, group: Group, cause: int, changed: str) -> None:
+        envelope = MembershipEnvelope(
+            cause,
+            group.name,
+            tuple(group.order),
+            GroupId(self.daemon_id, self.time, group.counter),
+            changed,
+        )
+        for member in group.members.values():
+            if member.membership:
+                member.sink.deliver(envelope)
+
+    def _multicast(
+        self,
+        session: Session,
+        service_type: int,
+        groups: Sequence[str],
+        hint: bytes,
+        data: bytes,
+    ) -> None:
+        if not session.is_open:
+            return
+        receivers: Iterable[Session]
+        if len(groups) == 1:
+            name = groups[0]
+            if name[:1] == "#":
+                target = self._by_group.get(name)
+                receivers = () if target is None else (target,)
+            else:
+                group = self._groups.get(name)
+                receivers = () if group is None else group.members.values()
+        else:
+            # One copy per receiver, however many destinations it is reached by.
+            merged: dict[str, Session] = {}
+            for name in groups:
+                if name[:1] == "#":
+                    target = self._by_group.get(name)
+                    if target is not None:
+                        merged[name] = target
+                else:
+                    group = self._groups.get(name)
+                    if group is not None:
+                        merged.update(group.members)
+            receivers = merged.values()
+        if not receivers:
+            return
+        skip = session if service_type & SELF_DISCARD else None
+        envelope = RelayEnvelope(
+            service_type & _RELAY_BITS,
+            session.private_group,
+            groups,
+            hint,
+            data,
+            session.raw_private_group,
+        )
+        for receiver in receivers:
+            if receiver is not skip:
+                receiver.sink.deliver(envelope)
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+@implementer(ISessionLink)
+class LocalLink:
+    """An :class:`~spreadqueue.interfaces.ISessionLink` straight into a
+    :class:`DaemonCore`: an in-process session, no socket, no encoding.
+
+    Pair it with a sink given to :meth:`DaemonCore.connect`. ``on_closed`` is called
+    once, when :meth:`send_kill` has closed the session.
+    """
+
+    def __init__(
+        self,
+        core: DaemonCore,
+        session: Session,
+        on_closed: Callable[[], object] | None = None,
+    ) -> None:
+        self.core = core
+        self.session = session
+        self._on_closed = on_closed
+        self._killed = False
+        # destination lists as the core wants them (str names), by what we were given
+        self._names: dict[Any, tuple[str, ...]] = {}
+
+    def _check_open(self) -> None:
+        if self._killed or not self.session.is_open:
+            raise SessionClosed("the session is closed")
+
+    def send_multicast(
+        self, service_type: int, groups: Sequence[bytes | str], mess_type: int, data: bytes
+    ) -> None:
+        """Multicast ``data`` to ``groups`` (bytes or str names)."""
+        self._check_open()
+        kinds = service_type & (REGULAR_MESS | CONTROL_MESS)
+        if kinds == 0 or kinds & (kinds - 1) or kinds & CONTROL_MESS:
+            raise ValueError(f"service type 0x{service_type:x} needs exactly one service level")
+        key = groups[0] if len(groups) == 1 else tuple(groups)
+        names = self._names.get(key)
+        if names is None:
+            names = tuple(g if isinstance(g, str) else g.decode("latin-1") for g in groups)
+            if len(self._names) < _LINK_NAME_CACHE:
+                self._names[key] = names
+        self.core.multicast(self.session, service_type, names, bytes(data), mess_type)
+
+    def send_join(self, group: bytes | str) -> None:
+        """Join ``group``."""
+        self._check_open()
+        self.core.join(self.session, group if isinstance(group, str) else group.decode("latin-1"))
+
+    def send_leave(self, group: bytes | str) -> None:
+        """Leave ``group``."""
+        self._check_open()
+        self.core.leave(self.session, group if isinstance(group, str) else group.decode("latin-1"))
+
+    def send_kill(self) -> None:
+        """Disconnect the session (idempotent)."""
+        if self._killed:
+            return
+        self._killed = True
+        self.core.disconnect(self.session)
+        if self._on_closed is not None:
+            self._on_closed()

@@ -1,0 +1,97 @@
+"""The contracts of the Spread layer: a session, what it sends through, what a daemon
+delivers to.
+
+Every implementation is checked with :func:`zope.interface.verify.verifyObject` in the
+tests. :mod:`spreadqueue.interfaces` re-exports them for applications.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class ISpreadSession(Interface):
+    """One Spread session (one private name, one mailbox), shared by many users.
+
+    Listeners are called with the decoded frames of
+    :mod:`spreadqueue._spread.wire`: :class:`~spreadqueue._spread.wire.RegularMessage`,
+    :class:`~spreadqueue._spread.wire.MembershipMessage` and
+    :class:`~spreadqueue._spread.wire.RejectMessage`.
+    """
+
+    private_group = Attribute("This session's private group, e.g. '#alice#localhost' (str).")
+    name = Attribute("This session's private name, e.g. 'alice' (str).")
+    daemon_name = Attribute("The name of the daemon the session is connected to (str).")
+    connected = Attribute("True until the session is closed or lost.")
+
+    def join(group):  # type: ignore[no-untyped-def]
+        """Join ``group``; return a Deferred that fires (with None) once we are a member.
+
+        With membership notices on, it fires on our own join notice; otherwise as soon
+        as the join is written. Joining a group twice is harmless.
+        """
+
+    def leave(group):  # type: ignore[no-untyped-def]
+        """Leave ``group``; return a Deferred that fires once we have left."""
+
+    def multicast(groups, data, service=None, mess_type=0, self_discard=False):  # type: ignore[no-untyped-def]
+        """Send ``data`` (bytes) to ``groups`` (a group name or a sequence of them).
+
+        ``service`` defaults to SAFE. Raises MessageTooLong / IllegalGroupName before
+        anything is written, and SessionClosed when the session is gone.
+        """
+
+    def add_listener(listener, group=None):  # type: ignore[no-untyped-def]
+        """Call ``listener(frame)`` for every frame that concerns ``group``.
+
+        A regular message concerns each group it was sent to; a membership notice
+        concerns its group. With ``group=None`` the listener gets every frame once.
+        """
+
+    def remove_listener(listener, group=None):  # type: ignore[no-untyped-def]
+        """Stop calling ``listener`` for ``group`` (no error if it was not registered)."""
+
+    def receive():  # type: ignore[no-untyped-def]
+        """A Deferred for the next frame this session receives (for simple scripts).
+
+        Frames are queued for ``receive`` only after its first call.
+        """
+
+    def disconnect():  # type: ignore[no-untyped-def]
+        """Close the session politely (KILL_MESS); return a Deferred that fires when closed."""
+
+    def whenDisconnected():  # type: ignore[no-untyped-def]
+        """A new Deferred that fires with None when the session ends for any reason."""
+
+
+class ISessionLink(Interface):
+    """What a :class:`~spreadqueue._spread.session.SpreadSession` sends through.
+
+    The TCP client protocol implements it by writing wire bytes; the embedded daemon's
+    in-process sessions implement it by calling the daemon directly. Names are bytes.
+    """
+
+    def send_multicast(service_type, groups, mess_type, data):  # type: ignore[no-untyped-def]
+        """Send a data message; ``groups`` is a sequence of bytes names."""
+
+    def send_join(group):  # type: ignore[no-untyped-def]
+        """Send JOIN_MESS for ``group``."""
+
+    def send_leave(group):  # type: ignore[no-untyped-def]
+        """Send LEAVE_MESS for ``group``."""
+
+    def send_kill():  # type: ignore[no-untyped-def]
+        """Send KILL_MESS and close."""
+
+
+class ISessionSink(Interface):
+    """Where the daemon delivers one session's messages."""
+
+    def deliver(envelope):  # type: ignore[no-untyped-def]
+        """Take one :class:`~spreadqueue._spread.core.Envelope` for this session.
+
+        Called synchronously while the daemon delivers, once per message, in the
+        daemon's total order. Must not raise. It may call back into the
+        :class:`~spreadqueue._spread.core.DaemonCore` (the call is queued behind the
+        current delivery).
+        """

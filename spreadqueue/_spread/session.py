@@ -1,0 +1,743 @@
+"""One Spread session, transport-agnostic: join/leave/multicast, listeners, receive().
+
+:class:`SpreadSession` holds no socket. It sends through an
+:class:`~spreadqueue.interfaces.ISessionLink` and is driven by whoever owns the link:
+
+- :meth:`SpreadSession.frame_received` with every decoded daemon -> client frame
+  (:class:`~spreadqueue._spread.wire.RegularMessage`,
+  :class:`~spreadqueue._spread.wire.MembershipMessage`,
+  :class:`~spreadqueue._spread.wire.RejectMessage`), in stream order;
+- :meth:`SpreadSession.connection_lost` once, when the session ends for any reason;
+- optionally :meth:`SpreadSession.pause_writing` / :meth:`SpreadSession.resume_writing`
+  when the link's outgoing buffer fills up and drains (back-pressure).
+
+The TCP client (:class:`~spreadqueue._spread.client.SpreadClientProtocol`) is one such
+owner; the embedded daemon can give in-process sessions the very same class.
+
+Delivery rules:
+
+- A frame goes to the listeners registered for each group it concerns (a regular or
+  reject message: every group in its destination list, including our private group
+  for unicasts; a membership notice: its group) and to the catch-all listeners. Each
+  listener is called at most once per frame, even when registered for several of the
+  frame's groups and as a catch-all. Lookups are per group (dict), never a scan of all
+  listeners, so many independent users can share one session cheaply.
+- Frames reach listeners in stream order. A frame fed while another is being
+  dispatched (an in-process link delivering synchronously from inside a listener) is
+  queued and dispatched after the current one: every listener sees one total order.
+- A link that hands over several frames at once (everything one read decoded)
+  brackets them with :meth:`SpreadSession.begin_delivery` and
+  :meth:`SpreadSession.end_delivery`. Work a listener defers with
+  :meth:`SpreadSession.after_delivery` runs when the last of them has been dispatched,
+  in the same reactor turn and before the link writes: batching per read costs
+  no extra turn.
+- A listener that raises is logged; the others are still called.
+- Listeners may add and remove listeners while being called. A listener removed
+  during a dispatch is not called again, not even for the frame being dispatched; one
+  added during a dispatch is called from the next frame on.
+- After :meth:`SpreadSession.disconnect` no further frame is dispatched.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import wire
+from .errors import IllegalGroupName, IllegalService, SessionClosed, SpreadError
+from .interfaces import ISessionLink, ISpreadSession
+
+__all__ = [
+    "DEFAULT_RECEIVE_QUEUE",
+    "Frame",
+    "Listener",
+    "ReceiveOverflow",
+    "SpreadSession",
+]
+
+#: What listeners and :meth:`SpreadSession.receive` get.
+Frame = wire.RegularMessage | wire.MembershipMessage | wire.RejectMessage
+#: A listener: called with each frame that concerns it; its return value is ignored.
+Listener = Callable[[Frame], object]
+
+#: Default bound of the :meth:`SpreadSession.receive` queue. It matches the real daemon's
+#: per-session backlog (MaxSessionMessages = 1000): a script further behind than that
+#: would have been cut off by a real daemon anyway.
+DEFAULT_RECEIVE_QUEUE = 1000
+
+_SERVICES = frozenset(wire.SERVICE_LEVELS)
+_JOIN = 1
+_LEAVE = 2
+_NAME_CACHE_MAX = 4096
+
+
+class ReceiveOverflow(SpreadError):
+    """Frames were dropped because the :meth:`SpreadSession.receive` queue was full.
+
+    ``dropped`` is how many consecutive frames were lost at this point of the stream.
+    """
+
+    def __init__(self, dropped: int) -> None:
+        super().__init__(
+            f"{dropped} frame(s) dropped here: the receive() queue was full "
+            "(call receive() faster or use listeners)"
+        )
+        self.dropped = dropped
+
+
+class _Gap:
+    """Marks where frames were dropped in the receive queue."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 1
+
+
+class _GroupOp:
+    """A join or leave we sent and whose own notice has not come back yet."""
+
+    __slots__ = ("kind", "waiters")
+
+    def __init__(self, kind: int) -> None:
+        self.kind = kind
+        self.waiters: list[Deferred[None]] = []
+
+    def wait(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred(self._cancel)
+        self.waiters.append(d)
+        return d
+
+    def _cancel(self, d: Deferred[None]) -> None:
+        # The JOIN/LEAVE is already on the wire: cancelling only stops waiting. The op
+        # stays queued so the daemon's notice still lines up with it.
+        if d in self.waiters:
+            self.waiters.remove(d)
+
+
+@implementer(ISpreadSession)
+class SpreadSession:
+    """One Spread session (one private name, one mailbox), shared by many users.
+
+    ``link`` is what the session sends through; ``private_group`` is the name the
+    daemon gave us (``#name#daemon``); ``membership`` says whether the session was
+    opened with membership notices on (it decides when :meth:`join` and
+    :meth:`leave` fire). ``receive_queue_size`` bounds the :meth:`receive` queue.
+
+    Errors known when a method is called (an illegal group name, a message too long,
+    a closed session) are raised at once by :meth:`join`, :meth:`leave` and
+    :meth:`multicast`; the Deferreds they return fail only for what happens later.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        link: ISessionLink,
+        private_group: str | bytes,
+        *,
+        membership: bool = True,
+        receive_queue_size: int = DEFAULT_RECEIVE_QUEUE,
+    ) -> None:
+        parts = wire.split_private_group(wire.to_bytes(private_group))
+        if parts is None:
+            raise ValueError(f"{private_group!r} is not a private group name ('#name#daemon')")
+        if receive_queue_size < 1:
+            raise ValueError("receive_queue_size must be at least 1")
+        #: Our private group, e.g. ``'#alice#localhost'``: send here to reach only us.
+        self.private_group: str = wire.to_bytes(private_group).decode("latin-1")
+        #: Our private name, e.g. ``'alice'``.
+        self.name: str = parts[0].decode("latin-1")
+        #: The daemon's name, e.g. ``'localhost'``.
+        self.daemon_name: str = parts[1].decode("latin-1")
+        #: Whether the daemon sends us membership notices.
+        self.membership: bool = membership
+        #: True until the session is closed, lost, or :meth:`disconnect` is called.
+        self.connected: bool = True
+        #: Why the session ended (a Failure), once it has.
+        self.disconnect_reason: Failure | None = None
+
+        self._link = link
+        self._closed = False  # connection_lost() has run
+        # group (None = catch-all) -> listeners in registration order (dict as ordered set)
+        self._listeners: dict[str | None, dict[Listener, None]] = {}
+        # immutable snapshots of the above, rebuilt on change, iterated by dispatch
+        self._snapshots: dict[str, tuple[Listener, ...]] = {}
+        self._catch_all: tuple[Listener, ...] = ()
+        self._dispatching = 0
+        self._removed: set[tuple[Listener, str | None]] = set()
+        self._delivering = False
+        self._backlog: deque[Frame] = deque()
+        # delivery batches open (begin_delivery) and what runs when the last one ends
+        self._batches = 0
+        self._after: list[Callable[[], object]] = []
+        # groups our own notices say we are in, and the joins/leaves still in flight
+        self._joined: set[str] = set()
+        self._ops: dict[str, deque[_GroupOp]] = {}
+        self._names: dict[str | bytes, bytes] = {}
+        # receive()
+        self._receiving = False
+        self._receive_limit = receive_queue_size
+        self._receive_queue: deque[Frame | _Gap] = deque()
+        self._receive_waiters: deque[Deferred[Frame]] = deque()
+        # end of session
+        self._disconnect_waiters: list[Deferred[None]] = []
+        # back-pressure
+        self._writable = True
+        self._writable_waiters: list[Deferred[None]] = []
+        self._producers: dict[IPushProducer, None] = {}
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "closed"
+        return f"<SpreadSession {self.private_group} {state}>"
+
+    # ------------------------------------------------------------------ names
+
+    def _group_bytes(self, group: str | bytes) -> bytes:
+        """Validate a group name once; cached because names repeat on every send."""
+        raw = self._names.get(group)
+        if raw is None:
+            raw = wire.check_group_name(group)
+            if len(self._names) < _NAME_CACHE_MAX:
+                self._names[group] = raw
+        return raw
+
+    def _check_open(self) -> None:
+        if not self.connected:
+            raise SessionClosed(f"Spread session {self.private_group} is closed")
+
+    def _joinable(self, group: str | bytes) -> tuple[bytes, str]:
+        raw = self._group_bytes(group)
+        if raw[:1] == b"#":
+            raise IllegalGroupName(f"{raw!r} is a private group; private groups cannot be joined")
+        return raw, raw.decode("latin-1")
+
+    # ------------------------------------------------------------------ join / leave
+
+    def join(self, group: str | bytes) -> Deferred[None]:
+        """Join ``group``; the Deferred fires with None once we are a member.
+
+        With membership notices on it fires on our own CAUSED_BY_JOIN notice (after the
+        group's listeners have seen that notice); otherwise as soon as the join is
+        written. Joining a group we are in (or are already joining) sends nothing and
+        fires with the pending or confirmed join. Raises IllegalGroupName (also for a
+        private group) and SessionClosed at once; the Deferred fails with
+        SessionClosed if the session ends first.
+        """
+        raw, key = self._joinable(group)
+        self._check_open()
+        return self._request(_JOIN, raw, key)
+
+    def leave(self, group: str | bytes) -> Deferred[None]:
+        """Leave ``group``; the Deferred fires with None once we have left.
+
+        With membership notices on it fires on the daemon's self-leave notice;
+        otherwise as soon as the leave is written. Leaving a group we are not in sends
+        nothing and fires at once (the daemon would stay silent). Errors as for
+        :meth:`join`.
+        """
+        raw, key = self._joinable(group)
+        self._check_open()
+        return self._request(_LEAVE, raw, key)
+
+    def _request(self, kind: int, raw: bytes, key: str) -> Deferred[None]:
+        if not self.membership:
+            # No notices will come: what we asked for is what we believe.
+            if kind == _JOIN:
+                self._link.send_join(raw)
+                self._joined.add(key)
+            else:
+                self._link.send_leave(raw)
+                self._joined.discard(key)
+            return succeed(None)
+        ops = self._ops.get(key)
+        if ops:
+            if ops[-1].kind == kind:
+                return ops[-1].wait()
+        elif (key in self._joined) == (kind == _JOIN):
+            return succeed(None)
+        # Register what we wait for before sending: a link that answers synchronously
+        # (an in-process daemon) must find the op already queued.
+        op = _GroupOp(kind)
+        if ops is None:
+            ops = self._ops[key] = deque()
+        ops.append(op)
+        waiter = op.wait()
+        if kind == _JOIN:
+            self._link.send_join(raw)
+        else:
+            self._link.send_leave(raw)
+        return waiter
+
+    def _complete(self, group: str, kind: int) -> list[Deferred[None]]:
+        """Pop the in-flight op of ``kind`` at the head of ``group``'s queue."""
+        ops = self._ops.get(group)
+        if not ops or ops[0].kind != kind:
+            return []
+        op = ops.popleft()
+        if not ops:
+            del self._ops[group]
+        return op.waiters
+
+    def _membership_changed(self, frame: wire.MembershipMessage) -> list[Deferred[None]]:
+        """Track our own membership from a notice; return the waiters it completes."""
+        group = frame.group
+        me = self.private_group
+        if frame.is_self_leave:
+            self._joined.discard(group)
+            return self._complete(group, _LEAVE)
+        if frame.is_transition:
+            return []
+        cause = frame.cause
+        if cause == wire.CAUSED_BY_JOIN and frame.changed_member == me:
+            self._joined.add(group)
+            return self._complete(group, _JOIN)
+        if cause == wire.CAUSED_BY_NETWORK:
+            # A join caught by a network change puts us in a CAUSED_BY_NETWORK notice
+            # instead of our own CAUSED_BY_JOIN (README section 5.7, [src]).
+            ops = self._ops.get(group)
+            if ops and ops[0].kind == _JOIN and me in frame.members:
+                self._joined.add(group)
+                return self._complete(group, _JOIN)
+        return []
+
+    # ------------------------------------------------------------------ multicast
+
+    def multicast(
+        self,
+        groups: str | bytes | Sequence[str | bytes],
+        data: bytes | bytearray | memoryview,
+        service: int | None = wire.SAFE_MESS,
+        mess_type: int = 0,
+        self_discard: bool = False,
+    ) -> None:
+        """Send ``data`` to ``groups`` (one name or a sequence; private groups allowed).
+
+        ``service`` is one of wire.UNRELIABLE_MESS .. wire.SAFE_MESS (None means SAFE);
+        ``mess_type`` a signed 16-bit tag delivered with the message; ``self_discard``
+        keeps our own copy from coming back. Nothing is written unless every check
+        passes: raises IllegalGroupName (bad name, no groups), MessageTooLong (more
+        than 100 groups, or 48 + 32 * groups + len(data) > 143200, the most a real
+        5.0.1 daemon carries without aborting), IllegalService (a ValueError: not one
+        service level), ValueError (mess_type outside -32768..32767) and
+        SessionClosed. Returns None: Spread acknowledges nothing.
+        """
+        if not self.connected:
+            raise SessionClosed(f"Spread session {self.private_group} is closed")
+        if isinstance(groups, (str, bytes)):
+            names = [self._group_bytes(groups)]
+        else:
+            names = [self._group_bytes(g) for g in groups]
+            if not names:
+                raise IllegalGroupName("a multicast needs at least one destination group")
+        payload = data if type(data) is bytes else bytes(data)
+        wire.check_message_size(len(names), len(payload))
+        if service is None:
+            service = wire.SAFE_MESS
+        if service not in _SERVICES:
+            raise IllegalService(
+                f"service 0x{service:x} is not one of UNRELIABLE, RELIABLE, FIFO, CAUSAL, "
+                "AGREED, SAFE"
+            )
+        if not -0x8000 <= mess_type <= 0x7FFF:
+            raise ValueError(f"mess_type {mess_type} is not a signed 16-bit value")
+        if self_discard:
+            service |= wire.SELF_DISCARD
+        self._link.send_multicast(service, names, mess_type, payload)
+
+    # ------------------------------------------------------------------ listeners
+
+    def add_listener(self, listener: Listener, group: str | bytes | None = None) -> None:
+        """Call ``listener(frame)`` for every frame concerning ``group`` (None: all).
+
+        Registering the same listener twice for the same group has no extra effect.
+        """
+        key = None if group is None else self._group_bytes(group).decode("latin-1")
+        regs = self._listeners.setdefault(key, {})
+        regs[listener] = None
+        self._removed.discard((listener, key))
+        self._snapshot(key)
+
+    def remove_listener(self, listener: Listener, group: str | bytes | None = None) -> None:
+        """Stop calling ``listener`` for ``group`` (no error if it was not registered)."""
+        key = None if group is None else wire.to_bytes(group).decode("latin-1")
+        regs = self._listeners.get(key)
+        if regs is None or listener not in regs:
+            return
+        del regs[listener]
+        if not regs:
+            del self._listeners[key]
+        if self._dispatching:
+            self._removed.add((listener, key))
+        self._snapshot(key)
+
+    def _snapshot(self, key: str | None) -> None:
+        regs = self._listeners.get(key)
+        snap = tuple(regs) if regs else ()
+        if key is None:
+            self._catch_all = snap
+        elif snap:
+            self._snapshots[key] = snap
+        else:
+            self._snapshots.pop(key, None)
+
+    # ------------------------------------------------------------------ incoming frames
+
+    def begin_delivery(self) -> None:
+        """The link is about to hand over a batch of frames (see :meth:`end_delivery`)."""
+        self._batches += 1
+
+    def end_delivery(self) -> None:
+        """The link has handed over its batch: run what :meth:`after_delivery` deferred.
+
+        Call it once per :meth:`begin_delivery`, also when delivery failed. What a
+        deferred call defers in turn runs in the same loop.
+        """
+        if self._batches == 1:
+            after = self._after
+            while after:
+                self._after = []
+                for fn in after:
+                    try:
+                        fn()
+                    except Exception:
+                        self._log.failure("work deferred to the end of a delivery failed")
+                after = self._after
+        self._batches -= 1
+
+    def after_delivery(self, fn: Callable[[], object]) -> bool:
+        """Run ``fn()`` once the frames being delivered now have all been dispatched.
+
+        Returns False, and schedules nothing, when no delivery is under way (the caller
+        then picks its own moment, e.g. ``callLater(0)``). ``fn`` runs in the same
+        reactor turn, before what the listeners sent is written: the place to flush
+        work batched over the frames of one read.
+        """
+        if self._batches:
+            self._after.append(fn)
+            return True
+        return False
+
+    def frame_received(self, frame: Frame) -> None:
+        """Dispatch one decoded frame from the daemon (called by the link).
+
+        Outside a :meth:`begin_delivery` bracket the frame is a batch of its own.
+        """
+        if self._delivering:
+            # Re-entrant delivery (a listener's send looped straight back in process):
+            # finish the current frame first so every listener sees one order.
+            self._backlog.append(frame)
+            return
+        self._delivering = True
+        self._batches += 1
+        try:
+            self._deliver(frame)
+            while self._backlog:
+                self._deliver(self._backlog.popleft())
+        finally:
+            self._delivering = False
+            self.end_delivery()
+
+    def _deliver(self, frame: Frame) -> None:
+        if not self.connected:
+            return
+        kind = type(frame)
+        done: list[Deferred[None]] = []
+        if kind is wire.RegularMessage or kind is wire.RejectMessage:
+            self._dispatch(frame, frame.groups)  # type: ignore[union-attr]
+        elif kind is wire.MembershipMessage:
+            done = self._membership_changed(frame)  # type: ignore[arg-type]
+            self._dispatch(frame, (frame.group,))  # type: ignore[union-attr]
+        else:
+            self._log.warn("Spread session ignores unexpected frame {frame!r}", frame=frame)
+            return
+        if self._receiving:
+            self._enqueue(frame)
+        for d in done:
+            d.callback(None)
+
+    def _dispatch(self, frame: Frame, groups: Sequence[str]) -> None:
+        snapshots = self._snapshots
+        catch_all = self._catch_all
+        if not catch_all and len(groups) == 1:
+            # The common case: one group; nothing to merge or de-duplicate.
+            group = groups[0]
+            found = snapshots.get(group)
+            if not found:
+                return
+            self._dispatching += 1
+            try:
+                for listener in found:
+                    if self._removed and (listener, group) in self._removed:
+                        continue
+                    try:
+                        listener(frame)
+                    except Exception:
+                        self._log.failure(
+                            "Spread listener {listener!r} (group {group}) failed on {frame!r}",
+                            listener=listener,
+                            group=group,
+                            frame=frame,
+                        )
+            finally:
+                self._dispatching -= 1
+                if not self._dispatching and self._removed:
+                    self._removed.clear()
+            return
+        calls: list[tuple[Listener, str | None]] = []
+        sources = 0
+        for group in groups:
+            found = snapshots.get(group)
+            if found:
+                sources += 1
+                calls.extend((listener, group) for listener in found)
+        if catch_all:
+            sources += 1
+            calls.extend((listener, None) for listener in catch_all)
+        if not calls:
+            return
+        if sources > 1:
+            # one call per listener, even when it is registered under several keys
+            seen: set[Listener] = set()
+            unique = []
+            for call in calls:
+                if call[0] not in seen:
+                    seen.add(call[0])
+                    unique.append(call)
+            calls = unique
+        self._dispatching += 1
+        try:
+            for listener, key in calls:
+                if self._removed and (listener, key) in self._removed:
+                    continue
+                try:
+                    listener(frame)
+                except Exception:
+                    self._log.failure(
+                        "Spread listener {listener!r} (group {group}) failed on {frame!r}",
+                        listener=listener,
+                        group=key,
+                        frame=frame,
+                    )
+        finally:
+            self._dispatching -= 1
+            if not self._dispatching:
+                self._removed.clear()
+
+    # ------------------------------------------------------------------ receive()
+
+    def receive(self) -> Deferred[Frame]:
+        """A Deferred for the next frame this session receives (for simple scripts).
+
+        Frames are queued only once receive() has been called, and then every frame
+        is queued (listeners or not). The queue holds ``receive_queue_size`` frames;
+        when it is full, newer frames are dropped (tail drop) and a marker takes their
+        place: the receive() that reaches the marker fails with
+        :class:`ReceiveOverflow` (``dropped`` = how many), and the following calls go
+        on with the frames received after the gap. So the order is kept and no loss
+        is silent. After the session ends, queued frames are still handed out, then
+        receive() fails with SessionClosed. Cancelling the Deferred gives up the
+        waiting slot.
+        """
+        self._receiving = True
+        if self._receive_queue:
+            item = self._receive_queue.popleft()
+            if isinstance(item, _Gap):
+                return fail(ReceiveOverflow(item.count))
+            return succeed(item)
+        if self._closed:
+            return fail(self._closed_error())
+        d: Deferred[Frame] = Deferred(self._cancel_receive)
+        self._receive_waiters.append(d)
+        return d
+
+    def _cancel_receive(self, d: Deferred[Frame]) -> None:
+        if d in self._receive_waiters:
+            self._receive_waiters.remove(d)
+
+    def _enqueue(self, frame: Frame) -> None:
+        if self._receive_waiters:
+            self._receive_waiters.popleft().callback(frame)
+            return
+        queue = self._receive_queue
+        if len(queue) < self._receive_limit:
+            queue.append(frame)
+            return
+        tail = queue[-1]
+        if isinstance(tail, _Gap):
+            tail.count += 1
+        else:
+            queue.append(_Gap())
+            self._log.warn(
+                "Spread session {private_group}: receive() queue full ({limit} frames); "
+                "dropping frames until it drains",
+                private_group=self.private_group,
+                limit=self._receive_limit,
+            )
+
+    # ------------------------------------------------------------------ back-pressure
+
+    @property
+    def writable(self) -> bool:
+        """False while the link's outgoing buffer is full (the daemon is not keeping up).
+
+        Sends still work while not writable (they are buffered); well-behaved
+        producers wait for :meth:`whenWritable` or register with
+        :meth:`register_producer`.
+        """
+        return self._writable
+
+    def whenWritable(self) -> Deferred[None]:
+        """A Deferred that fires with None once the session is writable (at once if it
+        is); fails with SessionClosed if the session ends first."""
+        if self._closed:
+            return fail(self._closed_error())
+        if self._writable:
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._cancel_writable)
+        self._writable_waiters.append(d)
+        return d
+
+    def _cancel_writable(self, d: Deferred[None]) -> None:
+        if d in self._writable_waiters:
+            self._writable_waiters.remove(d)
+
+    def register_producer(self, producer: IPushProducer) -> None:
+        """Have ``producer`` paused and resumed with the session's writability.
+
+        Any number of producers may share a session. A producer registered while the
+        session is not writable is paused at once; all get stopProducing() when the
+        session ends.
+        """
+        if self._closed:
+            producer.stopProducing()
+            return
+        self._producers[producer] = None
+        if not self._writable:
+            producer.pauseProducing()
+
+    def unregister_producer(self, producer: IPushProducer) -> None:
+        """Stop telling ``producer`` about writability (no error if unknown)."""
+        self._producers.pop(producer, None)
+
+    def pause_writing(self) -> None:
+        """The link's buffer is full: pause registered producers (called by the link)."""
+        if not self._writable or self._closed:
+            return
+        self._writable = False
+        for producer in list(self._producers):
+            if producer in self._producers:
+                producer.pauseProducing()
+
+    def resume_writing(self) -> None:
+        """The link's buffer drained: wake waiters and producers (called by the link)."""
+        if self._writable or self._closed:
+            return
+        self._writable = True
+        while self._writable and self._writable_waiters:
+            self._writable_waiters.pop(0).callback(None)
+        for producer in list(self._producers):
+            if not self._writable:
+                break  # someone filled the buffer again: the rest stay paused
+            if producer in self._producers:
+                producer.resumeProducing()
+
+    # ------------------------------------------------------------------ end of session
+
+    def disconnect(self) -> Deferred[None]:
+        """Send KILL_MESS and close; the Deferred fires with None once closed.
+
+        No frame is dispatched after this call. Calling it again, or on a closed
+        session, is harmless.
+        """
+        if self._closed:
+            return succeed(None)
+        d = self.whenDisconnected()
+        if self.connected:
+            self.connected = False
+            self._log.info(
+                "Spread session {private_group} disconnecting", private_group=self.private_group
+            )
+            self._link.send_kill()
+        return d
+
+    def whenDisconnected(self) -> Deferred[None]:
+        """A new Deferred that fires with None when the session ends for any reason
+        (at once if it has); :attr:`disconnect_reason` then says why."""
+        if self._closed:
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._cancel_disconnect_waiter)
+        self._disconnect_waiters.append(d)
+        return d
+
+    def _cancel_disconnect_waiter(self, d: Deferred[None]) -> None:
+        if d in self._disconnect_waiters:
+            self._disconnect_waiters.remove(d)
+
+    def _closed_error(self) -> SessionClosed:
+        why = ""
+        if self.disconnect_reason is not None:
+            why = f": {self.disconnect_reason.getErrorMessage()}"
+        return SessionClosed(f"Spread session {self.private_group} is closed{why}")
+
+    def connection_lost(self, reason: Failure | BaseException | None = None) -> None:
+        """The session ended (called once by the link; later calls are ignored).
+
+        Pending join/leave/receive/whenWritable Deferreds fail with SessionClosed,
+        registered producers get stopProducing(), whenDisconnected() Deferreds fire.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.connected = False
+        if reason is None:
+            reason = SessionClosed("session closed")
+        self.disconnect_reason = reason if isinstance(reason, Failure) else Failure(reason)
+        self._log.info(
+            "Spread session {private_group} ended: {reason}",
+            private_group=self.private_group,
+            reason=self.disconnect_reason.getErrorMessage(),
+        )
+        error = self._closed_error()
+        pending: list[Deferred[None]] = []
+        for ops in self._ops.values():
+            for op in ops:
+                pending.extend(op.waiters)
+        self._ops.clear()
+        self._joined.clear()
+        pending.extend(self._writable_waiters)
+        self._writable_waiters.clear()
+        receivers = list(self._receive_waiters)
+        self._receive_waiters.clear()
+        producers = list(self._producers)
+        self._producers.clear()
+        waiters, self._disconnect_waiters = self._disconnect_waiters, []
+        for d in pending:
+            d.errback(Failure(error))
+        for r in receivers:
+            r.errback(Failure(error))
+        for producer in producers:
+            try:
+                producer.stopProducing()
+            except Exception:
+                self._log.failure("stopProducing of {producer!r} failed", producer=producer)
+        for d in waiters:
+            d.callback(None)
+
+    # ------------------------------------------------------------------ misc
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The groups we are in: confirmed by our own notices (membership on), or
+        asked for (membership off)."""
+        return frozenset(self._joined)
+
+    def listeners(self, group: str | None = None) -> Iterable[Listener]:
+        """The listeners registered for ``group`` (None: the catch-all ones)."""
+        return tuple(self._listeners.get(group, ()))
