@@ -23,6 +23,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from spreadqueue._spread import errors, wire
+from spreadqueue._spread.batch import DeliveryBatch
 from spreadqueue._spread.client import (
     ConnectTimeout,
     SpreadClientProtocol,
@@ -1047,26 +1048,42 @@ def test_output_hands_what_the_socket_does_not_take_to_twisted() -> None:
 def test_output_batches() -> None:
     connection, peer, _ = socket_connection()
     try:
-        out = Output(connection, flush_at=100)
-        out.begin()
-        out.begin()
+        batch = DeliveryBatch()
+        out = Output(connection, batch, flush_at=100)
+        batch.begin()
+        batch.begin()
         out.write(b"a")
         out.write_many([b"b", b"c"])
-        out.end()
+        batch.end()
         assert read_all(peer) == b"" and out.pending == 3
-        out.end()
+        batch.end()
         assert read_all(peer) == b"abc" and out.pending == 0
-        out.begin()
+        batch.begin()
         out.write(b"x" * 60)
         out.write(b"y" * 60)  # over flush_at: written now
         assert read_all(peer) == b"x" * 60 + b"y" * 60
         out.write(b"dropped")
         out.discard()
-        out.end()
+        batch.end()
         assert read_all(peer) == b""
     finally:
         connection.socket.close()
         peer.close()
+
+
+def test_output_with_later_waits_for_the_next_turn_outside_a_batch() -> None:
+    transport = RecordingTransport()
+    clock = Clock()
+    batch = DeliveryBatch(reactor=clock)
+    out = Output(transport, batch, later=True)
+    out.write(b"a")
+    out.write(b"b")
+    assert transport.writes == []
+    clock.advance(0)
+    assert transport.writes == [b"ab"]
+    with batch:
+        out.write(b"c")
+    assert transport.writes == [b"ab", b"c"] and not clock.getDelayedCalls()
 
 
 def test_output_on_other_transports_is_write_and_write_sequence() -> None:
@@ -1074,8 +1091,9 @@ def test_output_on_other_transports_is_write_and_write_sequence() -> None:
     out = Output(transport)
     out.write(b"a")
     out.write_many([b"b", b"c"])
-    out.begin()
-    out.write(b"d")
-    out.write(b"e")
-    out.end()
+    batch = DeliveryBatch()
+    out = Output(transport, batch)
+    with batch:
+        out.write(b"d")
+        out.write(b"e")
     assert transport.writes == [b"a", b"bc", b"de"]

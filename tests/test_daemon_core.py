@@ -8,10 +8,8 @@ from zope.interface.verify import verifyObject
 
 from spreadqueue._spread import wire
 from spreadqueue._spread.core import (
-    CallbackSink,
     DaemonCore,
     Envelope,
-    LocalLink,
     MembershipEnvelope,
     RelayEnvelope,
     SelfLeaveEnvelope,
@@ -20,6 +18,7 @@ from spreadqueue._spread.core import (
 )
 from spreadqueue._spread.errors import IllegalName, NameNotUnique, QuotaExceeded, SessionClosed
 from spreadqueue._spread.interfaces import ISessionLink, ISessionSink
+from spreadqueue._spread.local import CallbackSink, LocalLink
 
 TIME = 1795397590
 

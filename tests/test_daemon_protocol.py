@@ -23,16 +23,15 @@ from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from spreadqueue._spread import wire
-from spreadqueue._spread.core import CallbackSink, LocalLink
 from spreadqueue._spread.daemon import (
     SpreadDaemonFactory,
     SpreadDaemonProtocol,
     SpreadDaemonService,
     listen,
-    local_session,
 )
 from spreadqueue._spread.errors import QuotaExceeded
 from spreadqueue._spread.interfaces import ISessionSink
+from spreadqueue._spread.local import CallbackSink, LocalLink, local_session
 
 TRACES = Path(
     os.environ.get(

@@ -59,16 +59,17 @@ def test_cancel_holds_in_both_modes() -> None:
     assert runs == [1]
 
 
-def test_sessions_without_after_delivery_go_per_turn() -> None:
+def test_without_a_session_it_goes_per_turn() -> None:
     clock, runs = Clock(), []
-    turn = Turn(clock, lambda: runs.append(1), object())
+    turn = Turn(clock, lambda: runs.append(1))
     turn.schedule()
     assert runs == [] and len(clock.getDelayedCalls()) == 1
     clock.advance(0)
     assert runs == [1]
-    turn.session = BatchingSession()
-    turn.session.delivering = True
+    session = BatchingSession()
+    turn.session = session  # type: ignore[assignment]
+    session.delivering = True
     turn.schedule()
     assert clock.getDelayedCalls() == []
-    turn.session.end_delivery()
+    session.end_delivery()
     assert runs == [1, 1]

@@ -1,4 +1,5 @@
-"""Sender, Worker and ManagerService together over the in-memory fake daemon."""
+"""Sender, Worker and ManagerService together over spreadqueue.testing.FakeSpreadNetwork
+(the embedded daemon's own core, with in-process sessions and a task.Clock)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 
 import msgpack
 import pytest
-from queue_fakes import FakeSession, FakeSpread
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import formatEvent, globalLogPublisher
@@ -32,10 +32,11 @@ from spreadqueue._queue.messages import Kind, Result, Status, encode, mess_type
 from spreadqueue._queue.names import queue_groups
 from spreadqueue._queue.sender import Reply, Sender
 from spreadqueue._queue.serializer import JsonSerializer
-from spreadqueue._queue.sharing import acquire, holders, membership, release
 from spreadqueue._queue.worker import Task, Worker
 from spreadqueue._spread.interfaces import ISpreadSession
+from spreadqueue._spread.session import SpreadSession
 from spreadqueue._spread.wire import RegularMessage
+from spreadqueue.testing import FakeSpreadNetwork
 
 Q = "q"
 G = queue_groups(Q)
@@ -73,17 +74,22 @@ def pending(d: Deferred[Any]) -> bool:
 
 
 class Net:
-    """One fake daemon and helpers to start queue components on it."""
+    """One fake Spread network and helpers to start queue components on it."""
 
     def __init__(self) -> None:
         self.clock = Clock()
-        self.spread = FakeSpread(self.clock)
+        self.network = FakeSpreadNetwork(self.clock)
+        self.components: list[Any] = []
 
-    def session(self, name: str | None = None) -> FakeSession:
-        return self.spread.connect(name)
+    def session(self, name: str | None = None) -> SpreadSession:
+        return self.network.session(name or "")
 
     def pump(self) -> None:
-        self.spread.pump()
+        self.network.flush()
+
+    def crash(self, session: SpreadSession) -> None:
+        """End ``session`` as a killed process would (no goodbye)."""
+        self.network.crash(session)
 
     def advance(self, seconds: float, step: float = 0.05) -> None:
         """Let ``seconds`` pass in small steps, delivering everything as we go."""
@@ -92,8 +98,13 @@ class Net:
             self.clock.advance(min(step, end - self.clock.seconds()))
             self.pump()
 
-    def manager(self, session: FakeSession | None = None, **options: Any) -> ManagerService:
+    def messages_sent(self) -> int:
+        """Spread messages every component started here has sent."""
+        return sum(c.stats["messages_sent"] for c in self.components)
+
+    def manager(self, session: SpreadSession | None = None, **options: Any) -> ManagerService:
         m = ManagerService(self.clock, session or self.session(), Q, **options)
+        self.components.append(m)
         m.startService()
         self.pump()
         return m
@@ -101,16 +112,18 @@ class Net:
     def worker(
         self,
         handlers: dict[str, Callable[..., Any]] | None = None,
-        session: FakeSession | None = None,
+        session: SpreadSession | None = None,
         **options: Any,
     ) -> Worker:
         w = Worker(self.clock, session or self.session(), Q, handlers, **options)
+        self.components.append(w)
         w.start()
         self.pump()
         return w
 
-    def sender(self, session: FakeSession | None = None, **options: Any) -> Sender:
+    def sender(self, session: SpreadSession | None = None, **options: Any) -> Sender:
         s = Sender(self.clock, session or self.session(), Q, **options)
+        self.components.append(s)
         s.start()
         self.pump()
         return s
@@ -118,8 +131,9 @@ class Net:
 
 @pytest.fixture
 def net() -> Iterator[Net]:
-    """A fresh fake daemon; at the end, no listener raised and no Deferred failure was
-    left unhandled (Twisted logs those when they are garbage collected)."""
+    """A fresh fake network; at the end, no listener raised (the session logs that as a
+    failure) and no Deferred failure was left unhandled (Twisted logs those when they
+    are garbage collected)."""
     failures: list[Any] = []
 
     def observe(event: dict[str, Any]) -> None:
@@ -133,7 +147,6 @@ def net() -> Iterator[Net]:
         gc.collect()
     finally:
         globalLogPublisher.removeObserver(observe)
-    assert n.spread.errors == [], [f.getTraceback() for f in n.spread.errors]
     assert failures == [], [formatEvent(e) for e in failures]
 
 
@@ -268,8 +281,8 @@ def test_1000_tasks_over_4_workers_each_answered_exactly_once(net: Net) -> None:
     # batching: the seed's flow took 4 messages per task (submit, assign, result,
     # ready); with credits and batching it is about one (one ASSIGN and one
     # RESULT+DONE per worker per round of 8 tasks) - and nobody fell behind
-    assert net.spread.multicasts < 1100
-    assert max(net.spread.high_water.values()) < 100
+    assert net.messages_sent() < 1100
+    assert net.network.high_water() < 100
     assert manager.stats["completed"] == 1000 and manager.state is not None
     assert manager.state.queued == 0 and manager.state.running == 0
 
@@ -292,7 +305,7 @@ def test_a_worker_session_dying_mid_run_loses_no_task(net: Net) -> None:
     ids, got = run_many(net, sender, 1000)
     net.advance(0.3)
     assert 0 < len(got) < 1000  # mid-run
-    sessions[1].crash()
+    net.crash(sessions[1])
     net.pump()
     assert workers[1].busy == 0  # its tasks are abandoned: nobody could hear the answers
     net.advance(20)
@@ -314,7 +327,7 @@ def test_the_submit_window_bounds_unacknowledged_tasks(net: Net) -> None:
     net.pump()
     assert sender.unacknowledged == 0 and sender.pending == 500
     # the manager never had more than a handful of our messages waiting
-    assert max(net.spread.high_water.values()) < 20
+    assert net.network.high_water() < 20
 
 
 def test_several_senders_workers_and_a_manager_share_one_session(net: Net) -> None:
@@ -328,7 +341,7 @@ def test_several_senders_workers_and_a_manager_share_one_session(net: Net) -> No
     for i, s in enumerate(senders):
         assert [fired(d) for t, d in calls if t is s] == [[i, n] for n in range(20)]
     assert manager.stats["completed"] == 60
-    assert holders(shared, G.workers) == 3  # two workers and the manager
+    assert shared.holders(G.workers) == 3  # two workers and the manager
 
 
 # --------------------------------------------------------------------------- errors
@@ -484,7 +497,7 @@ def test_manager_restart_workers_reregister_and_tasks_finish_once(net: Net) -> N
     calls = [sender.rpc("slow", n, timeout=None) for n in range(5)]
     net.advance(0.5)
     assert worker.busy == 2
-    first_session.crash()  # the manager dies: 2 tasks running, 3 queued there
+    net.crash(first_session)  # the manager dies: 2 tasks running, 3 queued there
     net.advance(1.0)
     # the running ones finish anyway (workers answer senders directly)
     assert [fired(d) for d in calls[:2]] == [0, 1]
@@ -511,7 +524,7 @@ def test_a_task_running_across_a_manager_restart_is_adopted_not_rerun(net: Net) 
     sender = net.sender()
     d = sender.rpc("slow", 7, timeout=None)
     net.advance(0.5)
-    first_session.crash()
+    net.crash(first_session)
     net.pump()
     second = net.manager()  # the sender resubmits; the worker says it holds the task
     net.advance(4)
@@ -557,7 +570,7 @@ def test_queued_tasks_move_to_the_standby_when_the_active_manager_stops(net: Net
 
 
 def test_a_manager_with_a_session_factory_reconnects(net: Net) -> None:
-    opened: list[FakeSession] = []
+    opened: list[SpreadSession] = []
 
     def factory() -> Deferred[ISpreadSession]:
         s = net.session()
@@ -568,7 +581,7 @@ def test_a_manager_with_a_session_factory_reconnects(net: Net) -> None:
     manager.startService()
     net.pump()
     assert manager.active
-    opened[0].crash()
+    net.crash(opened[0])
     net.pump()
     assert not manager.active
     net.advance(1.1)
@@ -591,7 +604,7 @@ def test_a_crashed_sender_s_queued_tasks_are_dropped(net: Net) -> None:
         sender.submit("echo", i)
     net.pump()
     assert manager.state is not None and manager.state.queued == 5
-    sender_session.crash()
+    net.crash(sender_session)
     net.pump()
     assert manager.state.queued == 0 and manager.stats["dropped_sender_gone"] == 5
 
@@ -615,7 +628,7 @@ def test_graceful_worker_stop_finishes_running_tasks(net: Net) -> None:
     assert [fired(d) for d in calls[:2]] == [0, 1]
     assert pending(calls[2])  # not given to the stopping worker
     assert manager.state is not None and manager.state.worker_count == 0
-    assert holders(worker.session, G.workers) == 0
+    assert worker.session.holders(G.workers) == 0
     net.worker({"slow": lambda n: n})
     net.pump()
     assert fired(calls[2]) == 2
@@ -636,7 +649,7 @@ def test_worker_stop_timeout_hands_tasks_to_another_worker(net: Net) -> None:
     stopping = worker.stop(timeout=2.0)
     net.advance(2.1)
     fired(stopping)
-    worker.session.crash()  # after the stop: must not trip over the finished drain
+    net.crash(worker.session)  # after the stop: must not trip over the finished drain
     net.pump()
     assert pending(d)  # the abandoned task sent no answer
     net.worker({"job": lambda _: "done elsewhere"})
@@ -774,7 +787,7 @@ def test_worker_lost_too_often_reaches_the_sender(net: Net) -> None:
         s = net.session()
         net.worker({"job": lambda _: Deferred()}, session=s)
         net.pump()
-        s.crash()
+        net.crash(s)
         net.pump()
     assert "2 attempts" in str(failure_of(d, WorkerLost))
 
@@ -870,7 +883,7 @@ def test_a_second_sender_of_a_session_resubmits_when_the_manager_crashes(net: Ne
     calls = [second.rpc("echo", i, timeout=None) for i in range(3)]  # no worker: queued
     net.pump()
     assert second.unacknowledged == 0 and second.pending == 3
-    manager_session.crash()
+    net.crash(manager_session)
     net.pump()
     assert second.stats["resubmitted"] == 3
     net.manager()
@@ -880,16 +893,16 @@ def test_a_second_sender_of_a_session_resubmits_when_the_manager_crashes(net: Ne
 
 
 def test_the_group_view_of_a_shared_session(net: Net) -> None:
-    """membership(): the latest notice of a group the session holds, None once released."""
+    """view(): the latest notice of a group the session holds, None once released."""
     session, other = net.session(), net.session()
-    assert membership(session, G.senders) is None
-    acquire(session, G.senders)
-    acquire(other, G.senders)
+    assert session.view(G.senders) is None
+    session.acquire(G.senders)
+    other.acquire(G.senders)
     net.pump()
-    view = membership(session, G.senders)
+    view = session.view(G.senders)
     assert view is not None and set(view.members) == {session.private_group, other.private_group}
-    release(session, G.senders)
-    assert membership(session, G.senders) is None
+    session.release(G.senders)
+    assert session.view(G.senders) is None
 
 
 def test_stopping_a_manager_that_opened_its_session_waits_until_it_is_closed(
@@ -907,6 +920,14 @@ def test_stopping_a_manager_that_opened_its_session_waits_until_it_is_closed(
         return closed
 
     session.disconnect = slow_disconnect  # type: ignore[method-assign]
+    sent: list[int] = []
+    multicast = session.multicast
+
+    def recording_multicast(groups: Any, data: bytes, *args: Any, **kwargs: Any) -> None:
+        sent.append(kwargs.get("mess_type", 0))
+        multicast(groups, data, *args, **kwargs)
+
+    session.multicast = recording_multicast  # type: ignore[method-assign]
     manager = ManagerService(net.clock, lambda: succeed(session), Q)
     manager.startService()
     net.pump()
@@ -914,7 +935,7 @@ def test_stopping_a_manager_that_opened_its_session_waits_until_it_is_closed(
     net.pump()
     stopped = manager.stopService()
     net.pump()
-    assert [mt for _, mt, _ in session.sent].count(mess_type(Kind.FAILED)) == 1
+    assert sent.count(mess_type(Kind.FAILED)) == 1
     assert pending(stopped)
     closed.callback(None)
     fired(stopped)
@@ -1115,7 +1136,7 @@ def test_a_worker_dying_with_prefetched_tasks_loses_none(net: Net) -> None:
     prefetching_worker(net, sender, gate, session=session)
     calls = [sender.rpc("block", i) for i in range(6)]
     net.pump()
-    session.crash()
+    net.crash(session)
     net.pump()
     assert manager.stats["requeued"] == 6
     net.worker(gate.handlers(), prefetch=0)
@@ -1183,8 +1204,8 @@ def test_a_task_whose_ack_was_held_survives_losing_its_worker_and_the_manager(
     held = newer.rpc("block", 2)
     net.pump()
     assert newer.unacknowledged == 1 and gate.started == [1, 2]
-    worker_session.crash()
-    first_session.crash()
+    net.crash(worker_session)
+    net.crash(first_session)
     net.pump()
     assert standby.active and newer.stats["resubmitted"] == 1
     net.worker(gate.handlers())

@@ -485,12 +485,9 @@ def test_after_delivery_runs_once_when_the_batch_ends() -> None:
 
     session.add_listener(listener, "g")
     assert not session.after_delivery(flush)  # no delivery under way: nothing scheduled
-    session.begin_delivery()
-    session.frame_received(regular(("g",), b"1"))
-    session.frame_received(regular(("g",), b"2"))
-    assert log == ["1", "2"]  # not after each frame: after the batch
-    session.end_delivery()
-    assert log == ["1", "2", "flush", "flush"]  # each request runs (Turn de-duplicates)
+    session.deliver([regular(("g",), b"1"), regular(("g",), b"2")])
+    # not after each frame: after the batch; each request runs (Turn de-duplicates)
+    assert log == ["1", "2", "flush", "flush"]
     session.frame_received(regular(("g",), b"3"))  # unbracketed: a batch of its own
     assert log == ["1", "2", "flush", "flush", "3", "flush"]
 
@@ -512,18 +509,6 @@ def test_work_deferred_by_deferred_work_runs_in_the_same_loop() -> None:
     assert not session.after_delivery(first)
 
 
-def test_nested_batches_run_deferred_work_at_the_outermost_end() -> None:
-    session, _ = make()
-    log: list[str] = []
-    session.begin_delivery()
-    session.begin_delivery()
-    assert session.after_delivery(lambda: log.append("ran"))
-    session.end_delivery()
-    assert log == []
-    session.end_delivery()
-    assert log == ["ran"]
-
-
 def test_failing_deferred_work_is_logged_and_the_rest_still_runs() -> None:
     session, _ = make()
     log: list[str] = []
@@ -531,11 +516,13 @@ def test_failing_deferred_work_is_logged_and_the_rest_still_runs() -> None:
     def broken() -> None:
         raise RuntimeError("boom")
 
-    session.begin_delivery()
-    session.after_delivery(broken)
-    session.after_delivery(lambda: log.append("ran"))
+    def listener(frame: Any) -> None:
+        session.after_delivery(broken)
+        session.after_delivery(lambda: log.append("ran"))
+
+    session.add_listener(listener, "g")
     with capturedLogs() as events:
-        session.end_delivery()
+        session.deliver([regular(("g",))])
     assert log == ["ran"]
     assert [e["log_failure"].value.args for e in events if "log_failure" in e] == [("boom",)]
     assert not session.after_delivery(broken)  # the bracket closed despite the failure

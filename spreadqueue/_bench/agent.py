@@ -46,7 +46,8 @@ from .._queue.manager import ManagerService
 from .._queue.sender import Sender
 from .._queue.worker import Task, Worker
 from .._spread.client import connect
-from .._spread.daemon import SpreadDaemonService, local_session
+from .._spread.daemon import SpreadDaemonService
+from .._spread.local import local_session
 from .._spread.session import SpreadSession
 from .channel import ControlChannel
 from .load import RpcLoad

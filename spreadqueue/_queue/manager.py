@@ -24,7 +24,6 @@ from .interfaces import IAssignmentPolicy
 from .messages import Kind, Message, decode, is_queue_message
 from .names import queue_groups
 from .outbox import Turn, send
-from .sharing import acquire, membership, release
 from .state import QueueManager
 
 __all__ = ["ManagerService", "SessionFactory"]
@@ -167,7 +166,7 @@ class ManagerService(Service):
         groups = self.groups
         # Leave Q-mgr first: a standby takes over at that point of the total order.
         # Senders then see us leave Q-snd and resubmit to it.
-        leaves = [release(session, g) for g in (groups.manager, groups.senders, groups.workers)]
+        leaves = [session.release(g) for g in (groups.manager, groups.senders, groups.workers)]
         d: Deferred[Any] = DeferredList(leaves, consumeErrors=True)
 
         def detach(_: object) -> Deferred[None] | None:
@@ -228,10 +227,10 @@ class ManagerService(Service):
         # Q-mgr, then Q-snd: senders resend unacknowledged submits when a member joins
         # Q-snd, and by then we are in Q-mgr to receive them. The state machine only
         # becomes active once it is a member of all three.
-        d = acquire(session, groups.workers)
+        d = session.acquire(groups.workers)
         d.addCallback(lambda _: self._catch_up(session, groups.workers))
-        d.addCallback(lambda _: acquire(session, groups.manager))
-        d.addCallback(lambda _: acquire(session, groups.senders))
+        d.addCallback(lambda _: session.acquire(groups.manager))
+        d.addCallback(lambda _: session.acquire(groups.senders))
         d.addCallback(lambda _: self._catch_up(session, groups.senders))
         d.addErrback(self._join_failed, session)
         self._ticker = LoopingCall(self._tick)
@@ -251,7 +250,7 @@ class ManagerService(Service):
         never count itself a member (and never become active). Replaying the latest
         notice is harmless when we did see it: nothing changed since.
         """
-        view = membership(session, group)
+        view = session.view(group)
         state = self._state
         if view is not None and state is not None and session is self._session:
             state.on_membership(self._now(), view)

@@ -1,9 +1,10 @@
 """Per-turn batching of outgoing queue messages.
 
 Components add entries while they handle frames; one flush per batch of frames (at
-the session's ``after_delivery``, or on a ``callLater(0)`` when no delivery is under
-way) sends each (destination, kind) batch as one Spread message, or as few as fit.
-This is what lets one process wake-up carry many tasks.
+the session's :meth:`~spreadqueue.interfaces.ISpreadSession.after_delivery`, or on a
+``callLater(0)`` when no delivery is under way) sends each (destination, kind) batch
+as one Spread message, or as few as fit. This is what lets one process wake-up carry
+many tasks.
 """
 
 from __future__ import annotations
@@ -60,33 +61,25 @@ class Turn:
     """
 
     def __init__(
-        self, reactor: IReactorTime, fn: Callable[[], object], session: Any = None
+        self,
+        reactor: IReactorTime,
+        fn: Callable[[], object],
+        session: ISpreadSession | None = None,
     ) -> None:
         self._reactor = reactor
         self._fn = fn
-        self._after_delivery: Callable[[Callable[[], object]], bool] | None = None
+        #: the session whose deliveries we batch over (None: every run is per turn)
         self.session = session
         self._pending = False
         self._call: IDelayedCall | None = None
-
-    @property
-    def session(self) -> Any:
-        """The session whose deliveries we batch over (an ISpreadSession, or None)."""
-        return self._session
-
-    @session.setter
-    def session(self, session: Any) -> None:
-        self._session = session
-        # after_delivery is SpreadSession's; other ISpreadSession providers go per turn
-        self._after_delivery = getattr(session, "after_delivery", None)
 
     def schedule(self) -> None:
         """Make sure ``fn`` runs soon (once)."""
         if self._pending:
             return
         self._pending = True
-        after_delivery = self._after_delivery
-        if after_delivery is None or not after_delivery(self._run):
+        session = self.session
+        if session is None or not session.after_delivery(self._run):
             self._call = self._reactor.callLater(0, self._run)
 
     def cancel(self) -> None:

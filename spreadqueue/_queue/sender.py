@@ -46,7 +46,6 @@ from .messages import (
 from .names import queue_groups
 from .outbox import Turn, send
 from .serializer import default_serializer
-from .sharing import acquire, membership, release
 
 __all__ = ["Reply", "Sender"]
 
@@ -212,14 +211,14 @@ class Sender:
         session.add_listener(self._on_private, session.private_group)
         session.add_listener(self._on_senders, self.groups.senders)
         session.whenDisconnected().addCallback(lambda _: self._session_lost())
-        d = acquire(session, self.groups.senders)
+        d = session.acquire(self.groups.senders)
 
         def joined(_: object) -> None:
             if self._state == "starting":
                 # When another component of this session joined Q-snd first, no join
                 # notice came our way: start from the group's current members, or a
                 # manager leaving would go unnoticed (and its tasks unresubmitted).
-                view = membership(session, self.groups.senders)
+                view = session.view(self.groups.senders)
                 if view is not None:
                     self._members = dict.fromkeys(view.members)
                 self._state = "ready"
@@ -251,7 +250,7 @@ class Sender:
         session = self.session
         session.remove_listener(self._on_private, session.private_group)
         session.remove_listener(self._on_senders, self.groups.senders)
-        return release(session, self.groups.senders)
+        return session.release(self.groups.senders)
 
     # ------------------------------------------------------------------ API
 

@@ -37,7 +37,6 @@ from .messages import (
 from .names import queue_groups
 from .outbox import Outbox, Turn, send
 from .serializer import default_serializer
-from .sharing import acquire, release
 
 __all__ = ["Handler", "Task", "Worker"]
 
@@ -272,7 +271,7 @@ class Worker(Service):
         session.add_listener(self._on_private, session.private_group)
         session.add_listener(self._on_worker_group, groups.workers)
         session.whenDisconnected().addCallback(lambda _: self._session_lost())
-        d = acquire(session, groups.workers)
+        d = session.acquire(groups.workers)
 
         def joined(_: object) -> None:
             if self._state != "starting":
@@ -337,7 +336,7 @@ class Worker(Service):
         session = self.session
         session.remove_listener(self._on_private, session.private_group)
         session.remove_listener(self._on_worker_group, self.groups.workers)
-        await release(session, self.groups.workers)
+        await session.release(self.groups.workers)
 
     def _give_up_draining(self, drained: Deferred[None]) -> None:
         if drained in self._drained:

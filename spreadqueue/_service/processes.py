@@ -23,9 +23,10 @@ from twisted.logger import Logger
 from .._queue.manager import ManagerService
 from .._queue.worker import Handler, Worker
 from .._spread.client import connect, parse_spread_endpoint
-from .._spread.daemon import SpreadDaemonService, local_session
+from .._spread.daemon import SpreadDaemonService
 from .._spread.endpoints import spread_address
 from .._spread.interfaces import ISpreadSession
+from .._spread.local import local_session
 
 __all__ = ["ManagerProcessService", "WorkerProcessService", "daemon_answers"]
 

@@ -6,8 +6,10 @@ list has arrived - the 90-byte NULL auth choice in one write (the real daemon re
 with a single non-blocking read and refuses pipelined or split records). On acceptance it
 creates a :class:`~spreadqueue._spread.session.SpreadSession` and becomes that session's
 :class:`~spreadqueue.interfaces.ISessionLink`. Each message is header + groups + data in
-one piece; what the listeners send while one read is handled goes out in one write when
-it has been handled, other sends at once - straight to the socket when Twisted has
+one piece. Each read is one :class:`~spreadqueue._spread.batch.DeliveryBatch`, shared by
+the session and the writes: what the listeners put off runs when the read's frames are
+dispatched (stage 0), then what they sent goes out in one write (stage 1); sends made
+outside a read go out at once. Either way straight to the socket when Twisted has
 nothing buffered (:mod:`.output`).
 
 Back-pressure: the protocol registers itself with its transport as a streaming
@@ -49,6 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
+from .batch import DeliveryBatch
 from .endpoints import SPREAD_FORM
 from .errors import (
     AuthRejected,
@@ -78,6 +81,9 @@ DEFAULT_PORT = 4803
 _SINGLE_WRITE_LIMIT = 16384
 _HEADER_LE = struct.Struct("<I32siIi")
 _ENDIAN_MARKER = wire.ENDIAN_MARKER
+# The stages of a read's batch: listeners' work first, then the one write.
+_WORK = 0
+_WRITE = 1
 
 
 class ConnectTimeout(SpreadError, TimeoutError):
@@ -126,6 +132,7 @@ class SpreadClientProtocol(Protocol):
         self._paused = False
         self._broken: BaseException | None = None
         self._kill_timer: IDelayedCall | None = None
+        self._batch = DeliveryBatch(stages=2)
         self._out: Output | None = None
         self._sender_field = b""
         #: The session, once accepted.
@@ -144,7 +151,7 @@ class SpreadClientProtocol(Protocol):
             # set TCP_NODELAY too.
             cast(ITCPTransport, transport).setTcpNoDelay(True)
         cast(IConsumer, transport).registerProducer(self, True)
-        self._out = Output(transport)
+        self._out = Output(transport, self._batch, stage=_WRITE)
         transport.write(self._connect_record)
 
     def dataReceived(self, data: bytes) -> None:
@@ -154,15 +161,8 @@ class SpreadClientProtocol(Protocol):
         """
         if self._broken is not None:
             return
-        out = self._out
-        if out is None:
+        with self._batch:
             self._received(data)
-            return
-        out.begin()
-        try:
-            self._received(data)
-        finally:
-            out.end()
 
     def _received(self, data: bytes) -> None:
         error: WireError | None = None
@@ -183,28 +183,11 @@ class SpreadClientProtocol(Protocol):
                     break
             else:
                 frames = []
-        if frames and not self._deliver(frames):
-            return
+        if frames:
+            assert self.session is not None
+            self.session.deliver(frames)  # type: ignore[arg-type]
         if error is not None:
             self._protocol_error(error)
-
-    def _deliver(self, frames: list[wire.ClientFrame]) -> bool:
-        """Hand ``frames`` to the session as one batch; False if that broke the link.
-
-        What listeners defer with after_delivery runs once at the end of the batch and
-        goes out in this read's one write.
-        """
-        session = self.session
-        assert session is not None
-        session.begin_delivery()
-        try:
-            for frame in frames:
-                session.frame_received(frame)  # type: ignore[arg-type]
-                if self._broken is not None:
-                    return False
-        finally:
-            session.end_delivery()
-        return True
 
     def _handshake_frame(self, frame: wire.ClientFrame) -> None:
         transport = self.transport
@@ -228,7 +211,9 @@ class SpreadClientProtocol(Protocol):
                 return
             self._private_group = wire.to_bytes(frame.private_group)
             self._sender_field = wire.pad_name(self._private_group)
-            session = SpreadSession(self, frame.private_group, membership=self._membership)
+            session = SpreadSession(
+                self, frame.private_group, membership=self._membership, batch=self._batch
+            )
             self.session = session
             if self._paused:
                 session.pause_writing()

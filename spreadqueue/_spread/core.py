@@ -28,15 +28,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
-from zope.interface import implementer
-
-from .errors import IllegalName, NameNotUnique, QuotaExceeded, SessionClosed
-from .interfaces import ISessionLink, ISessionSink
+from .errors import IllegalName, NameNotUnique, QuotaExceeded
+from .interfaces import ISessionSink
 from .wire import (
     CAUSED_BY_DISCONNECT,
     CAUSED_BY_JOIN,
     CAUSED_BY_LEAVE,
-    CONTROL_MESS,
     GROUP_FIELD,
     MAX_DAEMON_NAME,
     MAX_GROUP_NAME,
@@ -60,11 +57,9 @@ from .wire import (
 __all__ = [
     "DEFAULT_MAX_SESSIONS",
     "Admission",
-    "CallbackSink",
     "DaemonCore",
     "Envelope",
     "Group",
-    "LocalLink",
     "MembershipEnvelope",
     "RelayEnvelope",
     "SelfLeaveEnvelope",
@@ -305,34 +300,6 @@ class SelfLeaveEnvelope(Envelope):
 
 
 # --------------------------------------------------------------------------- sinks
-
-
-@implementer(ISessionSink)
-class CallbackSink:
-    """Hands the decoded frame of every delivery to ``receive`` (in-process sessions).
-
-    ``on_error`` gets any exception ``receive`` raises, so one faulty listener cannot
-    break delivery to the other sessions.
-    """
-
-    __slots__ = ("_on_error", "_receive")
-
-    def __init__(
-        self,
-        receive: Callable[[ClientFrame], object],
-        on_error: Callable[[BaseException], object] | None = None,
-    ) -> None:
-        self._receive = receive
-        self._on_error = on_error
-
-    def deliver(self, envelope: Envelope) -> None:
-        """Call ``receive(envelope.frame)``."""
-        try:
-            self._receive(envelope.frame)
-        except Exception as exc:
-            if self._on_error is None:
-                raise
-            self._on_error(exc)
 
 
 # --------------------------------------------------------------------------- state
@@ -794,68 +761,3 @@ class DaemonCore:
         for receiver in receivers:
             if receiver is not skip:
                 receiver.sink.deliver(envelope)
-
-
-# --------------------------------------------------------------------------- in-process
-
-
-@implementer(ISessionLink)
-class LocalLink:
-    """An :class:`~spreadqueue.interfaces.ISessionLink` straight into a
-    :class:`DaemonCore`: an in-process session, no socket, no encoding.
-
-    Pair it with a sink given to :meth:`DaemonCore.connect`. ``on_closed`` is called
-    once, when :meth:`send_kill` has closed the session.
-    """
-
-    def __init__(
-        self,
-        core: DaemonCore,
-        session: Session,
-        on_closed: Callable[[], object] | None = None,
-    ) -> None:
-        self.core = core
-        self.session = session
-        self._on_closed = on_closed
-        self._killed = False
-        # destination lists as the core wants them (str names), by what we were given
-        self._names: dict[Any, tuple[str, ...]] = {}
-
-    def _check_open(self) -> None:
-        if self._killed or not self.session.is_open:
-            raise SessionClosed("the session is closed")
-
-    def send_multicast(
-        self, service_type: int, groups: Sequence[bytes | str], mess_type: int, data: bytes
-    ) -> None:
-        """Multicast ``data`` to ``groups`` (bytes or str names)."""
-        self._check_open()
-        kinds = service_type & (REGULAR_MESS | CONTROL_MESS)
-        if kinds == 0 or kinds & (kinds - 1) or kinds & CONTROL_MESS:
-            raise ValueError(f"service type 0x{service_type:x} needs exactly one service level")
-        key = groups[0] if len(groups) == 1 else tuple(groups)
-        names = self._names.get(key)
-        if names is None:
-            names = tuple(g if isinstance(g, str) else g.decode("latin-1") for g in groups)
-            if len(self._names) < _LINK_NAME_CACHE:
-                self._names[key] = names
-        self.core.multicast(self.session, service_type, names, bytes(data), mess_type)
-
-    def send_join(self, group: bytes | str) -> None:
-        """Join ``group``."""
-        self._check_open()
-        self.core.join(self.session, group if isinstance(group, str) else group.decode("latin-1"))
-
-    def send_leave(self, group: bytes | str) -> None:
-        """Leave ``group``."""
-        self._check_open()
-        self.core.leave(self.session, group if isinstance(group, str) else group.decode("latin-1"))
-
-    def send_kill(self) -> None:
-        """Disconnect the session (idempotent)."""
-        if self._killed:
-            return
-        self._killed = True
-        self.core.disconnect(self.session)
-        if self._on_closed is not None:
-            self._on_closed()

@@ -23,9 +23,12 @@ Where this daemon knowingly differs from the real one:
 - a connection closed by the daemon whose client does not read is aborted after
   ``close_timeout`` seconds instead of holding its buffer for ever.
 
-Writes are coalesced: what one read (or one turn of in-process deliveries) produces for
-a connection goes out in one write when it has been handled, straight to the socket when
-Twisted has nothing buffered for it (:mod:`.output`: no extra reactor turn per write).
+Writes are coalesced: every read is one :class:`~spreadqueue._spread.batch.DeliveryBatch`
+(shared by all connections), and what it produces for a connection goes out in one
+write when it has been handled, straight to the socket when Twisted has nothing
+buffered for it (:mod:`.output`: no extra reactor turn per write); then in-process
+sessions (:mod:`.local`) get their frames. Deliveries outside a read (an in-process
+session sending from a timer) are coalesced the same way on the next reactor turn.
 Data messages in libspread's own form (little-endian, canonical names) are routed by
 their raw destination fields and forwarded as the very bytes received
 (:class:`~spreadqueue._spread.wire.Relay`): no frame is built and nothing re-encoded.
@@ -53,18 +56,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .core import DEFAULT_MAX_SESSIONS, Admission, DaemonCore, Envelope, LocalLink, Session
+from .batch import DeliveryBatch
+from .core import DEFAULT_MAX_SESSIONS, Admission, DaemonCore, Envelope, Session
 from .errors import (
     HandshakeError,
     IllegalName,
     NameNotUnique,
     QuotaExceeded,
-    SessionClosed,
     WireError,
 )
 from .interfaces import ISessionSink
+from .local import LocalLink
 from .output import Output
-from .session import SpreadSession
 from .wire import (
     AuthChoice,
     ConnectRequest,
@@ -92,7 +95,6 @@ __all__ = [
     "SpreadDaemonProtocol",
     "SpreadDaemonService",
     "listen",
-    "local_session",
 ]
 
 #: Where the daemon listens unless told otherwise: the Spread port, loopback only.
@@ -107,101 +109,29 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # --------------------------------------------------------------------------- output
 
-
-class _Coalescer:
-    """Turns the writes one read (or other batch of work) makes to a connection into
-    one write.
-
-    Work that can deliver (a read, a lost connection) runs inside a batch (``with
-    coalescer:``); outboxes written to meanwhile are flushed when the outermost batch
-    ends. A delivery outside any batch (an in-process session sending from a timer) is
-    flushed by ``callLater(0)``.
-
-    In-process sessions are handed their frames at the end of the batch too
-    (:meth:`later`), after the sockets' outboxes are flushed: a remote reader is not
-    kept waiting by local work, and a local session costs no extra reactor turn.
-    """
-
-    __slots__ = ("_call", "_reactor", "after", "depth", "dirty")
-
-    def __init__(self, reactor: IReactorTime) -> None:
-        self._reactor = reactor
-        #: outboxes with data to write when the outermost batch ends
-        self.dirty: list[_Outbox] = []
-        #: work to run when the outermost batch ends, once the outboxes are flushed
-        self.after: list[Callable[[], object]] = []
-        #: batches open (nested); 0 outside any
-        self.depth = 0
-        self._call: IDelayedCall | None = None
-
-    def later(self, fn: Callable[[], object]) -> bool:
-        """Run ``fn`` when the current batch ends; False (nothing done) outside a batch."""
-        if self.depth:
-            self.after.append(fn)
-            return True
-        return False
-
-    def mark(self, outbox: _Outbox) -> None:
-        """``outbox`` has data to flush at the end of this turn."""
-        self.dirty.append(outbox)
-        if not self.depth and self._call is None:
-            self._call = self._reactor.callLater(0, self._scheduled)
-
-    def __enter__(self) -> None:
-        self.depth += 1
-
-    def __exit__(self, *exc: object) -> None:
-        self.depth -= 1
-        if not self.depth and (self.dirty or self.after):
-            self.flush()
-
-    def _scheduled(self) -> None:
-        self._call = None
-        self.flush()
-
-    def flush(self) -> None:
-        """Write every pending outbox now, then run the deferred work (and write what
-        that delivers) until nothing is left."""
-        while True:
-            while self.dirty:
-                dirty, self.dirty = self.dirty, []
-                for outbox in dirty:
-                    outbox.flush()
-            after = self.after
-            if not after:
-                break
-            self.after = []
-            self.depth += 1
-            try:
-                for fn in after:
-                    try:
-                        fn()
-                    except Exception:
-                        log.failure("Spread daemon: deferred delivery work failed")
-            finally:
-                self.depth -= 1
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+#: The stage of the daemon's delivery batch that writes to sockets: the first, before
+#: in-process sessions get their frames (:data:`~spreadqueue._spread.local.LOCAL_STAGE`).
+_WRITE_STAGE: Final = 0
 
 
 @implementer(ISessionSink, IPushProducer)
 class _Outbox:
     """What the daemon writes to one client, and how far behind that client is.
 
-    It is the connection's streaming producer: the transport pauses it when its buffer
-    is full (the client is not reading). While paused, deliveries wait here; more than
-    ``max_queued`` of them and ``on_overflow`` is called (the session is dropped).
+    Its writes wait for the end of the daemon's delivery batch (or, outside one, the
+    next reactor turn) and go out in stage :data:`_WRITE_STAGE`, one write per
+    connection. It is the connection's streaming producer: the transport pauses it when
+    its buffer is full (the client is not reading). While paused, deliveries wait here;
+    more than ``max_queued`` of them and ``on_overflow`` is called (the session is
+    dropped).
     """
 
     __slots__ = (
         "_backlog",
-        "_coalescer",
         "_max_queued",
         "_on_overflow",
         "_output",
         "_paused",
-        "_pending",
         "_transport",
         "closed",
     )
@@ -209,18 +139,16 @@ class _Outbox:
     def __init__(
         self,
         transport: Any,
-        coalescer: _Coalescer | None,
+        batch: DeliveryBatch | None,
         max_queued: int,
         on_overflow: Callable[[], None],
     ) -> None:
         self._transport = transport
         # Straight to the socket when Twisted has nothing buffered for it: no extra
         # reactor turn (and two epoll_ctl calls) per write.
-        self._output = Output(transport)
-        self._coalescer = coalescer
+        self._output = Output(transport, batch, stage=_WRITE_STAGE, later=True)
         self._max_queued = max_queued
         self._on_overflow = on_overflow
-        self._pending: list[bytes] = []
         self._backlog: deque[bytes] = deque()
         self._paused = False
         self.closed = False
@@ -231,7 +159,7 @@ class _Outbox:
         return len(self._backlog)
 
     def deliver(self, envelope: Envelope) -> None:
-        """Write ``envelope`` now, at the end of this turn, or when the client reads."""
+        """Write ``envelope`` at the end of this batch, or when the client reads."""
         if self.closed:
             return
         if self._paused:
@@ -239,28 +167,17 @@ class _Outbox:
             if len(self._backlog) > self._max_queued:
                 self._on_overflow()
             return
-        coalescer = self._coalescer
-        if coalescer is None:
-            self._output.write(envelope.wire)
-            return
-        pending = self._pending
-        if not pending:
-            coalescer.mark(self)
-        pending.append(envelope.wire)
+        self._output.write(envelope.wire)
 
     def flush(self) -> None:
-        """Hand the messages of this turn to the transport."""
-        pending = self._pending
-        if pending and not self.closed:
-            self._pending = []
-            if len(pending) == 1:
-                self._output.write(pending[0])
-            else:
-                self._output.write_many(pending)
+        """Hand what waits for the batch's end to the transport now."""
+        if not self.closed:
+            self._output.flush()
 
     def close(self) -> None:
         """Stop writing; drop what the client has not been sent yet."""
         self.closed = True
+        self._output.discard()
         self._backlog.clear()
 
     def pauseProducing(self) -> None:
@@ -298,7 +215,7 @@ class SpreadDaemonProtocol(Protocol):
         self.session: Session | None = None
         self._state = _CONNECT
         self._decoder = DaemonDecoder(auth_methods=daemon.auth_methods, relay=True)
-        self._coalescer = daemon.coalescer
+        self._batch = daemon.batch
         self._admission: Admission | None = None
         self._request: ConnectRequest | None = None
         self._timer: IDelayedCall | None = None
@@ -317,7 +234,7 @@ class SpreadDaemonProtocol(Protocol):
             cast(ITCPTransport, self.transport).setTcpNoDelay(True)
         outbox = _Outbox(
             self._transport,
-            daemon.coalescer if daemon.coalescing else None,
+            daemon.batch if daemon.coalescing else None,
             daemon.max_queued,
             self._overflow,
         )
@@ -338,15 +255,14 @@ class SpreadDaemonProtocol(Protocol):
         state = self._state
         if state is _CLOSED:
             return
-        coalescer = self._coalescer
-        if state is not _OPEN:
-            with coalescer:
-                self._decode(self._decoder.feed, data)
-            return
-        # The hot path, _decode and the coalescer's with-block inlined: the writes
-        # this read causes go out when it has been handled, one per connection.
-        coalescer.depth += 1
+        # One read, one batch: the writes it causes go out when it has been handled,
+        # one per connection, and then in-process sessions get their frames.
+        batch = self._batch
+        batch.begin()
         try:
+            if state is not _OPEN:
+                self._decode(self._decoder.feed, data)
+                return
             try:
                 frames = self._decoder.feed(data)
             except WireError as exc:
@@ -355,9 +271,7 @@ class SpreadDaemonProtocol(Protocol):
                 return
             self._handle(frames)
         finally:
-            coalescer.depth -= 1
-            if not coalescer.depth and (coalescer.dirty or coalescer.after):
-                coalescer.flush()
+            batch.end()
 
     def _decode(self, step: Callable[..., list[DaemonFrame]], *args: Any) -> None:
         """Run one decoder step and act on its frames, or on its error."""
@@ -383,7 +297,7 @@ class SpreadDaemonProtocol(Protocol):
             self.core.abandon(self._admission)
         session = self.session
         if session is not None and session.is_open:
-            with self.daemon.coalescer:
+            with self.daemon.batch:
                 self.core.disconnect(session)
             log.info(
                 "Spread session {private_group} from {peer} dropped: {reason}",
@@ -486,7 +400,7 @@ class SpreadDaemonProtocol(Protocol):
     def close(self, reason: str) -> None:
         """Close this connection from the daemon's side, for ``reason``."""
         if self._state is _OPEN:
-            with self.daemon.coalescer:
+            with self.daemon.batch:
                 self._drop(reason, clean=True)
         elif self._state is not _CLOSED:
             self._reject(None, reason)
@@ -567,119 +481,6 @@ class SpreadDaemonProtocol(Protocol):
         self._abort_call = None
 
 
-# --------------------------------------------------------------------------- in-process
-
-
-@implementer(ISessionSink)
-class _LocalInbox:
-    """Hands an in-process session its frames, in order, never from inside the call
-    that caused the delivery.
-
-    Like a socket, it never calls the session back from inside the send that caused
-    the delivery (a SpreadSession registers what it waits for after sending), yet it
-    costs no process wake-up. Frames delivered while the daemon handles a read (or
-    another session's frames) are handed over when that work ends, in the same
-    reactor turn; frames delivered outside any such work (a session sending from a
-    timer) on the next turn, by ``callLater(0)``. Either way all the frames waiting
-    then go over as one batch.
-    """
-
-    def __init__(self, reactor: IReactorTime, coalescer: _Coalescer | None = None) -> None:
-        self._reactor = reactor
-        self._coalescer = coalescer
-        self._queue: deque[Any] = deque()
-        self._scheduled = False  # a drain is due (at the batch's end or next turn)
-        self.session: SpreadSession | None = None
-
-    def deliver(self, envelope: Envelope) -> None:
-        """Queue ``envelope``'s frame for the session."""
-        self._push(envelope.frame)
-
-    def closed(self) -> None:
-        """The session was disconnected: end it after the frames already queued."""
-        self._push(_CLOSED_MARK)
-
-    def _push(self, item: object) -> None:
-        self._queue.append(item)
-        if self._scheduled:
-            return
-        self._scheduled = True
-        coalescer = self._coalescer
-        if coalescer is None or not coalescer.later(self._drain):
-            self._reactor.callLater(0, self._drain)
-
-    def _drain(self) -> None:
-        self._scheduled = False
-        coalescer = self._coalescer
-        if coalescer is None:
-            self._drain_queue()
-            return
-        # What the session sends while handling these frames is written when they are
-        # done (one write per connection), not on yet another reactor turn.
-        with coalescer:
-            self._drain_queue()
-
-    def _drain_queue(self) -> None:
-        queue = self._queue
-        session = self.session
-        if session is None:
-            return
-        session.begin_delivery()
-        try:
-            while queue:
-                item = queue.popleft()
-                if item is _CLOSED_MARK:
-                    queue.clear()
-                    session.connection_lost(SessionClosed("disconnected"))
-                    return
-                try:
-                    session.frame_received(item)
-                except Exception:
-                    log.failure(
-                        "in-process Spread session {private_group} failed on a frame",
-                        private_group=session.private_group,
-                    )
-        finally:
-            session.end_delivery()
-
-
-_CLOSED_MARK: Final = object()
-
-
-def local_session(
-    daemon: SpreadDaemonFactory,
-    name: str = "",
-    *,
-    membership: bool = True,
-    **session_options: Any,
-) -> SpreadSession:
-    """An in-process session of the embedded ``daemon``: a
-    :class:`~spreadqueue._spread.session.SpreadSession` like any other, with no socket
-    and no encoding between it and the daemon.
-
-    ``name`` is the private name ('' lets the daemon invent one). Raises
-    QuotaExceeded, IllegalName or NameNotUnique. ``session_options`` go to
-    SpreadSession (e.g. ``receive_queue_size``).
-    """
-    inbox = _LocalInbox(daemon.reactor, daemon.coalescer if daemon.coalescing else None)
-    core_session = daemon.core.connect(inbox, name, membership=membership)
-    link = LocalLink(daemon.core, core_session, on_closed=inbox.closed)
-    session = SpreadSession(
-        link, core_session.private_group, membership=membership, **session_options
-    )
-    inbox.session = session
-    daemon.local_links.add(link)
-    session.whenDisconnected().addBoth(lambda _: daemon.local_links.discard(link))
-    log.info(
-        "Spread session {private_group} connected in process",
-        spread_event="connect",
-        private_group=core_session.private_group,
-        peer="in-process",
-        membership=membership,
-    )
-    return session
-
-
 # --------------------------------------------------------------------------- factory
 
 
@@ -736,7 +537,8 @@ class SpreadDaemonFactory(Factory):
         self.handshake_timeout = handshake_timeout
         self.max_queued = max_queued
         self.close_timeout = close_timeout
-        self.coalescer = _Coalescer(reactor)
+        #: the batch every read of every connection runs in (see :class:`_Outbox`)
+        self.batch = DeliveryBatch(stages=2, reactor=reactor)
         self._coalesce = coalesce_writes
         self.auth_methods = tuple(auth_methods)
         self.auth_list = encode_auth_list(self.auth_methods)
@@ -795,7 +597,7 @@ class SpreadDaemonFactory(Factory):
         """Close every client connection and in-process session (the daemon stops)."""
         for protocol in list(self.connections):
             protocol.close("the daemon is stopping")
-        with self.coalescer:
+        with self.batch:
             for link in list(self.local_links):
                 link.send_kill()
 

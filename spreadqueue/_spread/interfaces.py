@@ -34,6 +34,38 @@ class ISpreadSession(Interface):
     def leave(group):  # type: ignore[no-untyped-def]
         """Leave ``group``; return a Deferred that fires once we have left."""
 
+    def acquire(group):  # type: ignore[no-untyped-def]
+        """Take a share of ``group`` for one of the session's users; return a Deferred
+        that fires once the session is a member.
+
+        The session joins on the first share and leaves on the last :meth:`release`,
+        so components sharing a session never take each other out of a group.
+        """
+
+    def release(group):  # type: ignore[no-untyped-def]
+        """Give back a share of ``group``; the session leaves it with the last one.
+
+        The Deferred never fails because the session is (or becomes) closed.
+        """
+
+    def holders(group):  # type: ignore[no-untyped-def]
+        """How many shares of ``group`` are held (int)."""
+
+    def view(group):  # type: ignore[no-untyped-def]
+        """The latest regular MembershipMessage of a group held through
+        :meth:`acquire`, or None (not held, or no notice yet).
+
+        A component that acquires a group its session is already in gets no join
+        notice of its own: this is where it learns the current members.
+        """
+
+    def after_delivery(fn):  # type: ignore[no-untyped-def]
+        """Run ``fn()`` once the frames being delivered now have all been dispatched,
+        in the same reactor turn and before what the listeners sent is written.
+
+        Returns False, and schedules nothing, when no delivery is under way.
+        """
+
     def multicast(groups, data, service=None, mess_type=0, self_discard=False):  # type: ignore[no-untyped-def]
         """Send ``data`` (bytes) to ``groups`` (a group name or a sequence of them).
 

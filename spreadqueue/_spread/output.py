@@ -8,10 +8,10 @@ the transport has nothing buffered (so order is kept), and hands whatever the so
 does not take to ``transport.write`` (so Twisted's buffering, producer pausing and
 error handling apply unchanged from there on).
 
-Writes made while a batch is open (:meth:`Output.begin` .. :meth:`Output.end`, e.g.
-the replies made while handling one read) are joined and sent once when the batch
-ends, or as soon as ``flush_at`` bytes are pending (so that a producer writing in a
-loop still meets the transport's back-pressure).
+Writes made while the connection's :class:`~spreadqueue._spread.batch.DeliveryBatch`
+is open (the replies made while handling one read) are joined and sent once, at the
+batch's end, or as soon as ``flush_at`` bytes are pending (so that a producer writing
+in a loop still meets the transport's back-pressure).
 
 Only Twisted's own TCP (and Unix) transports get the direct path; any other transport
 (``StringTransport``, TLS, a wrapper) gets plain ``write`` / ``writeSequence``.
@@ -22,6 +22,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from twisted.internet import tcp
+
+from .batch import DeliveryBatch
 
 __all__ = ["FLUSH_AT", "Output"]
 
@@ -41,38 +43,64 @@ def _direct_socket(transport: Any) -> Any:
 
 
 class Output:
-    """The write side of one connection: direct sends, batches (see the module doc)."""
+    """The write side of one connection: direct sends, batches (see the module doc).
 
-    __slots__ = ("_depth", "_pending", "_send", "_sendmsg", "_size", "flush_at", "transport")
+    ``batch`` (optional) is the connection's delivery batch: while it is open, writes
+    wait for its end, and the flush runs in its stage ``stage``. With ``later``, writes
+    made outside the batch wait too, until the next reactor turn (the batch's
+    :meth:`~spreadqueue._spread.batch.DeliveryBatch.soon`); without it they go out at
+    once.
+    """
 
-    def __init__(self, transport: Any, flush_at: int = FLUSH_AT) -> None:
+    __slots__ = (
+        "_batch",
+        "_later",
+        "_pending",
+        "_send",
+        "_sendmsg",
+        "_size",
+        "_stage",
+        "flush_at",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        transport: Any,
+        batch: DeliveryBatch | None = None,
+        *,
+        stage: int = 0,
+        later: bool = False,
+        flush_at: int = FLUSH_AT,
+    ) -> None:
         self.transport = transport
         sock = _direct_socket(transport)
         self._send = None if sock is None else sock.send
         self._sendmsg = None if sock is None else sock.sendmsg
-        self._depth = 0
+        self._batch = batch
+        self._stage = stage
+        self._later = later
         self._pending: list[bytes] = []
         self._size = 0
         self.flush_at = flush_at
 
     @property
     def pending(self) -> int:
-        """Bytes held by an open batch."""
+        """Bytes waiting for the end of the batch."""
         return self._size
 
-    def begin(self) -> None:
-        """Open a batch (batches nest; the outermost :meth:`end` writes)."""
-        self._depth += 1
-
-    def end(self) -> None:
-        """Close a batch; the outermost one writes what it holds."""
-        self._depth -= 1
-        if not self._depth and self._pending:
-            self.flush()
+    def _hold(self) -> bool:
+        """True when a write now must wait (and makes sure a flush is due)."""
+        batch = self._batch
+        if batch is None or not (batch.depth or self._later):
+            return False
+        if not self._pending:
+            batch.soon(self.flush, self._stage)
+        return True
 
     def write(self, data: bytes) -> None:
         """Write ``data`` now, or at the end of the open batch."""
-        if self._depth:
+        if self._hold():
             self._pending.append(data)
             self._size += len(data)
             if self._size >= self.flush_at:
@@ -82,7 +110,7 @@ class Output:
 
     def write_many(self, parts: list[bytes]) -> None:
         """Write ``parts`` (in order) as one write, without joining big ones."""
-        if self._depth:
+        if self._hold():
             self._pending.extend(parts)
             for part in parts:
                 self._size += len(part)
@@ -92,7 +120,7 @@ class Output:
         self._write_parts(parts)
 
     def flush(self) -> None:
-        """Write what the open batch holds now."""
+        """Write what is waiting now."""
         pending = self._pending
         if not pending:
             return
@@ -107,7 +135,7 @@ class Output:
             self._write_parts(pending)
 
     def discard(self) -> None:
-        """Drop what the open batch holds (the connection is being aborted)."""
+        """Drop what is waiting (the connection is being aborted or closed)."""
         self._pending = []
         self._size = 0
 

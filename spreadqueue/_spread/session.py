@@ -3,7 +3,7 @@
 :class:`SpreadSession` holds no socket. It sends through an
 :class:`~spreadqueue.interfaces.ISessionLink` and is driven by whoever owns the link:
 
-- :meth:`SpreadSession.frame_received` with every decoded daemon -> client frame
+- :meth:`SpreadSession.deliver` with the decoded daemon -> client frames of one read
   (:class:`~spreadqueue._spread.wire.RegularMessage`,
   :class:`~spreadqueue._spread.wire.MembershipMessage`,
   :class:`~spreadqueue._spread.wire.RejectMessage`), in stream order;
@@ -25,17 +25,22 @@ Delivery rules:
 - Frames reach listeners in stream order. A frame fed while another is being
   dispatched (an in-process link delivering synchronously from inside a listener) is
   queued and dispatched after the current one: every listener sees one total order.
-- A link that hands over several frames at once (everything one read decoded)
-  brackets them with :meth:`SpreadSession.begin_delivery` and
-  :meth:`SpreadSession.end_delivery`. Work a listener defers with
+- The frames of one :meth:`SpreadSession.deliver` call are one batch
+  (:class:`~spreadqueue._spread.batch.DeliveryBatch`). Work a listener puts off with
   :meth:`SpreadSession.after_delivery` runs when the last of them has been dispatched,
-  in the same reactor turn and before the link writes: batching per read costs
-  no extra turn.
+  in the same reactor turn and before the link writes: batching per read costs no
+  extra turn.
 - A listener that raises is logged; the others are still called.
 - Listeners may add and remove listeners while being called. A listener removed
   during a dispatch is not called again, not even for the frame being dispatched; one
   added during a dispatch is called from the next frame on.
 - After :meth:`SpreadSession.disconnect` no further frame is dispatched.
+
+Several users of one session (queue senders, workers and managers, the application)
+may want the same group: :meth:`SpreadSession.acquire` and
+:meth:`SpreadSession.release` count them, so the session joins on the first acquire
+and leaves on the last release, and :meth:`SpreadSession.view` gives a late comer the
+group's current membership (its own join notice came long ago).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
+from .batch import DeliveryBatch
 from .errors import IllegalGroupName, IllegalService, SessionClosed, SpreadError
 from .interfaces import ISessionLink, ISpreadSession
 
@@ -129,6 +135,9 @@ class SpreadSession:
     daemon gave us (``#name#daemon``); ``membership`` says whether the session was
     opened with membership notices on (it decides when :meth:`join` and
     :meth:`leave` fire). ``receive_queue_size`` bounds the :meth:`receive` queue.
+    ``batch`` is the link's :class:`~spreadqueue._spread.batch.DeliveryBatch` when the
+    link writes at the end of a delivery (work put off by listeners then runs first);
+    by default the session has its own.
 
     Errors known when a method is called (an illegal group name, a message too long,
     a closed session) are raised at once by :meth:`join`, :meth:`leave` and
@@ -144,6 +153,7 @@ class SpreadSession:
         *,
         membership: bool = True,
         receive_queue_size: int = DEFAULT_RECEIVE_QUEUE,
+        batch: DeliveryBatch | None = None,
     ) -> None:
         parts = wire.split_private_group(wire.to_bytes(private_group))
         if parts is None:
@@ -174,9 +184,11 @@ class SpreadSession:
         self._removed: set[tuple[Listener, str | None]] = set()
         self._delivering = False
         self._backlog: deque[Frame] = deque()
-        # delivery batches open (begin_delivery) and what runs when the last one ends
-        self._batches = 0
-        self._after: list[Callable[[], object]] = []
+        # the batch each delivery runs in (the link's, when it writes at its end)
+        self._batch = batch if batch is not None else DeliveryBatch()
+        # acquire(): holders per group, and the latest regular notice of held groups
+        self._holds: dict[str, int] = {}
+        self._views: dict[str, wire.MembershipMessage | None] = {}
         # groups our own notices say we are in, and the joins/leaves still in flight
         self._joined: set[str] = set()
         self._ops: dict[str, deque[_GroupOp]] = {}
@@ -289,6 +301,9 @@ class SpreadSession:
         """Track our own membership from a notice; return the waiters it completes."""
         group = frame.group
         me = self.private_group
+        views = self._views
+        if group in views and not frame.is_transition:
+            views[group] = None if frame.is_self_leave else frame
         if frame.is_self_leave:
             self._joined.discard(group)
             return self._complete(group, _LEAVE)
@@ -306,6 +321,59 @@ class SpreadSession:
                 self._joined.add(group)
                 return self._complete(group, _JOIN)
         return []
+
+    # ------------------------------------------------------------------ shared groups
+
+    def acquire(self, group: str) -> Deferred[None]:
+        """Take a share of ``group`` for one of the session's users; the Deferred fires
+        once the session is a member (at once if it already is).
+
+        The session joins on the first share and leaves on the last
+        :meth:`release`, so users sharing a session never take each other out of a
+        group. Raises as :meth:`join` does.
+        """
+        raw, key = self._joinable(group)
+        self._check_open()
+        holds = self._holds
+        n = holds.get(key, 0)
+        holds[key] = n + 1
+        if n == 0:
+            # Watch the group from before the join goes out, so the view starts with
+            # the session's own join notice.
+            self._views[key] = None
+        # join() is idempotent: every holder waits for the same membership.
+        return self._request(_JOIN, raw, key)
+
+    def release(self, group: str) -> Deferred[None]:
+        """Give back a share of ``group``; the session leaves it with the last share.
+
+        Never fails for a session that is closed or closes meanwhile: it has left then.
+        """
+        key = wire.to_bytes(group).decode("latin-1")
+        holds = self._holds
+        n = holds.get(key, 0)
+        if n > 1:
+            holds[key] = n - 1
+            return succeed(None)
+        holds.pop(key, None)
+        self._views.pop(key, None)
+        if not self.connected:
+            return succeed(None)
+        d = self.leave(key)
+
+        def closed_meanwhile(failure: Failure) -> None:
+            failure.trap(SessionClosed)
+
+        return d.addErrback(closed_meanwhile)
+
+    def holders(self, group: str) -> int:
+        """How many users hold a share of ``group`` (see :meth:`acquire`)."""
+        return self._holds.get(group, 0)
+
+    def view(self, group: str) -> wire.MembershipMessage | None:
+        """The latest regular membership notice of a group held through
+        :meth:`acquire` (None while it is not held, or before the first notice)."""
+        return self._views.get(group)
 
     # ------------------------------------------------------------------ multicast
 
@@ -389,27 +457,19 @@ class SpreadSession:
 
     # ------------------------------------------------------------------ incoming frames
 
-    def begin_delivery(self) -> None:
-        """The link is about to hand over a batch of frames (see :meth:`end_delivery`)."""
-        self._batches += 1
+    def deliver(self, frames: Iterable[Frame]) -> None:
+        """Dispatch the frames of one read, in order, as one batch (called by the link).
 
-    def end_delivery(self) -> None:
-        """The link has handed over its batch: run what :meth:`after_delivery` deferred.
-
-        Call it once per :meth:`begin_delivery`, also when delivery failed. What a
-        deferred call defers in turn runs in the same loop.
+        What listeners put off with :meth:`after_delivery` runs once the last frame has
+        been dispatched.
         """
-        if self._batches == 1:
-            after = self._after
-            while after:
-                self._after = []
-                for fn in after:
-                    try:
-                        fn()
-                    except Exception:
-                        self._log.failure("work deferred to the end of a delivery failed")
-                after = self._after
-        self._batches -= 1
+        batch = self._batch
+        batch.begin()
+        try:
+            for frame in frames:
+                self.frame_received(frame)
+        finally:
+            batch.end()
 
     def after_delivery(self, fn: Callable[[], object]) -> bool:
         """Run ``fn()`` once the frames being delivered now have all been dispatched.
@@ -419,30 +479,25 @@ class SpreadSession:
         reactor turn, before what the listeners sent is written: the place to flush
         work batched over the frames of one read.
         """
-        if self._batches:
-            self._after.append(fn)
-            return True
-        return False
+        return self._batch.defer(fn)
 
     def frame_received(self, frame: Frame) -> None:
-        """Dispatch one decoded frame from the daemon (called by the link).
-
-        Outside a :meth:`begin_delivery` bracket the frame is a batch of its own.
-        """
+        """Dispatch one decoded frame (a batch of its own outside :meth:`deliver`)."""
         if self._delivering:
             # Re-entrant delivery (a listener's send looped straight back in process):
             # finish the current frame first so every listener sees one order.
             self._backlog.append(frame)
             return
         self._delivering = True
-        self._batches += 1
+        batch = self._batch
+        batch.begin()
         try:
             self._deliver(frame)
             while self._backlog:
                 self._deliver(self._backlog.popleft())
         finally:
             self._delivering = False
-            self.end_delivery()
+            batch.end()
 
     def _deliver(self, frame: Frame) -> None:
         if not self.connected:
