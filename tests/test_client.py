@@ -33,6 +33,7 @@ from spreadqueue._spread.client import (
 from spreadqueue._spread.interfaces import ISessionLink, ISpreadSession
 from spreadqueue._spread.output import Output
 from spreadqueue._spread.session import SpreadSession
+from spreadqueue._spread.wire.encode import encode_header
 
 # --------------------------------------------------------------------------- traces
 
@@ -643,7 +644,7 @@ def test_wire_error_drops_the_connection() -> None:
     proto, transport, session = accepted()
     pending = session.join("grp")
     ended = session.whenDisconnected()
-    bad = wire.encode_header(0, b"grp", 0, wire.ENDIAN_MARKER, 0)  # no service, no cause
+    bad = encode_header(0, b"grp", 0, wire.ENDIAN_MARKER, 0)  # no service, no cause
     proto.dataReceived(bad)
     assert transport.disconnected  # aborted
     proto.dataReceived(b"\x00" * 100)  # ignored after the error
@@ -668,7 +669,7 @@ def test_frames_before_a_wire_error_are_delivered() -> None:
         b"\x80\x00\x00\x80",
         b"before the garbage",
     )
-    bad = wire.encode_header(0, b"g", 0, wire.ENDIAN_MARKER, 0)
+    bad = encode_header(0, b"g", 0, wire.ENDIAN_MARKER, 0)
     proto.dataReceived(good + bad)
     assert [f.data for f in seen] == [b"before the garbage"]
     assert transport.disconnected
@@ -890,7 +891,7 @@ def test_replies_made_while_handling_a_read_go_out_in_one_write() -> None:
 
     session.add_listener(answer, me)
     ping = wire.RegularMessage(wire.AGREED_MESS, "#bob#localhost", (me,), 1, b"ping")
-    proto.dataReceived(wire.encode_client_frame(ping) * 2)
+    proto.dataReceived(wire.encode_to_client(ping) * 2)
     (written,) = transport.writes
     assert written == b"".join(
         wire.encode_message(wire.SAFE_MESS, me, "#bob#localhost", data, mess_type)
@@ -918,7 +919,7 @@ def test_a_read_is_one_delivery_batch_and_its_deferred_sends_share_its_write() -
         wire.RegularMessage(wire.AGREED_MESS, "#bob#localhost", (me,), 1, data)
         for data in (b"a", b"b")
     ]
-    proto.dataReceived(b"".join(wire.encode_client_frame(p) for p in pings))
+    proto.dataReceived(b"".join(wire.encode_to_client(p) for p in pings))
     reply = wire.encode_message(wire.SAFE_MESS, me, "#bob#localhost", b"a+b", 2)
     assert transport.writes == [reply]
     assert not session.after_delivery(batched_reply)  # the batch is over
@@ -934,7 +935,7 @@ def test_disconnect_from_a_listener_sends_its_replies_first() -> None:
 
     session.add_listener(answer_and_go, me)
     ping = wire.RegularMessage(wire.AGREED_MESS, "#bob#localhost", (me,), 1, b"ping")
-    proto.dataReceived(wire.encode_client_frame(ping))
+    proto.dataReceived(wire.encode_to_client(ping))
     assert b"".join(transport.writes) == wire.encode_message(
         wire.SAFE_MESS, me, "#bob#localhost", b"bye"
     ) + wire.encode_kill(me)
@@ -953,7 +954,7 @@ def test_a_listener_writing_a_lot_is_written_every_64_kb() -> None:
 
     session.add_listener(flood, me)
     ping = wire.RegularMessage(wire.AGREED_MESS, "#bob#localhost", (me,), 1, b"go")
-    proto.dataReceived(wire.encode_client_frame(ping))
+    proto.dataReceived(wire.encode_to_client(ping))
     assert len(transport.writes) == 2  # 64 KB, then the rest at the end of the read
     assert len(transport.writes[0]) >= 65536
     assert sum(map(len, transport.writes)) == 100 * (48 + 32 + 1000)

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from spreadqueue._spread import wire
 from spreadqueue._spread.daemon import SpreadDaemonFactory, SpreadDaemonProtocol
+from spreadqueue._spread.wire.constants import HEADER_LE
 
 TRACES = Path(
     os.environ.get(
@@ -73,7 +74,7 @@ class Witness(Conn):
         self.send(wire.encode_auth_choice())
         assert isinstance(self.frames()[-1], wire.Accepted)
 
-    def frames(self) -> list[wire.ClientFrame]:
+    def frames(self) -> list[wire.ToClient]:
         data = self.transport.value()
         self.transport.clear()
         return self.decoder.feed(data)
@@ -226,7 +227,7 @@ def random_message(rng: random.Random, sender: str) -> bytes:
         groups = [random_name(rng) for _ in range(rng.randint(0, 2))]
     blob = b"".join((g + bytes(32))[:32] for g in groups)
     data = rng.randbytes(rng.randint(0, 64)) if service & wire.REGULAR_MESS else b""
-    header = wire._HEADER_LE.pack(
+    header = HEADER_LE.pack(
         service | wire.ENDIAN_MARKER, field, len(groups), wire.encode_hint(0), len(data)
     )
     return header + blob + data
@@ -313,7 +314,7 @@ def test_hypothesis_headers(
     """Any header: the session is kept (a valid one, or one still waiting for its
     body) or dropped, never anything else."""
     c = daemon.session("hyp")
-    header = wire._HEADER_LE.pack(
+    header = HEADER_LE.pack(
         service, wire.pad_name(sender.encode()) if sender else bytes(32), num_groups, hint, data_len
     )
     c.send(header + bytes(32 * max(0, min(num_groups, 3))))

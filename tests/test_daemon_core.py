@@ -37,7 +37,7 @@ class Sink:
         out, self.envelopes = self.envelopes, []
         return out
 
-    def frames(self) -> list[wire.ClientFrame]:
+    def frames(self) -> list[wire.ToClient]:
         return [e.frame for e in self.take()]
 
 
@@ -50,7 +50,7 @@ def connect(core: DaemonCore, name: str, *, membership: bool = True) -> tuple[Se
     return core.connect(sink, name, membership=membership), sink
 
 
-def decode(envelope: Envelope) -> wire.ClientFrame:
+def decode(envelope: Envelope) -> wire.ToClient:
     """What a libspread-compatible client decodes from the envelope's wire bytes."""
     decoder = wire.ClientDecoder()
     decoder.feed(wire.encode_auth_list() + wire.encode_accept("#x#localhost"))
@@ -435,7 +435,7 @@ def test_calls_made_during_delivery_keep_one_total_order() -> None:
     sessions: dict[str, Session] = {}
 
     def receiver(name: str) -> CallbackSink:
-        def receive(frame: wire.ClientFrame) -> None:
+        def receive(frame: wire.ToClient) -> None:
             if isinstance(frame, wire.RegularMessage):
                 seen[name].append(frame.data)
                 if name == "a" and frame.data == b"first":
@@ -455,12 +455,12 @@ def test_disconnect_from_inside_a_delivery_runs_after_it() -> None:
     log: list[tuple[str, object]] = []
     sessions: dict[str, Session] = {}
 
-    def receive_a(frame: wire.ClientFrame) -> None:
+    def receive_a(frame: wire.ToClient) -> None:
         log.append(("a", getattr(frame, "data", None) or frame.cause))  # type: ignore[union-attr]
         if getattr(frame, "data", None) == b"m":
             core.disconnect(sessions["a"])
 
-    def receive_b(frame: wire.ClientFrame) -> None:
+    def receive_b(frame: wire.ToClient) -> None:
         log.append(("b", getattr(frame, "data", None) or frame.cause))  # type: ignore[union-attr]
 
     sessions["a"] = core.connect(CallbackSink(receive_a), "a")
@@ -476,7 +476,7 @@ def test_callback_sink_reports_errors_instead_of_breaking_delivery() -> None:
     core = make_core()
     errors: list[BaseException] = []
 
-    def boom(frame: wire.ClientFrame) -> None:
+    def boom(frame: wire.ToClient) -> None:
         raise RuntimeError("listener bug")
 
     bad = core.connect(CallbackSink(boom, errors.append), "bad")
@@ -502,7 +502,7 @@ def test_local_link_is_an_isessionlink() -> None:
 
 def test_local_link_round_trip() -> None:
     core = make_core()
-    got: list[wire.ClientFrame] = []
+    got: list[wire.ToClient] = []
     mgr = core.connect(CallbackSink(got.append), "mgr")
     link = LocalLink(core, mgr)
     worker, worker_sink = connect(core, "worker")
@@ -582,7 +582,7 @@ def test_relay_keeps_the_total_order_of_calls_made_while_delivering() -> None:
     sessions: dict[str, Session] = {}
 
     def receive(name: str) -> CallbackSink:
-        def got(frame: wire.ClientFrame) -> None:
+        def got(frame: wire.ToClient) -> None:
             if type(frame) is not wire.RegularMessage:
                 return
             seen.append((name, frame.data))

@@ -32,6 +32,7 @@ from spreadqueue._spread.daemon import (
 from spreadqueue._spread.errors import QuotaExceeded
 from spreadqueue._spread.interfaces import ISessionSink
 from spreadqueue._spread.local import CallbackSink, LocalLink, local_session
+from spreadqueue._spread.wire.encode import encode_header
 
 TRACES = Path(
     os.environ.get(
@@ -248,7 +249,7 @@ class Client:
         assert isinstance(frames[-1], wire.Accepted), frames
         return self
 
-    def frames(self) -> list[wire.ClientFrame]:
+    def frames(self) -> list[wire.ToClient]:
         data = self.transport.value()
         self.transport.clear()
         return self.decoder.feed(data)
@@ -397,9 +398,7 @@ def test_the_size_window_of_the_upstream_bug_drops_the_session(total: int) -> No
     bob.join("grp")
     alice.frames()
     data_len = total - 48 - 32
-    header = wire.encode_header(
-        wire.AGREED_MESS, bob.group.encode(), 1, wire.encode_hint(0), data_len
-    )
+    header = encode_header(wire.AGREED_MESS, bob.group.encode(), 1, wire.encode_hint(0), data_len)
     bob.send(header + wire.pad_name(b"grp"))
     assert bob.transport.disconnecting
     (notice,) = alice.frames()
@@ -533,7 +532,7 @@ def test_in_process_sends_are_flushed_at_the_end_of_the_turn() -> None:
 def test_in_process_session_sees_the_frames_a_client_decodes() -> None:
     factory, clock = make_factory()
     bob = Client(factory, "bob").handshake()
-    got: list[wire.ClientFrame] = []
+    got: list[wire.ToClient] = []
     core = factory.core
     manager = core.connect(CallbackSink(got.append), "manager")
     LocalLink(core, manager).send_join("grp")
@@ -670,7 +669,7 @@ def test_local_session_talks_with_tcp_clients() -> None:
     bob = Client(factory, "bob").handshake()
     manager = local_session(factory, "manager")
     assert manager.private_group == "#manager#localhost"
-    got: list[wire.ClientFrame] = []
+    got: list[wire.ToClient] = []
     manager.add_listener(got.append, "q")
     joined: list[object] = []
     manager.join("q").addCallback(joined.append)

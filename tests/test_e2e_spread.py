@@ -19,7 +19,7 @@ from twisted.trial import unittest
 
 from spreadqueue._spread import wire
 from spreadqueue._spread.client import connect
-from spreadqueue._spread.errors import NameNotUnique
+from spreadqueue._spread.errors import MessageTooLong, NameNotUnique
 from spreadqueue._spread.session import SpreadSession
 
 
@@ -130,7 +130,7 @@ class SpreadOverTCP(unittest.TestCase):
         assert [len(m.data) for m in at_bob] == [len(big), 100_000, 7]
         assert at_bob[0].data == big
         assert at_alice == []  # SELF_DISCARD: no copy back
-        with pytest.raises(wire.MessageTooLong):
+        with pytest.raises(MessageTooLong):
             alice.multicast(bob.private_group, bytes(wire.MAX_DATA_ONE_GROUP + 1))
 
     async def test_duplicate_name_is_refused(self) -> None:

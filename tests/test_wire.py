@@ -26,6 +26,8 @@ from spreadqueue._spread.errors import (
     MessageTooLong,
     WireError,
 )
+from spreadqueue._spread.wire.encode import encode_reject_message, encode_transition
+from spreadqueue._spread.wire.names import canonical_field
 
 ME = "#alice#localhost"
 LEGAL = "".join(chr(c) for c in range(0x24, 0x7F))
@@ -204,7 +206,7 @@ def header(
 def test_client_stream_round_trip_any_chunking(frames: list[Any], cuts: list[int]) -> None:
     """Daemon-side encoders -> ClientDecoder, whole, by random chunks and byte by byte."""
     head = [wire.AuthList(("NULL",)), wire.Accepted((5, 0, 1), ME)]
-    stream = b"".join(wire.encode_client_frame(f) for f in [*head, *frames])
+    stream = b"".join(wire.encode_to_client(f) for f in [*head, *frames])
     assert feed_all(wire.ClientDecoder(), [stream]) == [*head, *frames]
     assert feed_all(wire.ClientDecoder(), chunked(stream, cuts)) == [*head, *frames]
     one_by_one = [stream[i : i + 1] for i in range(len(stream))]
@@ -223,7 +225,7 @@ def test_daemon_stream_round_trip_any_chunking(
     """Client-side encoders -> DaemonDecoder: the message phase in any chunks."""
     if kill:
         frames = [*frames, wire.Kill()]
-    stream = b"".join(wire.encode_daemon_frame(f, sender=ME) for f in frames)
+    stream = b"".join(wire.encode_to_daemon(f, sender=ME) for f in frames)
     assert feed_all(session(), [stream]) == frames
     assert feed_all(session(), chunked(stream, cuts)) == frames
     assert feed_all(session(), [stream[i : i + 1] for i in range(len(stream))]) == frames
@@ -240,7 +242,7 @@ def test_encode_message_round_trip(
     assert frame == wire.Multicast(
         service, ME, tuple(dests), mess_type, data, _hint(mess_type, False)
     )
-    assert wire.encode_daemon_frame(frame) == encoded
+    assert wire.encode_to_daemon(frame) == encoded
 
 
 @SETTINGS
@@ -271,7 +273,7 @@ def test_connect_round_trip(
     # libspread 5.0.1 only says "priority or not" (README 5.3).
     assert request.priority == (1 if priority >= 1 else 0)
     assert request.has_auth_phase == (version >= (3, 16))
-    assert wire.encode_daemon_frame(request) == record
+    assert wire.encode_to_daemon(request) == record
 
 
 @pytest.mark.parametrize(
@@ -329,10 +331,10 @@ def test_reject_round_trip(code: int, after_auth_list: bool) -> None:
 @SETTINGS
 @given(client_messages)
 def test_client_frame_encoders_are_exact_inverses(frame: Any) -> None:
-    encoded = wire.encode_client_frame(frame)
+    encoded = wire.encode_to_client(frame)
     (decoded,) = established().feed(encoded)
     assert decoded == frame
-    assert wire.encode_client_frame(decoded) == encoded
+    assert wire.encode_to_client(decoded) == encoded
 
 
 def test_relay_keeps_the_senders_hint() -> None:
@@ -359,8 +361,8 @@ def test_membership_offsets_and_layout() -> None:
         (frame,) = established().feed(notice)
         assert frame.local_vs_set == local and frame.changed_member is None
     # Signed group-id words (as the daemon logs them) encode like their unsigned value.
-    signed = wire.encode_transition("g", wire.GroupId(-280616338, 1, 2))
-    assert signed == wire.encode_transition("g", wire.GroupId(4014350958, 1, 2))
+    signed = encode_transition("g", wire.GroupId(-280616338, 1, 2))
+    assert signed == encode_transition("g", wire.GroupId(4014350958, 1, 2))
 
 
 def test_big_endian_daemon_membership_is_read_in_its_order() -> None:
@@ -385,7 +387,7 @@ def test_big_endian_daemon_membership_is_read_in_its_order() -> None:
 
 
 def test_reject_message_carries_old_type() -> None:
-    raw = wire.encode_reject_message(
+    raw = encode_reject_message(
         wire.AGREED_MESS | wire.SELF_DISCARD, ME, ["grp", ME], b"data", _hint(-5, False)
     )
     assert len(raw) == 48 + 4 + 64 + 4
@@ -485,9 +487,7 @@ def test_garbage_headers_in_a_live_stream(head: bytes, tail: bytes) -> None:
     for decoder in (session(), established()):
         try:
             frames = decoder.feed(
-                wire.encode_client_frame(
-                    wire.RegularMessage(wire.AGREED_MESS, ME, ("g",), 0, b"ok")
-                )
+                wire.encode_to_client(wire.RegularMessage(wire.AGREED_MESS, ME, ("g",), 0, b"ok"))
                 if isinstance(decoder, wire.ClientDecoder)
                 else good
             )
@@ -944,7 +944,7 @@ def test_big_message_byte_by_byte_is_linear() -> None:
     data = bytes(range(256)) * (wire.MAX_DATA_ONE_GROUP // 256) + b"tail"
     data = data[: wire.MAX_DATA_ONE_GROUP]
     message = wire.encode_message(wire.SAFE_MESS, ME, ["g"], data, 7)
-    relay = wire.encode_client_frame(wire.RegularMessage(wire.SAFE_MESS, ME, ("g",), 7, data))
+    relay = wire.encode_to_client(wire.RegularMessage(wire.SAFE_MESS, ME, ("g",), 7, data))
     for decoder, stream in ((session(), message), (established(), relay)):
         frames = []
         for i in range(len(stream)):
@@ -959,7 +959,7 @@ def test_big_message_byte_by_byte_is_linear() -> None:
 def test_big_chunks_are_not_staged() -> None:
     """Realistic 64 KB reads: a 100 KB message is joined once, nothing staged."""
     data = bytes(100_000)
-    stream = wire.encode_client_frame(wire.RegularMessage(wire.SAFE_MESS, ME, ("g",), 0, data)) * 5
+    stream = wire.encode_to_client(wire.RegularMessage(wire.SAFE_MESS, ME, ("g",), 0, data)) * 5
     decoder = established()
     frames = feed_all(decoder, [stream[i : i + 65536] for i in range(0, len(stream), 65536)])
     assert [f.data for f in frames] == [data] * 5
@@ -986,7 +986,7 @@ def test_relay_mode_forwards_exactly_what_the_daemon_would_encode(
 ) -> None:
     """With relay=True, what libspread sends comes out as Relay frames whose bytes are
     the message as received, equal to what the daemon encodes for the Multicast."""
-    stream = b"".join(wire.encode_daemon_frame(f, sender=ME) for f in frames)
+    stream = b"".join(wire.encode_to_daemon(f, sender=ME) for f in frames)
     plain = feed_all(session(), [stream])
     one_by_one = [stream[i : i + 1] for i in range(len(stream))]
     for chunks in ([stream], chunked(stream, cuts), one_by_one):
@@ -1040,11 +1040,11 @@ def test_relay_mode_encodes_what_it_cannot_forward_as_is(why: str) -> None:
 
 
 def test_canonical_field() -> None:
-    assert wire.canonical_field(wire.pad_name("grp")) == "grp"
-    assert wire.canonical_field(bytes(32)) == ""
-    assert wire.canonical_field(wire.pad_name("y" * 31)) == "y" * 31
-    assert wire.canonical_field(b"y" * 32) is None
-    assert wire.canonical_field(b"grp\0x" + bytes(27)) is None
+    assert canonical_field(wire.pad_name("grp")) == "grp"
+    assert canonical_field(bytes(32)) == ""
+    assert canonical_field(wire.pad_name("y" * 31)) == "y" * 31
+    assert canonical_field(b"y" * 32) is None
+    assert canonical_field(b"grp\0x" + bytes(27)) is None
 
 
 def test_decode_relay_refuses_what_is_not_a_relayed_message() -> None:

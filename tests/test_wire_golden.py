@@ -41,6 +41,7 @@ from spread_traces import CLIENT, DAEMON, Decode, Record, Trace
 
 from spreadqueue._spread import wire
 from spreadqueue._spread.errors import HandshakeError, IllegalGroupName, MessageTooLong, WireError
+from spreadqueue._spread.wire.encode import encode_transition
 
 MARK = wire.ENDIAN_MARKER
 TRACE_PATHS = st.trace_paths()
@@ -346,7 +347,7 @@ def daemon_encode(frame: Any, version: Sequence[int]) -> bytes:
     if isinstance(frame, wire.MembershipMessage):
         if frame.is_transition:
             assert frame.group_id is not None
-            return wire.encode_transition(frame.group, frame.group_id)
+            return encode_transition(frame.group, frame.group_id)
         if frame.is_self_leave:
             return wire.encode_self_leave(frame.group)
         assert frame.group_id is not None
@@ -543,7 +544,7 @@ def check_client_side(trace: Trace, conn: str, side: ClientSide) -> None:
     for i, (frame, unit) in enumerate(zip(frames, units, strict=False)):
         if i >= (2 if out.auth else 1) and not _is_le(unit):
             # A big-endian client (Java, m9): we only write little-endian; compare values.
-            assert len(wire.encode_daemon_frame(frame, sender=out.private_group)) == len(unit)
+            assert len(wire.encode_to_daemon(frame, sender=out.private_group)) == len(unit)
             continue
         if isinstance(frame, wire.ConnectRequest) and not _libspread_name(frame.name):
             continue
@@ -750,7 +751,7 @@ def _receive_matches(frame: Any, r: st.Receive, group: str) -> bool:
             mess_type = -1
         else:
             mess_type = frame.members.index(group) if group in frame.members else -1
-        body = wire.encode_client_frame(frame)[48 + 32 * len(frame.members) :]
+        body = wire.encode_to_client(frame)[48 + 32 * len(frame.members) :]
         return (
             r.service_type == frame.service_type
             and r.sender == frame.group
@@ -1165,7 +1166,7 @@ def test_p6_three_vs_sets_with_offsets() -> None:
         f = three[0]
         assert f.vs_sets == (("#aaron#d3", "#carol#d3"), ("#bob#d2",), ("#alice#d1",))
         assert me in f.vs_sets[f.local_vs_set]  # the offset points at the receiver's set
-        body = wire.encode_client_frame(f)[48 + 32 * len(f.members) :]
+        body = wire.encode_to_client(f)[48 + 32 * len(f.members) :]
         assert struct.unpack_from("<I", body, 16)[0] == [0, 68, 104][f.local_vs_set]
         locals_seen.add(f.local_vs_set)
     if len(trace.conns()) == 4:  # the full trace: each of the three sets is someone's

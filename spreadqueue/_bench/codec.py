@@ -37,7 +37,7 @@ def _stream(size: int, count: int) -> bytes:
     """``count`` daemon -> client data messages of ``size`` bytes, back to back."""
     data = bytes(i & 0xFF for i in range(size))
     frame = wire.RegularMessage(wire.SAFE_MESS, SENDER, (GROUP,), 1, data)
-    return wire.encode_client_frame(frame) * count
+    return wire.encode_to_client(frame) * count
 
 
 def _median_rate(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, overload
 
 import msgpack
 
@@ -45,6 +45,7 @@ __all__ = [
     "is_queue_message",
     "max_data",
     "mess_type",
+    "new_entry",
 ]
 
 #: The version every message carries; decoders refuse any other.
@@ -203,6 +204,42 @@ class Message:
 
     kind: Kind
     entries: list[Any]
+
+
+if TYPE_CHECKING:
+
+    @overload
+    def new_entry(
+        cls: type[Submit], fields: tuple[str, str, bytes, int | None, int | None], /
+    ) -> Submit: ...
+
+    @overload
+    def new_entry(cls: type[Ack], fields: tuple[str], /) -> Ack: ...
+
+    @overload
+    def new_entry(cls: type[Cancel], fields: tuple[str], /) -> Cancel: ...
+
+    @overload
+    def new_entry(
+        cls: type[Assign], fields: tuple[str, str, str, bytes, str, int, int | None], /
+    ) -> Assign: ...
+
+    @overload
+    def new_entry(cls: type[Result], fields: tuple[str, str, bool, int, Any], /) -> Result: ...
+
+    @overload
+    def new_entry(cls: type[Done], fields: tuple[str, str], /) -> Done: ...
+
+    @overload
+    def new_entry(cls: type[Release], fields: tuple[str, str], /) -> Release: ...
+
+    def new_entry(cls: Any, fields: Any, /) -> Any:
+        """Build an entry of ``cls`` from ``fields`` (all of them, in order)."""
+
+else:
+    # tuple.__new__ itself: a NamedTuple's own __new__ is a Python function, and the
+    # hot entries are built once per task on every hop.
+    new_entry = tuple.__new__
 
 
 def mess_type(kind: Kind) -> int:
@@ -457,7 +494,6 @@ def _optional_values(
 # exactly what the schema accepts; on anything unusual they give up (None) and the
 # general parser above decides (and names the problem).
 
-_tuple_new: Any = tuple.__new__
 _STATUSES: Final = frozenset(int(s) for s in Status)
 _OK: Final = int(Status.OK)
 _CANCELLED: Final = int(Status.CANCELLED)
@@ -476,7 +512,7 @@ def _fast_ids(cls: Any, entries: list[Any]) -> list[Any] | None:
         tid = e[0]
         if type(tid) is not str or not 0 < len(tid) <= MAX_TASK_ID:
             return None
-        append(_tuple_new(cls, (tid,)))
+        append(new_entry(cls, (tid,)))
     return out
 
 
@@ -503,7 +539,7 @@ def _fast_submit(entries: list[Any]) -> list[Any] | None:
         ack = e[4] if len(e) > 4 else None
         if ack is not None and (type(ack) is not int or not 0 <= ack <= MAX_TIMEOUT_MS):
             ack = None  # an unknown trailing field: ignored
-        append(_tuple_new(Submit, (tid, func, args, timeout, ack)))
+        append(new_entry(Submit, (tid, func, args, timeout, ack)))
     return out
 
 
@@ -539,7 +575,7 @@ def _fast_assign(entries: list[Any]) -> list[Any] | None:
                 return None
             if len(good) < _GOOD_GROUPS_MAX:
                 good[reply_to] = None
-        append(_tuple_new(Assign, (wid, tid, func, args, reply_to, attempt, timeout)))
+        append(new_entry(Assign, (wid, tid, func, args, reply_to, attempt, timeout)))
     return out
 
 
@@ -566,7 +602,7 @@ def _fast_result(entries: list[Any]) -> list[Any] | None:
                 return None
         else:
             return None  # errors are rare: the general parser checks them
-        append(_tuple_new(Result, (tid, wid, final, status, payload)))
+        append(new_entry(Result, (tid, wid, final, status, payload)))
     return out
 
 
@@ -584,7 +620,7 @@ def _fast_done(entries: list[Any]) -> list[Any] | None:
             or not 0 < len(tid) <= MAX_TASK_ID
         ):
             return None
-        append(_tuple_new(Done, (wid, tid)))
+        append(new_entry(Done, (wid, tid)))
     return out
 
 

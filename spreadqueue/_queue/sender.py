@@ -42,6 +42,7 @@ from .messages import (
     Status,
     Submit,
     decode,
+    new_entry,
 )
 from .names import queue_groups
 from .outbox import Turn, send
@@ -55,7 +56,6 @@ _ACKED: Final = 2  # a manager queued it
 
 _MINE: Final = frozenset(MESS_TYPE_BASE + k for k in (Kind.ACK, Kind.RESULT, Kind.FAILED))
 _OK: Final = int(Status.OK)
-_tuple_new: Any = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +344,7 @@ class Sender:
         deadline = p.deadline
         remaining = None if deadline is None else max(1, int((deadline - now) * 1000))
         submits = self._submits
-        submits.append(_tuple_new(Submit, (p.task_id, p.func, p.args, remaining, self._ack_ms)))
+        submits.append(new_entry(Submit, (p.task_id, p.func, p.args, remaining, self._ack_ms)))
         ack_deadline = p.ack_deadline = now + self.ack_timeout
         self._acks.append((ack_deadline, p))
         if self._ack_timer is None:

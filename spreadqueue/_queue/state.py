@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from .._spread.wire import CAUSED_BY_NETWORK, MembershipMessage
 from .interfaces import IAssignmentPolicy
-from .messages import Ack, Assign, Cancel, Failed, Kind, Reason
+from .messages import Ack, Assign, Cancel, Failed, Kind, Reason, new_entry
 from .names import QueueGroups
 from .policy import LeastRecentlyUsed
 
@@ -36,8 +36,6 @@ _FUNC_CACHE_MAX: Final = 4096
 _ACKED_SENDERS_MAX: Final = 10_000
 #: Hold an acknowledgement back only if its sender waits 4 times this or more.
 _MIN_ACK_HOLD: Final = 0.025
-
-_tuple_new: Any = tuple.__new__
 
 
 def _due(item: tuple[float, Any]) -> float:
@@ -449,7 +447,7 @@ class QueueManager:
             if known is not None:
                 if known.reply_to == sender:
                     # A resubmission (after a manager change) of what we have: ack again.
-                    acks.append(_tuple_new(Ack, (tid,)))
+                    acks.append(new_entry(Ack, (tid,)))
                     self.stats["duplicate_submits"] += 1
                 else:
                     self.stats["id_conflicts"] += 1
@@ -488,7 +486,7 @@ class QueueManager:
                             hold = []
                         hold.append((t, delay))
                         continue
-            acks.append(_tuple_new(Ack, (tid,)))
+            acks.append(new_entry(Ack, (tid,)))
         if acks:
             self._emit_all((sender,), Kind.ACK, acks)
             acked = self._acked_senders
@@ -513,7 +511,7 @@ class QueueManager:
                 last = due
                 late.append((due, t))
             else:
-                acks.append(_tuple_new(Ack, (t.task_id,)))
+                acks.append(new_entry(Ack, (t.task_id,)))
         self.stats["acks_held"] += len(hold) - len(acks)
         if not ordered:
             # Senders wait for ACKs for different times: keep the deque in due order.
@@ -527,7 +525,7 @@ class QueueManager:
         while late and late[0][0] <= now:
             _, t = late.popleft()
             if tasks.get(t.task_id) is t:
-                self._emit((t.reply_to,), Kind.ACK, _tuple_new(Ack, (t.task_id,)))
+                self._emit((t.reply_to,), Kind.ACK, new_entry(Ack, (t.task_id,)))
             else:
                 saved += 1  # done (or failed, cancelled) first: no ACK needed
         self.stats["acks_saved"] += saved
@@ -756,7 +754,7 @@ class QueueManager:
             elif n < w.capacity:
                 extra[key] = w
             remaining = None if deadline is None else max(1, math.ceil((deadline - now) * 1000))
-            entry = _tuple_new(
+            entry = new_entry(
                 Assign, (w.worker_id, t.task_id, t.func, t.args, t.reply_to, t.attempt, remaining)
             )
             okey = ((w.session,), Kind.ASSIGN)

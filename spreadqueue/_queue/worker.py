@@ -33,6 +33,7 @@ from .messages import (
     Retire,
     Status,
     decode,
+    new_entry,
 )
 from .names import queue_groups
 from .outbox import Outbox, Turn, send
@@ -67,7 +68,6 @@ _NO_PREFETCH: Final = 0
 _PREFETCH: Final = 1
 _BURST: Final = 2
 _MAX_TRACEBACK: Final = 16 * 1024
-_tuple_new: Any = tuple.__new__
 
 
 def _type_name(t: type) -> str:
@@ -516,7 +516,7 @@ class Worker(Service):
     def _release(self, tid: str) -> None:
         self.stats["released"] += 1
         self._control.add(
-            (self.groups.manager,), Kind.RELEASE, _tuple_new(Release, (self.worker_id, tid))
+            (self.groups.manager,), Kind.RELEASE, new_entry(Release, (self.worker_id, tid))
         )
         self._turn.schedule()
 
@@ -701,7 +701,7 @@ class Worker(Service):
     def _add_result(
         self, reply_to: str, tid: str, final: bool, status: Status, payload: Any, size: int
     ) -> None:
-        entry = _tuple_new(Result, (tid, self.worker_id, final, status, payload))
+        entry = new_entry(Result, (tid, self.worker_id, final, status, payload))
         batch = self._results.get(reply_to)
         if batch is None:
             self._results[reply_to] = [entry]

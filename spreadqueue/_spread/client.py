@@ -189,7 +189,7 @@ class SpreadClientProtocol(Protocol):
         if error is not None:
             self._protocol_error(error)
 
-    def _handshake_frame(self, frame: wire.ClientFrame) -> None:
+    def _handshake_frame(self, frame: wire.ToClient) -> None:
         transport = self.transport
         assert transport is not None
         if isinstance(frame, wire.AuthList):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import bisect
 import heapq
 import random
-import struct
 import time as _time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -41,18 +40,21 @@ from .wire import (
     REG_MEMB_MESS,
     REGULAR_MESS,
     SELF_DISCARD,
-    ClientFrame,
     GroupId,
     MembershipMessage,
     RegularMessage,
     Relay,
+    ToClient,
     decode_relay,
     encode_hint,
     encode_membership,
     encode_relay,
     encode_self_leave,
+    hint_mess_type,
     is_legal_name,
+    pad_name,
 )
+from .wire.constants import U32_LE
 
 __all__ = [
     "DEFAULT_MAX_SESSIONS",
@@ -76,9 +78,6 @@ _RANDOM_NAME_RANGE: Final = 9999
 #: untouched, but a membership or reject bit would make receivers (ours included) decode
 #: a forged notice, so only the service level and SELF_DISCARD go through.
 _RELAY_BITS: Final = REGULAR_MESS | SELF_DISCARD
-_ZERO32: Final = bytes(32)
-_LINK_NAME_CACHE: Final = 4096
-_U32_LE = struct.Struct("<I")
 
 
 def daemon_id(name: str) -> int:
@@ -105,39 +104,13 @@ def daemon_id(name: str) -> int:
 
 # --------------------------------------------------------------------------- names
 
-_padded: dict[str, bytes] = {}
-
-
-def _pad(name: str) -> bytes:
-    """``name`` as a NUL-padded 32-byte wire field (cached: names repeat a lot).
-
-    A field without a NUL (32 name bytes) is cut to 31, as the daemon forces byte 31 to
-    NUL: everything this daemon writes is a proper NUL-terminated field.
-    """
-    field = _padded.get(name)
-    if field is None:
-        raw = name.encode("latin-1")[:MAX_GROUP_NAME]
-        field = raw + _ZERO32[len(raw) :]
-        if len(_padded) < 65536:
-            _padded[name] = field
-    return field
-
 
 def _groups_blob(groups: Sequence[str]) -> bytes:
+    # A destination read from a full 32-byte field is 32 characters: cut it as the
+    # daemon does (docs/spread-protocol.md, section 5.5).
     if len(groups) == 1:
-        return _pad(groups[0])
-    return b"".join([_pad(g) for g in groups])
-
-
-def _signed16(v: int) -> int:
-    return v - 0x10000 if v & 0x8000 else v
-
-
-def _hint_mess_type(hint: bytes) -> tuple[int, bool]:
-    """``(mess_type, little_endian)`` of a raw 4-byte hint (section 5.5)."""
-    little = bool(hint[0] & 0x80 and hint[3] & 0x80)
-    value = int.from_bytes(hint, "little" if little else "big")
-    return _signed16((value >> 8) & 0xFFFF), little
+        return pad_name(groups[0], cut=True)
+    return b"".join([pad_name(g, cut=True) for g in groups])
 
 
 # --------------------------------------------------------------------------- envelopes
@@ -156,7 +129,7 @@ class Envelope:
 
     def __init__(self) -> None:
         self._wire: bytes | None = None
-        self._frame: ClientFrame | None = None
+        self._frame: ToClient | None = None
 
     @property
     def wire(self) -> bytes:
@@ -167,7 +140,7 @@ class Envelope:
         return wire
 
     @property
-    def frame(self) -> ClientFrame:
+    def frame(self) -> ToClient:
         """The decoded message, built once."""
         frame = self._frame
         if frame is None:
@@ -177,7 +150,7 @@ class Envelope:
     def _encode(self) -> bytes:
         raise NotImplementedError
 
-    def _decode(self) -> ClientFrame:
+    def _decode(self) -> ToClient:
         raise NotImplementedError
 
 
@@ -215,8 +188,8 @@ class RelayEnvelope(Envelope):
             self.data,
         )
 
-    def _decode(self) -> ClientFrame:
-        mess_type, little = _hint_mess_type(self.hint)
+    def _decode(self) -> ToClient:
+        mess_type, little = hint_mess_type(self.hint, 0)
         groups = self.groups if isinstance(self.groups, tuple) else tuple(self.groups)
         if any(len(g) > MAX_GROUP_NAME for g in groups):
             groups = tuple(g[:MAX_GROUP_NAME] for g in groups)
@@ -236,7 +209,7 @@ class WireEnvelope(Envelope):
         self._wire = wire
         self._frame = None
 
-    def _decode(self) -> ClientFrame:
+    def _decode(self) -> ToClient:
         assert self._wire is not None
         return decode_relay(self._wire)
 
@@ -267,7 +240,7 @@ class MembershipEnvelope(Envelope):
             ((self.changed,),),
         )
 
-    def _decode(self) -> ClientFrame:
+    def _decode(self) -> ToClient:
         return MembershipMessage(
             REG_MEMB_MESS | self.cause,
             self.group,
@@ -293,7 +266,7 @@ class SelfLeaveEnvelope(Envelope):
     def _encode(self) -> bytes:
         return encode_self_leave(self.group)
 
-    def _decode(self) -> ClientFrame:
+    def _decode(self) -> ToClient:
         return MembershipMessage(
             CAUSED_BY_LEAVE, self.group, CAUSED_BY_LEAVE, None, is_self_leave=True
         )
@@ -329,7 +302,7 @@ class Session:
         self.private_group = private_group
         self.raw_private_group = private_group.encode("latin-1")
         #: the private group as a 32-byte wire field (the routing key of unicasts)
-        self.field = _pad(private_group)
+        self.field = pad_name(private_group)
         #: True when the session gets membership notices
         self.membership = membership
         self.sink = sink
@@ -351,7 +324,7 @@ class Group:
     def __init__(self, name: str) -> None:
         self.name = name
         #: the name as a 32-byte wire field (the routing key of multicasts)
-        self.field = _pad(name)
+        self.field = pad_name(name)
         #: private group name -> session, in join order
         self.members: dict[str, Session] = {}
         #: the members' private group names in byte order (notices list them so)
@@ -599,7 +572,7 @@ class DaemonCore:
         sender's byte order); without it one is made from ``mess_type``.
         """
         if hint is None:
-            hint = _U32_LE.pack(encode_hint(mess_type))
+            hint = U32_LE.pack(encode_hint(mess_type))
         self._run(self._multicast, session, service_type, groups, hint, data)
 
     def relay(self, session: Session, frame: Relay) -> None:

@@ -72,13 +72,13 @@ from .wire import (
     AuthChoice,
     ConnectRequest,
     DaemonDecoder,
-    DaemonFrame,
     Join,
     Kill,
     Leave,
     Multicast,
     RejectCode,
     Relay,
+    ToDaemon,
     encode_accept,
     encode_auth_list,
     encode_reject,
@@ -273,7 +273,7 @@ class SpreadDaemonProtocol(Protocol):
         finally:
             batch.end()
 
-    def _decode(self, step: Callable[..., list[DaemonFrame]], *args: Any) -> None:
+    def _decode(self, step: Callable[..., list[ToDaemon]], *args: Any) -> None:
         """Run one decoder step and act on its frames, or on its error."""
         try:
             frames = step(*args)
@@ -317,7 +317,7 @@ class SpreadDaemonProtocol(Protocol):
 
     # ----------------------------------------------------------------- frames
 
-    def _handle(self, frames: list[DaemonFrame]) -> None:
+    def _handle(self, frames: list[ToDaemon]) -> None:
         core = self.core
         session = self.session
         for frame in frames:

@@ -28,7 +28,7 @@ from .core import DaemonCore, Envelope, Session
 from .errors import SessionClosed
 from .interfaces import ISessionLink, ISessionSink
 from .session import SpreadSession
-from .wire import CONTROL_MESS, REGULAR_MESS, ClientFrame
+from .wire import CONTROL_MESS, REGULAR_MESS, ToClient
 
 if TYPE_CHECKING:
     from .daemon import SpreadDaemonFactory
@@ -166,7 +166,7 @@ class CallbackSink:
 
     def __init__(
         self,
-        receive: Callable[[ClientFrame], object],
+        receive: Callable[[ToClient], object],
         on_error: Callable[[BaseException], object] | None = None,
     ) -> None:
         self._receive = receive
