@@ -1,4 +1,4 @@
-"""A sender, as in the seed's synopsis (Perl's Spread::Queue::Sender), in Python.
+"""A sender, as in the synopsis of Perl's Spread::Queue::Sender, in Python.
 
 A plain script (no Twisted code of its own): submit then receive, and rpc.
 Run it next to ``sqm myqueue`` and ``python examples/worker.py``::

@@ -86,7 +86,7 @@ class Double(Resource):
 async def main(reactor: Any) -> None:
     session = await connect(reactor, SPREAD)  # one session for the worker and the sender
     # Every worker of a queue should serve the same functions (the manager hands any
-    # task to any worker), so this one answers the seed's myfunc too.
+    # task to any worker), so this one answers Spread::Queue's myfunc too.
     handlers = {"double": lambda n: 2 * n, "myfunc": lambda args: {"response": "I heard you!"}}
     worker = Worker(reactor, session, QUEUE, handlers, concurrency=4)
     await worker.start()

@@ -1,4 +1,4 @@
-"""A worker, as in the seed's synopsis (Perl's Spread::Queue::Worker), in Python.
+"""A worker, as in the synopsis of Perl's Spread::Queue::Worker, in Python.
 
 Run it next to ``sqm myqueue``::
 
@@ -29,7 +29,7 @@ async def main(reactor: Any) -> None:
 
     @worker.handler("myfunc", with_task=True)
     def myfunc(originator: Task, args: Any) -> None:
-        # The seed's style: respond to the originator (returning the value works too).
+        # Perl's Spread::Queue style: respond to the originator (returning the value works too).
         worker.respond(originator, {"response": "I heard you!"})
 
     await worker.start()

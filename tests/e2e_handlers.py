@@ -25,7 +25,7 @@ def _record(args: Any) -> None:
 
 
 def myfunc(args: Any) -> dict[str, str]:
-    """The seed synopsis's function."""
+    """The function of Perl's Spread::Queue synopsis."""
     return {"response": "I heard you!"}
 
 

@@ -1,6 +1,6 @@
 """Parse the Spread wire traces of ``shared/spread-wire/traces/*.trace`` (format v1).
 
-A trace (see ``shared/spread-wire/README.md`` section 3) is a header of ``#`` comments
+A trace (see docs/spread-protocol.md, section 16.1) is a header of ``#`` comments
 (case, connections, the API calls made and their results) followed by one record per TCP
 segment: ``<t> <conn> <dir> <hex payload | !SYN | !FIN | !RST>``. A ``#   ^`` line decodes
 the protocol unit(s) completed by the record just above it.
@@ -14,7 +14,7 @@ the protocol unit(s) completed by the record just above it.
 - ``connections`` (label -> who) and ``calls``, the header's call log, with
   :class:`Receive` parsed from every ``SP_receive -> n: ...`` result.
 
-The decode comments are informative, not normative (README section 3): the golden tests
+The decode comments are informative, not normative (docs/spread-protocol.md, section 16.1): the golden tests
 use them as an independent reading of the bytes, next to the call log.
 """
 

@@ -390,7 +390,7 @@ def test_kill_drops_the_session_and_notifies_the_others() -> None:
 @pytest.mark.parametrize("total", [143201, 143952 + 48, 144000])
 def test_the_size_window_of_the_upstream_bug_drops_the_session(total: int) -> None:
     """48 + 32 + data in 143201..144000 aborts a real 5.0.1 daemon; ours drops the
-    session (README 5.10)."""
+    session (docs/spread-protocol.md, section 11)."""
     factory, _ = make_factory()
     alice = Client(factory, "alice").handshake()
     bob = Client(factory, "bob").handshake()

@@ -158,7 +158,7 @@ def test_the_fake_session_provides_ispreadsession(net: Net) -> None:
     assert verifyObject(ISpreadSession, net.session())
 
 
-# --------------------------------------------------------------------------- the seed
+# --------------------------------------------------------------------------- Spread::Queue's synopsis
 
 
 def test_seed_synopsis_submit_and_receive(net: Net) -> None:
@@ -278,7 +278,7 @@ def test_1000_tasks_over_4_workers_each_answered_exactly_once(net: Net) -> None:
     assert Counter(r.task_id for r in got) == Counter(ids)  # each exactly once
     assert sorted(r.value for r in got) == sorted(i * i for i in range(1000))
     assert sum(calls.values()) == 1000 and len(calls) == 4 and min(calls.values()) >= 200
-    # batching: the seed's flow took 4 messages per task (submit, assign, result,
+    # batching: Spread::Queue's flow took 4 messages per task (submit, assign, result,
     # ready); with credits and batching it is about one (one ASSIGN and one
     # RESULT+DONE per worker per round of 8 tasks) - and nobody fell behind
     assert net.messages_sent() < 1100

@@ -1,7 +1,7 @@
 """Unit and property tests of :mod:`spreadqueue._spread.wire` (no traces needed).
 
 Round trips for every encoder/decoder pair, chunking independence, garbage resistance,
-the daemon's header and handshake rules (README 5.3, 5.6) and our extra size rule, the
+the daemon's header and handshake rules (docs/spread-protocol.md, sections 4 and 7) and our extra size rule, the
 client-side encoders' refusals, and linear decoding of a big message fed byte by byte.
 Hypothesis runs are bounded so the module takes a few seconds.
 """
@@ -270,7 +270,7 @@ def test_connect_round_trip(
     assert request.version == version
     assert request.name == (name or "")
     assert request.membership is membership
-    # libspread 5.0.1 only says "priority or not" (README 5.3).
+    # libspread 5.0.1 only says "priority or not" (docs/spread-protocol.md, section 4).
     assert request.priority == (1 if priority >= 1 else 0)
     assert request.has_auth_phase == (version >= (3, 16))
     assert wire.encode_to_daemon(request) == record
@@ -628,7 +628,7 @@ def test_rule_sender_is_this_session(sender: bytes, ok: bool) -> None:
 
 
 def test_rule_sender_byte_31_is_forced_to_nul() -> None:
-    """A 31-character private group: whatever is in byte 31 is ignored (README 5.5)."""
+    """A 31-character private group: whatever is in byte 31 is ignored (docs/spread-protocol.md, section 6)."""
     me = "#abcdefghij#" + "d" * 19
     assert len(me) == 31
     msg = bytearray(header(wire.SAFE_MESS, sender=me.encode(), num_groups=0))

@@ -2,7 +2,7 @@
 
 A Twisted reactor runs in a background (daemon) thread; every call hands its work to
 that thread with :func:`twisted.internet.threads.blockingCallFromThread` and waits.
-The seed's synopsis works as written::
+Perl's Spread::Queue synopsis works as written::
 
     sender = BlockingSender("myqueue")
     sender.submit("myfunc", {"name": "value"})
@@ -52,8 +52,8 @@ def _ensure_running(reactor: Any) -> None:
 class BlockingSender:
     """Submit tasks to queue ``queue`` from ordinary (blocking) code.
 
-    ``queue`` defaults to the ``SPREAD_QUEUE_NAME`` environment variable (as in the
-    seed). ``spread`` is the daemon's address (``"4803@localhost"``, ``"4803"`` or a
+    ``queue`` defaults to the ``SPREAD_QUEUE_NAME`` environment variable (as in Perl's
+    Spread::Queue). ``spread`` is the daemon's address (``"4803@localhost"``, ``"4803"`` or a
     Twisted endpoint string); ``name`` the private name (None: the daemon invents a
     unique one). ``reactor`` defaults to Twisted's global reactor, started in a
     background thread if it is not running. ``session_factory`` (called in the

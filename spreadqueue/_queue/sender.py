@@ -63,7 +63,7 @@ class Reply:
     """One answer to a submitted task, as :meth:`Sender.receive` returns it.
 
     ``final`` is False for the earlier answers of a task that answered several
-    times (the seed's repeated ``respond``); the last answer is final.
+    times (Spread::Queue's repeated ``respond``); the last answer is final.
     """
 
     task_id: str

@@ -80,7 +80,7 @@ def _clip(text: str, limit: int) -> str:
 
 
 class Task:
-    """One task as a handler sees it (the seed's *originator*).
+    """One task as a handler sees it (Perl's Spread::Queue *originator*).
 
     Pass it to :meth:`Worker.respond` to answer the sender before (or instead of)
     returning a value.
@@ -606,7 +606,7 @@ class Worker(Service):
             d.cancel()
 
     def respond(self, task: Task, result: Any) -> None:
-        """Send ``result`` to the task's sender (the seed's ``respond``).
+        """Send ``result`` to the task's sender (Spread::Queue's ``respond``).
 
         May be called several times for one task: each call is one answer. The last
         one is held back until the handler returns, so it can travel as the task's

@@ -2,7 +2,7 @@
 
 ``spreadqueue daemon|manager|worker`` run the twistd plugins in the foreground (exactly
 as ``twist spread-daemon ...`` would); ``demo``, ``rpc`` and ``bench`` are programs of
-their own. ``sqm QUEUE`` is the seed's command: a queue manager.
+their own. ``sqm QUEUE`` is the command of Perl's Spread::Queue: a queue manager.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def options_last(args: Sequence[str], takes_value: set[str]) -> list[str]:
     """``args`` with positional arguments moved after the options.
 
     Twisted's option parser stops at the first positional argument, but ``sqm myqueue
-    --spread X`` should work as users of the seed's ``sqm myqueue`` expect.
+    --spread X`` should work as users of Spread::Queue's ``sqm myqueue`` expect.
     """
     options: list[str] = []
     positional: list[str] = []
@@ -116,7 +116,7 @@ def options_last(args: Sequence[str], takes_value: set[str]) -> list[str]:
 
 
 def sqm_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``sqm [options] QUEUE``: the seed's queue manager command."""
+    """Entry point of ``sqm [options] QUEUE``: Perl's Spread::Queue queue manager command."""
     from .manager_tap import Options
 
     args = list(sys.argv[1:] if argv is None else argv)

@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 
 log = Logger()
 
-#: The Spread daemon the seed's tools used when nothing else was said.
+#: The Spread daemon Perl's Spread::Queue used when nothing else was said.
 DEFAULT_SPREAD = "4803@localhost"
 #: The embedded daemon's default listening endpoint: loopback only.
 DEFAULT_LISTEN = "tcp:4803:interface=127.0.0.1"
@@ -25,8 +25,8 @@ def default_spread(environ: Mapping[str, str] = os.environ) -> str:
 
 
 def default_queue(environ: Mapping[str, str] = os.environ) -> str | None:
-    """``$SPREAD_QUEUE_NAME`` (the seed's documented variable), else ``$SPREAD_QUEUE``
-    (what the seed's code read), else None."""
+    """``$SPREAD_QUEUE_NAME`` (what Perl's Spread::Queue documents), else ``$SPREAD_QUEUE``
+    (what its code read), else None."""
     return environ.get("SPREAD_QUEUE_NAME") or environ.get("SPREAD_QUEUE") or None
 
 

@@ -2,7 +2,7 @@
 
 It starts an embedded Spread daemon on a free loopback port, then a queue manager,
 a few workers and a sender, each on its own Spread session over TCP (the same client
-protocol a real Spread 4/5 daemon speaks), runs the seed's synopsis and a burst of
+protocol a real Spread 4/5 daemon speaks), runs Perl's Spread::Queue synopsis and a burst of
 tasks, prints what happened and exits 0.
 """
 
@@ -74,7 +74,7 @@ async def _run(reactor: Any, options: argparse.Namespace) -> int:
         name = f"worker{i + 1}"
 
         def myfunc(args: Any, _name: str = name) -> dict[str, Any]:
-            # The seed's synopsis: answer "I heard you!", here saying who answered.
+            # Perl's Spread::Queue synopsis: answer "I heard you!", here saying who answered.
             return {"response": "I heard you!", "worker": _name, "echo": args}
 
         def square(n: int, _name: str = name) -> list[Any]:

@@ -1,7 +1,7 @@
 """The state of one embedded Spread daemon, without I/O: sessions, groups, routing.
 
 :class:`DaemonCore` holds what a single Spread 5.0.1 daemon knows about its clients
-(see ``shared/spread-wire/README.md``; section numbers below refer to it): sessions by
+(see docs/spread-protocol.md; section numbers below refer to it): sessions by
 private name, groups and their ordered members, group ids, membership notices and the
 routing of multicasts. It never touches a socket or a reactor. Each session delivers
 through a sink (:class:`ISessionSink`): the TCP protocol of :mod:`.daemon` writes wire
@@ -70,9 +70,9 @@ __all__ = [
     "daemon_id",
 ]
 
-#: (2000 - 5) / 2 sessions, like the real daemon (section 5.10).
+#: (2000 - 5) / 2 sessions, like the real daemon (section 11).
 DEFAULT_MAX_SESSIONS: Final = 997
-#: Invented names are ``r<0..9998>-<slot>`` (section 5.3).
+#: Invented names are ``r<0..9998>-<slot>`` (section 4).
 _RANDOM_NAME_RANGE: Final = 9999
 #: What a relayed data message keeps of its sender's type bits. Spread relays the bits
 #: untouched, but a membership or reject bit would make receivers (ours included) decode
@@ -81,7 +81,7 @@ _RELAY_BITS: Final = REGULAR_MESS | SELF_DISCARD
 
 
 def daemon_id(name: str) -> int:
-    """The daemon id the real daemon derives from its name (section 5.7, group id).
+    """The daemon id the real daemon derives from its name (section 8.3).
 
     Spread hashes the configured name, terminating NUL included, with Bob Jenkins'
     one-at-a-time hash seeded with the length (``localhost`` -> 482711334, ``d1`` ->
@@ -107,7 +107,7 @@ def daemon_id(name: str) -> int:
 
 def _groups_blob(groups: Sequence[str]) -> bytes:
     # A destination read from a full 32-byte field is 32 characters: cut it as the
-    # daemon does (docs/spread-protocol.md, section 5.5).
+    # daemon does (docs/spread-protocol.md, section 6).
     if len(groups) == 1:
         return pad_name(groups[0], cut=True)
     return b"".join([pad_name(g, cut=True) for g in groups])
@@ -155,7 +155,7 @@ class Envelope:
 
 
 class RelayEnvelope(Envelope):
-    """A data message relayed from ``sender`` (section 5.7, regular message)."""
+    """A data message relayed from ``sender`` (section 8.1)."""
 
     __slots__ = ("data", "groups", "hint", "raw_sender", "sender", "service_type")
 
@@ -178,7 +178,7 @@ class RelayEnvelope(Envelope):
         self.raw_sender = sender.encode("latin-1") if raw_sender is None else raw_sender
 
     def _encode(self) -> bytes:
-        # The hint keeps the sender's byte order and marker (section 5.2).
+        # The hint keeps the sender's byte order and marker (section 3).
         return encode_relay(
             self.service_type,
             self.raw_sender,
@@ -216,7 +216,7 @@ class WireEnvelope(Envelope):
 
 class MembershipEnvelope(Envelope):
     """A regular membership notice: REG_MEMB_MESS | ``cause`` with one vs-set holding
-    only ``changed`` (section 5.7: join, leave and disconnect on one daemon)."""
+    only ``changed`` (section 8: join, leave and disconnect on one daemon)."""
 
     __slots__ = ("cause", "changed", "group", "group_id", "members")
 
@@ -317,7 +317,7 @@ class Session:
 
 
 class Group:
-    """A group and its members, ordered by private group name (section 5.7)."""
+    """A group and its members, ordered by private group name (section 8)."""
 
     __slots__ = ("counter", "field", "members", "name", "order")
 
@@ -450,7 +450,7 @@ class DaemonCore:
     def admit(self) -> Admission:
         """Take a quota slot for a new session; raise QuotaExceeded when full.
 
-        The real daemon refuses at accept time, before reading anything (section 5.3).
+        The real daemon refuses at accept time, before reading anything (section 4).
         Admissions in progress count: a client that never finishes its handshake still
         holds its slot until it is abandoned.
         """
@@ -469,7 +469,7 @@ class DaemonCore:
         """Reserve the private ``name`` for ``admission``; return it.
 
         An empty name makes the daemon invent one, ``r<random>-<slot>``. Raises
-        IllegalName or NameNotUnique (the real daemon's checks, section 5.3).
+        IllegalName or NameNotUnique (the real daemon's checks, section 4).
         """
         if admission.settled or admission.name is not None:
             raise ValueError("admission already has a name or is settled")
@@ -536,7 +536,7 @@ class DaemonCore:
     def join(self, session: Session, group: str) -> None:
         """``session`` joins ``group``; members get REG_MEMB_MESS | CAUSED_BY_JOIN.
 
-        Joining a group one is in does nothing (section 5.7). So does a name that
+        Joining a group one is in does nothing (section 8). So does a name that
         cannot be a group: empty, longer than 31 bytes, or private (``#...``).
         """
         self._run(self._join, session, group)

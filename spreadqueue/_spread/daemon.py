@@ -1,7 +1,7 @@
 """The embedded Spread daemon: the Spread client protocol served over Twisted.
 
 :class:`SpreadDaemonProtocol` answers one client connection exactly as a real Spread
-5.0.1 daemon does (``shared/spread-wire/README.md``; section numbers below refer to it):
+5.0.1 daemon does (docs/spread-protocol.md; section numbers below refer to it):
 the one-read handshake rules, the reject bytes, the header validation that drops a
 session, and the 1000-message limit for a client that does not read. The state shared
 by all connections (sessions, groups, routing) is the pure
@@ -13,7 +13,7 @@ Run it with :class:`SpreadDaemonService` (a ``twisted.application`` service) or
 Where this daemon knowingly differs from the real one:
 
 - a message of 143201..144000 bytes (48 + 32 * groups + data) drops its session; the
-  real 5.0.1 daemon accepts it and then aborts as a whole (section 5.10);
+  real 5.0.1 daemon accepts it and then aborts as a whole (section 11);
 - handshakes in progress count against the session quota (the real daemon handles one
   handshake at a time, so it never has more than one pending);
 - a client that gets the auth list but sends no auth choice within the handshake
@@ -99,7 +99,7 @@ __all__ = [
 
 #: Where the daemon listens unless told otherwise: the Spread port, loopback only.
 DEFAULT_ENDPOINT: Final = "tcp:4803:interface=127.0.0.1"
-#: The real daemon's MaxSessionMessages (section 5.10).
+#: The real daemon's MaxSessionMessages (section 11.3).
 DEFAULT_MAX_QUEUED: Final = 1000
 
 log = Logger(namespace="spreadqueue._spread.daemon")
@@ -206,7 +206,7 @@ _CLOSED: Final = "closed"
 
 
 class SpreadDaemonProtocol(Protocol):
-    """One client connection to the embedded daemon (section 5.3 onwards)."""
+    """One client connection to the embedded daemon (section 4 onwards)."""
 
     def __init__(self, daemon: SpreadDaemonFactory, peer: str = "?") -> None:
         self.daemon = daemon
@@ -243,7 +243,7 @@ class SpreadDaemonProtocol(Protocol):
         try:
             self._admission = self.core.admit()
         except QuotaExceeded:
-            # Sent at accept time, before reading anything (section 5.3).
+            # Sent at accept time, before reading anything (section 4).
             self._reject(RejectCode.REJECT_QUOTA, "too many sessions")
             return
         self._transport.registerProducer(outbox, True)
@@ -361,7 +361,7 @@ class SpreadDaemonProtocol(Protocol):
             self._reject(RejectCode.REJECT_NOT_UNIQUE, f"name {request.name!r} in use")
             return
         if not request.has_auth_phase:
-            # Libraries before 3.16.0 have no auth phase (section 5.3, trace c6).
+            # Libraries before 3.16.0 have no auth phase (section 4, trace c6).
             self._accept()
             return
         self._state = _AUTH

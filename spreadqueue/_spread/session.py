@@ -41,6 +41,8 @@ may want the same group: :meth:`SpreadSession.acquire` and
 :meth:`SpreadSession.release` count them, so the session joins on the first acquire
 and leaves on the last release, and :meth:`SpreadSession.view` gives a late comer the
 group's current membership (its own join notice came long ago).
+
+Section numbers in this module refer to docs/spread-protocol.md.
 """
 
 from __future__ import annotations
@@ -315,7 +317,7 @@ class SpreadSession:
             return self._complete(group, _JOIN)
         if cause == wire.CAUSED_BY_NETWORK:
             # A join caught by a network change puts us in a CAUSED_BY_NETWORK notice
-            # instead of our own CAUSED_BY_JOIN (README section 5.7, [src]).
+            # instead of our own CAUSED_BY_JOIN (docs/spread-protocol.md, section 8.4, [src]).
             ops = self._ops.get(group)
             if ops and ops[0].kind == _JOIN and me in frame.members:
                 self._joined.add(group)

@@ -47,7 +47,7 @@ SERVICE_LEVELS: Final = (
 
 
 class RejectCode(enum.IntEnum):
-    """Accept and reject codes of the handshake (section 5.9)."""
+    """Accept and reject codes of the handshake (section 10)."""
 
     ACCEPT_SESSION = 1
     REJECT_QUOTA = -3
@@ -58,7 +58,7 @@ class RejectCode(enum.IntEnum):
     REJECT_AUTH = -9
 
 
-# Limits (section 5.10).
+# Limits (section 11).
 MAX_PRIVATE_NAME: Final = 10
 MAX_DAEMON_NAME: Final = 19
 MAX_GROUP_NAME: Final = 31  # characters; the wire field is 32 bytes with the NUL
@@ -70,7 +70,7 @@ LIBRARY_LIMIT: Final = 144000
 #: What the daemon checks: data + 32 * groups <= 143952; above it the session is dropped.
 DAEMON_CHECK_LIMIT: Final = 143952
 #: What a 5.0.1 daemon can really store: 48 + 32 * groups + data <= 143200. Between this
-#: and the daemon's check the real daemon aborts (section 5.10, the upstream bug).
+#: and the daemon's check the real daemon aborts (section 11.2, the upstream bug).
 MAX_MESSAGE_BYTES: Final = 143200
 #: The largest payload one can send to one group (143200 - 48 - 32).
 MAX_DATA_ONE_GROUP: Final = MAX_MESSAGE_BYTES - HEADER_SIZE - GROUP_FIELD
@@ -121,12 +121,12 @@ def hint_mess_type(buf: bytes, pos: int) -> tuple[int, bool]:
     """``(mess_type, little_endian)`` of the hint at ``buf[pos:pos + 4]``.
 
     The hint keeps its writer's byte order through the daemon, so it is read by its own
-    marker, as libspread does (section 5.2).
+    marker, as libspread does (section 3).
     """
     b1 = buf[pos + 1]
     b2 = buf[pos + 2]
     # The marker 0x80000080 reads the same in both orders, so test the raw bytes:
-    # little-endian iff byte 0 and byte 3 both have bit 7 set (section 5.2).
+    # little-endian iff byte 0 and byte 3 both have bit 7 set (section 3).
     if buf[pos] & 0x80 and buf[pos + 3] & 0x80:
         return signed16(b1 | b2 << 8), True
     return signed16(b1 << 8 | b2), False

@@ -9,6 +9,8 @@ A frame that arrives in one chunk costs one copy (its data); a frame spread over
 several chunks keeps references to them and is joined once when complete. A decoder
 that raised stays failed; the exception's ``frames`` holds what the same ``feed`` call
 decoded before the bad unit.
+
+Section numbers in this module refer to docs/spread-protocol.md.
 """
 
 from __future__ import annotations
@@ -501,7 +503,7 @@ class ClientDecoder:
         code = signed8(buf[0])
         if code < 0:
             # libspread reads the auth-list length and the accept code as signed chars:
-            # negative is a reject code, and the daemon closes after it (section 5.3).
+            # negative is a reject code, and the daemon closes after it (section 4).
             self._state = "closed"
             return HandshakeRejected(code), 1
         if self._state == "auth":
@@ -612,7 +614,7 @@ class ClientDecoder:
                 gid = GroupId(*(GROUP_ID_LE if little else GROUP_ID_BE).unpack_from(body))
             return MembershipMessage(stype, group, 0, gid, is_transition=True)
         if stype & MEMBERSHIP_MESS == CAUSED_BY_LEAVE:
-            # CAUSED_BY_LEAVE alone: the notice to the member that left (section 5.7).
+            # CAUSED_BY_LEAVE alone: the notice to the member that left (section 8).
             return MembershipMessage(stype, group, CAUSED_BY_LEAVE, None, is_self_leave=True)
         raise WireError(f"membership notice of unknown type 0x{stype:08x}", offset)
 
@@ -676,7 +678,7 @@ class ClientDecoder:
 class DaemonDecoder:
     """Decodes the client -> daemon stream of one connection, as the real daemon does.
 
-    The handshake follows the real daemon's one-read rules (section 5.3): pass each
+    The handshake follows the real daemon's one-read rules (section 4): pass each
     socket read to :meth:`feed` as it came. The first read must hold the whole connect
     record (otherwise :class:`HandshakeError` with ``reject_code=None``: the daemon
     closes silently); the name is read with one read of up to 10 bytes, so bytes
@@ -685,9 +687,9 @@ class DaemonDecoder:
     Handshake refusals raise :class:`HandshakeError` with the code the daemon answers.
 
     After :meth:`accepted`, messages are validated by the daemon's header rules
-    (section 5.6): any violation raises :class:`WireError`, and the daemon drops the
+    (section 7): any violation raises :class:`WireError`, and the daemon drops the
     session. With ``strict_size`` (the default) messages the real daemon would accept
-    but then abort on (the upstream size bug, section 5.10) are refused too.
+    but then abort on (the upstream size bug, section 11.2) are refused too.
     """
 
     def __init__(
@@ -929,7 +931,7 @@ class DaemonDecoder:
         if stype & CONTROL_MESS:
             if stype & KILL_MESS:
                 return _KILL
-            # Only the first group of a join or leave is used (section 5.6).
+            # Only the first group of a join or leave is used (section 7).
             group = name_of(gbuf[goff : goff + GROUP_FIELD]) if num_groups else ""
             return Join(group) if stype & JOIN_MESS else Leave(group)
         mess_type, _ = hint_mess_type(hbuf, hpos + 40)

@@ -7,6 +7,8 @@
   :func:`encode_reject`, :func:`encode_relay`, :func:`encode_membership`,
   :func:`encode_transition`, :func:`encode_self_leave`, :func:`encode_reject_message`,
   and :func:`encode_to_client` for any :data:`ToClient` frame.
+
+Section numbers in this module refer to docs/spread-protocol.md.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def encode_connect(
     priority: int = 0,
     version: Sequence[int] = LIBRARY_VERSION,
 ) -> bytes:
-    """The connect record, as libspread 5.0.1 writes it (section 5.3, step 1).
+    """The connect record, as libspread 5.0.1 writes it (section 4.1).
 
     Unlike libspread, a name over 10 bytes or with illegal bytes raises
     :class:`IllegalGroupName` instead of being cut short (libspread) or refused by the
@@ -118,7 +120,7 @@ def encode_accept(
     client_version: Sequence[int] = LIBRARY_VERSION,
     daemon_version: Sequence[int] = DAEMON_VERSION,
 ) -> bytes:
-    """The daemon's accept record (section 5.3, step 4).
+    """The daemon's accept record (section 4.4).
 
     The daemon's patch version is only sent to libraries from 3.15.0 on (trace c6).
     """
@@ -132,7 +134,7 @@ def encode_accept(
 
 
 def encode_reject(code: int) -> bytes:
-    """A handshake reject: one negative byte (section 5.3)."""
+    """A handshake reject: one negative byte (section 4)."""
     if not -128 <= code < 0:
         raise ValueError(f"reject codes are negative bytes, not {code}")
     return bytes((code & 0xFF,))
@@ -156,7 +158,7 @@ def encode_header(
 
 def _check_service(service_type: int) -> None:
     # The daemon drops a session whose message has not exactly one service bit (rule 1
-    # of section 5.6); SELF_DISCARD is the only other bit a multicast may carry.
+    # of section 7); SELF_DISCARD is the only other bit a multicast may carry.
     level = service_type & REGULAR_MESS
     if not level or level & (level - 1) or service_type & ~(REGULAR_MESS | SELF_DISCARD):
         raise IllegalService(
@@ -227,7 +229,7 @@ def encode_relay(
     data: bytes,
 ) -> bytes:
     """A daemon -> client data message: our order for type/num_groups/data_len, the
-    sender's ``hint`` bytes untouched (section 5.2)."""
+    sender's ``hint`` bytes untouched (section 3)."""
     head = RELAY_HEAD.pack(
         service_type | ENDIAN_MARKER, pad_name(sender), num_groups, hint, len(data)
     )
@@ -249,7 +251,7 @@ def encode_membership(
     vs_sets: Sequence[Sequence[str | bytes]],
     local_vs_set: int = 0,
 ) -> bytes:
-    """A daemon -> client regular membership notice (section 5.7).
+    """A daemon -> client regular membership notice (section 8).
 
     ``service_type`` is REG_MEMB_MESS with one CAUSED_BY_* bit; the body's
     local-set offset is computed from ``local_vs_set`` (an index into ``vs_sets``).
@@ -289,7 +291,7 @@ def encode_reject_message(
     data: bytes = b"",
     hint: bytes = LE_MARK_BYTES,
 ) -> bytes:
-    """A daemon -> client REJECT_MESS returning a message to its sender (section 5.7).
+    """A daemon -> client REJECT_MESS returning a message to its sender (section 8).
 
     The type is REJECT_MESS (plus SELF_DISCARD if the original had it); ``old_type``
     follows the header; ``hint`` is the original's raw hint bytes.

@@ -8,6 +8,8 @@ take, in both directions.
 
 :func:`new_frame` builds a hot-path frame from a tuple of its fields without a
 Python-level call; mypy checks the fields of each call against the frame's.
+
+Section numbers in this module refer to docs/spread-protocol.md.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class RegularMessage(NamedTuple):
     """Daemon -> client: a data message.
 
     ``endian_mismatch`` is True when the sender wrote its hint big-endian (libspread on
-    x86 reports ``endian_mismatch = 1`` then, section 5.2).
+    x86 reports ``endian_mismatch = 1`` then, section 3).
     """
 
     service_type: int
@@ -126,7 +128,7 @@ class MembershipMessage(NamedTuple):
 
 @_frame_class
 class RejectMessage(NamedTuple):
-    """Daemon -> client: one of our messages, returned as rejected (section 5.7)."""
+    """Daemon -> client: one of our messages, returned as rejected (section 8)."""
 
     service_type: int
     old_type: int
@@ -141,7 +143,7 @@ class ConnectRequest:
     """Client -> daemon: the connect record.
 
     ``priority`` and ``membership`` are derived from ``flags`` the way the daemon does
-    (the flags byte taken as a signed char; section 5.3).
+    (the flags byte taken as a signed char; section 4).
     """
 
     version: tuple[int, ...]

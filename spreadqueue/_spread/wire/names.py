@@ -1,6 +1,8 @@
 """Private names, group names and their 32-byte wire fields (validation and caches).
 
 The caches are bounded memoisations of pure functions: names repeat on every message.
+
+Section numbers in this module refer to docs/spread-protocol.md.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .constants import (
     MAX_PRIVATE_NAME,
 )
 
-#: Bytes a private or group name may hold: '$' (0x24) .. '~' (0x7E) (section 5.3).
+#: Bytes a private or group name may hold: '$' (0x24) .. '~' (0x7E) (section 4).
 _LEGAL_NAME_BYTES: Final = bytes(range(0x24, 0x7F))
 _CACHE_LIMIT: Final = 16384
 #: A whole empty name field (and the padding of shorter names).
@@ -87,7 +89,7 @@ def check_joinable(name: str | bytes) -> bytes:
 
 
 def private_group_name(name: str | bytes, daemon: str | bytes) -> bytes:
-    """``#name#daemon``, the private group of a session (section 5.4)."""
+    """``#name#daemon``, the private group of a session (section 5)."""
     return b"#" + to_bytes(name) + b"#" + to_bytes(daemon)
 
 
@@ -141,7 +143,7 @@ def group_field(name: str | bytes) -> bytes:
 
 
 def field_name(field: bytes) -> bytes:
-    """The name in a 32-byte field: the bytes up to the first NUL (section 5.5)."""
+    """The name in a 32-byte field: the bytes up to the first NUL (section 6)."""
     nul = field.find(b"\0")
     return field if nul < 0 else field[:nul]
 
