@@ -14,8 +14,10 @@ the protocol unit(s) completed by the record just above it.
 - ``connections`` (label -> who) and ``calls``, the header's call log, with
   :class:`Receive` parsed from every ``SP_receive -> n: ...`` result.
 
-The decode comments are informative, not normative (docs/spread-protocol.md, section 16.1): the golden tests
+The decode comments are informative, not normative (section 16.1): the golden tests
 use them as an independent reading of the bytes, next to the call log.
+
+Section numbers in this module refer to docs/spread-protocol.md.
 """
 
 from __future__ import annotations

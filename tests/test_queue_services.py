@@ -158,7 +158,7 @@ def test_the_fake_session_provides_ispreadsession(net: Net) -> None:
     assert verifyObject(ISpreadSession, net.session())
 
 
-# --------------------------------------------------------------------------- Spread::Queue's synopsis
+# ---------------------------------------------------------------- Spread::Queue's synopsis
 
 
 def test_seed_synopsis_submit_and_receive(net: Net) -> None:

@@ -1,9 +1,11 @@
 """Unit and property tests of :mod:`spreadqueue._spread.wire` (no traces needed).
 
 Round trips for every encoder/decoder pair, chunking independence, garbage resistance,
-the daemon's header and handshake rules (docs/spread-protocol.md, sections 4 and 7) and our extra size rule, the
+the daemon's header and handshake rules (sections 4 and 7) and our extra size rule, the
 client-side encoders' refusals, and linear decoding of a big message fed byte by byte.
 Hypothesis runs are bounded so the module takes a few seconds.
+
+Section numbers in this module refer to docs/spread-protocol.md.
 """
 
 from __future__ import annotations
@@ -628,7 +630,7 @@ def test_rule_sender_is_this_session(sender: bytes, ok: bool) -> None:
 
 
 def test_rule_sender_byte_31_is_forced_to_nul() -> None:
-    """A 31-character private group: whatever is in byte 31 is ignored (docs/spread-protocol.md, section 6)."""
+    """A 31-character private group: whatever is in byte 31 is ignored (section 6)."""
     me = "#abcdefghij#" + "d" * 19
     assert len(me) == 31
     msg = bytearray(header(wire.SAFE_MESS, sender=me.encode(), num_groups=0))

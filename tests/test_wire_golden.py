@@ -20,6 +20,8 @@ connection, both directions:
 
 The byte streams are split into protocol units by a small independent splitter written
 here from the README, not by the codec under test.
+
+Section numbers in this module refer to docs/spread-protocol.md.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def _counts(buf: bytes, pos: int) -> tuple[int, int, int]:
 
 
 def split_daemon_stream(stream: bytes, version: Sequence[int]) -> tuple[list[bytes], int]:
-    """Cut a D> stream into its units (docs/spread-protocol.md, sections 4 and 6); return them and the bytes used."""
+    """Cut a D> stream into its units (sections 4 and 6); return them and the bytes used."""
     units: list[bytes] = []
     pos = 0
     vn = version_number(version)
@@ -117,7 +119,7 @@ def split_daemon_stream(stream: bytes, version: Sequence[int]) -> tuple[list[byt
 
 
 def split_client_stream(stream: bytes, auth: bool) -> list[bytes]:
-    """Cut the C> stream of an accepted session into its units (docs/spread-protocol.md, sections 4 and 6)."""
+    """Cut the C> stream of an accepted session into its units (sections 4 and 6)."""
     pos = 3 if version_number(stream[:2]) > 31400 else 2
     pos += 2 + stream[pos + 1]
     units = [stream[:pos]]
@@ -219,7 +221,7 @@ def _check_data(frame_data: bytes, f: dict[str, Any]) -> None:
 
 
 def vs_offsets(vs_sets: Sequence[Sequence[str]]) -> list[int]:
-    """Byte offsets of each vs-set, counted from the first one (docs/spread-protocol.md, section 8)."""
+    """Byte offsets of each vs-set, counted from the first one (section 8)."""
     out, off = [], 0
     for vs in vs_sets:
         out.append(off)
@@ -400,7 +402,7 @@ def same_up_to_nul(ours: bytes, theirs: bytes) -> bool:
 def assert_client_bytes(frame: Any, unit: bytes, private_group: str) -> None:
     ours = client_encode(frame, private_group)
     if isinstance(frame, wire.Kill):
-        # libspread leaves stack bytes after the NUL of KILL_MESS's group (docs/spread-protocol.md, section 6).
+        # libspread leaves stack bytes after the NUL of KILL_MESS's group (section 6).
         assert same_up_to_nul(ours, unit), (ours.hex(), unit.hex())
     else:
         assert ours == unit, (frame, ours.hex(), unit.hex())
@@ -746,7 +748,7 @@ def _receive_matches(frame: Any, r: st.Receive, group: str) -> bool:
         )
     if isinstance(frame, wire.MembershipMessage):
         # libspread reports the receiver's index in the member list as mess_type, or -1
-        # for notices without members (docs/spread-protocol.md, section 13); data is the membership body.
+        # for notices without members (section 13); data is the membership body.
         if frame.is_transition or frame.is_self_leave:
             mess_type = -1
         else:
@@ -1023,7 +1025,7 @@ def test_f8_extreme_mess_type_and_empty_data() -> None:
     empty = [m for m in alice if m.mess_type == -32768]
     assert len(empty) == 1 and empty[0].data == b"" and empty[0].service == wire.FIFO_MESS
     assert wire.encode_hint(-32768) == 0x80800080
-    # bob is not a member and still multicasts to grpF8; alice gets it (docs/spread-protocol.md, section 8).
+    # bob is not a member and still multicasts to grpF8; alice gets it (section 8).
     assert any(m.sender == "#bob#localhost" and m.data == b"from outside" for m in alice)
 
 

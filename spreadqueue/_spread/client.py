@@ -1,7 +1,7 @@
 """The Twisted Spread client: a Protocol around the sans-IO codec, and :func:`connect`.
 
 :class:`SpreadClientProtocol` performs the handshake exactly as libspread 5.0.1 does
-(docs/spread-protocol.md, section 4): the connect record in one write, then - only once the daemon's auth
+(section 4): the connect record in one write, then - only once the daemon's auth
 list has arrived - the 90-byte NULL auth choice in one write (the real daemon reads each
 with a single non-blocking read and refuses pipelined or split records). On acceptance it
 creates a :class:`~spreadqueue._spread.session.SpreadSession` and becomes that session's
