@@ -247,14 +247,8 @@ class RawRole(_Role):
                 self._echo = Echo(self.session)
             return None
         if cmd == "ping":
-            return PingPong(
-                self.reactor,
-                self.session,
-                args["peer"],
-                int(args["size"]),
-                int(args["t0_ns"]),
-                int(args["t1_ns"]),
-            ).run()
+            pingpong = PingPong(self.reactor, self.session, args["peer"], int(args["size"]))
+            return pingpong.run(int(args["t0_ns"]), int(args["t1_ns"]))
         if cmd == "relay_receive":
             if self._receiver is not None:
                 self._receiver.stop()

@@ -14,7 +14,8 @@ this round trip is the price of Spread and of the queue.
 
 ``ping`` prints one JSON line, ``{"latencies_ns": [...], "lost": 0|1}``: the round
 trips completed in ``[T0, T1)`` (CLOCK_MONOTONIC, shared by every process), and 1 in
-``lost`` if the last one never came back. The relay pairs the echoer
+``lost`` if the last one never came back, counted as the Spread ping-pong counts them
+(:class:`~spreadqueue._bench.pingloop.PingLoop`). The relay pairs the echoer
 (the echoer connects first; each pinger after it) and exits when the echoer goes.
 """
 
@@ -35,6 +36,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
 
 from .._spread.output import Output
+from .pingloop import PingLoop
 from .procs import AgentError, child_env
 
 __all__ = ["FloorProcesses", "main"]
@@ -91,40 +93,31 @@ class _Echo(_Direct):
 
 
 class _Ping(_Direct):
-    """Sequential round trips of ``size`` bytes; fires ``done`` after ``t1_ns``."""
+    """Sequential round trips of ``size`` bytes, counted by :class:`PingLoop`."""
 
     def __init__(self, size: int, t0_ns: int, t1_ns: int, done: Deferred[dict[str, Any]]):
+        from twisted.internet import reactor
+
         self.message = b"p" * size
-        self.t0_ns, self.t1_ns = t0_ns, t1_ns
+        self.loop = PingLoop(reactor, self._send, t0_ns, t1_ns)  # type: ignore[arg-type]
         self.done = done
-        self.latencies: list[int] = []
         self.got = 0
-        self.sent_at = 0
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._send()
+        self.loop.run().chainDeferred(self.done)
 
     def _send(self) -> None:
         self.got = 0
-        self.sent_at = time.monotonic_ns()
         self.out.write(self.message)
 
     def dataReceived(self, data: bytes) -> None:
         self.got += len(data)
-        if self.got < len(self.message):
-            return  # TCP may split a message; a round trip ends with its last byte
-        now = time.monotonic_ns()
-        if self.t0_ns <= self.sent_at and now < self.t1_ns:
-            self.latencies.append(now - self.sent_at)
-        if now >= self.t1_ns:
-            self.done.callback({"latencies_ns": self.latencies, "lost": 0})
-            return
-        self._send()
+        if self.got >= len(self.message):  # TCP may split a message: it ends with its last byte
+            self.loop.answered()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.done.called:
-            self.done.callback({"latencies_ns": self.latencies, "lost": 1})
+        self.loop.lost()
 
 
 # --------------------------------------------------------------------------- parent side
