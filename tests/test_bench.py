@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from twisted.internet.task import Clock
 
 from spreadqueue._bench.agent import payload_of
 from spreadqueue._bench.pingloop import PingLoop
+from spreadqueue._bench.procs import Child, ChildError
 from spreadqueue._bench.procstat import cpu_seconds, rss_bytes
 from spreadqueue._bench.profiling import load_stacks, summarise
 from spreadqueue._bench.report import format_report
@@ -90,6 +93,54 @@ def test_smoke_seq_and_raw(tmp_path: Path) -> None:
     _check_latency(floor["latency_us"])
     assert floor["cpu_s"]["daemon"] > 0 and floor["cpu_s"]["clients"] > 0
     assert "over the floor (bare Twisted" in done.stdout
+
+
+# A child of ours in miniature: ready event, one command, exit when stdin closes.
+_ECHO_CHILD = """
+import json, sys
+print(json.dumps({"event": "ready"}), flush=True)
+for line in sys.stdin:
+    msg = json.loads(line)
+    print(json.dumps({"id": msg["id"], "ok": True, "result": msg["x"] * 2}), flush=True)
+print("bye", file=sys.stderr)
+"""
+
+
+def test_child_is_ready_talks_and_stops_on_eof(tmp_path: Path) -> None:
+    child = Child("echo", [sys.executable, "-c", _ECHO_CHILD], tmp_path)
+    assert child.wait_ready(timeout=30) == {"event": "ready"}
+    assert child.request("double", x=21) == 42
+    child.stop(timeout=30)
+    assert child.returncode == 0  # it left on EOF: a signal would show as negative
+    assert "bye" in (tmp_path / "echo.log").read_text()
+
+
+# Ignores SIGTERM and stdin; says so (atomically, like the daemon) in the file argv[1].
+_STUBBORN_CHILD = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write("%d\\n" % os.getpid())
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(60)
+"""
+
+
+def test_child_with_a_ready_file_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
+    ready = tmp_path / "stubborn.ready"
+    ready.write_text("stale\n")  # a killed run's file must not count
+    argv = [sys.executable, "-c", _STUBBORN_CHILD, str(ready)]
+    child = Child("stubborn", argv, tmp_path, channel=False, ready_file=ready)
+    assert child.wait_ready(timeout=30) == {"text": str(child.pid)}
+    child.finish(time.monotonic(), grace=0.2)
+    assert child.returncode == -signal.SIGKILL
+
+
+def test_child_that_exits_before_it_is_ready(tmp_path: Path) -> None:
+    quitter = Child("quitter", [sys.executable, "-c", "raise SystemExit('no luck')"], tmp_path)
+    with pytest.raises(ChildError, match=r"exited with status 1(.|\n)*no luck"):
+        quitter.wait_ready(timeout=30)
+    quitter.stop(timeout=10)
 
 
 def test_help_explains_the_output(capsys: pytest.CaptureFixture[str]) -> None:

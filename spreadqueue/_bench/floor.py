@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 
 from .._spread.output import Output
 from .pingloop import PingLoop
-from .procs import AgentError, child_env
+from .procs import ChildError, child_env
 
 __all__ = ["FloorProcesses", "main"]
 
@@ -166,10 +166,10 @@ class FloorProcesses:
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ)
             if not sel.select(max(0.0, deadline - time.monotonic())):
-                raise AgentError(f"{what} did not answer in time")
+                raise ChildError(f"{what} did not answer in time")
         line = proc.stdout.readline().decode(errors="replace").strip()
         if not line:
-            raise AgentError(f"{what} exited with status {proc.wait(10)}")
+            raise ChildError(f"{what} exited with status {proc.wait(10)}")
         return line
 
     def ping(self, size: int, t0_ns: int, t1_ns: int) -> tuple[subprocess.Popen[bytes], Any]:

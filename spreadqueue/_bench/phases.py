@@ -26,7 +26,7 @@ from typing import Any
 
 from .cluster import Cluster
 from .floor import FloorProcesses
-from .procs import AgentError, AgentProcess
+from .procs import Child, ChildError
 from .procstat import cpu_times_many, machine_busy_seconds, rss_bytes
 from .profiling import PySpy
 from .stats import latency_summary, median_of_runs, spread_summary
@@ -176,8 +176,8 @@ def _size_label(size: int) -> str:
 def _queue_run(
     cluster: Cluster,
     s: Settings,
-    senders: Sequence[AgentProcess],
-    workers: Sequence[AgentProcess],
+    senders: Sequence[Child],
+    workers: Sequence[Child],
     *,
     inflight: int,
     payload: int = ARGS_BYTES,
@@ -211,7 +211,7 @@ def _queue_run(
 
     latencies = [v for r in loads for v in r["latencies_ns"]]
     if not latencies:
-        raise AgentError("no task completed in the measured window")
+        raise ChildError("no task completed in the measured window")
     measured = len(latencies)
     errors: dict[str, int] = {}
     for r in loads:
@@ -265,8 +265,8 @@ def _add_profiled_run(
     s: Settings,
     phase: str,
     case: dict[str, Any],
-    senders: Sequence[AgentProcess],
-    workers: Sequence[AgentProcess],
+    senders: Sequence[Child],
+    workers: Sequence[Child],
     *,
     inflight: int,
 ) -> None:
@@ -403,7 +403,7 @@ def _failover_run(cluster: Cluster, s: Settings) -> dict[str, Any]:
             try:
                 event = survivor.wait_event("reassigned", 10.0, _about(task_id))
                 delays.append(int(event["t_ns"]) - killed_at)
-            except AgentError:
+            except ChildError:
                 pass  # counted below as not reassigned
             cluster.kill_victim(victim)
         after = _CpuSample(pids)
@@ -412,7 +412,7 @@ def _failover_run(cluster: Cluster, s: Settings) -> dict[str, Any]:
         for victim in victims:
             cluster.kill_victim(victim)
     if not delays:
-        raise AgentError("no task was reassigned")
+        raise ChildError("no task was reassigned")
     cpu, cpu_system = before.until(after)
     return {
         "reassign_us": latency_summary(delays),
@@ -464,7 +464,7 @@ def _memory_run(cluster: Cluster, s: Settings) -> dict[str, Any]:
             if stats["queued"] >= s.memory_tasks:
                 break
             if time.monotonic() - started > 300:
-                raise AgentError(f"only {stats['queued']} of {s.memory_tasks} tasks queued")
+                raise ChildError(f"only {stats['queued']} of {s.memory_tasks} tasks queued")
             time.sleep(0.05)
         elapsed = time.monotonic() - started
         rss_after = rss_bytes(manager.pid)
@@ -499,9 +499,9 @@ def phase_memory(cluster: Cluster, s: Settings) -> dict[str, Any]:
 # --------------------------------------------------------------------------- raw Spread
 
 
-def _ping_run(cluster: Cluster, s: Settings, a: AgentProcess, b: AgentProcess) -> dict[str, Any]:
+def _ping_run(cluster: Cluster, s: Settings, a: Child, b: Child) -> dict[str, Any]:
     t0, t1 = _window(s)
-    ident = a.send("ping", peer=b.private_group, size=ARGS_BYTES, t0_ns=t0, t1_ns=t1)
+    ident = a.send("ping", peer=b.ready["private_group"], size=ARGS_BYTES, t0_ns=t0, t1_ns=t1)
     cpu, cpu_system = _cpu_over({"daemon": _daemon(cluster), "clients": [a.pid, b.pid]}, t0, t1)
     result = a.reply(ident, timeout=_seconds_left(t1) + 30.0)
     return _round_trips(result, cpu, cpu_system, t0, t1)
@@ -513,7 +513,7 @@ def _round_trips(
     """A ping-pong run from the pinger's ``{"latencies_ns", "lost"}`` and the CPU."""
     latencies = result["latencies_ns"]
     if not latencies:
-        raise AgentError("no round trip completed in the measured window")
+        raise ChildError("no round trip completed in the measured window")
     return {
         "round_trips_per_s": len(latencies) / ((t1 - t0) / 1e9),
         "latency_us": latency_summary(latencies),
@@ -524,11 +524,11 @@ def _round_trips(
     }
 
 
-def _relay_run(cluster: Cluster, s: Settings, a: AgentProcess, b: AgentProcess) -> dict[str, Any]:
+def _relay_run(cluster: Cluster, s: Settings, a: Child, b: Child) -> dict[str, Any]:
     t0, t1 = _window(s)
     b.request("relay_receive", ack_every=RELAY_ACK_EVERY, t0_ns=t0, t1_ns=t1)
     ident = a.send(
-        "relay_send", peer=b.private_group, size=ARGS_BYTES, window=RELAY_WINDOW, t1_ns=t1
+        "relay_send", peer=b.ready["private_group"], size=ARGS_BYTES, window=RELAY_WINDOW, t1_ns=t1
     )
     cpu, cpu_system = _cpu_over({"daemon": _daemon(cluster), "clients": [a.pid, b.pid]}, t0, t1)
     sent = a.reply(ident, timeout=_seconds_left(t1) + 30.0)["sent"]
