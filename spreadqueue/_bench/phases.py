@@ -499,11 +499,16 @@ def phase_memory(cluster: Cluster, s: Settings) -> dict[str, Any]:
 # --------------------------------------------------------------------------- raw Spread
 
 
-def _ping_run(cluster: Cluster, s: Settings, a: Child, b: Child) -> dict[str, Any]:
+def _ping_run(
+    pinger: Child, pids: Mapping[str, Sequence[int]], s: Settings, **args: Any
+) -> dict[str, Any]:
+    """One ping-pong window of ``pinger`` (a raw agent or the floor's pinger, both
+    counting by :class:`~spreadqueue._bench.pingloop.PingLoop`); ``args`` go with
+    its ``ping`` command."""
     t0, t1 = _window(s)
-    ident = a.send("ping", peer=b.ready["private_group"], size=ARGS_BYTES, t0_ns=t0, t1_ns=t1)
-    cpu, cpu_system = _cpu_over({"daemon": _daemon(cluster), "clients": [a.pid, b.pid]}, t0, t1)
-    result = a.reply(ident, timeout=_seconds_left(t1) + 30.0)
+    ident = pinger.send("ping", t0_ns=t0, t1_ns=t1, **args)
+    cpu, cpu_system = _cpu_over(pids, t0, t1)
+    result = pinger.reply(ident, timeout=_seconds_left(t1) + 30.0)
     return _round_trips(result, cpu, cpu_system, t0, t1)
 
 
@@ -524,13 +529,15 @@ def _round_trips(
     }
 
 
-def _relay_run(cluster: Cluster, s: Settings, a: Child, b: Child) -> dict[str, Any]:
+def _relay_run(
+    pids: Mapping[str, Sequence[int]], s: Settings, a: Child, b: Child
+) -> dict[str, Any]:
+    """One relay window: ``a`` streams to ``b``, counted at ``b``."""
     t0, t1 = _window(s)
     b.request("relay_receive", ack_every=RELAY_ACK_EVERY, t0_ns=t0, t1_ns=t1)
-    ident = a.send(
-        "relay_send", peer=b.ready["private_group"], size=ARGS_BYTES, window=RELAY_WINDOW, t1_ns=t1
-    )
-    cpu, cpu_system = _cpu_over({"daemon": _daemon(cluster), "clients": [a.pid, b.pid]}, t0, t1)
+    peer = b.ready["private_group"]
+    ident = a.send("relay_send", peer=peer, size=ARGS_BYTES, window=RELAY_WINDOW, t1_ns=t1)
+    cpu, cpu_system = _cpu_over(pids, t0, t1)
     sent = a.reply(ident, timeout=_seconds_left(t1) + 30.0)["sent"]
     deadline = time.monotonic() + 10.0
     while True:  # the last messages arrive just after t1
@@ -549,28 +556,21 @@ def _relay_run(cluster: Cluster, s: Settings, a: Child, b: Child) -> dict[str, A
     }
 
 
-def _floor_run(floor: FloorProcesses, s: Settings) -> dict[str, Any]:
-    t0, t1 = _window(s)
-    pinger, result = floor.ping(FLOOR_BYTES, t0, t1)
-    pids = {**floor.pids}
-    pids["clients"] = [*pids["clients"], pinger.pid]
-    cpu, cpu_system = _cpu_over(pids, t0, t1)
-    return _round_trips(result(_seconds_left(t1) + 30.0), cpu, cpu_system, t0, t1)
-
-
 def phase_raw(cluster: Cluster, s: Settings) -> dict[str, Any]:
     """Plain Spread between two sessions: ping-pong latency and the relay rate; and
     the floor under it: the same round trip through bare Twisted processes."""
     a, b = cluster.start_agents("raw", 2)
     try:
         b.request("echo")
-        pings = _repeat(s, _ping_run, cluster, s, a, b)
-        relays = _repeat(s, _relay_run, cluster, s, a, b)
+        pids = {"daemon": _daemon(cluster), "clients": [a.pid, b.pid]}
+        peer = b.ready["private_group"]
+        pings = _repeat(s, _ping_run, a, pids, s, peer=peer, size=ARGS_BYTES)
+        relays = _repeat(s, _relay_run, pids, s, a, b)
     finally:
         cluster.retire([a, b])
     floor = FloorProcesses(cluster.workdir)
     try:
-        floors = _repeat(s, _floor_run, floor, s)
+        floors = _repeat(s, _ping_run, floor.pinger, floor.pids, s, size=FLOOR_BYTES)
     finally:
         floor.stop()
     return _phase(
