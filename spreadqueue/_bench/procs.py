@@ -96,10 +96,9 @@ class Child:
             ready_file.unlink(missing_ok=True)  # a stale one (from a killed run) would lie
         self._channel = channel
         self._log: IO[bytes] = open(self.log_path, "wb")
-        pipe_or_devnull = subprocess.PIPE if channel else subprocess.DEVNULL
         self.popen = subprocess.Popen(
             list(argv),
-            stdin=pipe_or_devnull,
+            stdin=subprocess.PIPE if channel else subprocess.DEVNULL,
             stdout=subprocess.PIPE if channel else self._log,
             stderr=self._log,
             env=child_env(),
@@ -240,17 +239,19 @@ class Child:
     def finish(self, deadline: float, grace: float = TERM_GRACE_S) -> None:
         """Wait for the exit until ``deadline`` (monotonic), then SIGTERM, then SIGKILL
         ``grace`` seconds later; reap the process and close its log."""
-        for sig, wait in ((None, deadline - time.monotonic()), (signal.SIGTERM, grace)):
-            if sig is not None and self.alive():
-                self.popen.send_signal(sig)
-            try:
-                self.popen.wait(max(0.0, wait))
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        else:
-            self.kill()
+        if not self._exited_by(deadline):
+            self.popen.send_signal(signal.SIGTERM)
+            if not self._exited_by(time.monotonic() + grace):
+                self.kill()
         self._log.close()
+
+    def _exited_by(self, deadline: float) -> bool:
+        """Wait until ``deadline`` for the exit; True once it is reaped."""
+        try:
+            self.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the child to stop (:meth:`ask_to_stop`) and :meth:`finish` it within
