@@ -16,9 +16,7 @@ system-wide on Linux, so all processes agree on the window.
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -399,13 +397,12 @@ def _failover_run(cluster: Cluster, s: Settings) -> dict[str, Any]:
             time.sleep(KILL_SPACING_S)
             task_id = held[id(victim)]
             killed_at = time.monotonic_ns()
-            os.kill(victim.pid, signal.SIGKILL)
+            cluster.kill_victim(victim)  # SIGKILL; reaping it delays nothing measured
             try:
                 event = survivor.wait_event("reassigned", 10.0, _about(task_id))
                 delays.append(int(event["t_ns"]) - killed_at)
             except ChildError:
                 pass  # counted below as not reassigned
-            cluster.kill_victim(victim)
         after = _CpuSample(pids)
         outcome = sender.request("hold_wait", timeout=90.0, wait_s=60.0)
     finally:
