@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
+from twisted.internet.task import Clock
 
 from spreadqueue._bench.agent import payload_of
+from spreadqueue._bench.pingloop import PingLoop
+from spreadqueue._bench.procs import Child, ChildError
 from spreadqueue._bench.procstat import cpu_seconds, rss_bytes
 from spreadqueue._bench.profiling import load_stacks, summarise
 from spreadqueue._bench.report import format_report
@@ -90,6 +95,54 @@ def test_smoke_seq_and_raw(tmp_path: Path) -> None:
     assert "over the floor (bare Twisted" in done.stdout
 
 
+# A child of ours in miniature: ready event, one command, exit when stdin closes.
+_ECHO_CHILD = """
+import json, sys
+print(json.dumps({"event": "ready"}), flush=True)
+for line in sys.stdin:
+    msg = json.loads(line)
+    print(json.dumps({"id": msg["id"], "ok": True, "result": msg["x"] * 2}), flush=True)
+print("bye", file=sys.stderr)
+"""
+
+
+def test_child_is_ready_talks_and_stops_on_eof(tmp_path: Path) -> None:
+    child = Child("echo", [sys.executable, "-c", _ECHO_CHILD], tmp_path)
+    assert child.wait_ready(timeout=30) == {"event": "ready"}
+    assert child.request("double", x=21) == 42
+    child.stop(timeout=30)
+    assert child.returncode == 0  # it left on EOF: a signal would show as negative
+    assert "bye" in (tmp_path / "echo.log").read_text()
+
+
+# Ignores SIGTERM and stdin; says so (atomically, like the daemon) in the file argv[1].
+_STUBBORN_CHILD = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write("%d\\n" % os.getpid())
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(60)
+"""
+
+
+def test_child_with_a_ready_file_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
+    ready = tmp_path / "stubborn.ready"
+    ready.write_text("stale\n")  # a killed run's file must not count
+    argv = [sys.executable, "-c", _STUBBORN_CHILD, str(ready)]
+    child = Child("stubborn", argv, tmp_path, channel=False, ready_file=ready)
+    assert child.wait_ready(timeout=30) == {"text": str(child.pid)}
+    child.finish(time.monotonic(), grace=0.2)
+    assert child.returncode == -signal.SIGKILL
+
+
+def test_child_that_exits_before_it_is_ready(tmp_path: Path) -> None:
+    quitter = Child("quitter", [sys.executable, "-c", "raise SystemExit('no luck')"], tmp_path)
+    with pytest.raises(ChildError, match=r"exited with status 1(.|\n)*no luck"):
+        quitter.wait_ready(timeout=30)
+    quitter.stop(timeout=10)
+
+
 def test_help_explains_the_output(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         bench_main(["--help"])
@@ -145,6 +198,56 @@ def test_median_of_runs_merges_nested_numbers() -> None:
 @pytest.mark.parametrize("size", [2, 100, 257, 259, 10_000, 65_538, 100_000, 140_000])
 def test_payload_of_serializes_to_the_size(size: int) -> None:
     assert len(msgpack.packb(payload_of(size), use_bin_type=True)) == size
+
+
+class _Echoes:
+    """A PingLoop on a fake clock, whose echoes come when the test says."""
+
+    def __init__(self, t0_ns: int, t1_ns: int, timeout: float = 10.0) -> None:
+        self.clock = Clock()
+        self.sent = 0
+        self.result: list[dict[str, Any]] = []
+        self.loop = PingLoop(
+            self.clock, self._send, t0_ns, t1_ns, timeout=timeout, clock=self.now_ns
+        )
+        self.loop.run().addCallback(self.result.append)
+
+    def now_ns(self) -> int:
+        return round(self.clock.seconds() * 1e9)
+
+    def _send(self) -> None:
+        self.sent += 1
+
+    def echo_after(self, ns: int) -> None:
+        self.clock.advance(ns / 1e9)
+        self.loop.answered()
+
+
+def test_ping_loop_counts_a_round_trip_by_the_arrival_of_its_echo() -> None:
+    # Window [1000, 2000) ns. The floor used to count by send time and the Spread
+    # ping-pong by arrival; both now count by arrival, the rule of every other rate.
+    pings = _Echoes(t0_ns=1000, t1_ns=2000)
+    pings.echo_after(600)  # sent at 0, back at 600: warm-up
+    pings.echo_after(600)  # sent at 600 (before t0), back at 1200: counts, 600 ns
+    pings.echo_after(300)  # sent at 1200, back at 1500: counts, 300 ns
+    assert pings.result == []
+    pings.echo_after(700)  # sent at 1500 (inside), back at 2200 (after t1): does not count
+    assert pings.result == [{"latencies_ns": [600, 300], "lost": 0}]
+    assert pings.sent == 4  # no ping after the one answered past t1
+
+
+def test_ping_loop_reports_an_echo_that_never_came() -> None:
+    pings = _Echoes(t0_ns=0, t1_ns=1000, timeout=5.0)
+    pings.echo_after(400)
+    pings.clock.advance(5.001)  # past t1 + timeout, and the echo is still missing
+    assert pings.result == [{"latencies_ns": [400], "lost": 1}]
+    pings.loop.answered()  # too late: changes nothing
+    assert pings.result == [{"latencies_ns": [400], "lost": 1}]
+
+    cut = _Echoes(t0_ns=0, t1_ns=1000)
+    cut.loop.lost()  # the transport is gone
+    assert cut.result == [{"latencies_ns": [], "lost": 1}]
+    assert not cut.clock.getDelayedCalls()  # and the deadline is cancelled
 
 
 def test_procstat_reads_this_process() -> None:

@@ -59,7 +59,7 @@ ROLES = ("manager", "sqm", "worker", "sender", "raw")
 
 
 class _Role:
-    """What every role shares: a session, a channel, a ``stop`` command."""
+    """What every role shares: a session, a channel, a stop when the channel closes."""
 
     def __init__(self, reactor: Any, session: SpreadSession, channel: ControlChannel) -> None:
         self.reactor = reactor
@@ -248,14 +248,8 @@ class RawRole(_Role):
                 self._echo = Echo(self.session)
             return None
         if cmd == "ping":
-            return PingPong(
-                self.reactor,
-                self.session,
-                args["peer"],
-                int(args["size"]),
-                int(args["t0_ns"]),
-                int(args["t1_ns"]),
-            ).run()
+            pingpong = PingPong(self.reactor, self.session, args["peer"], int(args["size"]))
+            return pingpong.run(int(args["t0_ns"]), int(args["t1_ns"]))
         if cmd == "relay_receive":
             if self._receiver is not None:
                 self._receiver.stop()
@@ -310,9 +304,6 @@ async def _serve(reactor: Any, options: argparse.Namespace) -> None:
             finished.callback(None)
 
     def handle(cmd: str, args: dict[str, Any]) -> Any:
-        if cmd == "stop":
-            reactor.callLater(0, eof)
-            return None
         if role is None:
             raise ValueError("not ready yet")
         return role.command(cmd, args)
@@ -353,7 +344,7 @@ async def _serve(reactor: Any, options: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one agent until the parent says ``stop`` or closes our stdin."""
+    """Run one agent until the parent closes our stdin."""
     from twisted.internet import task
 
     options = _parser().parse_args(argv)

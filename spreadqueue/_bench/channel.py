@@ -1,12 +1,13 @@
-"""The control channel of a benchmark agent: JSON lines over its stdin and stdout.
+"""The control channel of a benchmark child (an agent, a floor process): JSON lines over
+its stdin and stdout.
 
 The parent (``spreadqueue bench``) writes one command per line::
 
     {"id": 7, "cmd": "load", ...arguments}
 
-and the agent answers each with ``{"id": 7, "ok": true, "result": ...}`` or
+and the child answers each with ``{"id": 7, "ok": true, "result": ...}`` or
 ``{"id": 7, "ok": false, "error": "..."}``, in any order (commands may take time).
-Lines without an ``id`` are events the agent reports on its own
+Lines without an ``id`` are events the child reports on its own
 (``{"event": "ready", ...}``, ``{"event": "held", ...}``). Logs go to stderr, never to
 stdout. The channel is used between measurements and for rare events only, never per
 task, so it does not disturb what is measured.

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .procs import AgentError, AgentProcess, DaemonProcess, stop_all
+from .procs import Child, ChildError, python_module, stop_all
 
 __all__ = ["Cluster"]
 
@@ -43,13 +43,13 @@ class Cluster:
         self.concurrency = concurrency
         #: a fresh queue name, so a shared external daemon may run several benches
         self.queue = f"bench-{secrets.token_hex(4)}"
-        self.daemon: DaemonProcess | None = None
-        self.manager: AgentProcess | None = None
-        self.workers: list[AgentProcess] = []
-        self.senders: list[AgentProcess] = []
+        self.daemon: Child | None = None
+        self.manager: Child | None = None
+        self.workers: list[Child] = []
+        self.senders: list[Child] = []
         #: workers started to be killed (failover), outside the pool
-        self.victims: list[AgentProcess] = []
-        self._all: list[AgentProcess] = []
+        self.victims: list[Child] = []
+        self._all: list[Child] = []
         self._labels: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ starting
@@ -57,42 +57,45 @@ class Cluster:
     def start(self) -> None:
         """Start the embedded daemon (unless external) and wait until it listens."""
         if self.colocate:
-            sqm = AgentProcess("sqm", ["--queue", self.queue], self.workdir, "sqm")
-            self._all.append(sqm)
+            sqm = self._agent("sqm", "sqm", ["--queue", self.queue])
             sqm.wait_ready()
             self.manager = sqm
-            self.endpoint = f"tcp:host=127.0.0.1:port={sqm.ready['port']}"
+            self.endpoint = _loopback(sqm.ready["port"])
         elif not self.external:
-            self.daemon = DaemonProcess(self.workdir)
-            self.endpoint = self.daemon.wait_ready()
+            self.daemon = _start_daemon(self.workdir)
+            self.endpoint = _loopback(int(self.daemon.wait_ready()["text"]))
 
-    def spawn(self, role: str, *args: str, queue: str | None = None) -> AgentProcess:
+    def _agent(self, label: str, role: str, argv: Sequence[str]) -> Child:
+        """Start agent ``role`` (without waiting for it), to be stopped by :meth:`close`."""
+        agent = Child(label, python_module("spreadqueue._bench.agent", role, *argv), self.workdir)
+        self._all.append(agent)
+        return agent
+
+    def spawn(self, role: str, *args: str, queue: str | None = None) -> Child:
         """Start one agent (without waiting for it to be ready)."""
         self._labels[role] += 1
         label = f"{role}{self._labels[role]}"
         argv = ["--spread", self.endpoint, *args]
         if role != "raw":
             argv += ["--queue", queue or self.queue]
-        agent = AgentProcess(role, argv, self.workdir, label)
-        self._all.append(agent)
-        return agent
+        return self._agent(label, role, argv)
 
     def start_agents(
         self, role: str, count: int, *args: str, queue: str | None = None
-    ) -> list[AgentProcess]:
+    ) -> list[Child]:
         """Start ``count`` agents at once and wait until every one is ready."""
         agents = [self.spawn(role, *args, queue=queue) for _ in range(count)]
         for agent in agents:
             agent.wait_ready()
         return agents
 
-    def start_manager(self) -> AgentProcess:
+    def start_manager(self) -> Child:
         """The queue's manager (started once, then reused)."""
         if self.manager is None:
             (self.manager,) = self.start_agents("manager", 1)
         return self.manager
 
-    def workers_of(self, count: int) -> list[AgentProcess]:
+    def workers_of(self, count: int) -> list[Child]:
         """Exactly ``count`` pool workers, registered with the manager; start or stop
         some as needed (the newest are stopped first)."""
         self.start_manager()
@@ -107,7 +110,7 @@ class Cluster:
         self.wait_registered()
         return list(self.workers)
 
-    def senders_of(self, count: int) -> list[AgentProcess]:
+    def senders_of(self, count: int) -> list[Child]:
         """Exactly ``count`` pool senders (newest stopped first)."""
         self.start_manager()
         if count > len(self.senders):
@@ -118,7 +121,7 @@ class Cluster:
             self.retire(extra)
         return list(self.senders)
 
-    def start_victims(self, count: int) -> list[AgentProcess]:
+    def start_victims(self, count: int) -> list[Child]:
         """Start ``count`` workers that hold their first ``hold`` task for ever (until
         :meth:`kill_victim`); they are not in the pool."""
         self.start_manager()
@@ -126,14 +129,14 @@ class Cluster:
         self.victims += victims
         return victims
 
-    def kill_victim(self, victim: AgentProcess) -> None:
+    def kill_victim(self, victim: Child) -> None:
         """SIGKILL a victim (if it still runs), reap it and forget it."""
         victim.kill()
         if victim in self.victims:
             self.victims.remove(victim)
         self.forget([victim])
 
-    def kill(self, agents: Sequence[AgentProcess]) -> None:
+    def kill(self, agents: Sequence[Child]) -> None:
         """SIGKILL ``agents``, reap them and forget them."""
         for agent in agents:
             agent.kill()
@@ -149,7 +152,7 @@ class Cluster:
             if known == count:
                 return
             if time.monotonic() > deadline:
-                raise AgentError(f"the manager knows {known} workers, expected {count}")
+                raise ChildError(f"the manager knows {known} workers, expected {count}")
             time.sleep(0.02)
 
     # ------------------------------------------------------------------ looking
@@ -167,14 +170,13 @@ class Cluster:
 
     # ------------------------------------------------------------------ ending
 
-    def retire(self, agents: Iterable[AgentProcess]) -> None:
+    def retire(self, agents: Iterable[Child]) -> None:
         """Stop ``agents`` (gracefully, then by force) and forget them."""
         agents = list(agents)
         stop_all(agents)
-        gone = {id(a) for a in agents}
-        self._all = [a for a in self._all if id(a) not in gone]
+        self.forget(agents)
 
-    def forget(self, agents: Sequence[AgentProcess]) -> None:
+    def forget(self, agents: Sequence[Child]) -> None:
         """Forget agents that are dead already (killed on purpose)."""
         gone = {id(a) for a in agents}
         self._all = [a for a in self._all if id(a) not in gone]
@@ -187,5 +189,28 @@ class Cluster:
             self._all = []
             self.workers, self.senders, self.victims, self.manager = [], [], [], None
             if self.daemon is not None:
-                self.daemon.stop()
+                # SIGTERM at once: twistd stops cleanly on it, and it reads no stdin.
+                self.daemon.stop(timeout=0)
                 self.daemon = None
+
+
+def _start_daemon(workdir: Path) -> Child:
+    """The embedded Spread daemon, as users run it, on a free loopback port (which it
+    writes to its ready file)."""
+    ready = workdir / "daemon.ready"
+    argv = python_module(
+        "twisted",
+        "--log-format",
+        "text",
+        "spread-daemon",
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--ready-file",
+        str(ready),
+    )
+    return Child("daemon", argv, workdir, channel=False, ready_file=ready)
+
+
+def _loopback(port: int) -> str:
+    """The client endpoint of a daemon listening on ``port`` of 127.0.0.1."""
+    return f"tcp:host=127.0.0.1:port={port}"

@@ -8,39 +8,39 @@ the same straight-to-the-socket writes (:class:`~spreadqueue._spread.output.Outp
 as the product. No framing, no parsing, no decisions: whatever an rpc costs beyond
 this round trip is the price of Spread and of the queue.
 
-    python -m spreadqueue._bench.floor relay         # prints its port, then serves
-    python -m spreadqueue._bench.floor echo PORT     # prints "ready" once connected
-    python -m spreadqueue._bench.floor ping PORT --size N --t0-ns T0 --t1-ns T1
+    python -m spreadqueue._bench.floor relay         # ready event: {"port": PORT}
+    python -m spreadqueue._bench.floor echo PORT
+    python -m spreadqueue._bench.floor ping PORT     # command: ping {size, t0_ns, t1_ns}
 
-``ping`` prints one JSON line, ``{"latencies_ns": [...], "lost": 0|1}``: the round
-trips completed in ``[T0, T1)`` (CLOCK_MONOTONIC, shared by every process), and 1 in
-``lost`` if the last one never came back. The relay pairs the echoer
-(the echoer connects first; each pinger after it) and exits when the echoer goes.
+Each speaks the agents' control channel (:mod:`spreadqueue._bench.channel`) on its
+stdin and stdout: it reports ``{"event": "ready", ...}`` once listening or connected,
+and exits when its stdin closes. The pinger's ``ping`` counts its round trips as the
+Spread ping-pong does (:class:`~spreadqueue._bench.pingloop.PingLoop`) and answers
+``{"latencies_ns": [...], "lost": 0 | 1}``. The relay pairs the echoer (the echoer
+connects first, the pinger after it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import selectors
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ReactorNotRunning
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
 
 from .._spread.output import Output
-from .procs import AgentError, child_env
+from .channel import ControlChannel
+from .pingloop import PingLoop
+from .procs import Child, python_module, stop_all
 
 __all__ = ["FloorProcesses", "main"]
-
-#: Seconds a floor process may take to start (print its port or "ready").
-START_DEADLINE = 30.0
 
 
 class _Direct(Protocol):
@@ -54,7 +54,7 @@ class _Direct(Protocol):
 
 
 class _Relay(_Direct):
-    """The first connection is the echoer; each later one is a pinger, paired with it."""
+    """The first connection is the echoer; the next one is the pinger, paired with it."""
 
     echo: _Relay | None = None
     pinger: _Relay | None = None
@@ -71,159 +71,118 @@ class _Relay(_Direct):
         if other is not None:
             other.out.write(data)
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if self is _Relay.pinger:
-            _Relay.pinger = None
-            return
-        from twisted.internet import reactor
-
-        if self is _Relay.echo and reactor.running:  # type: ignore[attr-defined]
-            reactor.stop()  # type: ignore[attr-defined]
-
 
 class _Echo(_Direct):
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        print("ready", flush=True)
+    """Sends back whatever arrives."""
 
     def dataReceived(self, data: bytes) -> None:
         self.out.write(data)
 
 
-class _Ping(_Direct):
-    """Sequential round trips of ``size`` bytes; fires ``done`` after ``t1_ns``."""
+class _Pinger(_Direct):
+    """Sequential round trips of ``size`` bytes through the relay, one window a command."""
 
-    def __init__(self, size: int, t0_ns: int, t1_ns: int, done: Deferred[dict[str, Any]]):
-        self.message = b"p" * size
-        self.t0_ns, self.t1_ns = t0_ns, t1_ns
-        self.done = done
-        self.latencies: list[int] = []
-        self.got = 0
-        self.sent_at = 0
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._loop: PingLoop | None = None
+        self._message = b""
+        self._got = 0
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self._send()
+    def ping(self, size: int, t0_ns: int, t1_ns: int) -> Deferred[dict[str, Any]]:
+        """Ping until ``t1_ns``, counting round trips completed in ``[t0_ns, t1_ns)``."""
+        self._message = b"p" * size
+        self._loop = PingLoop(self._reactor, self._send, t0_ns, t1_ns)
+        return self._loop.run()
 
     def _send(self) -> None:
-        self.got = 0
-        self.sent_at = time.monotonic_ns()
-        self.out.write(self.message)
+        self._got = 0
+        self.out.write(self._message)
 
     def dataReceived(self, data: bytes) -> None:
-        self.got += len(data)
-        if self.got < len(self.message):
-            return  # TCP may split a message; a round trip ends with its last byte
-        now = time.monotonic_ns()
-        if self.t0_ns <= self.sent_at and now < self.t1_ns:
-            self.latencies.append(now - self.sent_at)
-        if now >= self.t1_ns:
-            self.done.callback({"latencies_ns": self.latencies, "lost": 0})
-            return
-        self._send()
+        self._got += len(data)
+        # TCP may split a message: a round trip ends with its last byte.
+        if self._got >= len(self._message) and self._loop is not None:
+            self._loop.answered()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.done.called:
-            self.done.callback({"latencies_ns": self.latencies, "lost": 1})
+        if self._loop is not None:
+            self._loop.lost()
 
 
 # --------------------------------------------------------------------------- parent side
 
 
 class FloorProcesses:
-    """The relay and the echoer, running; :meth:`ping` measures one window."""
+    """The relay, the echoer and the pinger, started and ready; :attr:`pinger` takes
+    ``ping`` commands (see the module docstring)."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self._logs: list[IO[bytes]] = []
+        self._children: list[Child] = []
         try:
-            relay = self._spawn("relay")
-            self.port = int(self._line(relay, time.monotonic() + START_DEADLINE))
-            echo = self._spawn("echo", str(self.port))
-            self._line(echo, time.monotonic() + START_DEADLINE)
+            relay = self._start(workdir, "relay")
+            port = str(relay.ready["port"])
+            self._start(workdir, "echo", port)  # first: the relay pairs in that order
+            self.pinger = self._start(workdir, "ping", port)
         except BaseException:
             self.stop()
             raise
 
+    def _start(self, workdir: Path, role: str, *args: str) -> Child:
+        """Start one floor process and wait until it is ready."""
+        child = Child(
+            f"floor-{role}", python_module("spreadqueue._bench.floor", role, *args), workdir
+        )
+        self._children.append(child)
+        child.wait_ready()
+        return child
+
     @property
     def pids(self) -> dict[str, list[int]]:
-        """The relay's pid (in the daemon's place) and the echoer's."""
-        return {"daemon": [self._procs[0].pid], "clients": [self._procs[1].pid]}
-
-    def _spawn(self, role: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"floor-{role}.log", "wb")
-        self._logs.append(log)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "spreadqueue._bench.floor", role, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            env=child_env(),
-            cwd=str(self.workdir),
-        )
-        self._procs.append(proc)
-        return proc
-
-    @staticmethod
-    def _line(proc: subprocess.Popen[bytes], deadline: float) -> str:
-        """The next line ``proc`` prints, waiting until ``deadline``."""
-        assert proc.stdout is not None
-        what = f"floor process {proc.pid}"
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            if not sel.select(max(0.0, deadline - time.monotonic())):
-                raise AgentError(f"{what} did not answer in time")
-        line = proc.stdout.readline().decode(errors="replace").strip()
-        if not line:
-            raise AgentError(f"{what} exited with status {proc.wait(10)}")
-        return line
-
-    def ping(self, size: int, t0_ns: int, t1_ns: int) -> tuple[subprocess.Popen[bytes], Any]:
-        """Start a pinger for the window; returns it and a function giving its result."""
-        pinger = self._spawn(
-            "ping",
-            str(self.port),
-            "--size",
-            str(size),
-            "--t0-ns",
-            str(t0_ns),
-            "--t1-ns",
-            str(t1_ns),
-        )
-
-        def result(timeout: float) -> dict[str, Any]:
-            try:
-                out = json.loads(self._line(pinger, time.monotonic() + timeout))
-                pinger.wait(10)
-                return dict(out)
-            finally:
-                if pinger.poll() is None:
-                    pinger.kill()
-                    pinger.wait(10)
-
-        return pinger, result
+        """The relay's pid (in the daemon's place), the echoer's and the pinger's."""
+        relay, *clients = self._children
+        return {"daemon": [relay.pid], "clients": [c.pid for c in clients]}
 
     def stop(self) -> None:
         """Stop every floor process."""
-        for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
-            if proc.stdout is not None:
-                proc.stdout.close()
-        for log in self._logs:
-            log.close()
+        stop_all(self._children)
+
+
+# --------------------------------------------------------------------------- child side
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m spreadqueue._bench.floor")
     p.add_argument("role", choices=("relay", "echo", "ping"))
     p.add_argument("port", nargs="?", type=int, default=0)
-    p.add_argument("--size", type=int, default=150)
-    p.add_argument("--t0-ns", type=int, default=0)
-    p.add_argument("--t1-ns", type=int, default=0)
     return p
+
+
+def _start_role(
+    reactor: Any, options: argparse.Namespace, channel: ControlChannel
+) -> _Pinger | None:
+    """Listen (relay) or connect (echo, ping); report ready; return the pinger, if any."""
+    if options.role == "relay":
+        port = reactor.listenTCP(0, Factory.forProtocol(_Relay), interface="127.0.0.1")
+        channel.emit("ready", port=port.getHost().port)
+        return None
+    proto = _Echo() if options.role == "echo" else _Pinger(reactor)
+    connected = connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", options.port), proto)
+    connected.addCallbacks(lambda _: channel.emit("ready"), lambda f: _give_up(reactor, f))
+    return proto if isinstance(proto, _Pinger) else None
+
+
+def _give_up(reactor: Any, failure: Failure) -> None:
+    """Could not connect: say why on stderr (the log) and exit; the parent sees the end."""
+    print(f"floor: {failure.getErrorMessage()}", file=sys.stderr, flush=True)
+    _stop(reactor)
+
+
+def _stop(reactor: Any) -> None:
+    """Stop the reactor, unless it is stopping already (EOF may come during shutdown)."""
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,27 +191,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     options = _parser().parse_args(argv)
     r: Any = reactor
-    if options.role == "relay":
-        factory = Factory.forProtocol(_Relay)
-        port = r.listenTCP(0, factory, interface="127.0.0.1")
-        print(port.getHost().port, flush=True)
-        r.run()
-        return 0
-    client = ClientFactory()
-    if options.role == "echo":
-        client.protocol = _Echo
-    else:
-        done: Deferred[dict[str, Any]] = Deferred()
-        client.buildProtocol = lambda addr: _Ping(  # type: ignore[method-assign]
-            options.size, options.t0_ns, options.t1_ns, done
-        )
+    pinger: _Pinger | None = None
 
-        def report(result: dict[str, Any]) -> None:
-            print(json.dumps(result), flush=True)
-            r.stop()
+    def handle(cmd: str, args: dict[str, Any]) -> Any:
+        if cmd == "ping" and pinger is not None:
+            return pinger.ping(int(args["size"]), int(args["t0_ns"]), int(args["t1_ns"]))
+        raise ValueError(f"floor {options.role} has no command {cmd!r}")
 
-        done.addCallback(report)
-    r.connectTCP("127.0.0.1", options.port, client)
+    channel = ControlChannel(handle, on_eof=lambda: _stop(r))
+    StandardIO(channel, reactor=r)
+    pinger = _start_role(r, options, channel)
     r.run()
     return 0
 

@@ -16,9 +16,7 @@ system-wide on Linux, so all processes agree on the window.
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -26,7 +24,7 @@ from typing import Any
 
 from .cluster import Cluster
 from .floor import FloorProcesses
-from .procs import AgentError, AgentProcess
+from .procs import Child, ChildError
 from .procstat import cpu_times_many, machine_busy_seconds, rss_bytes
 from .profiling import PySpy
 from .stats import latency_summary, median_of_runs, spread_summary
@@ -176,8 +174,8 @@ def _size_label(size: int) -> str:
 def _queue_run(
     cluster: Cluster,
     s: Settings,
-    senders: Sequence[AgentProcess],
-    workers: Sequence[AgentProcess],
+    senders: Sequence[Child],
+    workers: Sequence[Child],
     *,
     inflight: int,
     payload: int = ARGS_BYTES,
@@ -211,7 +209,7 @@ def _queue_run(
 
     latencies = [v for r in loads for v in r["latencies_ns"]]
     if not latencies:
-        raise AgentError("no task completed in the measured window")
+        raise ChildError("no task completed in the measured window")
     measured = len(latencies)
     errors: dict[str, int] = {}
     for r in loads:
@@ -265,8 +263,8 @@ def _add_profiled_run(
     s: Settings,
     phase: str,
     case: dict[str, Any],
-    senders: Sequence[AgentProcess],
-    workers: Sequence[AgentProcess],
+    senders: Sequence[Child],
+    workers: Sequence[Child],
     *,
     inflight: int,
 ) -> None:
@@ -399,20 +397,19 @@ def _failover_run(cluster: Cluster, s: Settings) -> dict[str, Any]:
             time.sleep(KILL_SPACING_S)
             task_id = held[id(victim)]
             killed_at = time.monotonic_ns()
-            os.kill(victim.pid, signal.SIGKILL)
+            cluster.kill_victim(victim)  # SIGKILL; reaping it delays nothing measured
             try:
                 event = survivor.wait_event("reassigned", 10.0, _about(task_id))
                 delays.append(int(event["t_ns"]) - killed_at)
-            except AgentError:
+            except ChildError:
                 pass  # counted below as not reassigned
-            cluster.kill_victim(victim)
         after = _CpuSample(pids)
         outcome = sender.request("hold_wait", timeout=90.0, wait_s=60.0)
     finally:
         for victim in victims:
             cluster.kill_victim(victim)
     if not delays:
-        raise AgentError("no task was reassigned")
+        raise ChildError("no task was reassigned")
     cpu, cpu_system = before.until(after)
     return {
         "reassign_us": latency_summary(delays),
@@ -464,7 +461,7 @@ def _memory_run(cluster: Cluster, s: Settings) -> dict[str, Any]:
             if stats["queued"] >= s.memory_tasks:
                 break
             if time.monotonic() - started > 300:
-                raise AgentError(f"only {stats['queued']} of {s.memory_tasks} tasks queued")
+                raise ChildError(f"only {stats['queued']} of {s.memory_tasks} tasks queued")
             time.sleep(0.05)
         elapsed = time.monotonic() - started
         rss_after = rss_bytes(manager.pid)
@@ -499,11 +496,16 @@ def phase_memory(cluster: Cluster, s: Settings) -> dict[str, Any]:
 # --------------------------------------------------------------------------- raw Spread
 
 
-def _ping_run(cluster: Cluster, s: Settings, a: AgentProcess, b: AgentProcess) -> dict[str, Any]:
+def _ping_run(
+    pinger: Child, pids: Mapping[str, Sequence[int]], s: Settings, **args: Any
+) -> dict[str, Any]:
+    """One ping-pong window of ``pinger`` (a raw agent or the floor's pinger, both
+    counting by :class:`~spreadqueue._bench.pingloop.PingLoop`); ``args`` go with
+    its ``ping`` command."""
     t0, t1 = _window(s)
-    ident = a.send("ping", peer=b.private_group, size=ARGS_BYTES, t0_ns=t0, t1_ns=t1)
-    cpu, cpu_system = _cpu_over({"daemon": _daemon(cluster), "clients": [a.pid, b.pid]}, t0, t1)
-    result = a.reply(ident, timeout=_seconds_left(t1) + 30.0)
+    ident = pinger.send("ping", t0_ns=t0, t1_ns=t1, **args)
+    cpu, cpu_system = _cpu_over(pids, t0, t1)
+    result = pinger.reply(ident, timeout=_seconds_left(t1) + 30.0)
     return _round_trips(result, cpu, cpu_system, t0, t1)
 
 
@@ -513,7 +515,7 @@ def _round_trips(
     """A ping-pong run from the pinger's ``{"latencies_ns", "lost"}`` and the CPU."""
     latencies = result["latencies_ns"]
     if not latencies:
-        raise AgentError("no round trip completed in the measured window")
+        raise ChildError("no round trip completed in the measured window")
     return {
         "round_trips_per_s": len(latencies) / ((t1 - t0) / 1e9),
         "latency_us": latency_summary(latencies),
@@ -524,13 +526,15 @@ def _round_trips(
     }
 
 
-def _relay_run(cluster: Cluster, s: Settings, a: AgentProcess, b: AgentProcess) -> dict[str, Any]:
+def _relay_run(
+    pids: Mapping[str, Sequence[int]], s: Settings, a: Child, b: Child
+) -> dict[str, Any]:
+    """One relay window: ``a`` streams to ``b``, counted at ``b``."""
     t0, t1 = _window(s)
     b.request("relay_receive", ack_every=RELAY_ACK_EVERY, t0_ns=t0, t1_ns=t1)
-    ident = a.send(
-        "relay_send", peer=b.private_group, size=ARGS_BYTES, window=RELAY_WINDOW, t1_ns=t1
-    )
-    cpu, cpu_system = _cpu_over({"daemon": _daemon(cluster), "clients": [a.pid, b.pid]}, t0, t1)
+    peer = b.ready["private_group"]
+    ident = a.send("relay_send", peer=peer, size=ARGS_BYTES, window=RELAY_WINDOW, t1_ns=t1)
+    cpu, cpu_system = _cpu_over(pids, t0, t1)
     sent = a.reply(ident, timeout=_seconds_left(t1) + 30.0)["sent"]
     deadline = time.monotonic() + 10.0
     while True:  # the last messages arrive just after t1
@@ -549,28 +553,21 @@ def _relay_run(cluster: Cluster, s: Settings, a: AgentProcess, b: AgentProcess) 
     }
 
 
-def _floor_run(floor: FloorProcesses, s: Settings) -> dict[str, Any]:
-    t0, t1 = _window(s)
-    pinger, result = floor.ping(FLOOR_BYTES, t0, t1)
-    pids = {**floor.pids}
-    pids["clients"] = [*pids["clients"], pinger.pid]
-    cpu, cpu_system = _cpu_over(pids, t0, t1)
-    return _round_trips(result(_seconds_left(t1) + 30.0), cpu, cpu_system, t0, t1)
-
-
 def phase_raw(cluster: Cluster, s: Settings) -> dict[str, Any]:
     """Plain Spread between two sessions: ping-pong latency and the relay rate; and
     the floor under it: the same round trip through bare Twisted processes."""
     a, b = cluster.start_agents("raw", 2)
     try:
         b.request("echo")
-        pings = _repeat(s, _ping_run, cluster, s, a, b)
-        relays = _repeat(s, _relay_run, cluster, s, a, b)
+        pids = {"daemon": _daemon(cluster), "clients": [a.pid, b.pid]}
+        peer = b.ready["private_group"]
+        pings = _repeat(s, _ping_run, a, pids, s, peer=peer, size=ARGS_BYTES)
+        relays = _repeat(s, _relay_run, pids, s, a, b)
     finally:
         cluster.retire([a, b])
     floor = FloorProcesses(cluster.workdir)
     try:
-        floors = _repeat(s, _floor_run, floor, s)
+        floors = _repeat(s, _ping_run, floor.pinger, floor.pids, s, size=FLOOR_BYTES)
     finally:
         floor.stop()
     return _phase(

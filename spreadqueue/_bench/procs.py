@@ -1,12 +1,18 @@
-"""The benchmark's child processes, seen from the parent: start, talk to, stop, kill.
+"""The benchmark's one launcher: :class:`Child` starts, talks to and stops every child.
 
-- :class:`AgentProcess`: ``python -m spreadqueue._bench.agent ROLE ...`` with its
-  control channel (:mod:`spreadqueue._bench.channel`) on stdin/stdout and its log
-  (stderr) in a file. A reader thread per agent turns its stdout into messages, so
-  the parent can wait on any agent with a deadline.
-- :class:`DaemonProcess`: the embedded Spread daemon,
-  ``python -m twisted spread-daemon --listen tcp:0:interface=127.0.0.1 --ready-file F``
-  (the daemon picks a free loopback port and writes it to F).
+Every process ``spreadqueue bench`` starts is a :class:`Child`: the agents
+(``python -m spreadqueue._bench.agent ROLE``), the floor's processes
+(``python -m spreadqueue._bench.floor ROLE``), the Spread daemon
+(``python -m twisted spread-daemon``) and py-spy. Each gets the environment of
+:func:`child_env`, a log file ``WORKDIR/LABEL.log`` and the same ending
+(:meth:`Child.stop`). Two kinds:
+
+- ours speak the control channel (:mod:`spreadqueue._bench.channel`) on stdin and
+  stdout, log on stderr, are ready when they report ``{"event": "ready", ...}``, and
+  exit when their stdin closes. A reader thread per child turns its stdout into
+  messages, so the parent can wait on any child with a deadline.
+- a product or tool command (``channel=False``) is not talked to: its stdout joins its
+  log; it is ready when its ``ready_file`` appears (the daemon), or at once (py-spy).
 """
 
 from __future__ import annotations
@@ -20,19 +26,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import spreadqueue
 
-__all__ = ["AgentError", "AgentProcess", "DaemonProcess", "child_env", "stop_all"]
+__all__ = ["Child", "ChildError", "child_env", "python_module", "stop_all"]
 
 #: How long a process may take to start on a loaded 2-core machine.
 START_DEADLINE = 60.0
+#: How long a child has between SIGTERM and SIGKILL.
+TERM_GRACE_S = 5.0
+#: How often to look for a ready file: nothing tells us when it appears.
+FILE_POLL_S = 0.01
 
 
-class AgentError(RuntimeError):
+class ChildError(RuntimeError):
     """A child process failed, answered with an error, or did not answer in time."""
 
 
@@ -46,7 +56,13 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def python_module(module: str, *args: str) -> list[str]:
+    """The command line running ``module`` with ``args`` in this Python."""
+    return [sys.executable, "-m", module, *args]
+
+
 def _tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` of a log, for an error message."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -54,19 +70,36 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-class AgentProcess:
-    """One agent process: ``role`` with command-line ``args``, logging to ``workdir``."""
+class Child:
+    """One child process, labelled ``label``, running ``argv`` in ``workdir``.
 
-    def __init__(self, role: str, args: Iterable[str], workdir: Path, label: str) -> None:
-        self.role = role
+    With ``channel`` (the default) it is one of ours: driven with :meth:`send`,
+    :meth:`reply`, :meth:`request` and :meth:`wait_event`. Without, ``ready_file`` (if
+    any) is the file whose appearance says it is ready; its text is then
+    ``ready["text"]``.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        argv: Sequence[str],
+        workdir: Path,
+        *,
+        channel: bool = True,
+        ready_file: Path | None = None,
+    ) -> None:
         self.label = label
         self.log_path = workdir / f"{label}.log"
         self.ready: dict[str, Any] = {}
+        self._ready_file = ready_file
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)  # a stale one (from a killed run) would lie
+        self._channel = channel
         self._log: IO[bytes] = open(self.log_path, "wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "spreadqueue._bench.agent", role, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+            list(argv),
+            stdin=subprocess.PIPE if channel else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if channel else self._log,
             stderr=self._log,
             env=child_env(),
             cwd=str(workdir),
@@ -76,7 +109,8 @@ class AgentProcess:
         self._events: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
         self._eof = False
-        threading.Thread(target=self._read, name=f"bench-{label}", daemon=True).start()
+        if channel:
+            threading.Thread(target=self._read, name=f"bench-{label}", daemon=True).start()
 
     @property
     def pid(self) -> int:
@@ -84,29 +118,53 @@ class AgentProcess:
         return self.popen.pid
 
     @property
-    def private_group(self) -> str:
-        """The agent's Spread private group (once ready)."""
-        return str(self.ready["private_group"])
+    def returncode(self) -> int | None:
+        """The exit status once reaped, else None."""
+        return self.popen.returncode
+
+    def _fail(self, why: str) -> ChildError:
+        return ChildError(f"{self.label} (pid {self.pid}): {why}\n{_tail(self.log_path)}")
+
+    # ------------------------------------------------------------------ readiness
+
+    def wait_ready(self, timeout: float = START_DEADLINE) -> dict[str, Any]:
+        """Wait for the child's signal that it is ready (see the class); return it."""
+        if self._channel:
+            self.ready = self.wait_event("ready", timeout)
+        elif self._ready_file is not None:
+            self.ready = {"text": self._wait_file(self._ready_file, time.monotonic() + timeout)}
+        return self.ready
+
+    def _wait_file(self, path: Path, deadline: float) -> str:
+        """The text of ``path`` once it exists (it is written atomically), until ``deadline``."""
+        while not path.exists():
+            if self.popen.poll() is not None:
+                raise self._fail(f"exited with status {self.popen.returncode}")
+            if time.monotonic() > deadline:
+                raise self._fail("not ready in time")
+            time.sleep(FILE_POLL_S)
+        return path.read_text().strip()
+
+    # ------------------------------------------------------------------ talking
 
     def _read(self) -> None:
+        """The reader thread: each JSON line of stdout to the inbox, None at the end."""
         stdout = self.popen.stdout
         assert stdout is not None
-        for line in stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue  # not ours (nothing else should print there)
-            if isinstance(msg, dict):
-                self._inbox.put(msg)
+        with stdout:
+            for line in stdout:
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue  # not ours (nothing else should print there)
+                if isinstance(msg, dict):
+                    self._inbox.put(msg)
         self._inbox.put(None)
 
-    def _fail(self, why: str) -> AgentError:
-        return AgentError(
-            f"{self.label} ({self.role}, pid {self.pid}): {why}\n{_tail(self.log_path)}"
-        )
-
     def _take(self, deadline: float) -> None:
-        """Move one message from the agent into replies/events, waiting until ``deadline``."""
+        """Move one message from the child into replies/events, waiting until ``deadline``."""
+        if not self._channel:
+            raise self._fail("has no control channel")
         if self._eof:
             raise self._fail(f"exited with status {self.popen.poll()}")
         try:
@@ -122,13 +180,12 @@ class AgentProcess:
         else:
             self._events.append(msg)
 
-    # ------------------------------------------------------------------ commands
-
     def send(self, cmd: str, **args: Any) -> int:
         """Send a command without waiting; returns its id for :meth:`reply`."""
         ident = next(self._ids)
         stdin = self.popen.stdin
-        assert stdin is not None
+        if stdin is None:
+            raise self._fail(f"cannot send {cmd!r}: it has no control channel")
         try:
             stdin.write(json.dumps({"id": ident, "cmd": cmd, **args}).encode() + b"\n")
             stdin.flush()
@@ -137,7 +194,7 @@ class AgentProcess:
         return ident
 
     def reply(self, ident: int, timeout: float = 30.0) -> Any:
-        """The result of command ``ident``; AgentError if it failed or took too long."""
+        """The result of command ``ident``; ChildError if it failed or took too long."""
         deadline = time.monotonic() + timeout
         while ident not in self._replies:
             self._take(deadline)
@@ -164,11 +221,6 @@ class AgentProcess:
                     return self._events.pop(i)
             self._take(deadline)
 
-    def wait_ready(self, timeout: float = START_DEADLINE) -> dict[str, Any]:
-        """Wait for the agent's ready event."""
-        self.ready = self.wait_event("ready", timeout)
-        return self.ready
-
     # ------------------------------------------------------------------ ending
 
     def alive(self) -> bool:
@@ -176,103 +228,50 @@ class AgentProcess:
         return self.popen.poll() is None
 
     def ask_to_stop(self) -> None:
-        """Tell the agent to stop its objects and exit (see :meth:`finish`)."""
-        if self.alive():
+        """Close the child's stdin: one of ours stops its objects and exits on that."""
+        stdin = self.popen.stdin
+        if stdin is not None and not stdin.closed:
             try:
-                self.send("stop")
-            except AgentError:
-                pass
-            stdin = self.popen.stdin
-            if stdin is not None:
-                try:
-                    stdin.close()
-                except OSError:
-                    pass
+                stdin.close()
+            except OSError:
+                pass  # it is gone already: the broken pipe says nothing new
 
-    def finish(self, deadline: float) -> None:
-        """Wait for the exit until ``deadline`` (monotonic), then SIGTERM, then SIGKILL."""
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
-            if sig is not None and self.alive():
-                self.popen.send_signal(sig)
-            try:
-                self.popen.wait(max(0.1, deadline - time.monotonic()) if sig is None else 5)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+    def finish(self, deadline: float, grace: float = TERM_GRACE_S) -> None:
+        """Wait for the exit until ``deadline`` (monotonic), then SIGTERM, then SIGKILL
+        ``grace`` seconds later; reap the process and close its log."""
+        if not self._exited_by(deadline):
+            self.popen.send_signal(signal.SIGTERM)
+            if not self._exited_by(time.monotonic() + grace):
+                self.kill()
         self._log.close()
 
+    def _exited_by(self, deadline: float) -> bool:
+        """Wait until ``deadline`` for the exit; True once it is reaped."""
+        try:
+            self.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the child to stop (:meth:`ask_to_stop`) and :meth:`finish` it within
+        ``timeout`` seconds; 0 for a command that only stops on SIGTERM."""
+        self.ask_to_stop()
+        self.finish(time.monotonic() + timeout)
+
     def kill(self) -> None:
-        """SIGKILL now (as a crash would) and reap the process."""
+        """SIGKILL now (as a crash would), reap the process and close its log."""
         if self.alive():
             self.popen.send_signal(signal.SIGKILL)
         self.popen.wait(10)
         self._log.close()
 
 
-def stop_all(agents: Iterable[AgentProcess], timeout: float = 10.0) -> None:
-    """Stop ``agents`` together: ask all, then wait for each (killing laggards)."""
-    agents = list(agents)
-    for agent in agents:
-        agent.ask_to_stop()
+def stop_all(children: Iterable[Child], timeout: float = 10.0) -> None:
+    """Stop ``children`` together: ask all, then finish each by one shared deadline."""
+    children = list(children)
+    for child in children:
+        child.ask_to_stop()
     deadline = time.monotonic() + timeout
-    for agent in agents:
-        agent.finish(deadline)
-
-
-class DaemonProcess:
-    """The embedded Spread daemon in a process of its own, on a free loopback port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.ready_file = workdir / "daemon.ready"
-        self.log_path = workdir / "daemon.log"
-        self._log = open(self.log_path, "wb")
-        self.popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "twisted",
-                "--log-format",
-                "text",
-                "spread-daemon",
-                "--listen",
-                "tcp:0:interface=127.0.0.1",
-                "--ready-file",
-                str(self.ready_file),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=child_env(),
-            cwd=str(workdir),
-        )
-
-    @property
-    def pid(self) -> int:
-        """The process id."""
-        return self.popen.pid
-
-    def wait_ready(self, timeout: float = START_DEADLINE) -> str:
-        """Wait until it listens; return its client endpoint (``tcp:host=...:port=...``)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready_file.exists():
-                port = int(self.ready_file.read_text().strip())
-                return f"tcp:host=127.0.0.1:port={port}"
-            if self.popen.poll() is not None:
-                raise AgentError(
-                    f"the Spread daemon exited with status {self.popen.returncode}:\n"
-                    + _tail(self.log_path)
-                )
-            time.sleep(0.02)
-        raise AgentError("the Spread daemon did not start in time:\n" + _tail(self.log_path))
-
-    def stop(self) -> None:
-        """SIGTERM (twistd stops cleanly), then SIGKILL if it lingers."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
-        self._log.close()
+    for child in children:
+        child.finish(deadline)

@@ -25,11 +25,13 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
-import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from .procs import Child
 
 __all__ = ["PySpy", "find_pyspy", "load_stacks", "summarise"]
 
@@ -50,7 +52,7 @@ class PySpy:
         self.executable = executable
         self.outdir = outdir
         self.rate = rate
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._procs: dict[str, Child] = {}
         outdir.mkdir(parents=True, exist_ok=True)
 
     def within(self, name: str) -> PySpy:
@@ -60,38 +62,32 @@ class PySpy:
     def start(self, targets: Mapping[str, int], seconds: float) -> None:
         """Record each ``label -> pid`` of ``targets`` for ``seconds`` (rounded up)."""
         for label, pid in targets.items():
-            self._procs[label] = subprocess.Popen(
-                [
-                    self.executable,
-                    "record",
-                    "--pid",
-                    str(pid),
-                    "--duration",
-                    str(max(1, math.ceil(seconds))),
-                    "--rate",
-                    str(self.rate),
-                    "--format",
-                    "raw",
-                    "--function",
-                    "--gil",  # Python CPU only: see the module docstring
-                    "--nonblocking",  # do not stop the process for each sample
-                    "--output",
-                    str(self.outdir / f"{label}.txt"),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=open(self.outdir / f"{label}.pyspy.log", "wb"),
-            )
+            argv = [
+                self.executable,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(max(1, math.ceil(seconds))),
+                "--rate",
+                str(self.rate),
+                "--format",
+                "raw",
+                "--function",
+                "--gil",  # Python CPU only: see the module docstring
+                "--nonblocking",  # do not stop the process for each sample
+                "--output",
+                str(self.outdir / f"{label}.txt"),
+            ]
+            # py-spy is ready at once and ends by itself after --duration.
+            self._procs[label] = Child(f"{label}.pyspy", argv, self.outdir, channel=False)
 
     def finish(self, timeout: float = 30.0) -> dict[str, Path]:
         """Wait for the recorders; return ``label -> profile file`` of those that worked."""
+        deadline = time.monotonic() + timeout
         out: dict[str, Path] = {}
         for label, proc in self._procs.items():
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            proc.finish(deadline)
             path = self.outdir / f"{label}.txt"
             if proc.returncode == 0 and path.exists():
                 out[label] = path

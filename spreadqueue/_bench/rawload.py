@@ -1,8 +1,9 @@
 """Plain Spread traffic between two sessions, no queue: the floor the queue stands on.
 
 - Ping-pong: :class:`Echo` sends every message it gets back to its sender;
-  :class:`PingPong` sends one message, waits for the echo, sends the next, and times
-  each round trip.
+  :class:`PingPong` sends one message, waits for the echo, sends the next, and counts
+  and times the round trips as the floor's pinger does
+  (:class:`~spreadqueue._bench.pingloop.PingLoop`).
 - Relay: :class:`RelaySender` streams messages to a :class:`RelayReceiver` as fast as
   the daemon relays them. The daemon drops a session that falls 1000 messages behind,
   so the stream is paced by acknowledgements: the receiver sends back its count every
@@ -20,10 +21,11 @@ import time
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 
 from .._spread import wire
 from .._spread.session import SpreadSession
+from .pingloop import PingLoop
 
 __all__ = ["Echo", "PingPong", "RelayReceiver", "RelaySender"]
 
@@ -51,69 +53,36 @@ class Echo:
 
 
 class PingPong:
-    """Sequential round trips of ``size``-byte messages to ``peer`` until ``t1_ns``.
+    """Sequential round trips of ``size``-byte messages to ``peer`` (an :class:`Echo`)
+    until ``t1_ns``, counted by :class:`~spreadqueue._bench.pingloop.PingLoop`.
 
-    :meth:`run` fires with ``{"round_trips": n, "latencies_ns": [...]}`` (round trips
-    completed in ``[t0_ns, t1_ns)``) and ``lost`` (1 if the last echo never came).
+    :meth:`run` fires with ``{"latencies_ns": [...], "lost": 0 | 1}``.
     """
 
-    def __init__(
-        self,
-        reactor: IReactorTime,
-        session: SpreadSession,
-        peer: str,
-        size: int,
-        t0_ns: int,
-        t1_ns: int,
-        *,
-        timeout: float = 10.0,
-    ) -> None:
+    def __init__(self, reactor: IReactorTime, session: SpreadSession, peer: str, size: int):
         self._reactor = reactor
         self._session = session
         self._peer = peer
         self._data = bytes(size)
-        self._t0, self._t1 = t0_ns, t1_ns
-        self._timeout = timeout
-        self._sent_at = 0
-        self._total = 0
-        self._latencies: list[int] = []
-        self._done: Deferred[dict[str, Any]] = Deferred()
-        self._timer: IDelayedCall | None = None
 
-    def run(self) -> Deferred[dict[str, Any]]:
-        """Start; fires once the window has passed and the last echo is back."""
-        self._session.add_listener(self._on_frame, self._session.private_group)
-        self._ping()
-        return self._done
+    def run(self, t0_ns: int, t1_ns: int) -> Deferred[dict[str, Any]]:
+        """Ping until ``t1_ns``, counting round trips completed in ``[t0_ns, t1_ns)``."""
+        session = self._session
+        loop = PingLoop(self._reactor, self._ping, t0_ns, t1_ns)
+
+        def on_frame(frame: object) -> None:
+            if type(frame) is wire.RegularMessage and frame.mess_type == PING:
+                loop.answered()
+
+        def unlisten(result: dict[str, Any]) -> dict[str, Any]:
+            session.remove_listener(on_frame, session.private_group)
+            return result
+
+        session.add_listener(on_frame, session.private_group)
+        return loop.run().addCallback(unlisten)
 
     def _ping(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = self._reactor.callLater(self._timeout, self._finish, 1)
-        self._sent_at = time.monotonic_ns()
         self._session.multicast(self._peer, self._data, service=SERVICE, mess_type=PING)
-
-    def _on_frame(self, frame: object) -> None:
-        if type(frame) is not wire.RegularMessage or frame.mess_type != PING:
-            return
-        now = time.monotonic_ns()
-        self._total += 1
-        if self._t0 <= now < self._t1:
-            self._latencies.append(now - self._sent_at)
-        if now < self._t1:
-            self._ping()
-        else:
-            self._finish(0)
-
-    def _finish(self, lost: int) -> None:
-        if self._done.called:
-            return
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._session.remove_listener(self._on_frame, self._session.private_group)
-        self._done.callback(
-            {"round_trips": self._total, "latencies_ns": self._latencies, "lost": lost}
-        )
 
 
 class RelayReceiver:

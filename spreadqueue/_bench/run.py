@@ -18,7 +18,7 @@ from typing import Any
 from .cluster import Cluster
 from .combine import combine
 from .phases import PHASES, Settings
-from .procs import AgentError
+from .procs import ChildError
 from .profiling import PySpy, find_pyspy, summarise
 from .report import format_report
 
@@ -210,7 +210,7 @@ def run(options: argparse.Namespace, s: Settings, workdir: Path) -> tuple[dict[s
             started = time.monotonic()
             try:
                 results[name] = PHASES[name](cluster, s)
-            except (AgentError, ValueError, OSError) as e:
+            except (ChildError, ValueError, OSError) as e:
                 ok = False
                 results[name] = {"error": str(e)}
                 _say(f"bench: {name} failed: {e}")
