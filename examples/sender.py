@@ -11,16 +11,15 @@ $SPREAD_DAEMON (default ``4803@localhost``).
 
 from __future__ import annotations
 
-import os
 import sys
 
 from twisted.internet.error import ConnectError
 
-from spreadqueue._queue.blocking import BlockingSender
-from spreadqueue._queue.errors import TaskError
+from spreadqueue import BlockingSender, TaskError, default_queue, default_spread
 
-QUEUE = os.environ.get("SPREAD_QUEUE_NAME") or os.environ.get("SPREAD_QUEUE") or "myqueue"
-SPREAD = os.environ.get("SPREAD_DAEMON") or "4803@localhost"
+# $SPREAD_QUEUE_NAME and $SPREAD_DAEMON, as every spreadqueue command reads them.
+QUEUE = default_queue("myqueue")
+SPREAD = default_spread()
 
 
 def main() -> int:

@@ -22,13 +22,11 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from spreadqueue._queue.errors import TaskError
-from spreadqueue._queue.sender import Sender
-from spreadqueue._queue.worker import Worker
-from spreadqueue._spread.client import connect
+from spreadqueue import Sender, TaskError, Worker, connect, default_queue, default_spread
 
-QUEUE = os.environ.get("SPREAD_QUEUE_NAME") or os.environ.get("SPREAD_QUEUE") or "myqueue"
-SPREAD = os.environ.get("SPREAD_DAEMON") or "4803@localhost"
+# $SPREAD_QUEUE_NAME and $SPREAD_DAEMON, as every spreadqueue command reads them.
+QUEUE = default_queue("myqueue")
+SPREAD = default_spread()
 PORT = int(os.environ.get("PORT", "8080"))
 
 

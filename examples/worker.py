@@ -11,16 +11,15 @@ new work, finishes what it holds and leaves the queue.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.internet import defer, task
 
-from spreadqueue._queue.worker import Task, Worker
-from spreadqueue._spread.client import connect
+from spreadqueue import Task, Worker, connect, default_queue, default_spread
 
-QUEUE = os.environ.get("SPREAD_QUEUE_NAME") or os.environ.get("SPREAD_QUEUE") or "myqueue"
-SPREAD = os.environ.get("SPREAD_DAEMON") or "4803@localhost"
+# $SPREAD_QUEUE_NAME and $SPREAD_DAEMON, as every spreadqueue command reads them.
+QUEUE = default_queue("myqueue")
+SPREAD = default_spread()
 
 
 async def main(reactor: Any) -> None:

@@ -12,7 +12,6 @@ Perl's Spread::Queue synopsis works as written::
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,6 +21,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.threads import blockingCallFromThread
 from twisted.python import threadable
 
+from .._defaults import default_queue, default_spread
 from .._spread.interfaces import ISpreadSession
 from .interfaces import ISerializer
 from .sender import Reply, Sender
@@ -52,8 +52,9 @@ def _ensure_running(reactor: Any) -> None:
 class BlockingSender:
     """Submit tasks to queue ``queue`` from ordinary (blocking) code.
 
-    ``queue`` defaults to the ``SPREAD_QUEUE_NAME`` environment variable (as in Perl's
-    Spread::Queue). ``spread`` is the daemon's address (``"4803@localhost"``, ``"4803"`` or a
+    ``queue`` defaults to ``$SPREAD_QUEUE_NAME`` (as in Perl's Spread::Queue; then
+    ``$SPREAD_QUEUE``). ``spread`` is the daemon's address, by default ``$SPREAD_DAEMON``
+    or ``"4803@localhost"`` (``"4803@host"``, ``"4803"`` or a
     Twisted endpoint string); ``name`` the private name (None: the daemon invents a
     unique one). ``reactor`` defaults to Twisted's global reactor, started in a
     background thread if it is not running. ``session_factory`` (called in the
@@ -66,7 +67,7 @@ class BlockingSender:
     def __init__(
         self,
         queue: str | None = None,
-        spread: str = "4803@localhost",
+        spread: str | None = None,
         *,
         name: str | None = None,
         serializer: ISerializer | None = None,
@@ -77,9 +78,11 @@ class BlockingSender:
         session_factory: Callable[[], Deferred[ISpreadSession]] | None = None,
     ) -> None:
         if queue is None:
-            queue = os.environ.get("SPREAD_QUEUE_NAME")
+            queue = default_queue()
             if not queue:
-                raise ValueError("no queue name given and SPREAD_QUEUE_NAME is not set")
+                raise ValueError("no queue name given and $SPREAD_QUEUE_NAME is not set")
+        if spread is None:
+            spread = default_spread()
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 

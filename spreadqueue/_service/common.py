@@ -1,10 +1,12 @@
-"""What the plugins' option parsers share: defaults from the environment, readiness files."""
+"""What the service layer's entry points share: readiness files, startup failures.
+
+The environment defaults are in :mod:`spreadqueue._defaults`.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import Service
@@ -12,23 +14,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 log = Logger()
-
-#: The Spread daemon Perl's Spread::Queue used when nothing else was said.
-DEFAULT_SPREAD = "4803@localhost"
-#: The embedded daemon's default listening endpoint: loopback only.
-DEFAULT_LISTEN = "tcp:4803:interface=127.0.0.1"
-
-
-def default_spread(environ: Mapping[str, str] = os.environ) -> str:
-    """``$SPREAD_DAEMON``, else ``4803@localhost``."""
-    return environ.get("SPREAD_DAEMON") or DEFAULT_SPREAD
-
-
-def default_queue(environ: Mapping[str, str] = os.environ) -> str | None:
-    """``$SPREAD_QUEUE_NAME`` (what Perl's Spread::Queue documents), else ``$SPREAD_QUEUE``
-    (what its code read), else None."""
-    return environ.get("SPREAD_QUEUE_NAME") or environ.get("SPREAD_QUEUE") or None
-
 
 def write_ready_file(path: str, content: str) -> None:
     """Write ``content`` to ``path`` atomically, so a watcher never reads half of it."""

@@ -9,8 +9,9 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IListeningPort
 from twisted.python import usage
 
+from .._defaults import DEFAULT_LISTEN
 from .._spread.daemon import DEFAULT_MAX_SESSIONS, SpreadDaemonService
-from .common import DEFAULT_LISTEN, ReadyFileService, fail_startup, write_ready_file
+from .common import ReadyFileService, fail_startup, write_ready_file
 
 
 class Options(usage.Options):

@@ -15,10 +15,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from .._defaults import default_queue, default_spread
 from .._queue.errors import NoManager, RemoteError, TaskError, TaskTimeout
 from .._queue.names import validate_queue_name
 from .._spread.errors import SpreadError
-from .common import default_queue, default_spread
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

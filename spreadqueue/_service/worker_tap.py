@@ -9,8 +9,9 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+from .._defaults import default_queue, default_spread
 from .._queue.names import validate_queue_name
-from .common import ReadyFileService, default_queue, default_spread, write_ready_file
+from .common import ReadyFileService, write_ready_file
 from .processes import WorkerProcessService
 
 

@@ -56,6 +56,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._defaults import DEFAULT_LISTEN
 from .batch import DeliveryBatch
 from .core import DEFAULT_MAX_SESSIONS, Admission, DaemonCore, Envelope, Session
 from .errors import (
@@ -88,7 +89,6 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
 __all__ = [
-    "DEFAULT_ENDPOINT",
     "DEFAULT_MAX_QUEUED",
     "DEFAULT_MAX_SESSIONS",
     "SpreadDaemonFactory",
@@ -97,8 +97,6 @@ __all__ = [
     "listen",
 ]
 
-#: Where the daemon listens unless told otherwise: the Spread port, loopback only.
-DEFAULT_ENDPOINT: Final = "tcp:4803:interface=127.0.0.1"
 #: The real daemon's MaxSessionMessages (section 11.3).
 DEFAULT_MAX_QUEUED: Final = 1000
 
@@ -606,7 +604,7 @@ class SpreadDaemonFactory(Factory):
 
 
 def listen(
-    reactor: Any, endpoint: str = DEFAULT_ENDPOINT, **options: Any
+    reactor: Any, endpoint: str = DEFAULT_LISTEN, **options: Any
 ) -> Deferred[IListeningPort]:
     """Listen for Spread clients on ``endpoint`` (a server endpoint string).
 
@@ -628,7 +626,7 @@ class SpreadDaemonService(Service):
 
     def __init__(
         self,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str = DEFAULT_LISTEN,
         name: str = "localhost",
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         allowed_networks: Iterable[Network | str] = (),
