@@ -764,7 +764,7 @@ def test_stopping_a_sender_fails_its_pending_tasks_and_cancels_them(net: Net) ->
     failure_of(r, SenderStopped)
     assert manager.state.queued == 0
     # no timer of the sender is left behind in the reactor
-    assert sender._deadline_timer is None and sender._ack_timer is None
+    assert not sender._deadlines.armed and sender._ack_timer is None
     with pytest.raises(QueueError):
         sender.submit("echo")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import secrets
 from collections import deque
@@ -17,6 +16,7 @@ from twisted.python.failure import Failure
 
 from .._spread.interfaces import ISpreadSession
 from .._spread.wire import MembershipMessage, RegularMessage
+from .deadlines import Deadlines
 from .errors import (
     MalformedMessage,
     NoManager,
@@ -157,12 +157,8 @@ class Sender:
         self._unacked = 0
         self._acks: deque[tuple[float, _Pending]] = deque()
         self._ack_timer: IDelayedCall | None = None
-        # Task timeouts: one heap and one timer for all tasks, not a DelayedCall per
-        # task; entries of finished tasks are skipped when they come up.
-        self._deadlines: list[tuple[float, int, _Pending]] = []
-        self._deadline_seq = itertools.count()
-        self._deadline_timer: IDelayedCall | None = None
-        self._live_deadlines = 0
+        # Task timeouts: one heap and one timer for all tasks, not a DelayedCall each.
+        self._deadlines: Deadlines[_Pending] = Deadlines(reactor, self._timed_out, self._is_pending)
         self._replies: deque[Reply | TaskError] = deque()
         self._waiters: deque[Deferred[Reply]] = deque()
         self._members: dict[str, None] = {}
@@ -322,11 +318,7 @@ class Sender:
         p = _Pending(task_id, func, data, timeout, deadline, deferred)
         self._pending[task_id] = p
         if deadline is not None:
-            heapq.heappush(self._deadlines, (deadline, next(self._deadline_seq), p))
-            self._live_deadlines += 1
-            timer = self._deadline_timer
-            if timer is None or timer.getTime() > deadline:
-                self._arm_deadlines(now)
+            self._deadlines.add(deadline, p)
         self.stats["submitted"] += 1
         if state == "ready" and not self._backlog and self._unacked < self.window:
             self._send(p, now)  # the usual case: straight into this turn's SUBMIT
@@ -402,28 +394,12 @@ class Sender:
         self.stats["resubmitted"] += len(tasks)
         self._pump()
 
-    def _arm_deadlines(self, now: float) -> None:
-        heap, timer = self._deadlines, self._deadline_timer
-        if not heap:
-            return
-        first = heap[0][0]
-        if timer is not None:
-            if timer.getTime() <= first:
-                return
-            timer.cancel()
-        self._deadline_timer = self._reactor.callLater(max(0.0, first - now), self._timeouts)
+    def _is_pending(self, p: _Pending) -> bool:
+        return self._pending.get(p.task_id) is p
 
-    def _timeouts(self) -> None:
-        self._deadline_timer = None
-        now = self._reactor.seconds()
-        pending = self._pending
-        # (re-read self._deadlines: finishing a task may compact it into a new list)
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, p = heapq.heappop(self._deadlines)
-            if pending.get(p.task_id) is p:
-                error = TaskTimeout(p.task_id, f"no result within {p.timeout:g}s")
-                self._finish(p, error, cancel=True)
-        self._arm_deadlines(now)
+    def _timed_out(self, p: _Pending) -> None:
+        error = TaskTimeout(p.task_id, f"no result within {p.timeout:g}s")
+        self._finish(p, error, cancel=True)
 
     def _withdraw(self, task_id: str) -> None:
         """Forget a task without answering it; tell the manager if it was sent."""
@@ -434,12 +410,7 @@ class Sender:
     def _remove(self, p: _Pending, *, cancel: bool) -> None:
         del self._pending[p.task_id]
         if p.deadline is not None:
-            self._live_deadlines -= 1
-            heap = self._deadlines
-            if len(heap) > 2 * self._live_deadlines + 1024:
-                pending = self._pending
-                self._deadlines = [e for e in heap if pending.get(e[2].task_id) is e[2]]
-                heapq.heapify(self._deadlines)
+            self._deadlines.done()
         if p.state == _UNACKED:
             self._unacked -= 1
         if cancel and p.state != _BACKLOG and self._state != "stopped":
@@ -477,10 +448,9 @@ class Sender:
         self._backlog.clear()
         self._acks.clear()
         self._deadlines.clear()
-        for timer in (self._ack_timer, self._deadline_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._ack_timer = self._deadline_timer = None
+        timer, self._ack_timer = self._ack_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         waiters, self._waiters = self._waiters, deque()
         for w in waiters:
             w.errback(SenderStopped("", why))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -11,12 +10,13 @@ from typing import Any, Final, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._spread.interfaces import ISpreadSession
 from .._spread.wire import RegularMessage
+from .deadlines import Deadlines
 from .errors import MalformedMessage, PayloadTooLarge
 from .interfaces import ISerializer
 from .messages import (
@@ -70,6 +70,10 @@ _BURST: Final = 2
 _MAX_TRACEBACK: Final = 16 * 1024
 
 
+def _unfinished(task: Task) -> bool:
+    return not task._finished
+
+
 def _type_name(t: type) -> str:
     module = t.__module__
     return t.__qualname__ if module == "builtins" else f"{module}.{t.__qualname__}"
@@ -93,6 +97,7 @@ class Task:
         "_deferred",
         "_finished",
         "_started",
+        "_timed",
         "attempt",
         "func",
         "reply_to",
@@ -117,6 +122,7 @@ class Task:
         self._cancelled = False
         self._abandoned = False
         self._started = 0.0
+        self._timed = False  # it has a deadline in the worker's Deadlines
 
     def __repr__(self) -> str:
         return f"<Task {self.task_id} {self.func} attempt {self.attempt}>"
@@ -196,9 +202,7 @@ class Worker(Service):
         self._fifo: deque[tuple[Assign, float | None]] = deque()
         self._starting = False
         # handler timeouts: one heap and one timer (entries of finished tasks skipped)
-        self._expiries: list[tuple[float, int, Task]] = []
-        self._expiry_seq = itertools.count()
-        self._expiry_timer: IDelayedCall | None = None
+        self._expiries: Deadlines[Task] = Deadlines(reactor, self._expire, _unfinished)
         self._state = "new"  # new -> starting -> ready -> draining -> stopped
         self._results: dict[str, list[Result]] = {}
         self._result_bytes: dict[str, int] = {}
@@ -328,7 +332,7 @@ class Worker(Service):
         self._running.clear()
         self._forget_waiting()
         self._state = "stopped"
-        self._stop_expiry_timer()
+        self._expiries.clear()
         if self.session.connected:
             self._control.add((self.groups.manager,), Kind.RETIRE, Retire(self.worker_id))
             self._flush()
@@ -354,7 +358,7 @@ class Worker(Service):
             self._cancel_task(task)
         self._running.clear()
         self._forget_waiting()
-        self._stop_expiry_timer()
+        self._expiries.clear()
         self._turn.cancel()
         drained, self._drained = self._drained, []
         for d in drained:
@@ -563,42 +567,13 @@ class Worker(Service):
         task._deferred = r
         if deadline is not None:
             # The sender stops waiting then; stop working too (if the handler can).
-            self._expire_at(deadline, task)
+            task._timed = True
+            self._expiries.add(deadline, task)
         r.addCallbacks(self._succeeded, self._failed, callbackArgs=(task,), errbackArgs=(task,))
 
-    def _expire_at(self, deadline: float, task: Task) -> None:
-        heap = self._expiries
-        heapq.heappush(heap, (deadline, next(self._expiry_seq), task))
-        if len(heap) > 2 * len(self._running) + 1024:
-            # Mostly finished tasks: drop their entries.
-            self._expiries = heap = [x for x in heap if not x[2]._finished]
-            heapq.heapify(heap)
-        timer = self._expiry_timer
-        if timer is not None:
-            if timer.getTime() <= heap[0][0]:
-                return
-            timer.cancel()
-        delay = max(0.0, heap[0][0] - self._reactor.seconds())
-        self._expiry_timer = self._reactor.callLater(delay, self._expire_due)
-
-    def _expire_due(self) -> None:
-        self._expiry_timer = None
-        now = self._reactor.seconds()
-        heap = self._expiries
-        while heap and heap[0][0] <= now:
-            task = heapq.heappop(heap)[2]
-            if not task._finished:
-                task._cancelled = True
-                self._cancel_task(task)
-            heap = self._expiries  # (cancelling may have compacted it)
-        if heap and self._expiry_timer is None:
-            self._expiry_timer = self._reactor.callLater(heap[0][0] - now, self._expire_due)
-
-    def _stop_expiry_timer(self) -> None:
-        timer, self._expiry_timer = self._expiry_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-        self._expiries = []
+    def _expire(self, task: Task) -> None:
+        task._cancelled = True
+        self._cancel_task(task)
 
     def _cancel_task(self, task: Task) -> None:
         d = task._deferred
@@ -664,6 +639,8 @@ class Worker(Service):
 
     def _complete(self, task: Task, status: Status, payload: Any) -> None:
         task._finished = True
+        if task._timed:
+            self._expiries.done()
         if self._running.get(task.task_id) is task:
             del self._running[task.task_id]
         if task._abandoned:

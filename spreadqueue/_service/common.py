@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 
 log = Logger()
 
+
 def write_ready_file(path: str, content: str) -> None:
     """Write ``content`` to ``path`` atomically, so a watcher never reads half of it."""
     directory = os.path.dirname(os.path.abspath(path))
