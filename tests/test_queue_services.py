@@ -577,7 +577,7 @@ def test_a_manager_with_a_session_factory_reconnects(net: Net) -> None:
         opened.append(s)
         return succeed(s)
 
-    manager = ManagerService(net.clock, factory, Q, reconnect_delay=1.0)
+    manager = ManagerService(net.clock, factory, Q, reconnect_delay=1.0, reconnect_jitter=0)
     manager.startService()
     net.pump()
     assert manager.active
@@ -912,14 +912,6 @@ def test_stopping_a_manager_that_opened_its_session_waits_until_it_is_closed(
     process (twistd) drops what is still unwritten when stopService returns, and that
     used to lose the RESUBMITs of the queued tasks (and the session's KILL)."""
     session = net.session()
-    closed: Deferred[None] = Deferred()
-    disconnect = session.disconnect
-
-    def slow_disconnect() -> Deferred[None]:
-        disconnect()
-        return closed
-
-    session.disconnect = slow_disconnect  # type: ignore[method-assign]
     sent: list[int] = []
     multicast = session.multicast
 
@@ -934,11 +926,12 @@ def test_stopping_a_manager_that_opened_its_session_waits_until_it_is_closed(
     net.sender().submit("echo", 1)  # no worker: it stays queued
     net.pump()
     stopped = manager.stopService()
+    closed_when_stopped: list[bool] = []
+    stopped.addCallback(lambda _: closed_when_stopped.append(session.disconnect_reason is not None))
     net.pump()
     assert sent.count(mess_type(Kind.FAILED)) == 1
-    assert pending(stopped)
-    closed.callback(None)
     fired(stopped)
+    assert closed_when_stopped == [True]  # the session had ended when stopService fired
 
 
 # --------------------------------------------------------------------------- prefetch

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._spread.interfaces import ISpreadSession
+from .._spread.keeper import SessionKeeper
 from .._spread.wire import MembershipMessage, RegularMessage
 from .errors import MalformedMessage
 from .interfaces import IAssignmentPolicy
@@ -72,6 +73,7 @@ class ManagerService(Service):
         tick_interval: float = 0.25,
         reconnect_delay: float = 1.0,
         max_reconnect_delay: float = 30.0,
+        reconnect_jitter: float = 0.1,
         ack_delay: float = 0.05,
     ) -> None:
         self.groups = queue_groups(queue)
@@ -79,10 +81,19 @@ class ManagerService(Service):
         self._reactor = reactor
         if ISpreadSession.providedBy(session):
             self._given: ISpreadSession | None = session  # type: ignore[assignment]
-            self._factory: SessionFactory | None = None
+            self._keeper: SessionKeeper | None = None
         elif callable(session):
             self._given = None
-            self._factory = session
+            self._keeper = SessionKeeper(
+                reactor,
+                session,
+                self._attach,
+                who=f"queue manager {queue}",
+                initial_delay=reconnect_delay,
+                max_delay=max_reconnect_delay,
+                jitter=reconnect_jitter,
+                on_permanent=self._cannot_open,
+            )
         else:
             raise TypeError(f"session must be an ISpreadSession or a factory, not {session!r}")
         self._options: dict[str, Any] = {
@@ -93,10 +104,6 @@ class ManagerService(Service):
             "ack_delay": ack_delay,
         }
         self._tick_interval = tick_interval
-        self._reconnect_delay = reconnect_delay
-        self._max_reconnect_delay = max_reconnect_delay
-        self._delay = reconnect_delay
-        self._retry: IDelayedCall | None = None
         self._session: ISpreadSession | None = None
         self._state: QueueManager | None = None
         self._ticker: LoopingCall | None = None
@@ -129,7 +136,11 @@ class ManagerService(Service):
         return self._state is not None and self._state.active
 
     def whenActive(self) -> Deferred[None]:
-        """A Deferred that fires once this manager is the queue's active manager."""
+        """A Deferred that fires once this manager is the queue's active manager.
+
+        It fails when the manager cannot open a session for good (a private name the
+        daemon refuses, say): then it never will be.
+        """
         if self.active:
             return succeed(None)
         d: Deferred[None] = Deferred(self._active_waiters.remove)
@@ -151,18 +162,15 @@ class ManagerService(Service):
         super().startService()
         if self._given is not None:
             self._attach(self._given)
-        else:
-            self._open()
+        elif self._keeper is not None:
+            self._keeper.startService()
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """Leave the groups (the manager group first, so a standby takes over at once)."""
         super().stopService()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        session = self._session
+        session, keeper = self._session, self._keeper
         if session is None:
-            return succeed(None)
+            return succeed(None) if keeper is None else keeper.stopService()
         groups = self.groups
         # Leave Q-mgr first: a standby takes over at that point of the total order.
         # Senders then see us leave Q-snd and resubmit to it.
@@ -172,10 +180,10 @@ class ManagerService(Service):
         def detach(_: object) -> Deferred[None] | None:
             self._flush()
             self._detach(session)
-            if self._factory is not None and session.connected:
+            if keeper is not None:
                 # Stop only once the session is closed: at reactor shutdown, what is
                 # still unwritten (the RESUBMITs just flushed, the KILL) would be lost.
-                return session.disconnect()
+                return keeper.stopService()
             return None
 
         d.addCallback(detach)
@@ -183,35 +191,11 @@ class ManagerService(Service):
 
     # ------------------------------------------------------------------ sessions
 
-    def _open(self) -> None:
-        assert self._factory is not None
-        self._retry = None
-        d = self._factory()
-
-        def opened(session: ISpreadSession) -> None:
-            self._delay = self._reconnect_delay
-            if not self.running:
-                session.disconnect()
-                return
-            self._attach(session)
-
-        def failed(f: Failure) -> None:
-            self.log.warn(
-                "queue manager {queue}: cannot open a Spread session ({error}); retrying in "
-                "{delay:.1f}s",
-                queue=self.groups.queue,
-                error=f.getErrorMessage(),
-                delay=self._delay,
-            )
-            self._schedule_reopen()
-
-        d.addCallbacks(opened, failed)
-
-    def _schedule_reopen(self) -> None:
-        if not self.running or self._factory is None or self._retry is not None:
-            return
-        self._retry = self._reactor.callLater(self._delay, self._open)
-        self._delay = min(self._delay * 2, self._max_reconnect_delay)
+    def _cannot_open(self, failure: Failure) -> None:
+        """The keeper gave up for good: tell those waiting for this manager to activate."""
+        waiters, self._active_waiters = self._active_waiters, []
+        for d in waiters:
+            d.errback(failure)
 
     def _attach(self, session: ISpreadSession) -> None:
         groups = self.groups
@@ -287,8 +271,7 @@ class ManagerService(Service):
             queue=self.groups.queue,
             session=session.private_group,
         )
-        self._detach(session)
-        self._schedule_reopen()
+        self._detach(session)  # (a keeper opens the next session)
 
     # ------------------------------------------------------------------ frames
 

@@ -16,7 +16,6 @@ from typing import Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
@@ -26,6 +25,7 @@ from .._spread.client import connect, parse_spread_endpoint
 from .._spread.daemon import SpreadDaemonService
 from .._spread.endpoints import spread_address
 from .._spread.interfaces import ISpreadSession
+from .._spread.keeper import SessionKeeper
 from .._spread.local import local_session
 
 __all__ = ["ManagerProcessService", "WorkerProcessService", "daemon_answers"]
@@ -167,28 +167,27 @@ class WorkerProcessService(MultiService):
         self.concurrency = concurrency
         self.private_name = name
         self.worker: Worker | None = None
-        self.session: ISpreadSession | None = None
         self._on_ready = on_ready
         self._worker_options = worker_options
-        self._delay = self._min_delay = reconnect_delay
-        self._max_delay = max_reconnect_delay
-        self._retry: IDelayedCall | None = None
+        self._keeper = SessionKeeper(
+            reactor,
+            lambda: connect(reactor, spread, name),
+            self._attach,
+            who=f"worker of queue {queue}",
+            initial_delay=reconnect_delay,
+            max_delay=max_reconnect_delay,
+        )
+
+    @property
+    def session(self) -> ISpreadSession | None:
+        """The worker's session (None while reconnecting or stopped)."""
+        return self.worker.session if self.worker is not None else None
 
     def startService(self) -> None:
         super().startService()
-        self._open()
+        self._keeper.startService()
 
-    def _open(self) -> None:
-        self._retry = None
-        Deferred.fromCoroutine(self._attach()).addErrback(self._failed)
-
-    async def _attach(self) -> None:
-        session = await connect(self.reactor, self.spread, self.private_name)
-        if not self.running:
-            await session.disconnect()
-            return
-        self._delay = self._min_delay
-        self.session = session
+    def _attach(self, session: ISpreadSession) -> None:
         worker = Worker(
             self.reactor,
             session,
@@ -198,13 +197,15 @@ class WorkerProcessService(MultiService):
             **self._worker_options,
         )
         self.worker = worker
-        session.whenDisconnected().addCallback(lambda _: self._lost(session))
-        await worker.start()
+        session.whenDisconnected().addCallback(lambda _: self._lost(worker))
+        worker.start().addCallback(lambda _: self._registered(worker))
+
+    def _registered(self, worker: Worker) -> None:
         log.info(
             "worker {worker} of queue {queue} ready on {group} ({n} handlers, concurrency {c})",
             worker=worker.worker_id,
             queue=self.queue,
-            group=session.private_group,
+            group=worker.session.private_group,
             n=len(self.handlers),
             c=self.concurrency,
         )
@@ -212,46 +213,22 @@ class WorkerProcessService(MultiService):
             ready, self._on_ready = self._on_ready, None
             ready()
 
-    def _failed(self, failure: Any) -> None:
-        log.warn(
-            "worker of queue {queue}: cannot reach Spread at {spread} ({error}); retrying in "
-            "{delay:.1f}s",
-            queue=self.queue,
-            spread=self.spread,
-            error=failure.getErrorMessage(),
-            delay=self._delay,
-        )
-        self._schedule()
-
-    def _lost(self, session: ISpreadSession) -> None:
-        if self.session is session:
-            self.session = None
+    def _lost(self, worker: Worker) -> None:
+        if self.worker is worker:
             self.worker = None
             if self.running:
                 log.warn("worker of queue {queue}: Spread session lost", queue=self.queue)
-                self._schedule()
-
-    def _schedule(self) -> None:
-        if self.running and self._retry is None:
-            self._retry = self.reactor.callLater(self._delay, self._open)
-            self._delay = min(self._delay * 2, self._max_delay)
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """Stop taking work, finish what is in flight (bounded), then disconnect."""
         super().stopService()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        worker, session = self.worker, self.session
-        self.worker = self.session = None
-        if worker is None or session is None:
-            return succeed(None)
+        worker, self.worker = self.worker, None
 
         async def drain() -> None:
             try:
-                await worker.stop()
+                if worker is not None:
+                    await worker.stop()
             finally:
-                if session.connected:
-                    await session.disconnect()
+                await self._keeper.stopService()
 
         return Deferred.fromCoroutine(drain())
