@@ -1,8 +1,9 @@
 """The ``spreadqueue`` and ``sqm`` command lines.
 
-``spreadqueue daemon|manager|worker`` run the twistd plugins in the foreground (exactly
-as ``twist spread-daemon ...`` would); ``demo``, ``rpc`` and ``bench`` are programs of
-their own. ``sqm QUEUE`` is the command of Perl's Spread::Queue: a queue manager.
+``spreadqueue daemon|manager|worker`` run the services of the twistd plugins in the
+foreground (as ``twist spread-daemon ...`` would, see :mod:`.runner`); ``demo``,
+``rpc`` and ``bench`` are programs of their own. ``sqm QUEUE`` is the command of Perl's
+Spread::Queue: a queue manager.
 """
 
 from __future__ import annotations
@@ -26,44 +27,23 @@ commands:
 Environment: SPREAD_DAEMON (default 4803@localhost), SPREAD_QUEUE_NAME (default queue).
 """
 
-_PLUGINS = {
-    "daemon": "spread-daemon",
-    "manager": "spreadqueue-manager",
-    "worker": "spreadqueue-worker",
+#: The commands that run a service, and the twistd plugin each one equals.
+_SERVICES = {
+    "daemon": ("daemon_tap", "spread-daemon"),
+    "manager": ("manager_tap", "spreadqueue-manager"),
+    "worker": ("worker_tap", "spreadqueue-worker"),
 }
 
 
-def run_plugin(plugin: str, args: Sequence[str], prog: str) -> int:
-    """Run one of our twistd plugins in the foreground with human-readable logs."""
-    from twisted.application.service import IServiceMaker
-    from twisted.application.twist._twist import Twist
-    from twisted.plugin import getPlugins
-    from twisted.python.usage import UsageError
+def run_service(module: str, args: Sequence[str], prog: str) -> int:
+    """Run the service of tap module ``module`` (``Options``, ``makeService``) in the
+    foreground, as the twistd plugin of the same options would."""
+    import importlib
 
-    for maker in getPlugins(IServiceMaker):
-        if maker.tapname == plugin:
-            # Help and usage errors in the plugin's own terms ("sqm [options] [QUEUE]"),
-            # not twist's ("twist [options] plugin [plugin_options]").
-            options = maker.options()
-            options.synopsis = f"Usage: {prog} {options.synopsis}"
-            if any(a in ("-h", "--help") for a in args):
-                print(str(options).rstrip())
-                return 0
-            try:
-                options.parseOptions(list(args))
-            except UsageError as e:
-                print(f"{prog}: {e}\n{prog} --help lists the options.", file=sys.stderr)
-                return 2
-            break
-    argv = [prog, "--log-format=text", plugin, *args]
-    try:
-        Twist.main(argv)
-    except SystemExit as e:
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-            return 1
-        return int(e.code or 0)
-    return 0
+    from .runner import run
+
+    tap = importlib.import_module(f"{__package__}.{module}")
+    return run(tap.Options, tap.makeService, args, prog)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,8 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE, end="")
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    if command in _PLUGINS:
-        return run_plugin(_PLUGINS[command], rest, f"spreadqueue {command}")
+    if command in _SERVICES:
+        return run_service(_SERVICES[command][0], rest, f"spreadqueue {command}")
     if command == "demo":
         from .demo import main as demo_main
 
@@ -123,8 +103,8 @@ def sqm_main(argv: Sequence[str] | None = None) -> int:
     params: list[Any] = list(Options.optParameters)
     takes_value = {f"--{p[0]}" for p in params} | {f"-{p[1]}" for p in params if p[1]}
     # sqm starts an embedded daemon when nothing answers, unless told not to.
-    return run_plugin(
-        "spreadqueue-manager", ["--embedded-daemon=auto", *options_last(args, takes_value)], "sqm"
+    return run_service(
+        "manager_tap", ["--embedded-daemon=auto", *options_last(args, takes_value)], "sqm"
     )
 
 

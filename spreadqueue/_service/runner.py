@@ -1,0 +1,60 @@
+"""Running one of our services in the foreground, as ``spreadqueue daemon|manager|worker``
+and ``sqm`` do: what ``twist`` does for a plugin, through public Twisted APIs only.
+
+Options are parsed and help is printed in the command's own terms (``sqm [options]
+[QUEUE]``, not ``twist [options] plugin``), logs go to stderr as text, SIGINT and
+SIGTERM stop the service gracefully, and the exit status is what the service asked
+for (see :func:`~spreadqueue._service.common.fail_startup`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.python import usage
+
+EXIT_USAGE = 2
+
+#: What a tap module gives: its Options class and makeService.
+MakeService = Callable[[Any], IService]
+
+
+def parse(options: usage.Options, args: Sequence[str], prog: str) -> int | None:
+    """Parse ``args`` into ``options``; an exit status if the command is done already
+    (``--help``: 0; a usage error: 2, with the one-line reason), else None."""
+    options.synopsis = f"Usage: {prog} {getattr(options, 'synopsis', '[options]')}"  # type: ignore[attr-defined]
+    if any(a in ("-h", "--help") for a in args):
+        print(str(options).rstrip())
+        return 0
+    try:
+        options.parseOptions(list(args))
+    except usage.UsageError as e:
+        print(f"{prog}: {e}\n{prog} --help lists the options.", file=sys.stderr)
+        return EXIT_USAGE
+    return None
+
+
+def run(
+    options_class: type[usage.Options],
+    make_service: MakeService,
+    args: Sequence[str],
+    prog: str,
+) -> int:
+    """Parse ``args``, build the service, run it until it is stopped; the exit status."""
+    options = options_class()
+    done = parse(options, args, prog)
+    if done is not None:
+        return done
+    from twisted.internet import reactor
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    service = make_service(options)
+    # As twistd and twist do: start now, stop (and wait for it) before the reactor does.
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
