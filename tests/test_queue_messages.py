@@ -11,6 +11,7 @@ from zope.interface.verify import verifyObject
 from spreadqueue._queue.errors import MalformedMessage, PayloadTooLarge, QueueNameError
 from spreadqueue._queue.interfaces import IAssignmentPolicy, ISerializer
 from spreadqueue._queue.messages import (
+    _FAST,
     MAX_ENTRIES,
     MAX_PAYLOAD,
     MESS_TYPE_BASE,
@@ -27,6 +28,7 @@ from spreadqueue._queue.messages import (
     Retire,
     Status,
     Submit,
+    _parse_entries,
     decode,
     encode,
     is_queue_message,
@@ -301,3 +303,32 @@ def test_lru_policy() -> None:
     policy = LeastRecentlyUsed()
     assert verifyObject(IAssignmentPolicy, policy)
     assert policy.choose(["oldest", "newer"]) == "oldest"
+
+
+# A field value of each shape the hot kinds meet: valid ones and near misses.
+_field = st.one_of(
+    st.sampled_from(["t", "w", "f", "#a#b", "#a#" + "b" * 40, "alice", "", "x" * 65, "x" * 201]),
+    st.sampled_from([b"", b"args", b"x" * 10]),
+    st.sampled_from([0, 1, 2, 3, 9, -1, 2**31 - 1, 2**31, 0xFFFF, 0x10000]),
+    st.sampled_from([True, False, None, 1.5]),
+    st.lists(st.sampled_from(["E", "m", "tb", 1]), max_size=4),
+)
+_hot_entries = st.lists(st.lists(_field, min_size=0, max_size=8), min_size=1, max_size=3)
+
+
+@settings(max_examples=2000, deadline=None, derandomize=True)
+@given(kind=st.sampled_from(sorted(_FAST, key=int)), entries=_hot_entries)
+def test_fast_paths_agree_with_the_general_parser_on_random_entries(
+    kind: Kind, entries: list[list[object]]
+) -> None:
+    """Wherever a fast path answers, the general parser gives the same entries; wherever
+    the general parser refuses, the fast path gives up (None) and leaves it the error."""
+    fast = _FAST[kind](entries)
+    try:
+        general = _parse_entries(kind, entries)
+    except MalformedMessage:
+        assert fast is None
+        return
+    if fast is not None:
+        assert fast == general
+        assert [type(e) for e in fast] == [type(e) for e in general]

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import capturedLogs
@@ -697,3 +699,48 @@ def test_whenwritable_cancel() -> None:
     d.cancel()
     assert failure_of(d).check(defer.CancelledError)
     session.resume_writing()
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    registrations=st.lists(
+        st.tuples(st.sampled_from(["g1", "g2", "g3"]), st.integers(0, 2)), max_size=8
+    ),
+    frames=st.lists(st.sampled_from(["g1", "g2", "g3", "g4"]), max_size=6),
+)
+def test_one_group_dispatch_agrees_with_the_general_dispatch(
+    registrations: list[tuple[str, int]], frames: list[str]
+) -> None:
+    """The one-group fast path calls the same listeners in the same order, with the
+    same removals taking effect, as the general path does for the same frames.
+
+    Listener ``i`` records its calls; with action 1 it raises, with action 2 it removes
+    listener ``i + 1`` from its own group.
+    """
+
+    def run(general: bool) -> list[tuple[int, bytes]]:
+        session, _ = make()
+        calls: list[tuple[int, bytes]] = []
+        listeners: list[Any] = []
+
+        def listener_of(i: int, group: str, action: int) -> Any:
+            def listener(frame: Any) -> None:
+                calls.append((i, frame.data))
+                if action == 1:
+                    raise RuntimeError("boom")
+                if action == 2:
+                    session.remove_listener(listeners[(i + 1) % len(listeners)], group)
+
+            return listener
+
+        for i, (group, action) in enumerate(registrations):
+            listeners.append(listener_of(i, group, action))
+            session.add_listener(listeners[-1], group)
+        if general:
+            session._dispatch = session._dispatch_many  # type: ignore[method-assign]
+        with capturedLogs():
+            for i, group in enumerate(frames):
+                session.frame_received(regular((group,), str(i).encode()))
+        return calls
+
+    assert run(general=False) == run(general=True)

@@ -492,7 +492,9 @@ def _optional_values(
 
 # Fast paths: the hot kinds checked inline, without a call per field. They accept
 # exactly what the schema accepts; on anything unusual they give up (None) and the
-# general parser above decides (and names the problem).
+# general parser above decides (and names the problem). Without them the bench's
+# pipelined C=100 is 12% slower; test_queue_messages' agreement tests hold them to
+# _parse_entries.
 
 _STATUSES: Final = frozenset(int(s) for s in Status)
 _OK: Final = int(Status.OK)

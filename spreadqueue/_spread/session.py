@@ -523,7 +523,9 @@ class SpreadSession:
         snapshots = self._snapshots
         catch_all = self._catch_all
         if not catch_all and len(groups) == 1:
-            # The common case: one group; nothing to merge or de-duplicate.
+            # The common case, one group: nothing to merge or de-duplicate. The bench's
+            # relay phase is 14% slower without this path; test_session's agreement test
+            # holds it to what _dispatch_many does.
             group = groups[0]
             found = snapshots.get(group)
             if not found:
@@ -547,6 +549,13 @@ class SpreadSession:
                 if not self._dispatching and self._removed:
                     self._removed.clear()
             return
+        self._dispatch_many(frame, groups)
+
+    def _dispatch_many(self, frame: Frame, groups: Sequence[str]) -> None:
+        """The general case of :meth:`_dispatch`: several groups, or catch-all listeners
+        (one call per listener however many of its keys the frame concerns)."""
+        snapshots = self._snapshots
+        catch_all = self._catch_all
         calls: list[tuple[Listener, str | None]] = []
         sources = 0
         for group in groups:

@@ -289,7 +289,10 @@ class _MessageStream:
                 if self._hdr is not None:
                     return
         # The hot loop: whole messages inside this chunk. It repeats _parse inline, as
-        # a call per message is a measurable share of the cost of a small message.
+        # a call per message is a measurable share of the cost of a small message
+        # (pipelined C=100 6.6% slower, relay 4.6%, without it). test_wire's
+        # any-chunking round trips hold it to the _parse path: fed whole, a stream goes
+        # through this loop; fed byte by byte, through _start/_fill/_parse.
         build = self._build
         check = self._check
         relay = self._relay
