@@ -28,8 +28,8 @@ from spreadqueue._spread.client import (
     ConnectTimeout,
     SpreadClientProtocol,
     connect,
-    parse_spread_endpoint,
 )
+from spreadqueue._spread.endpoints import parse_spread_endpoint
 from spreadqueue._spread.interfaces import ISessionLink, ISpreadSession
 from spreadqueue._spread.output import Output
 from spreadqueue._spread.session import SpreadSession

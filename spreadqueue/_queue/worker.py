@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import secrets
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import CoroutineType
@@ -44,7 +44,6 @@ __all__ = ["Handler", "Task", "Worker"]
 Handler = Callable[..., Any]
 F = TypeVar("F", bound=Handler)
 
-_worker_numbers = itertools.count(1)
 _NOTHING: Final = object()
 _ASSIGN: Final = MESS_TYPE_BASE + Kind.ASSIGN
 _CANCEL: Final = MESS_TYPE_BASE + Kind.CANCEL
@@ -177,8 +176,9 @@ class Worker(Service):
             raise ValueError(f"prefetch must be between 0 and {MAX_CAPACITY} - concurrency")
         self.groups = queue_groups(queue)
         self.session = session
-        #: unique within the session (the manager knows workers by session + id)
-        self.worker_id = worker_id or f"w{next(_worker_numbers)}"
+        #: unique within the session (the manager knows workers by session + id); a
+        #: random one by default, since any number of workers may share a session
+        self.worker_id = worker_id or f"w{secrets.token_hex(3)}"
         self.name = f"spreadqueue-worker-{queue}-{self.worker_id}"  # type: ignore[assignment]
         self.concurrency = concurrency
         self.prefetch = prefetch

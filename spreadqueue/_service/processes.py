@@ -21,9 +21,9 @@ from twisted.logger import Logger
 
 from .._queue.manager import ManagerService
 from .._queue.worker import Handler, Worker
-from .._spread.client import connect, parse_spread_endpoint
+from .._spread.client import connect
 from .._spread.daemon import SpreadDaemonService
-from .._spread.endpoints import spread_address
+from .._spread.endpoints import parse_spread_endpoint, spread_address
 from .._spread.interfaces import ISpreadSession
 from .._spread.keeper import SessionKeeper
 from .._spread.local import local_session

@@ -28,14 +28,7 @@ from __future__ import annotations
 import struct
 from typing import Any, cast
 
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    clientFromString,
-)
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import (
     IConsumer,
@@ -52,7 +45,7 @@ from zope.interface import implementer
 
 from . import wire
 from .batch import DeliveryBatch
-from .endpoints import SPREAD_FORM
+from .endpoints import parse_spread_endpoint
 from .errors import (
     AuthRejected,
     SessionClosed,
@@ -70,7 +63,6 @@ __all__ = [
     "ConnectTimeout",
     "SpreadClientProtocol",
     "connect",
-    "parse_spread_endpoint",
 ]
 
 #: Spread's default daemon port.
@@ -373,38 +365,6 @@ class _SpreadClientFactory(Factory):
         proto.factory = self
         self.protocol_instance = proto
         return proto
-
-
-def parse_spread_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
-    """An endpoint for a Spread daemon address.
-
-    Accepts Spread's own forms - ``"4803@host"`` (TCP to host:4803; IPv4 or IPv6
-    literals, ``[::1]`` too, or a host name) and a bare ``"4803"`` (127.0.0.1:4803:
-    libspread would use the daemon's Unix socket ``/tmp/4803``, but the embedded
-    daemon has none, and the TCP port reaches the same daemon) - and any Twisted
-    client endpoint description such as ``"tcp:host=127.0.0.1:port=4803"``.
-    ``reactor`` must provide IReactorTCP (and IReactorTime for host names).
-    Raises ValueError for a malformed description.
-    """
-    text = description.strip()
-    m = SPREAD_FORM.match(text)
-    if m is None:
-        return cast(IStreamClientEndpoint, clientFromString(reactor, text))
-    port = int(m.group(1))
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} in {description!r} is outside 1..65535")
-    host = m.group(2)
-    if host is None:
-        return TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host:
-        raise ValueError(f"no host in {description!r}")
-    if isIPAddress(host):
-        return TCP4ClientEndpoint(reactor, host, port)
-    if isIPv6Address(host):
-        return TCP6ClientEndpoint(reactor, host, port)
-    return HostnameEndpoint(reactor, host, port)
 
 
 async def _open(endpoint: IStreamClientEndpoint, factory: _SpreadClientFactory) -> SpreadSession:
