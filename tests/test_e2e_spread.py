@@ -188,16 +188,32 @@ def test_twistd_lists_the_plugins_after_pip_install(tmp_path: Path) -> None:
     """After a plain ``pip install .`` twistd finds our plugins (not only in the tree)."""
     import subprocess
     import sys
-    from importlib import metadata
 
-    try:
-        dist = metadata.distribution("spreadqueue")
-    except metadata.PackageNotFoundError:
-        pytest.skip("spreadqueue is not installed (run 'pip install .' to check plugins)")
-    plugin = [f for f in dist.files or () if str(f).endswith("spreadqueue_plugins.py")]
-    if not plugin:
-        pytest.skip("spreadqueue is installed in editable mode: twistd cannot see its plugins")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Ask from outside the tree: a spreadqueue.egg-info left in the checkout by a build
+    # would otherwise pass for an installed copy.
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from importlib import metadata\n"
+            "try:\n"
+            "    files = metadata.distribution('spreadqueue').files or ()\n"
+            "except metadata.PackageNotFoundError:\n"
+            "    print('absent')\n"
+            "else:\n"
+            "    print(any(str(f).endswith('spreadqueue_plugins.py') for f in files))",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    if probe == "absent":
+        pytest.skip("spreadqueue is not installed (run 'pip install .' to check plugins)")
+    if probe != "True":
+        pytest.skip("spreadqueue is installed in editable mode: twistd cannot see its plugins")
     out = subprocess.run(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--help"],
         cwd=tmp_path,  # not the source tree: only the installed copy can be found
