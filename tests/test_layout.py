@@ -18,58 +18,18 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "spreadqueue"
 PUBLIC_MODULES = {"spreadqueue", "spreadqueue.testing", "spreadqueue.interfaces"}
 
-PUBLIC_NAMES = [
-    "AGREED_MESS",
-    "CAUSAL_MESS",
-    "CAUSED_BY_DISCONNECT",
-    "CAUSED_BY_JOIN",
-    "CAUSED_BY_LEAVE",
-    "CAUSED_BY_NETWORK",
-    "FIFO_MESS",
-    "RELIABLE_MESS",
-    "SAFE_MESS",
-    "UNRELIABLE_MESS",
-    "AuthRejected",
-    "BlockingSender",
-    "ConnectTimeout",
-    "ConnectionRejected",
-    "IllegalGroupName",
-    "IllegalName",
-    "IllegalService",
-    "JsonSerializer",
-    "ManagerService",
-    "MembershipMessage",
-    "MessageTooLong",
-    "MsgpackSerializer",
-    "NameNotUnique",
-    "NoManager",
-    "PayloadTooLarge",
-    "QueueError",
-    "QueueFull",
-    "QueueNameError",
-    "QuotaExceeded",
-    "ReceiveOverflow",
-    "RegularMessage",
-    "RejectMessage",
-    "RemoteError",
-    "Reply",
-    "Sender",
-    "SenderStopped",
-    "SessionClosed",
-    "SpreadError",
-    "SpreadSession",
-    "Task",
-    "TaskError",
-    "TaskTimeout",
-    "UnknownFunction",
-    "VersionRejected",
-    "Worker",
-    "WorkerLost",
-    "__version__",
-    "connect",
-    "default_queue",
-    "default_spread",
-]
+#: spreadqueue.__all__, in its order: constants, classes, functions.
+PUBLIC_NAMES = """
+    AGREED_MESS CAUSAL_MESS CAUSED_BY_DISCONNECT CAUSED_BY_JOIN CAUSED_BY_LEAVE
+    CAUSED_BY_NETWORK FIFO_MESS RELIABLE_MESS SAFE_MESS UNRELIABLE_MESS
+    AuthRejected BlockingSender ConnectTimeout ConnectionRejected IllegalGroupName
+    IllegalName IllegalService JsonSerializer ManagerService MembershipMessage
+    MessageTooLong MsgpackSerializer NameNotUnique NoManager PayloadTooLarge QueueError
+    QueueFull QueueNameError QuotaExceeded ReceiveOverflow RegularMessage RejectMessage
+    RemoteError Reply Sender SenderStopped SessionClosed SpreadError SpreadSession Task
+    TaskError TaskTimeout UnknownFunction VersionRejected Worker WorkerLost
+    __version__ connect default_queue default_spread
+""".split()
 
 
 def all_modules() -> Iterator[str]:

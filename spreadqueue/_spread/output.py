@@ -155,16 +155,7 @@ class Output:
     def _write(self, data: bytes) -> None:
         send = self._send
         t = self.transport
-        if (
-            send is None
-            or t.dataBuffer
-            or t._tempDataLen
-            or not t.connected
-            or t.disconnecting
-            or t._writeDisconnecting
-            or t._writeDisconnected
-            or t.TLS
-        ):
+        if send is None or not self._direct():
             t.write(data)
             return
         try:
