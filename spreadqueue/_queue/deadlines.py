@@ -62,7 +62,9 @@ class Deadlines(Generic[T]):
         """Call ``on_due(item)`` at ``when`` (reactor seconds)."""
         heapq.heappush(self._heap, (when, next(self._seq), item))
         self._live += 1
-        self._arm()
+        timer = self._timer
+        if timer is None or timer.getTime() > when:  # (most deadlines come later)
+            self._arm()
 
     def done(self) -> None:
         """An item added earlier has finished."""

@@ -18,7 +18,6 @@ waits for local work.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -95,19 +94,21 @@ class DeliveryBatch:
     def _run(self) -> None:
         """Run every stage's work, lowest stage first, until none is left."""
         stages = self._stages
-        while True:
-            for i, work in enumerate(stages):
-                if work:
-                    stages[i] = []
-                    for fn in work:
-                        try:
-                            fn()
-                        except Exception:
-                            _log.failure("work put off to the end of a delivery failed")
-                    break  # start again from the lowest stage
-            else:
-                break
-        call: Any = self._call
-        if call is not None and call.active():
-            call.cancel()  # what it was for has just run
-        self._call = None
+        i, n = 0, len(stages)
+        while i < n:
+            work = stages[i]
+            if not work:
+                i += 1
+                continue
+            stages[i] = []
+            for fn in work:
+                try:
+                    fn()
+                except Exception:
+                    _log.failure("work put off to the end of a delivery failed")
+            i = 0  # start again from the lowest stage
+        call = self._call
+        if call is not None:
+            self._call = None
+            if call.active():
+                call.cancel()  # what it was for has just run

@@ -100,8 +100,13 @@ class Output:
 
     def write(self, data: bytes) -> None:
         """Write ``data`` now, or at the end of the open batch."""
-        if self._hold():
-            self._pending.append(data)
+        # _hold(), inlined: this runs once per message sent or delivered.
+        batch = self._batch
+        if batch is not None and (batch.depth or self._later):
+            pending = self._pending
+            if not pending:
+                batch.soon(self.flush, self._stage)
+            pending.append(data)
             self._size += len(data)
             if self._size >= self.flush_at:
                 self.flush()
