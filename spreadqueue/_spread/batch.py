@@ -35,7 +35,7 @@ class DeliveryBatch:
     :meth:`soon`) runs work put off outside any bracket on the next reactor turn.
     """
 
-    __slots__ = ("_call", "_reactor", "_stages", "depth")
+    __slots__ = ("_call", "_reactor", "_stages", "_waiting", "depth")
 
     def __init__(self, stages: int = 1, reactor: IReactorTime | None = None) -> None:
         if stages < 1:
@@ -43,6 +43,7 @@ class DeliveryBatch:
         #: brackets open now; 0 outside any delivery
         self.depth = 0
         self._stages: list[list[Callable[[], object]]] = [[] for _ in range(stages)]
+        self._waiting = False  # some work is put off
         self._reactor = reactor
         self._call: IDelayedCall | None = None
 
@@ -55,7 +56,7 @@ class DeliveryBatch:
 
         Call it once per :meth:`begin`, also when the delivery failed.
         """
-        if self.depth == 1:
+        if self.depth == 1 and self._waiting:
             self._run()
         self.depth -= 1
 
@@ -75,12 +76,14 @@ class DeliveryBatch:
         if not self.depth:
             return False
         self._stages[stage].append(fn)
+        self._waiting = True
         return True
 
     def soon(self, fn: Callable[[], object], stage: int = 0) -> None:
         """Run ``fn()`` at the end of the current batch, or, outside any, in a batch of
         its own on the next reactor turn (with everything else put off until then)."""
         self._stages[stage].append(fn)
+        self._waiting = True
         if not self.depth and self._call is None:
             if self._reactor is None:
                 raise RuntimeError("DeliveryBatch.soon outside a batch needs a reactor")
@@ -88,8 +91,11 @@ class DeliveryBatch:
 
     def _next_turn(self) -> None:
         self._call = None
-        with self:
-            pass
+        self.depth += 1
+        try:
+            self._run()
+        finally:
+            self.depth -= 1
 
     def _run(self) -> None:
         """Run every stage's work, lowest stage first, until none is left."""
@@ -107,6 +113,7 @@ class DeliveryBatch:
                 except Exception:
                     _log.failure("work put off to the end of a delivery failed")
             i = 0  # start again from the lowest stage
+        self._waiting = False
         call = self._call
         if call is not None:
             self._call = None

@@ -153,8 +153,12 @@ class SpreadClientProtocol(Protocol):
         """
         if self._broken is not None:
             return
-        with self._batch:
+        batch = self._batch
+        batch.begin()
+        try:
             self._received(data)
+        finally:
+            batch.end()
 
     def _received(self, data: bytes) -> None:
         error: WireError | None = None
@@ -359,6 +363,7 @@ class _SpreadClientFactory(Factory):
         }
         self._name = name
         self.protocol_instance: SpreadClientProtocol | None = None
+        self.noisy = False  # the session logs what matters; not "Starting factory"
 
     def buildProtocol(self, addr: Any) -> SpreadClientProtocol:
         proto = SpreadClientProtocol(self._name, **self._kwargs)

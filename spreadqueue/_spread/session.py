@@ -492,14 +492,17 @@ class SpreadSession:
             return
         self._delivering = True
         batch = self._batch
-        batch.begin()
+        batch.depth += 1  # batch.begin(), inlined: once per frame
         try:
             self._deliver(frame)
             while self._backlog:
                 self._deliver(self._backlog.popleft())
         finally:
             self._delivering = False
-            batch.end()
+            if batch.depth > 1:
+                batch.depth -= 1  # inside deliver(): its end runs the work
+            else:
+                batch.end()
 
     def _deliver(self, frame: Frame) -> None:
         if not self.connected:
