@@ -42,7 +42,7 @@ from spreadqueue._spread import wire
 
 SAMPLES = {
     Kind.SUBMIT: [Submit("p.1", "add", b"\x92\x01\x02", None), Submit("p.2", "f", b"", 1500)],
-    Kind.ACK: [Ack("p.1"), Ack("p.2")],
+    Kind.ACK: [Ack("p.1"), Ack("p.2", 0), Ack("p.3", 7)],
     Kind.CANCEL: [Cancel("p.1")],
     Kind.REGISTER: [Register("w1", 4, ("p.1", "p.2")), Register("w2", 0, ())],
     Kind.HELLO: [],
@@ -82,8 +82,8 @@ def test_mess_types_are_a_recognisable_range() -> None:
 
 
 def test_envelope_layout_is_version_then_entries() -> None:
-    [data] = encode(Kind.ACK, [Ack("t.1")])
-    assert msgpack.unpackb(data) == [1, [["t.1"]]]
+    [data] = encode(Kind.ACK, [Ack("t.1", 2)])
+    assert msgpack.unpackb(data) == [1, [["t.1", 2]]]
 
 
 def test_encode_splits_batches_to_fit_one_spread_message() -> None:
@@ -332,3 +332,11 @@ def test_fast_paths_agree_with_the_general_parser_on_random_entries(
     if fast is not None:
         assert fast == general
         assert [type(e) for e in fast] == [type(e) for e in general]
+
+
+def test_an_ack_of_the_first_revision_says_nothing_of_workers() -> None:
+    """ACK's optional second field: a peer that sends only the task id is understood,
+    and a value this peer cannot use is ignored as an unknown field would be."""
+    assert decode(mess_type(Kind.ACK), envelope([["t.1"]])).entries == [Ack("t.1", None)]
+    assert decode(mess_type(Kind.ACK), envelope([["t.1", 0]])).entries == [Ack("t.1", 0)]
+    assert decode(mess_type(Kind.ACK), envelope([["t.1", "x"]])).entries == [Ack("t.1", None)]

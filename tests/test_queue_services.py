@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gc
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,7 +13,7 @@ import msgpack
 import pytest
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
@@ -1212,3 +1213,64 @@ def _rpc_pumped(net: Net, sender: Sender, func: str, arg: Any) -> Deferred[Any]:
     d = sender.rpc(func, arg)
     net.pump()
     return d
+
+
+# --------------------------------------------------------------------------- what the logs say
+
+
+def test_a_timeout_says_when_the_queue_had_a_manager_but_no_worker(net: Net) -> None:
+    net.manager()
+    sender = net.sender()
+    d = sender.rpc("echo", 1, timeout=2)
+    net.advance(2.1)
+    error = failure_of(d, TaskTimeout)
+    assert "no result within 2s: queue 'q' has a manager, but no worker was registered" in str(
+        error
+    )
+    net.worker({"slow": lambda _: Deferred()})
+    d = sender.rpc("slow", 1, timeout=2)
+    net.advance(2.1)
+    assert "no worker" not in str(failure_of(d, TaskTimeout))  # a worker had it
+
+
+def test_the_manager_logs_lifecycle_failures_and_a_periodic_summary(net: Net) -> None:
+    with capturedLogs() as events:
+        net.manager(summary_interval=10)
+        worker_session = net.session()
+        net.worker({"boom": lambda _: 1 / 0, "echo": echo}, session=worker_session)
+        sender = net.sender()
+        calls = [sender.rpc("echo", i) for i in range(5)]
+        net.advance(11)
+        net.crash(worker_session)
+        net.pump()
+        sender.submit("echo", 9)
+        net.advance(1)
+    assert [fired(d) for d in calls] == list(range(5))
+    text = [formatEvent(e) for e in events]
+    assert any(re.fullmatch(r"queue manager q is active on #\S+", t) for t in text), text
+    assert any(
+        re.fullmatch(r"queue q: worker w\w+@#\S+ registered \(capacity 1\)", t) for t in text
+    )
+    assert any(
+        re.fullmatch(r"queue q: 0 queued, 0 in flight, 1 workers, 0\.\d tasks/s done .*", t)
+        for t in text
+    ), text
+    lost = [e for e in events if e.get("manager_event") == "worker_lost"]
+    assert len(lost) == 1 and lost[0]["log_level"].name == "warn"
+    assert any(t == "queue q: 1 task(s) queued and no worker registered" for t in text), text
+
+
+def test_a_worker_logs_a_failing_handler_with_task_function_and_worker(net: Net) -> None:
+    net.manager()
+    worker = net.worker({"boom": lambda _: 1 / 0})
+    sender = net.sender()
+    with capturedLogs() as events:
+        d = sender.rpc("nope", 1)
+        e = sender.rpc("boom", 1)
+        net.pump()
+    failure_of(d, UnknownFunction)
+    failure_of(e, RemoteError)
+    warned = [e for e in events if e["log_level"].name == "warn"]
+    fields = [(w.get("func"), w.get("worker"), bool(w.get("task_id"))) for w in warned]
+    assert fields == [("nope", worker.worker_id, True), ("boom", worker.worker_id, True)]
+    assert "ZeroDivisionError" in formatEvent(warned[1])

@@ -293,7 +293,8 @@ def test_submits_are_acked_in_one_batch_and_dispatched_fifo() -> None:
     h.worker("#w#d", capacity=3)
     h.submit("#s#d", "t1", "t2", "t3", "t4")
     effects = h.effects()
-    assert of(effects, Kind.ACK) == [(("#s#d",), [("t1",), ("t2",), ("t3",), ("t4",)])]
+    # each ACK says how many workers take tasks: here one
+    assert of(effects, Kind.ACK) == [(("#s#d",), [("t1", 1), ("t2", 1), ("t3", 1), ("t4", 1)])]
     # three credits: three tasks in one ASSIGN message, no 'ready' round trip needed
     assign = of(effects, Kind.ASSIGN)
     assert len(assign) == 1
@@ -404,7 +405,7 @@ def test_duplicate_submit_is_acked_again_but_queued_once() -> None:
     h.submit("#s#d", "t1")
     h.submit("#s#d", "t1")
     h.submit("#other#d", "t1")  # someone else's id clash: ignored
-    assert of(h.effects(), Kind.ACK) == [(("#s#d",), [("t1",), ("t1",)])]
+    assert of(h.effects(), Kind.ACK) == [(("#s#d",), [("t1", 0), ("t1", 0)])]  # no worker
     assert h.m.queued == 1
     assert h.m.stats["duplicate_submits"] == 1 and h.m.stats["id_conflicts"] == 1
 
@@ -593,7 +594,7 @@ def test_a_resubmitted_task_that_a_worker_still_runs_is_not_run_twice() -> None:
     h.worker("#w#d", capacity=1, held=["t1"])
     h.submit("#s#d", "t1")
     effects = h.effects()
-    assert of(effects, Kind.ACK) == [(("#s#d",), [("t1",)])]
+    assert of(effects, Kind.ACK) == [(("#s#d",), [("t1", 1)])]
     assert assigned(effects) == []
     assert h.m.running == 1
     # now the manager knows enough to requeue it if that worker dies
@@ -908,3 +909,93 @@ def test_a_queued_100_byte_task_costs_less_than_1kb() -> None:
 def test_counters_have_their_documented_names() -> None:
     names = set(QueueManager(G, ME).stats)
     assert {"submitted", "assigned", "completed", "requeued", "expired", "cancelled"} <= names
+
+
+# --------------------------------------------------------------------------- events
+
+
+def events(h: H) -> list[tuple[str, dict[str, Any]]]:
+    return [(e.name, e.fields) for e in h.m.take_events()]
+
+
+def test_lifecycle_events_for_the_log() -> None:
+    """What the manager service logs: activation, workers coming, draining, leaving
+    and being lost with what they held, tasks failing for good."""
+    h = H(max_attempts=1)
+    h.start()
+    assert events(h) == [("activated", {"awaiting": 0})]
+    h.worker("#w#d", "w", capacity=2)
+    h.worker("#w#d", "w", capacity=2)  # a re-registration is no news
+    h.worker("#v#d", "v", capacity=1)
+    assert events(h) == [
+        ("worker_registered", {"worker": "w@#w#d", "capacity": 2}),
+        ("worker_registered", {"worker": "v@#v#d", "capacity": 1}),
+    ]
+    h.submit("#s#d", "t1", "t2", "t3")
+    h.effects()
+    h.msg("#v#d", Kind.REGISTER, [Register("v", 0, ("t2",))])  # drains
+    h.disconnect("#w#d")  # held t1 (and t3): max_attempts 1 -> t1 fails
+    got = events(h)
+    assert got[0] == ("worker_draining", {"worker": "v@#v#d", "held": 1})
+    assert got[1] == ("worker_lost", {"worker": "w@#w#d", "requeued": 2})
+    failed = [f for name, f in got if name == "task_failed"]
+    assert [f["task_id"] for f in failed] == ["t1", "t3"]
+    assert failed[0] == {
+        "task_id": "t1",
+        "func": "f",
+        "worker": "w@#w#d",
+        "reason": "worker lost 1 times (max_attempts)",
+    }
+    h.msg("#v#d", Kind.RETIRE, [Retire("v")])
+    assert [name for name, _ in events(h)] == ["worker_retired", "task_failed"]  # t2, 1 run
+
+
+def test_tasks_waiting_with_no_worker_are_reported_once_until_one_registers() -> None:
+    h = ready_manager()
+    events(h)
+    h.submit("#s#d", "t1")
+    h.submit("#s#d", "t2")
+    assert events(h) == [("no_workers", {"queued": 1})]
+    h.worker("#w#d")
+    h.done("#w#d", "w", "t1")
+    h.disconnect("#w#d")
+    events(h)
+    h.submit("#s#d", "t3")
+    assert ("no_workers", {"queued": 2}) in events(h)
+
+
+def test_refused_tasks_and_the_limit_are_reported() -> None:
+    h = ready_manager(max_queued=1)
+    events(h)
+    h.submit("#s#d", "t1", "t2", "t3")
+    assert ("queue_full", {"refused": 2, "limit": 1}) in events(h)
+    failed = [e for _, es in of(h.effects(), Kind.FAILED) for e in es]
+    assert "queue q holds 1 tasks, its manager's limit (max_queued)" in failed[0].message
+
+
+def test_a_standby_says_who_came_first_and_a_step_down_what_it_handed_back() -> None:
+    first, second = H("#m1#d"), H("#m2#d")
+    first.start()
+    for h in (first, second):
+        h.members[G.manager] = ["#m1#d"]
+        h.members[G.workers] = ["#m1#d"]
+    for group in (G.workers, G.senders, G.manager):
+        for h in (first, second):
+            h.join(group, "#m2#d")
+    assert ("standby", {"older": "#m1#d"}) in events(second)
+    first.submit("#s#d", "t1", "t2")
+    events(first)
+    first.join(G.manager, "#m0#d")  # not older: nothing changes
+    assert events(first) == []
+    second.gone(G.manager, "#m1#d")  # (still in Q-wrk: asked to re-register, as workers are)
+    assert events(second) == [("activated", {"awaiting": 1})]
+
+
+def test_acks_say_how_many_workers_take_tasks() -> None:
+    h = ready_manager()
+    h.submit("#s#d", "t1")
+    assert [tuple(e) for _, es in of(h.effects(), Kind.ACK) for e in es] == [("t1", 0)]
+    h.worker("#w#d", capacity=1)
+    h.worker("#v#d", "v", capacity=0)  # draining: takes nothing
+    h.submit("#s#d", "t2")
+    assert [tuple(e) for _, es in of(h.effects(), Kind.ACK) for e in es] == [("t2", 1)]

@@ -25,7 +25,8 @@ from .interfaces import IAssignmentPolicy
 from .messages import Kind, Message, decode, is_queue_message
 from .names import queue_groups
 from .outbox import Turn, send
-from .state import QueueManager
+from .state import Event, QueueManager
+from .throttle import WarningThrottle
 
 __all__ = ["ManagerService", "SessionFactory"]
 
@@ -56,6 +57,11 @@ class ManagerService(Service):
     ``ack_delay`` (seconds) is how long the acknowledgement of a task assigned at once
     may be held back (and then left out if the result came first); see
     :class:`~spreadqueue._queue.state.QueueManager`.
+
+    It logs what an operator needs at 3 am: managers becoming active or standing by,
+    workers registering, draining, leaving and being lost (info; a lost worker at
+    warn), tasks that fail for good, tasks refused or waiting with no worker (warn),
+    and every ``summary_interval`` seconds (0: never) a one-line summary of the queue.
     """
 
     log = Logger()
@@ -75,6 +81,7 @@ class ManagerService(Service):
         max_reconnect_delay: float = 30.0,
         reconnect_jitter: float = 0.1,
         ack_delay: float = 0.05,
+        summary_interval: float = 60.0,
     ) -> None:
         self.groups = queue_groups(queue)
         self.name = f"spreadqueue-manager-{queue}"  # type: ignore[assignment]
@@ -104,11 +111,16 @@ class ManagerService(Service):
             "ack_delay": ack_delay,
         }
         self._tick_interval = tick_interval
+        self._summary_interval = summary_interval
+        self._next_summary = 0.0  # 0: not started (the first tick starts the count)
+        self._summary_completed = 0
         self._session: ISpreadSession | None = None
         self._state: QueueManager | None = None
         self._ticker: LoopingCall | None = None
         self._wakeup: IDelayedCall | None = None
         self._turn = Turn(reactor, self._flush)
+        # one warning line per peer and interval, however much garbage it sends
+        self._malformed = WarningThrottle(reactor, self.log)
         self._active_waiters: list[Deferred[None]] = []
         self._counters: dict[str, int] = {
             "malformed": 0,
@@ -169,6 +181,7 @@ class ManagerService(Service):
         """Leave the groups (the manager group first, so a standby takes over at once)."""
         super().stopService()
         session, keeper = self._session, self._keeper
+        self._malformed.stop()
         if session is None:
             return succeed(None) if keeper is None else keeper.stopService()
         groups = self.groups
@@ -286,10 +299,10 @@ class ManagerService(Service):
             return decode(frame.mess_type, frame.data)
         except MalformedMessage as e:
             self._counters["malformed"] += 1
-            self.log.warn(
-                "queue manager {queue}: dropped a malformed message from {sender}: {error}",
+            self._malformed.warn(
+                frame.sender,
+                "queue manager {queue}: dropped a malformed message from {source}: {error}",
                 queue=self.groups.queue,
-                sender=frame.sender,
                 error=str(e),
             )
             return None
@@ -338,8 +351,10 @@ class ManagerService(Service):
     def _tick(self) -> None:
         state = self._state
         if state is not None:
-            state.tick(self._now())
+            now = self._now()
+            state.tick(now)
             self._flush()
+            self._summarise(now, state)
 
     def _woken(self) -> None:
         self._wakeup = None
@@ -353,6 +368,8 @@ class ManagerService(Service):
             self._counters["messages_sent"] += send(
                 session, effect.groups, effect.kind, effect.entries
             )
+        for event in state.take_events():
+            self._log_event(event)
         due = state.next_wakeup()
         if due is not None and self._wakeup is None:
             # One timer for all the held acknowledgements, firing at most every
@@ -363,3 +380,66 @@ class ManagerService(Service):
             waiters, self._active_waiters = self._active_waiters, []
             for d in waiters:
                 d.callback(None)
+
+    # ------------------------------------------------------------------ logs
+
+    def _log_event(self, event: Event) -> None:
+        level, text = _EVENT_LOGS[event.name]
+        getattr(self.log, level)(
+            text,
+            queue=self.groups.queue,
+            manager=self._session.private_group if self._session is not None else "?",
+            manager_event=event.name,
+            **event.fields,
+        )
+
+    def _summarise(self, now: float, state: QueueManager) -> None:
+        """Every ``summary_interval`` seconds, one line on the queue (while active)."""
+        interval = self._summary_interval
+        if not interval or now < self._next_summary:
+            return
+        completed = state.stats["completed"]
+        if self._next_summary and state.active:
+            elapsed = interval + now - self._next_summary
+            self.log.info(
+                "queue {queue}: {queued} queued, {running} in flight, {workers} workers, "
+                "{rate:.1f} tasks/s done over the last {elapsed:.0f}s",
+                queue=self.groups.queue,
+                queued=state.queued,
+                running=state.running,
+                workers=state.worker_count,
+                rate=(completed - self._summary_completed) / elapsed if elapsed > 0 else 0.0,
+                elapsed=elapsed,
+                manager_event="summary",
+            )
+        self._summary_completed = completed
+        self._next_summary = now + interval
+
+
+#: How the state machine's events are logged: level and text (fields from the event).
+_EVENT_LOGS: Final = {
+    "activated": ("info", "queue manager {queue} is active on {manager}"),
+    "standby": ("info", "queue manager {queue} on {manager} stands by: {older} came first"),
+    "stepped_down": (
+        "info",
+        "queue manager {queue} on {manager} stepped down; {resubmitted} queued task(s) "
+        "handed back to their senders",
+    ),
+    "worker_registered": (
+        "info",
+        "queue {queue}: worker {worker} registered (capacity {capacity})",
+    ),
+    "worker_draining": ("info", "queue {queue}: worker {worker} drains ({held} task(s) to finish)"),
+    "worker_retired": ("info", "queue {queue}: worker {worker} left ({requeued} task(s) requeued)"),
+    "worker_lost": (
+        "warn",
+        "queue {queue}: worker {worker} lost (its session ended); {requeued} task(s) requeued",
+    ),
+    "task_failed": ("warn", "queue {queue}: task {task_id} ({func}) failed on {worker}: {reason}"),
+    "queue_full": (
+        "warn",
+        "queue {queue}: refused {refused} task(s): the queue is at its limit of {limit} "
+        "(max_queued)",
+    ),
+    "no_workers": ("warn", "queue {queue}: {queued} task(s) queued and no worker registered"),
+}

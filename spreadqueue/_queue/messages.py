@@ -63,6 +63,8 @@ MAX_WORKER_ID: Final = 64
 MAX_FUNC: Final = 200
 MAX_TEXT: Final = 32_768
 MAX_CAPACITY: Final = 10_000
+#: Bound on a count of workers in an ACK.
+MAX_WORKERS: Final = 2**31 - 1
 MAX_ATTEMPT: Final = 0xFFFF
 MAX_TIMEOUT_MS: Final = 2**31 - 1
 #: Bound on every array in a message (entries, a REGISTER's held list). The smallest
@@ -119,9 +121,15 @@ class Submit(NamedTuple):
 
 
 class Ack(NamedTuple):
-    """manager -> sender: the task is queued (or was already known)."""
+    """manager -> sender: the task is queued (or was already known).
+
+    ``workers`` (optional) is how many registered workers took tasks when the manager
+    acknowledged it: 0 tells the sender that the task waits for a worker that is not
+    there (its timeout then says so). None: not said.
+    """
 
     task_id: str
+    workers: int | None = None
 
 
 class Cancel(NamedTuple):
@@ -214,7 +222,7 @@ if TYPE_CHECKING:
     ) -> Submit: ...
 
     @overload
-    def new_entry(cls: type[Ack], fields: tuple[str], /) -> Ack: ...
+    def new_entry(cls: type[Ack], fields: tuple[str, int | None], /) -> Ack: ...
 
     @overload
     def new_entry(cls: type[Cancel], fields: tuple[str], /) -> Cancel: ...
@@ -431,6 +439,7 @@ _SCHEMAS: dict[Kind, tuple[type[tuple[Any, ...]] | None, _Fields]] = {
 #: an unknown trailing field is.
 _OPTIONAL: dict[Kind, tuple[Callable[[Any], Any], ...]] = {
     Kind.SUBMIT: (_opt_uint(MAX_TIMEOUT_MS),),
+    Kind.ACK: (_opt_uint(MAX_WORKERS),),
     Kind.REGISTER: (_opt_uint(MAX_CAPACITY), _opt_uint(MAX_CAPACITY)),
 }
 
@@ -504,8 +513,25 @@ _good_groups: dict[str, None] = {}
 _GOOD_GROUPS_MAX: Final = 4096
 
 
+def _fast_ack(entries: list[Any]) -> list[Any] | None:
+    """ACK entries: a task id and, optionally, a count of workers."""
+    out: list[Any] = []
+    append = out.append
+    for e in entries:
+        if type(e) is not list or not e:
+            return None
+        tid = e[0]
+        if type(tid) is not str or not 0 < len(tid) <= MAX_TASK_ID:
+            return None
+        workers = e[1] if len(e) > 1 else None
+        if workers is not None and (type(workers) is not int or not 0 <= workers <= MAX_WORKERS):
+            workers = None  # an unknown trailing field: ignored
+        append(new_entry(Ack, (tid, workers)))
+    return out
+
+
 def _fast_ids(cls: Any, entries: list[Any]) -> list[Any] | None:
-    """One-field entries of a task id (ACK, CANCEL)."""
+    """One-field entries of a task id (CANCEL)."""
     out: list[Any] = []
     append = out.append
     for e in entries:
@@ -628,7 +654,7 @@ def _fast_done(entries: list[Any]) -> list[Any] | None:
 
 _FAST: dict[Kind, Callable[[list[Any]], list[Any] | None]] = {
     Kind.SUBMIT: _fast_submit,
-    Kind.ACK: lambda entries: _fast_ids(Ack, entries),
+    Kind.ACK: _fast_ack,
     Kind.CANCEL: lambda entries: _fast_ids(Cancel, entries),
     Kind.ASSIGN: _fast_assign,
     Kind.RESULT: _fast_result,

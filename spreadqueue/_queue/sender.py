@@ -47,6 +47,7 @@ from .messages import (
 from .names import queue_groups
 from .outbox import Turn, send
 from .serializer import default_serializer
+from .throttle import WarningThrottle
 
 __all__ = ["Reply", "Sender"]
 
@@ -82,6 +83,7 @@ class _Pending:
         "state",
         "task_id",
         "timeout",
+        "workerless",
     )
 
     def __init__(
@@ -102,6 +104,8 @@ class _Pending:
         self.state = _BACKLOG
         self.acked_by: str | None = None
         self.ack_deadline = 0.0
+        #: the manager said no worker was registered when it queued the task
+        self.workerless = False
 
 
 class Sender:
@@ -170,6 +174,7 @@ class Sender:
         self._cancels: list[Cancel] = []
         self._to_manager = (self.groups.manager,)
         self._turn = Turn(reactor, self._flush, session)
+        self._malformed = WarningThrottle(reactor, self.log)
         self._state = "new"  # new -> starting -> ready -> stopped
         self._start_d: Deferred[None] | None = None
         self.stats: dict[str, int] = {
@@ -235,6 +240,7 @@ class Sender:
             return succeed(None)
         started = self._state != "new"
         self._state = "stopped"
+        self._malformed.stop()
         for p in list(self._pending.values()):
             if p.state != _BACKLOG:
                 self._cancels.append(Cancel(p.task_id))
@@ -398,7 +404,13 @@ class Sender:
         return self._pending.get(p.task_id) is p
 
     def _timed_out(self, p: _Pending) -> None:
-        error = TaskTimeout(p.task_id, f"no result within {p.timeout:g}s")
+        why = f"no result within {p.timeout:g}s"
+        if p.workerless and p.state == _ACKED:
+            why += (
+                f": queue {self.groups.queue!r} has a manager, but no worker was registered "
+                "when it queued the task"
+            )
+        error = TaskTimeout(p.task_id, why)
         self._finish(p, error, cancel=True)
 
     def _withdraw(self, task_id: str) -> None:
@@ -458,6 +470,7 @@ class Sender:
     def _session_lost(self) -> None:
         if self._state != "stopped":
             self._state = "stopped"
+            self._malformed.stop()
             self._fail_all("the Spread session was lost")
 
     # ------------------------------------------------------------------ frames
@@ -508,10 +521,10 @@ class Sender:
             msg = decode(frame.mess_type, frame.data)
         except MalformedMessage as exc:
             self.stats["malformed"] += 1
-            self.log.warn(
-                "queue sender {queue}: dropped a malformed message from {sender}: {error}",
+            self._malformed.warn(
+                frame.sender,
+                "queue sender {queue}: dropped a malformed message from {source}: {error}",
                 queue=self.groups.queue,
-                sender=frame.sender,
                 error=str(exc),
             )
             return
@@ -530,6 +543,7 @@ class Sender:
                     self._unacked -= 1
                     p.state = _ACKED
                 p.acked_by = frame.sender
+                p.workerless = e.workers == 0
             self._pump()
             return
         if msg.kind is Kind.RESULT:

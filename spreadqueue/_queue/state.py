@@ -25,7 +25,7 @@ from .messages import Ack, Assign, Cancel, Failed, Kind, Reason, new_entry
 from .names import QueueGroups
 from .policy import LeastRecentlyUsed
 
-__all__ = ["Effect", "QueueManager", "WorkerKey"]
+__all__ = ["Effect", "Event", "QueueManager", "WorkerKey"]
 
 #: A worker as the manager knows it: (its session's private group, its worker id).
 WorkerKey = tuple[str, str]
@@ -49,6 +49,27 @@ class Effect:
     groups: tuple[str, ...]
     kind: Kind
     entries: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something an operator wants in the log: ``name`` and its fields.
+
+    ``activated``, ``standby`` (``active``: the active manager), ``stepped_down``
+    (``resubmitted``); ``worker_registered`` (``worker``, ``capacity``),
+    ``worker_draining``, ``worker_retired`` and ``worker_lost`` (``worker``,
+    ``requeued``); ``task_failed`` (``task_id``, ``func``, ``worker``, ``reason``);
+    ``queue_full`` (``refused``, ``limit``); ``no_workers`` (``queued``: tasks wait and
+    no worker is registered).
+    """
+
+    name: str
+    fields: dict[str, Any]
+
+
+def _name(w: _Worker | None) -> str:
+    """How logs name a worker: its id at its session."""
+    return "?" if w is None else f"{w.worker_id}@{w.session}"
 
 
 class _Task:
@@ -200,6 +221,9 @@ class QueueManager:
         self._acked_senders: dict[str, None] = {}
 
         self._out: dict[tuple[tuple[str, ...], Kind], list[Any]] = {}
+        self._events: list[Event] = []
+        self._standby_for: str | None = None  # the active manager we last said we wait for
+        self._said_no_workers = False
 
     # ------------------------------------------------------------------ introspection
 
@@ -223,6 +247,11 @@ class QueueManager:
         """Registered workers."""
         return len(self._workers)
 
+    @property
+    def available_workers(self) -> int:
+        """Registered workers that take tasks (not draining): what ACKs tell senders."""
+        return sum(1 for w in self._workers.values() if w.capacity)
+
     def workers(self) -> list[tuple[WorkerKey, int, int]]:
         """``(key, capacity, held)`` of every registered worker, in registration order."""
         return [(w.key, w.capacity, len(w.held)) for w in self._workers.values()]
@@ -239,6 +268,14 @@ class QueueManager:
         out = [Effect(groups, kind, entries) for (groups, kind), entries in self._out.items()]
         self._out = {}
         return out
+
+    def take_events(self) -> list[Event]:
+        """What happened since the last call that an operator wants to read, in order."""
+        events, self._events = self._events, []
+        return events
+
+    def _event(self, name: str, **fields: Any) -> None:
+        self._events.append(Event(name, fields))
 
     def next_wakeup(self) -> float | None:
         """When :meth:`tick` next has held acknowledgements to send (None: never)."""
@@ -274,6 +311,7 @@ class QueueManager:
             self._dispatch(now)
             if hold:
                 self._hold_acks(now, sender, hold)
+            self._no_workers_check()
             return
         if kind is Kind.DONE:
             for e in entries:
@@ -394,6 +432,13 @@ class QueueManager:
             and me in self._snd_members
             and not self._older,
         )
+        if self._older and me in self._mgr_members:
+            older = ", ".join(self._older)
+            if older != self._standby_for:
+                self._standby_for = older
+                self._event("standby", older=older)
+        else:
+            self._standby_for = None
 
     def _set_active(self, now: float, active: bool) -> None:
         if active == self._active:
@@ -401,13 +446,16 @@ class QueueManager:
         self._active = active
         if active:
             self.stats["activations"] += 1
+            self._said_no_workers = False
             me, managers = self.me, self._mgr_members
             self._awaiting = {s: None for s in self._wrk_members if s != me and s not in managers}
             self._grace_until = now + self.register_grace
             self._next_sweep = now + self.sweep_interval
             # Workers answer HELLO with REGISTER (and the tasks they still hold).
             self._emit((self.groups.workers,), Kind.HELLO, None)
+            self._event("activated", awaiting=len(self._awaiting))
             return
+        resubmitted = self.stats["resubmit_requests"]
         # Stepping down: queued tasks go back to their senders, who resubmit them to
         # the manager that is active now. Running tasks answer their senders anyway.
         for t in self._queue:
@@ -429,6 +477,7 @@ class QueueManager:
         self._awaiting.clear()
         self._late_acks.clear()
         self._acked_senders.clear()
+        self._event("stepped_down", resubmitted=self.stats["resubmit_requests"] - resubmitted)
 
     # ------------------------------------------------------------------ messages
 
@@ -439,6 +488,8 @@ class QueueManager:
         back if they are assigned at once (with how long), or None."""
         acks: list[Ack] = []
         hold: list[tuple[_Task, float]] | None = None
+        refused = 0
+        workers = self.available_workers
         may_hold = self.ack_delay > 0 and sender in self._acked_senders
         tasks = self._tasks
         for e in entries:
@@ -447,7 +498,7 @@ class QueueManager:
             if known is not None:
                 if known.reply_to == sender:
                     # A resubmission (after a manager change) of what we have: ack again.
-                    acks.append(new_entry(Ack, (tid,)))
+                    acks.append(new_entry(Ack, (tid, workers)))
                     self.stats["duplicate_submits"] += 1
                 else:
                     self.stats["id_conflicts"] += 1
@@ -457,9 +508,15 @@ class QueueManager:
                 self._emit(
                     (sender,),
                     Kind.FAILED,
-                    Failed(tid, Reason.QUEUE_FULL, f"queue holds {self._queued} tasks"),
+                    Failed(
+                        tid,
+                        Reason.QUEUE_FULL,
+                        f"queue {self.groups.queue} holds {self._queued} tasks, its "
+                        f"manager's limit (max_queued)",
+                    ),
                 )
                 self.stats["queue_full"] += 1
+                refused += 1
                 continue
             func = self._funcs.get(e.func)
             if func is None:
@@ -486,7 +543,7 @@ class QueueManager:
                             hold = []
                         hold.append((t, delay))
                         continue
-            acks.append(new_entry(Ack, (tid,)))
+            acks.append(new_entry(Ack, (tid, workers)))
         if acks:
             self._emit_all((sender,), Kind.ACK, acks)
             acked = self._acked_senders
@@ -494,12 +551,15 @@ class QueueManager:
                 if len(acked) >= _ACKED_SENDERS_MAX:
                     acked.clear()
                 acked[sender] = None
+        if refused:
+            self._event("queue_full", refused=refused, limit=self.max_queued)
         return hold
 
     def _hold_acks(self, now: float, sender: str, hold: list[tuple[_Task, float]]) -> None:
         """After dispatching: hold back the ACKs of the tasks now running somewhere
         (their results will do), send those of the tasks still queued."""
         acks: list[Ack] = []
+        workers = self.available_workers
         late = self._late_acks
         last = late[-1][0] if late else 0.0
         ordered = True
@@ -511,7 +571,7 @@ class QueueManager:
                 last = due
                 late.append((due, t))
             else:
-                acks.append(new_entry(Ack, (t.task_id,)))
+                acks.append(new_entry(Ack, (t.task_id, workers)))
         self.stats["acks_held"] += len(hold) - len(acks)
         if not ordered:
             # Senders wait for ACKs for different times: keep the deque in due order.
@@ -521,11 +581,12 @@ class QueueManager:
 
     def _send_late_acks(self, now: float) -> None:
         late, tasks = self._late_acks, self._tasks
+        workers = self.available_workers
         saved = 0
         while late and late[0][0] <= now:
             _, t = late.popleft()
             if tasks.get(t.task_id) is t:
-                self._emit((t.reply_to,), Kind.ACK, new_entry(Ack, (t.task_id,)))
+                self._emit((t.reply_to,), Kind.ACK, new_entry(Ack, (t.task_id, workers)))
             else:
                 saved += 1  # done (or failed, cancelled) first: no ACK needed
         self.stats["acks_saved"] += saved
@@ -555,6 +616,10 @@ class QueueManager:
             if w is None:
                 w = self._workers[key] = _Worker(session, e.worker_id)
                 self._by_session.setdefault(session, {})[key] = w
+                self._event("worker_registered", worker=_name(w), capacity=e.capacity)
+                self._said_no_workers = False
+            elif w.capacity and not e.capacity:
+                self._event("worker_draining", worker=_name(w), held=len(w.held))
             w.capacity = e.capacity
             slots = e.slots if len(e) > 3 else None
             w.slots = e.capacity if slots is None else min(slots, e.capacity)
@@ -602,7 +667,9 @@ class QueueManager:
         for e in entries:
             w = self._workers.get((session, e.worker_id))
             if w is not None:
-                lost.extend(self._remove_worker(w))
+                held = self._remove_worker(w)
+                lost.extend(held)
+                self._event("worker_retired", worker=_name(w), requeued=len(held))
         self._requeue(lost)
 
     def _release(self, session: str, entries: Iterable[Any]) -> None:
@@ -652,8 +719,10 @@ class QueueManager:
             return []
         lost: list[_Task] = []
         for w in list(workers.values()):
-            lost.extend(self._remove_worker(w))
+            held = self._remove_worker(w)
+            lost.extend(held)
             self.stats["workers_lost"] += 1
+            self._event("worker_lost", worker=_name(w), requeued=len(held))
         return lost
 
     def _remove_worker(self, w: _Worker) -> list[_Task]:
@@ -679,12 +748,19 @@ class QueueManager:
         """Put tasks of lost workers back at the head of the queue, in order."""
         head: list[_Task] = []
         for t in lost:
-            t.worker = None
+            worker, t.worker = t.worker, None
             if t.cancelled:
                 del self._tasks[t.task_id]
                 self.stats["cancelled"] += 1
             elif t.attempt >= self.max_attempts:
                 del self._tasks[t.task_id]
+                self._event(
+                    "task_failed",
+                    task_id=t.task_id,
+                    func=t.func,
+                    worker=_name(worker),
+                    reason=f"worker lost {t.attempt} times (max_attempts)",
+                )
                 self._emit(
                     (t.reply_to,),
                     Kind.FAILED,
@@ -701,6 +777,12 @@ class QueueManager:
             self._queue.extendleft(reversed(head))
             self._queued += len(head)
             self.stats[counted] += len(head)
+
+    def _no_workers_check(self) -> None:
+        """Say once (until a worker registers) that tasks wait and no worker can run them."""
+        if self._queued and not self._said_no_workers and not self._workers:
+            self._said_no_workers = True
+            self._event("no_workers", queued=self._queued)
 
     # ------------------------------------------------------------------ dispatch
 

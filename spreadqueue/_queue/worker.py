@@ -38,6 +38,7 @@ from .messages import (
 from .names import queue_groups
 from .outbox import Outbox, Turn, send
 from .serializer import default_serializer
+from .throttle import WarningThrottle
 
 __all__ = ["Handler", "Task", "Worker"]
 
@@ -208,6 +209,7 @@ class Worker(Service):
         self._result_bytes: dict[str, int] = {}
         self._control = Outbox()  # REGISTER / DONE / RETIRE to Q-mgr
         self._turn = Turn(reactor, self._flush, session)
+        self._malformed = WarningThrottle(reactor, self.log)
         self._drained: list[Deferred[None]] = []
         self._start_d: Deferred[None] | None = None
         self._stop_d: Deferred[None] | None = None
@@ -332,6 +334,7 @@ class Worker(Service):
         self._running.clear()
         self._forget_waiting()
         self._state = "stopped"
+        self._malformed.stop()
         self._expiries.clear()
         if self.session.connected:
             self._control.add((self.groups.manager,), Kind.RETIRE, Retire(self.worker_id))
@@ -353,6 +356,7 @@ class Worker(Service):
         if self._state == "stopped":
             return
         self._state = "stopped"
+        self._malformed.stop()
         for task in list(self._running.values()):
             task._abandoned = True
             self._cancel_task(task)
@@ -383,10 +387,10 @@ class Worker(Service):
             msg = decode(mt, frame.data)
         except MalformedMessage as e:
             self.stats["malformed"] += 1
-            self.log.warn(
-                "queue worker {worker}: dropped a malformed message from {sender}: {error}",
+            self._malformed.warn(
+                frame.sender,
+                "queue worker {worker}: dropped a malformed message from {source}: {error}",
                 worker=self.worker_id,
-                sender=frame.sender,
                 error=str(e),
             )
             return
@@ -652,6 +656,7 @@ class Worker(Service):
             self.stats["cancelled"] += 1
         else:
             self.stats["errors"] += 1
+            self._log_failure(task, status, payload)
         if task._buffer is not _NOTHING:
             # responded, then failed: the responses still count
             self._queue_result(task, False, Status.OK, task._buffer)
@@ -665,6 +670,20 @@ class Worker(Service):
             drained, self._drained = self._drained, []
             for d in drained:
                 d.callback(None)
+
+    def _log_failure(self, task: Task, status: Status, payload: Any) -> None:
+        if status is Status.UNKNOWN_FUNCTION:
+            error = f"no handler for {task.func!r}"
+        else:
+            error = f"{payload[0]}: {payload[1]}"
+        self.log.warn(
+            "queue worker {worker}: task {task_id} ({func}) failed: {error}",
+            worker=self.worker_id,
+            task_id=task.task_id,
+            func=task.func,
+            error=error,
+            sender=task.reply_to,
+        )
 
     def _queue_result(self, task: Task, final: bool, status: Status, payload: Any) -> None:
         if type(payload) is bytes or type(payload) is str:
