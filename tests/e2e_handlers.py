@@ -56,6 +56,11 @@ def slow(args: dict[str, Any]) -> Deferred[list[Any]]:
     return deferLater(reactor, float(args.get("delay", 0.0)), lambda: [args["i"], os.getpid()])
 
 
+def blob(args: Any) -> bytes:
+    """Bytes, which JSON has no type for: b"hello" and the argument's text."""
+    return b"hello " + str(args).encode()
+
+
 def crash(args: Any) -> None:
     """Die at once, as a crash would (the manager sees the session disconnect)."""
     os._exit(3)
@@ -69,4 +74,5 @@ HANDLERS = {
     "work": work,
     "slow": slow,
     "crash": crash,
+    "blob": blob,
 }

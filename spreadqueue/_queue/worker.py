@@ -70,6 +70,13 @@ _BURST: Final = 2
 _MAX_TRACEBACK: Final = 16 * 1024
 
 
+def _describe(tasks: Any, most: int = 5) -> str:
+    """'id (func), ...' of the first few of ``tasks``."""
+    tasks = list(tasks)
+    text = ", ".join(f"{t.task_id} ({t.func})" for t in tasks[:most])
+    return text + (f" and {len(tasks) - most} more" if len(tasks) > most else "")
+
+
 def _unfinished(task: Task) -> bool:
     return not task._finished
 
@@ -322,12 +329,31 @@ class Worker(Service):
             self._release_waiting()  # what has not started goes back to the manager
             self._flush()
         if self._running:
+            self.log.info(
+                "queue worker {worker} stopping: waiting for {n} running task(s) "
+                "({tasks}) for at most {timeout:g}s",
+                worker=self.worker_id,
+                n=len(self._running),
+                tasks=_describe(self._running.values()),
+                timeout=timeout,
+            )
             drained: Deferred[None] = Deferred()
             self._drained.append(drained)
             timer = self._reactor.callLater(timeout, self._give_up_draining, drained)
             await drained
             if timer.active():
                 timer.cancel()
+            if self._running:
+                self.log.warn(
+                    "queue worker {worker} stopped waiting after {timeout:g}s: {n} task(s) "
+                    "({tasks}) cancelled; the manager gives them to another worker",
+                    worker=self.worker_id,
+                    n=len(self._running),
+                    tasks=_describe(self._running.values()),
+                    timeout=timeout,
+                )
+            else:
+                self.log.info("queue worker {worker}: its tasks are done", worker=self.worker_id)
         for task in list(self._running.values()):
             task._abandoned = True
             self._cancel_task(task)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 USAGE = """\
-usage: spreadqueue COMMAND [options]
+usage: spreadqueue COMMAND [options]      (spreadqueue --version: the version)
 
 commands:
   demo      run the queue demo on an embedded daemon (nothing to set up)
@@ -22,9 +22,14 @@ commands:
   worker    run a worker with your handlers         (= twistd -n spreadqueue-worker)
   rpc       call a function on a queue, print the result as JSON
   bench     measure latency and throughput of the queue
+'sqm QUEUE' runs a queue manager that starts an embedded daemon when none answers.
 
 'spreadqueue COMMAND --help' explains each command's options.
-Environment: SPREAD_DAEMON (default 4803@localhost), SPREAD_QUEUE_NAME (default queue).
+Environment (read by every command, the twistd plugins and BlockingSender):
+  SPREAD_DAEMON      the Spread daemon, 4803@host or a Twisted endpoint
+                     (not set: 4803@localhost)
+  SPREAD_QUEUE_NAME  the queue when none is given (SPREAD_QUEUE is read too; not
+                     set: manager, worker and rpc need --queue)
 """
 
 #: The commands that run a service, and the twistd plugin each one equals.
@@ -35,15 +40,19 @@ _SERVICES = {
 }
 
 
-def run_service(module: str, args: Sequence[str], prog: str) -> int:
-    """Run the service of tap module ``module`` (``Options``, ``makeService``) in the
-    foreground, as the twistd plugin of the same options would."""
+def run_service(module: str, args: Sequence[str], prog: str, options: str = "Options") -> int:
+    """Run the service of tap module ``module`` (its ``options`` class, ``makeService``)
+    in the foreground, as the twistd plugin of the same options would. Options may
+    come after the positional arguments (``sqm myqueue --spread X``)."""
     import importlib
 
     from .runner import run
 
     tap = importlib.import_module(f"{__package__}.{module}")
-    return run(tap.Options, tap.makeService, args, prog)
+    options_class = getattr(tap, options)
+    params: list[Any] = list(getattr(options_class, "optParameters", []))
+    takes_value = {f"--{p[0]}" for p in params} | {f"-{p[1]}" for p in params if p[1]}
+    return run(options_class, tap.makeService, options_last(args, takes_value), prog)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if args else 2
+    if args[0] == "--version":
+        return print_version()
     command, rest = args[0], args[1:]
     if command in _SERVICES:
         return run_service(_SERVICES[command][0], rest, f"spreadqueue {command}")
@@ -70,6 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"spreadqueue: unknown command {command!r}\n", file=sys.stderr)
     print(USAGE, end="", file=sys.stderr)
     return 2
+
+
+def print_version() -> int:
+    """Print the package version (``spreadqueue --version``, ``sqm --version``)."""
+    from .._version import __version__
+
+    print(f"spreadqueue {__version__}")
+    return 0
 
 
 def options_last(args: Sequence[str], takes_value: set[str]) -> list[str]:
@@ -97,15 +116,10 @@ def options_last(args: Sequence[str], takes_value: set[str]) -> list[str]:
 
 def sqm_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sqm [options] QUEUE``: Perl's Spread::Queue queue manager command."""
-    from .manager_tap import Options
-
     args = list(sys.argv[1:] if argv is None else argv)
-    params: list[Any] = list(Options.optParameters)
-    takes_value = {f"--{p[0]}" for p in params} | {f"-{p[1]}" for p in params if p[1]}
-    # sqm starts an embedded daemon when nothing answers, unless told not to.
-    return run_service(
-        "manager_tap", ["--embedded-daemon=auto", *options_last(args, takes_value)], "sqm"
-    )
+    if args == ["--version"]:
+        return print_version()
+    return run_service("manager_tap", args, "sqm", "SqmOptions")
 
 
 if __name__ == "__main__":

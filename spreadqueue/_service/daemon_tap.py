@@ -6,15 +6,24 @@ import ipaddress
 from typing import Any
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
 from .._defaults import DEFAULT_LISTEN
 from .._spread.daemon import DEFAULT_MAX_SESSIONS, SpreadDaemonService
-from .common import ReadyFileService, fail_startup, write_ready_file
+from .common import (
+    EXIT_FAILED,
+    ExitOnSecondSignal,
+    ReadyFileService,
+    ServiceOptions,
+    fail_startup,
+    write_ready_file,
+)
 
 
-class Options(usage.Options):
+class Options(ServiceOptions):
     """Options of ``twistd spread-daemon``."""
 
     synopsis = "[options]"
@@ -42,6 +51,14 @@ class Options(usage.Options):
             raise usage.UsageError(f"--allow: {e}") from None
 
     def postOptions(self) -> None:
+        try:
+            # Syntax only, on a memory reactor (twistd installs the real one later).
+            serverFromString(MemoryReactor(), self["listen"])
+        except Exception as e:
+            raise usage.UsageError(
+                f"--listen {self['listen']!r} is not a server endpoint "
+                f"(e.g. tcp:4803:interface=127.0.0.1): {e}"
+            ) from None
         if len(self["name"]) > 19 or not self["name"]:
             raise usage.UsageError("--name must be 1 to 19 characters (Spread's limit)")
         if self["max-sessions"] < 1:
@@ -68,8 +85,9 @@ def makeService(options: dict[str, Any]) -> IService:
         def startService(self) -> None:
             super().startService()
             daemon.whenListening().addCallbacks(
-                listening, fail_startup, errbackArgs=(daemon.reactor,)
+                listening, fail_startup, errbackArgs=(daemon.reactor, EXIT_FAILED)
             )
 
     _Watch(ready_file or "").setServiceParent(top)
+    ExitOnSecondSignal(daemon.reactor).setServiceParent(top)
     return top

@@ -22,8 +22,34 @@ from .._queue.sender import Sender
 from .._queue.worker import Worker
 from .._spread.client import connect
 from .._spread.daemon import SpreadDaemonService
+from .._spread.endpoints import parse_spread_endpoint
 
 QUEUE = "demo"
+
+
+def _count(low: int, high: int) -> Any:
+    """An argparse type: an int in ``low..high`` (argparse exits 2 with the reason)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _spread(text: str) -> str:
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        parse_spread_endpoint(MemoryReactor(), text)
+    except Exception as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Spread daemon address: {e}") from None
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,10 +57,18 @@ def _parser() -> argparse.ArgumentParser:
         prog="spreadqueue demo",
         description="Run spreadqueue's queue demo on an embedded Spread daemon.",
     )
-    p.add_argument("--workers", type=int, default=3, help="workers to start (default 3)")
-    p.add_argument("--tasks", type=int, default=300, help="tasks in the burst (default 300)")
+    p.add_argument(
+        "--workers", type=_count(1, 100), default=3, help="workers to start, 1..100 (default 3)"
+    )
+    p.add_argument(
+        "--tasks",
+        type=_count(0, 1_000_000),
+        default=300,
+        help="tasks in the burst, 0..1000000 (default 300)",
+    )
     p.add_argument(
         "--spread",
+        type=_spread,
         default=None,
         help="use this Spread daemon (e.g. 4803@localhost) instead of an embedded one",
     )
@@ -102,7 +136,7 @@ async def _run(reactor: Any, options: argparse.Namespace) -> int:
         _say(f"  {name} answered {count} tasks")
     _say(
         f"demo: {len(results)} tasks answered by {len(per_worker)} workers in "
-        f"{elapsed:.2f} s ({len(results) / elapsed:,.0f} tasks/s), "
+        f"{elapsed:.2f} s ({len(results) / max(elapsed, 1e-9):,.0f} tasks/s), "
         f"{len(wrong)} wrong, {options.tasks - len(results)} lost"
     )
 

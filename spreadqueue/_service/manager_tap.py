@@ -9,27 +9,47 @@ from twisted.python import usage
 
 from .._defaults import default_queue, default_spread
 from .._queue.names import validate_queue_name
-from .common import ReadyFileService, fail_startup, write_ready_file
+from .common import (
+    ExitOnSecondSignal,
+    ReadyFileService,
+    ServiceOptions,
+    check_name_option,
+    check_spread_option,
+    fail_startup,
+    write_ready_file,
+)
 from .processes import EMBEDDED_MODES, ManagerProcessService
 
+#: Tasks a manager queues before it refuses more (QueueFull): about 40 MB of 100-byte
+#: tasks, enough for a burst, and a bound that a runaway sender meets before memory does.
+DEFAULT_MAX_QUEUED = 100_000
 
-class Options(usage.Options):
-    """Options of ``twistd spreadqueue-manager`` and ``sqm``."""
 
-    synopsis = "[options] [QUEUE]"
-    longdesc = (
-        "Runs the manager of one queue: it assigns each submitted task to exactly one "
-        "available worker and reassigns the tasks of workers that die. QUEUE (or --queue) "
-        "defaults to $SPREAD_QUEUE_NAME (or $SPREAD_QUEUE). With --embedded-daemon=auto "
-        "(sqm's default) it starts an embedded Spread daemon in this process when nothing "
-        "answers at the Spread endpoint."
-    )
-    optParameters = [
+def _parameters(embedded_default: str) -> list[list[Any]]:
+    return [
         ["queue", "q", None, "Queue name."],
-        ["spread", "s", None, "Spread daemon endpoint [default: $SPREAD_DAEMON or 4803@localhost]"],
+        [
+            "spread",
+            "s",
+            None,
+            "Spread daemon: 4803@host or a Twisted client endpoint "
+            "[default: $SPREAD_DAEMON or 4803@localhost]",
+        ],
         ["name", None, None, "Private Spread name (at most 10 characters) [default: invented]"],
         ["max-attempts", None, 3, "Runs of a task before its sender gets WorkerLost.", int],
-        ["embedded-daemon", None, "never", "never, auto or always (sqm: auto)."],
+        [
+            "max-queued",
+            None,
+            DEFAULT_MAX_QUEUED,
+            "Tasks queued at most; more are refused with QueueFull (0: no limit).",
+            int,
+        ],
+        [
+            "embedded-daemon",
+            None,
+            embedded_default,
+            "never, auto (when nothing answers at a local address) or always.",
+        ],
         [
             "ack-delay",
             None,
@@ -37,9 +57,31 @@ class Options(usage.Options):
             "Hold an ACK this long, dropped if the result comes first.",
             float,
         ],
+        [
+            "summary-interval",
+            None,
+            60.0,
+            "Seconds between the one-line summaries of the queue in the log (0: none).",
+            float,
+        ],
         ["ready-file", None, None, "Write this file once the manager is active."],
     ]
-    optFlags = [["no-embedded-daemon", None, "Never start an embedded daemon (for sqm)."]]
+
+
+class _ManagerOptions(ServiceOptions):
+    """What the options of the manager's commands share (all but one default)."""
+
+    synopsis = "[options] [QUEUE]"
+    longdesc = (
+        "Runs the manager of one queue: it assigns each submitted task to exactly one "
+        "available worker and reassigns the tasks of workers that die. Start several for "
+        "one queue: one is active, the others stand by and take over when it goes. QUEUE "
+        "(or --queue) defaults to $SPREAD_QUEUE_NAME (or $SPREAD_QUEUE); there is no "
+        "default queue. With --embedded-daemon=auto it starts an embedded Spread daemon "
+        "in this process when nothing answers at a local Spread address, also later, "
+        "when the daemon it used goes away."
+    )
+    optFlags = [["no-embedded-daemon", None, "Never start an embedded daemon."]]
 
     def parseArgs(self, queue: str | None = None) -> None:
         if queue is not None:
@@ -55,15 +97,32 @@ class Options(usage.Options):
             self["queue"] = validate_queue_name(queue)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        self["spread"] = self["spread"] or default_spread()
+        self["spread"] = check_spread_option(self["spread"] or default_spread())
+        check_name_option(self["name"])
         if self["no-embedded-daemon"]:
             self["embedded-daemon"] = "never"
         if self["embedded-daemon"] not in EMBEDDED_MODES:
             raise usage.UsageError(f"--embedded-daemon must be one of {', '.join(EMBEDDED_MODES)}")
         if self["max-attempts"] < 1:
             raise usage.UsageError("--max-attempts must be at least 1")
+        if self["max-queued"] < 0:
+            raise usage.UsageError("--max-queued must be 0 (no limit) or more")
         if not 0 <= self["ack-delay"] <= 1:
             raise usage.UsageError("--ack-delay must be between 0 and 1 second")
+        if not 0 <= self["summary-interval"] < float("inf"):
+            raise usage.UsageError("--summary-interval must be 0 (none) or a number of seconds")
+
+
+class Options(_ManagerOptions):
+    """Options of ``twistd spreadqueue-manager`` and ``spreadqueue manager``."""
+
+    optParameters = _parameters("never")
+
+
+class SqmOptions(_ManagerOptions):
+    """Options of ``sqm``: an embedded daemon when none answers at a local address."""
+
+    optParameters = _parameters("auto")
 
 
 def makeService(options: dict[str, Any]) -> IService:
@@ -83,9 +142,12 @@ def makeService(options: dict[str, Any]) -> IService:
         embedded=options["embedded-daemon"],
         name=options["name"],
         max_attempts=options["max-attempts"],
+        max_queued=options["max-queued"] or None,
         ack_delay=options["ack-delay"],
+        summary_interval=options["summary-interval"],
         on_ready=ready,
         on_failure=lambda f: fail_startup(f, reactor),
     )
     ReadyFileService(ready_file or "").setServiceParent(service)
+    ExitOnSecondSignal(reactor).setServiceParent(service)
     return service

@@ -12,55 +12,59 @@ Both write a readiness file when ready, for scripts and tests.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any, NamedTuple
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError, ConnectionRefusedError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .._queue.manager import ManagerService
 from .._queue.worker import Handler, Worker
 from .._spread.client import connect
 from .._spread.daemon import SpreadDaemonService
-from .._spread.endpoints import parse_spread_endpoint, spread_address
+from .._spread.endpoints import spread_address
 from .._spread.interfaces import ISpreadSession
 from .._spread.keeper import SessionKeeper
 from .._spread.local import local_session
 
-__all__ = ["ManagerProcessService", "WorkerProcessService", "daemon_answers"]
+__all__ = ["ManagerProcessService", "WorkerProcessService", "reconnect_delays"]
 
 log = Logger()
 
 EMBEDDED_MODES = ("never", "auto", "always")
 
 
-async def daemon_answers(reactor: Any, spread: str, timeout: float = 2.0) -> bool:
-    """True if something accepts TCP connections at the Spread endpoint ``spread``."""
-    from twisted.internet.error import ConnectError
+class Backoff(NamedTuple):
+    """Seconds before the first reconnection attempt, the most between two, and the
+    random part of each delay (a fraction of it)."""
 
-    endpoint = parse_spread_endpoint(reactor, spread)
-    d = endpoint.connect(Factory.forProtocol(Protocol))
-    d.addTimeout(timeout, reactor)
-    try:
-        proto = cast(Protocol, await d)
-    except ConnectError:
-        return False
-    except Exception:
-        # A timeout or a name that does not resolve: not something we can replace.
-        return True
-    if proto.transport is not None:
-        proto.transport.loseConnection()
-    return True
+    initial: float
+    maximum: float
+    jitter: float
+
+
+def reconnect_delays(spread: str) -> Backoff:
+    """The back-off for a session with the daemon at ``spread``: short for one on this
+    machine (it restarts in well under a second, and the clients of a queue must come
+    back quickly), longer for a remote one; jittered either way."""
+    if spread_address(spread).is_local:
+        return Backoff(0.2, 1.0, 0.5)
+    return Backoff(1.0, 30.0, 0.2)
 
 
 class ManagerProcessService(MultiService):
     """A queue manager process: a ManagerService, and an embedded daemon if needed.
 
     ``embedded`` is ``'never'`` (connect to ``spread``, retrying while it is down),
-    ``'auto'`` (start an embedded daemon when nothing answers at ``spread`` and it is
-    a local address) or ``'always'``. ``on_ready`` is called once the manager is the
-    active manager of the queue.
+    ``'auto'`` or ``'always'`` (start an embedded daemon at ``spread``, which must be a
+    local address, and use an in-process session of it). In ``'auto'`` mode, whenever
+    nothing answers at a local ``spread`` (at start, or after the daemon went away),
+    the manager starts the embedded daemon itself: of several such managers exactly one
+    wins the port, and the others connect to it. ``on_ready`` is called once the
+    manager is the active manager of the queue; ``on_failure(failure)`` if it cannot
+    start at all.
     """
 
     def __init__(
@@ -72,74 +76,111 @@ class ManagerProcessService(MultiService):
         embedded: str = "never",
         name: str | None = None,
         on_ready: Callable[[], object] | None = None,
-        on_failure: Callable[[Any], object] | None = None,
+        on_failure: Callable[[Failure], object] | None = None,
         **manager_options: Any,
     ) -> None:
         super().__init__()
         if embedded not in EMBEDDED_MODES:
             raise ValueError(f"embedded must be one of {EMBEDDED_MODES}")
+        address = spread_address(spread)
+        if embedded != "never" and (not address.is_local or address.port is None):
+            embedded = "never"  # only a local address can be ours
         self.reactor = reactor
         self.queue = queue
         self.spread = spread
         self.embedded = embedded
         self.private_name = name
         self.daemon: SpreadDaemonService | None = None
-        self.manager: ManagerService | None = None
+        self._address = address
         self._on_ready = on_ready
         self._on_failure = on_failure
-        self._manager_options = manager_options
+        backoff = reconnect_delays(spread)
+        options: dict[str, Any] = {
+            "reconnect_delay": backoff.initial,
+            "max_reconnect_delay": backoff.maximum,
+            "reconnect_jitter": backoff.jitter,
+            **manager_options,
+        }
+        self.manager = ManagerService(
+            reactor, lambda: Deferred.fromCoroutine(self._open_session()), queue, **options
+        )
 
     def startService(self) -> None:
         super().startService()
-        d = Deferred.fromCoroutine(self._start())
-        if self._on_failure is not None:
-            d.addErrback(self._on_failure)
-        else:
-            d.addErrback(lambda f: log.failure("queue manager failed to start", f))
+        Deferred.fromCoroutine(self._start()).addErrback(self._failed)
 
     async def _start(self) -> None:
-        embed = self.embedded == "always"
-        if self.embedded == "auto":
-            address = spread_address(self.spread)
-            if address.is_local and address.port is not None:
-                embed = not await daemon_answers(self.reactor, self.spread)
-        if embed:
-            factory = await self._start_embedded_daemon()
-        else:
-
-            def factory() -> Deferred[ISpreadSession]:
-                return connect(self.reactor, self.spread, self.private_name)  # type: ignore[return-value]
-
-        manager = ManagerService(self.reactor, factory, self.queue, **self._manager_options)
-        self.manager = manager
-        manager.setServiceParent(self)
-        await manager.whenActive()
-        log.info(
-            "queue manager for {queue} is active (Spread {spread}{how})",
-            queue=self.queue,
-            spread=self.spread,
-            how=", in-process session of the embedded daemon" if embed else "",
-        )
+        if self.embedded == "always":
+            # Asked for: a daemon that cannot listen is a failure to start, not a retry.
+            await self._start_daemon()
+        self.manager.setServiceParent(self)
+        await self.manager.whenActive()
         if self._on_ready is not None:
             self._on_ready()
 
-    async def _start_embedded_daemon(self) -> Callable[[], Deferred[ISpreadSession]]:
-        address = spread_address(self.spread)
-        daemon = SpreadDaemonService(address.listen_endpoint(), reactor=self.reactor)
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """Stop the manager first (its goodbye goes through the daemon, which may be
+        ours and a later child), then the rest."""
+
+        async def stop() -> None:
+            if self.manager.parent is self:
+                await self.manager.disownServiceParent()
+            await MultiService.stopService(self)
+
+        return Deferred.fromCoroutine(stop())
+
+    def _failed(self, failure: Failure) -> None:
+        if self._on_failure is not None:
+            self._on_failure(failure)
+        else:
+            log.failure("queue manager {queue} cannot start", failure, queue=self.queue)
+
+    async def _open_session(self) -> ISpreadSession:
+        """A session for the manager: in process when the daemon is ours, else over TCP;
+        in auto mode, with nothing answering, the daemon becomes ours."""
+        if self.daemon is not None:
+            return self._local_session()
+        try:
+            return await connect(self.reactor, self.spread, self.private_name)
+        except ConnectionRefusedError:
+            if self.embedded != "auto":
+                raise
+        try:
+            await self._start_daemon()
+        except CannotListenError:
+            # Another manager took the port between our attempts: connect to it next time.
+            raise ConnectionRefusedError(
+                f"no Spread daemon at {self.spread}, and another process is starting one"
+            ) from None
+        return self._local_session()
+
+    def _local_session(self) -> ISpreadSession:
+        assert self.daemon is not None
+        session = local_session(self.daemon.factory, self.private_name or "")
+        log.info(
+            "queue manager {queue} uses {session}, an in-process session of the embedded "
+            "daemon (Spread {spread})",
+            queue=self.queue,
+            session=session.private_group,
+            spread=self.spread,
+        )
+        return session
+
+    async def _start_daemon(self) -> None:
+        daemon = SpreadDaemonService(self._address.listen_endpoint(), reactor=self.reactor)
+        daemon.setServiceParent(self)  # (starts it: we are running)
+        try:
+            await daemon.whenListening()
+        except BaseException:
+            await daemon.disownServiceParent()
+            raise
         self.daemon = daemon
-        daemon.setServiceParent(self)
-        await daemon.whenListening()
         log.info(
             "no Spread daemon answered at {spread}: started an embedded Spread daemon on "
             "127.0.0.1:{port} in this process (use --no-embedded-daemon to forbid this)",
             spread=self.spread,
-            port=address.port,
+            port=self._address.port,
         )
-
-        def factory() -> Deferred[ISpreadSession]:
-            return succeed(local_session(daemon.factory, self.private_name or ""))
-
-        return factory
 
 
 class WorkerProcessService(MultiService):
@@ -155,8 +196,8 @@ class WorkerProcessService(MultiService):
         concurrency: int = 1,
         name: str | None = None,
         on_ready: Callable[[], object] | None = None,
-        reconnect_delay: float = 1.0,
-        max_reconnect_delay: float = 30.0,
+        on_failure: Callable[[Failure], object] | None = None,
+        backoff: Backoff | None = None,
         **worker_options: Any,
     ) -> None:
         super().__init__()
@@ -168,14 +209,18 @@ class WorkerProcessService(MultiService):
         self.private_name = name
         self.worker: Worker | None = None
         self._on_ready = on_ready
+        self._on_failure = on_failure
         self._worker_options = worker_options
+        backoff = backoff or reconnect_delays(spread)
         self._keeper = SessionKeeper(
             reactor,
             lambda: connect(reactor, spread, name),
             self._attach,
             who=f"worker of queue {queue}",
-            initial_delay=reconnect_delay,
-            max_delay=max_reconnect_delay,
+            initial_delay=backoff.initial,
+            max_delay=backoff.maximum,
+            jitter=backoff.jitter,
+            on_permanent=self._cannot_open,
         )
 
     @property
@@ -212,6 +257,10 @@ class WorkerProcessService(MultiService):
         if self._on_ready is not None:
             ready, self._on_ready = self._on_ready, None
             ready()
+
+    def _cannot_open(self, failure: Failure) -> None:
+        if self._on_failure is not None:
+            self._on_failure(failure)
 
     def _lost(self, worker: Worker) -> None:
         if self.worker is worker:

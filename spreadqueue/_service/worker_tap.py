@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,15 +13,30 @@ from twisted.python import usage
 
 from .._defaults import default_queue, default_spread
 from .._queue.names import validate_queue_name
-from .common import ReadyFileService, write_ready_file
+from .common import (
+    ExitOnSecondSignal,
+    ReadyFileService,
+    ServiceOptions,
+    check_name_option,
+    check_spread_option,
+    fail_startup,
+    write_ready_file,
+)
 from .processes import WorkerProcessService
 
 
 def load_handlers(spec: str) -> dict[str, Any]:
-    """Import ``module:object`` where the object maps function names to callables."""
+    """Import ``module:object`` where the object maps function names to callables.
+
+    The current directory is importable, as with ``celery -A`` and gunicorn: a
+    handler module next to where the worker is started is found.
+    """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise usage.UsageError(f"--handlers wants module:object, not {spec!r}")
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -40,21 +57,40 @@ def load_handlers(spec: str) -> dict[str, Any]:
     return dict(obj)
 
 
-class Options(usage.Options):
-    """Options of ``twistd spreadqueue-worker``."""
+class Options(ServiceOptions):
+    """Options of ``twistd spreadqueue-worker`` and ``spreadqueue worker``."""
 
     synopsis = "--handlers module:object [options]"
     longdesc = (
         "Runs a worker of one queue. module:object is a dict mapping function names to "
         "callables taking the task's arguments; a callable may return a value, a Deferred "
-        "or a coroutine. The queue defaults to $SPREAD_QUEUE_NAME (or $SPREAD_QUEUE)."
+        "or a coroutine. The module is imported as 'import module' would from the current "
+        "directory (it is on the import path, as with celery -A and gunicorn) or from the "
+        "installed packages. The queue defaults to $SPREAD_QUEUE_NAME (or $SPREAD_QUEUE); "
+        "there is no default queue. SIGINT or SIGTERM stops the worker gracefully: it "
+        "takes no new task and finishes the ones it runs, for at most --stop-timeout "
+        "seconds; a second signal exits at once."
     )
     optParameters = [
         ["queue", "q", None, "Queue name."],
-        ["spread", "s", None, "Spread daemon endpoint [default: $SPREAD_DAEMON or 4803@localhost]"],
+        [
+            "spread",
+            "s",
+            None,
+            "Spread daemon: 4803@host or a Twisted client endpoint "
+            "[default: $SPREAD_DAEMON or 4803@localhost]",
+        ],
         ["handlers", "H", None, "module:object, a dict of function name -> callable."],
         ["concurrency", "c", 1, "Tasks this worker runs at once.", int],
         ["prefetch", None, 16, "Extra tasks it may hold while tasks are tiny (0: none).", int],
+        [
+            "stop-timeout",
+            None,
+            30.0,
+            "Seconds a stopping worker waits for its running tasks before it gives them "
+            "back to the manager.",
+            float,
+        ],
         ["name", None, None, "Private Spread name (at most 10 characters) [default: invented]"],
         ["ready-file", None, None, "Write this file once the worker is registered."],
     ]
@@ -74,7 +110,10 @@ class Options(usage.Options):
             raise usage.UsageError("--concurrency must be between 1 and 10000")
         if not 0 <= self["prefetch"] <= 10_000:
             raise usage.UsageError("--prefetch must be between 0 and 10000")
-        self["spread"] = self["spread"] or default_spread()
+        if not 0 <= self["stop-timeout"] < float("inf"):
+            raise usage.UsageError("--stop-timeout must be a number of seconds, 0 or more")
+        check_name_option(self["name"])
+        self["spread"] = check_spread_option(self["spread"] or default_spread())
 
 
 def makeService(options: dict[str, Any]) -> IService:
@@ -94,8 +133,11 @@ def makeService(options: dict[str, Any]) -> IService:
         options["handler-map"],
         concurrency=options["concurrency"],
         prefetch=options["prefetch"],
+        stop_timeout=options["stop-timeout"],
         name=options["name"],
         on_ready=ready,
+        on_failure=lambda f: fail_startup(f, reactor),
     )
     ReadyFileService(ready_file or "").setServiceParent(service)
+    ExitOnSecondSignal(reactor).setServiceParent(service)
     return service

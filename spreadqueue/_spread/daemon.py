@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IAddress,
@@ -669,7 +669,9 @@ class SpreadDaemonService(Service):
 
     def startService(self) -> None:
         super().startService()
-        d = serverFromString(self.reactor, self.endpoint).listen(self.factory)
+        d = maybeDeferred(
+            lambda: serverFromString(self.reactor, self.endpoint).listen(self.factory)
+        )
         self._listening = d
         d.addCallbacks(self._listened, self._listen_failed)
 
@@ -688,7 +690,11 @@ class SpreadDaemonService(Service):
     def _listen_failed(self, failure: Failure) -> None:
         self._listening = None
         self._outcome = failure
-        log.failure("Spread daemon cannot listen on {endpoint}", failure, endpoint=self.endpoint)
+        log.error(
+            "Spread daemon cannot listen on {endpoint}: {why}",
+            endpoint=self.endpoint,
+            why=failure.getErrorMessage(),
+        )
         self._tell_waiters()
 
     def _tell_waiters(self) -> None:
