@@ -7,6 +7,7 @@ the reactor thread has answered.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from spreadqueue._queue.errors import NoManager, RemoteError
 from spreadqueue._queue.manager import ManagerService
 from spreadqueue._queue.sender import Reply
 from spreadqueue._queue.worker import Worker
+from spreadqueue._spread.errors import SessionClosed
 from spreadqueue.testing import FakeSpreadNetwork
 
 
@@ -82,3 +84,33 @@ def test_queue_name_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("SPREAD_QUEUE_NAME", raising=False)
     with pytest.raises(ValueError, match="SPREAD_QUEUE_NAME"):
         BlockingSender()
+
+
+def test_the_queue_and_daemon_come_from_the_environment(
+    reactor: Any, network: FakeSpreadNetwork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As every command: $SPREAD_QUEUE_NAME, else $SPREAD_QUEUE, names the queue, and
+    $SPREAD_DAEMON the daemon to connect to."""
+    monkeypatch.delenv("SPREAD_QUEUE_NAME", raising=False)
+    monkeypatch.setenv("SPREAD_QUEUE", "jobs")
+    with BlockingSender(reactor=reactor, session_factory=network.connect) as sender:
+        assert sender.rpc("myfunc", {"n": 1}, timeout=5) == {"response": "I heard you!", "n": 1}
+    with socket.socket() as listener:  # a "daemon" that hangs up: we see who came
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(10)
+        monkeypatch.setenv("SPREAD_DAEMON", f"{listener.getsockname()[1]}@127.0.0.1")
+        failed: list[BaseException] = []
+
+        def open_sender() -> None:
+            try:
+                BlockingSender(reactor=reactor, connect_timeout=5)
+            except Exception as e:
+                failed.append(e)
+
+        thread = threading.Thread(target=open_sender)
+        thread.start()
+        connection, _ = listener.accept()  # it came to $SPREAD_DAEMON
+        connection.close()
+        thread.join(10)
+    assert len(failed) == 1 and isinstance(failed[0], SessionClosed), failed

@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._defaults import default_spread
 from . import wire
 from .batch import DeliveryBatch
 from .endpoints import parse_spread_endpoint
@@ -383,7 +384,7 @@ async def _open(endpoint: IStreamClientEndpoint, factory: _SpreadClientFactory) 
 
 def connect(
     reactor: Any,
-    endpoint: IStreamClientEndpoint | str,
+    endpoint: IStreamClientEndpoint | str | None = None,
     name: str | None = None,
     *,
     membership: bool = True,
@@ -393,7 +394,8 @@ def connect(
     """Open a Spread session; the Deferred fires with a connected :class:`SpreadSession`.
 
     ``endpoint`` is an IStreamClientEndpoint or a description for
-    :func:`parse_spread_endpoint`. ``name`` is the private name (None: the daemon
+    :func:`parse_spread_endpoint`; None means ``$SPREAD_DAEMON``, else
+    ``4803@localhost``. ``name`` is the private name (None: the daemon
     invents one); a name longer than 10 bytes or with bytes outside ``$``..``~``
     raises IllegalGroupName here, at once (libspread would silently cut it to 10).
     ``reactor`` provides IReactorTCP and IReactorTime.
@@ -405,6 +407,8 @@ def connect(
     SessionClosed when the daemon closes the connection during the handshake.
     Cancelling it stops the attempt (CancelledError).
     """
+    if endpoint is None:
+        endpoint = default_spread()
     if name is not None:
         wire.check_private_name(name)
     if priority < 0:
