@@ -207,6 +207,7 @@ class QueueManager:
         self._queue: deque[_Task] = deque()  # may hold stale entries, skipped lazily
         self._queued = 0
         self._workers: dict[WorkerKey, _Worker] = {}
+        self._available = 0  # workers with a capacity above 0 (kept as they change)
         self._by_session: dict[str, dict[WorkerKey, _Worker]] = {}
         # workers with credit, LRU first: with a free slot / with prefetch credit only
         self._free: dict[WorkerKey, _Worker] = {}
@@ -250,7 +251,7 @@ class QueueManager:
     @property
     def available_workers(self) -> int:
         """Registered workers that take tasks (not draining): what ACKs tell senders."""
-        return sum(1 for w in self._workers.values() if w.capacity)
+        return self._available
 
     def workers(self) -> list[tuple[WorkerKey, int, int]]:
         """``(key, capacity, held)`` of every registered worker, in registration order."""
@@ -470,6 +471,7 @@ class QueueManager:
         self._queue.clear()
         self._queued = 0
         self._workers.clear()
+        self._available = 0
         self._by_session.clear()
         self._free.clear()
         self._extra.clear()
@@ -620,6 +622,7 @@ class QueueManager:
                 self._said_no_workers = False
             elif w.capacity and not e.capacity:
                 self._event("worker_draining", worker=_name(w), held=len(w.held))
+            self._available += bool(e.capacity) - bool(w.capacity)
             w.capacity = e.capacity
             slots = e.slots if len(e) > 3 else None
             w.slots = e.capacity if slots is None else min(slots, e.capacity)
@@ -727,6 +730,7 @@ class QueueManager:
 
     def _remove_worker(self, w: _Worker) -> list[_Task]:
         del self._workers[w.key]
+        self._available -= bool(w.capacity)
         self._free.pop(w.key, None)
         self._extra.pop(w.key, None)
         by_session = self._by_session.get(w.session)

@@ -160,7 +160,17 @@ class Output:
     def _write(self, data: bytes) -> None:
         send = self._send
         t = self.transport
-        if send is None or not self._direct():
+        # _direct(), inlined: this runs once per message written.
+        if (
+            send is None
+            or t.dataBuffer
+            or t._tempDataLen
+            or not t.connected
+            or t.disconnecting
+            or t._writeDisconnecting
+            or t._writeDisconnected
+            or t.TLS
+        ):
             t.write(data)
             return
         try:
