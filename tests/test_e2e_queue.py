@@ -655,7 +655,6 @@ BAD_FOR_MANAGER = [
     (mess_type(Kind.REGISTER), _pack([1, [["w1", 10**9, []]]])),  # capacity out of range
     (mess_type(Kind.REGISTER), b"\x92\x01\x91\x93\xa2w1\x01\xdd\xff\xff\xff\xff"),  # 4G ids
     (mess_type(Kind.SUBMIT), b"\x92\x01\x91\x94\xa3t.1\xa1f\xc6\x7f\xff\xff\xff"),  # 2 GB bin
-    (mess_type(0xFF), _pack([1, []])),  # a kind that does not exist
 ]
 #: Malformed messages for a worker's private group.
 BAD_FOR_WORKER = [
@@ -668,11 +667,12 @@ BAD_FOR_WORKER = [
 
 class MalformedMessages(QueueCase):
     async def test_garbage_is_dropped_logged_and_harmless(self) -> None:
-        """Malformed queue messages (bad msgpack, wrong types, unknown kind and version,
+        """Malformed queue messages (bad msgpack, wrong types, unknown version,
         huge length claims) sent with the queue's mess_types to the manager group and to
         a worker's private group over the real daemon are dropped and logged (the first
         at once, the others counted in one line per interval);
-        application traffic outside the range is ignored silently; both processes stay
+        application traffic outside the range, and kinds of a later revision, are ignored
+        silently; both processes stay
         up and go on serving."""
         worker = self.worker("worker")
         manager = self.manager()
@@ -687,6 +687,9 @@ class MalformedMessages(QueueCase):
             session.multicast(worker_group[1], data, service=wire.AGREED_MESS, mess_type=mt)
         for group in (self.groups.manager, worker_group[1]):
             session.multicast(group, b"application data", service=wire.AGREED_MESS, mess_type=7)
+        # A kind of a later revision: ignored without a word (docs/protocol.md).
+        later = _pack([1, []])
+        session.multicast(self.groups.manager, later, service=wire.AGREED_MESS, mess_type=0x51FF)
 
         # Same session, sent after the garbage: answered only if both survived it.
         sender = await self.sender(session)
@@ -706,5 +709,6 @@ class MalformedMessages(QueueCase):
         for proc in (manager, worker):
             assert proc.count(dropped) == 2, proc.log()  # the first, and the count
             assert proc.count("malformed") == 2
+        assert "unknown queue message kind" not in manager.log()
         assert manager.running and worker.running
         assert "Traceback" not in manager.log() + worker.log()

@@ -27,7 +27,7 @@ PUBLIC_NAMES = """
     MessageTooLong MsgpackSerializer NameNotUnique NoManager PayloadTooLarge QueueError
     QueueFull QueueNameError QuotaExceeded ReceiveOverflow RegularMessage RejectMessage
     RemoteError Reply Sender SenderStopped SessionClosed SpreadError SpreadSession Task
-    TaskError TaskTimeout UnknownFunction VersionRejected Worker WorkerLost
+    TaskCancelled TaskError TaskTimeout UnknownFunction VersionRejected Worker WorkerLost
     __version__ connect default_queue default_spread
 """.split()
 

@@ -18,6 +18,8 @@ from spreadqueue._queue.messages import (
     Ack,
     Assign,
     Cancel,
+    Control,
+    ControlReply,
     Done,
     Failed,
     Kind,
@@ -27,13 +29,18 @@ from spreadqueue._queue.messages import (
     Result,
     Retire,
     Status,
+    StatusReport,
+    StatusRequest,
     Submit,
+    UnknownKind,
     _parse_entries,
     decode,
     encode,
     is_queue_message,
     max_data,
     mess_type,
+    pack_report,
+    unpack_report,
 )
 from spreadqueue._queue.names import queue_groups
 from spreadqueue._queue.policy import LeastRecentlyUsed
@@ -57,6 +64,10 @@ SAMPLES = {
     Kind.FAILED: [Failed("p.1", Reason.WORKER_LOST, "lost"), Failed("p.2", Reason.RESUBMIT, "")],
     Kind.RETIRE: [Retire("w1")],
     Kind.RELEASE: [Release("w1", "p.1"), Release("w1", "p.2")],
+    Kind.STATUS_REQUEST: [StatusRequest("r.1")],
+    Kind.STATUS: [StatusReport("r.1", "manager", pack_report({"depth": 3, "workers": []}))],
+    Kind.CONTROL: [Control("r.2", "drain", "w1@#alice#fake"), Control("r.3", "pause", "")],
+    Kind.CONTROL_REPLY: [ControlReply("r.2", True, "worker w1 drains")],
 }
 
 
@@ -76,7 +87,7 @@ def test_round_trip_every_kind(kind: Kind) -> None:
 
 
 def test_mess_types_are_a_recognisable_range() -> None:
-    assert [mess_type(k) for k in Kind] == [0x5100 + k for k in range(1, 12)]
+    assert [mess_type(k) for k in Kind] == [0x5100 + k for k in range(1, 16)]
     assert is_queue_message(0x5101) and is_queue_message(0x51FF)
     assert not is_queue_message(0) and not is_queue_message(0x5200)
 
@@ -340,3 +351,18 @@ def test_an_ack_of_the_first_revision_says_nothing_of_workers() -> None:
     assert decode(mess_type(Kind.ACK), envelope([["t.1"]])).entries == [Ack("t.1", None)]
     assert decode(mess_type(Kind.ACK), envelope([["t.1", 0]])).entries == [Ack("t.1", 0)]
     assert decode(mess_type(Kind.ACK), envelope([["t.1", "x"]])).entries == [Ack("t.1", None)]
+
+
+def test_status_reports_are_msgpack_maps_checked_like_any_input() -> None:
+    assert unpack_report(pack_report({"a": [1, 2.5, None]})) == {"a": [1, 2.5, None]}
+    for bad in (b"\xc1", msgpack.packb([1, 2]), msgpack.packb("x")):
+        with pytest.raises(MalformedMessage):
+            unpack_report(bad)
+    huge = {"functions": {f"f{i}": "x" * 1000 for i in range(200)}, "depth": 1}
+    small = unpack_report(pack_report(huge))
+    assert small == {"depth": 1, "truncated": True}  # fits one message, and says so
+
+
+def test_kinds_of_a_later_revision_are_told_apart_from_garbage() -> None:
+    with pytest.raises(UnknownKind):
+        decode(MESS_TYPE_BASE + 0xFF, envelope([]))

@@ -16,6 +16,7 @@ __all__ = [
     "QueueNameError",
     "RemoteError",
     "SenderStopped",
+    "TaskCancelled",
     "TaskError",
     "TaskTimeout",
     "UnknownFunction",
@@ -94,6 +95,10 @@ class NoManager(TaskError):
 
 class QueueFull(TaskError):
     """The queue manager refused the task: its queue is at its configured limit."""
+
+
+class TaskCancelled(TaskError):
+    """An operator cancelled the task, or purged the queue it waited in."""
 
 
 class SenderStopped(TaskError):

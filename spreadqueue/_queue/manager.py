@@ -7,7 +7,9 @@ batched once per batch of frames (see :class:`~spreadqueue._queue.outbox.Turn`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from twisted.application.service import Service
@@ -22,10 +24,21 @@ from .._spread.keeper import SessionKeeper
 from .._spread.wire import MembershipMessage, RegularMessage
 from .errors import MalformedMessage
 from .interfaces import IAssignmentPolicy
-from .messages import Kind, Message, decode, is_queue_message
+from .messages import (
+    ControlReply,
+    Kind,
+    Message,
+    StatusReport,
+    UnknownKind,
+    decode,
+    is_queue_message,
+    mess_type,
+    pack_report,
+)
 from .names import queue_groups
 from .outbox import Turn, send
 from .state import Event, QueueManager
+from .stats import process_info
 from .throttle import WarningThrottle
 
 __all__ = ["ManagerService", "SessionFactory"]
@@ -38,6 +51,7 @@ SessionFactory = Callable[[], "Deferred[ISpreadSession]"]
 #: 100 ms or more for them).
 _WAKEUP_GRAIN: Final = 0.01
 
+_HELLO: Final = mess_type(Kind.HELLO)
 _MANAGER_KINDS: Final = frozenset(
     {Kind.SUBMIT, Kind.CANCEL, Kind.REGISTER, Kind.DONE, Kind.RESULT, Kind.RETIRE, Kind.RELEASE}
 )
@@ -82,6 +96,7 @@ class ManagerService(Service):
         reconnect_jitter: float = 0.1,
         ack_delay: float = 0.05,
         summary_interval: float = 60.0,
+        control_allow: Sequence[str] = (),
     ) -> None:
         self.groups = queue_groups(queue)
         self.name = f"spreadqueue-manager-{queue}"  # type: ignore[assignment]
@@ -128,7 +143,13 @@ class ManagerService(Service):
             "unexpected": 0,
             "messages_sent": 0,
             "sessions": 0,
+            "unknown_kinds": 0,
+            "status_requests": 0,
+            "control_requests": 0,
+            "control_refused": 0,
         }
+        self._control_allow = tuple(control_allow)
+        self._started = time.time()
 
     # ------------------------------------------------------------------ status
 
@@ -297,6 +318,9 @@ class ManagerService(Service):
             return None
         try:
             return decode(frame.mess_type, frame.data)
+        except UnknownKind:
+            self._counters["unknown_kinds"] += 1  # a later revision's: ignored by design
+            return None
         except MalformedMessage as e:
             self._counters["malformed"] += 1
             self._malformed.warn(
@@ -317,10 +341,16 @@ class ManagerService(Service):
             msg = self._decode(frame)
             if msg is None:
                 return
-            if msg.kind not in _MANAGER_KINDS:
+            kind = msg.kind
+            if kind in _MANAGER_KINDS:
+                state.on_message(self._now(), frame.sender, kind, msg.entries)
+            elif kind is Kind.STATUS_REQUEST:
+                self._answer_status(frame.sender, msg.entries)
+            elif kind is Kind.CONTROL:
+                self._control(frame.sender, msg.entries)
+            else:
                 self._counters["unexpected"] += 1
                 return
-            state.on_message(self._now(), frame.sender, msg.kind, msg.entries)
         self._turn.schedule()
 
     def _on_worker_group(self, frame: object) -> None:
@@ -330,9 +360,9 @@ class ManagerService(Service):
         if type(frame) is MembershipMessage:
             state.on_membership(self._now(), frame)
             self._turn.schedule()
-        elif type(frame) is RegularMessage:
+        elif type(frame) is RegularMessage and frame.mess_type == _HELLO:
             msg = self._decode(frame)
-            if msg is not None and msg.kind is Kind.HELLO:
+            if msg is not None:
                 if frame.sender != state.me and state.active:
                     # Two active managers: only possible while a network partition
                     # heals; the merge notice settles it (docs/protocol.md).
@@ -380,6 +410,96 @@ class ManagerService(Service):
             waiters, self._active_waiters = self._active_waiters, []
             for d in waiters:
                 d.callback(None)
+
+    # ------------------------------------------------------------------ status and control
+
+    def status(self) -> dict[str, Any]:
+        """What this manager reports (docs/protocol.md, "Status"): the queue as its
+        state machine knows it (while active; a standby reports itself), counters, the
+        process it runs in."""
+        state, session = self._state, self._session
+        report: dict[str, Any] = {
+            "role": "manager",
+            "queue": self.groups.queue,
+            "manager": session.private_group if session is not None else None,
+            "active": self.active,
+            "started": self._started,
+            "now": time.time(),
+            "process": process_info(),
+            "service": dict(self._counters),
+        }
+        if state is not None:
+            body = state.status(self._now())
+            if not state.active:
+                # a standby speaks for itself only: its table is empty by design
+                body = {k: body[k] for k in ("queue", "manager", "active", "managers")}
+            report.update(body)
+        return report
+
+    def _answer_status(self, requester: str, entries: list[Any]) -> None:
+        session = self._session
+        if session is None or not requester.startswith("#"):
+            return
+        self._counters["status_requests"] += 1
+        report = pack_report(self.status())
+        replies = [StatusReport(e.request_id, "manager", report) for e in entries[:4]]
+        self._counters["messages_sent"] += send(session, (requester,), Kind.STATUS, replies)
+
+    def may_control(self, requester: str) -> bool:
+        """Whether ``requester`` (a private group) may control this queue: sessions on
+        this manager's own daemon, and those matching a --control-allow pattern.
+
+        Spread's NULL authentication vouches only for the private name and the daemon
+        a session is on: this is all the trust there is (README, "Operations").
+        """
+        session = self._session
+        if session is not None and requester.endswith("#" + session.daemon_name):
+            return True
+        return any(fnmatch.fnmatchcase(requester, p) for p in self._control_allow)
+
+    def _control(self, requester: str, entries: list[Any]) -> None:
+        state, session = self._state, self._session
+        if state is None or session is None or not state.active:
+            return  # the active manager answers; a standby has nothing to steer
+        replies = []
+        for e in entries[:16]:
+            self._counters["control_requests"] += 1
+            if not self.may_control(requester):
+                self._counters["control_refused"] += 1
+                ok = False
+                text = (
+                    f"refused: {requester} is not on this manager's daemon "
+                    f"({session.daemon_name}) and matches no --control-allow pattern"
+                )
+            else:
+                ok, text = self._apply(state, e.action, e.target)
+            (self.log.info if ok else self.log.warn)(
+                "queue {queue}: {what} asked by {requester}: {result}",
+                queue=self.groups.queue,
+                what=f"{e.action} {e.target}" if e.target else e.action,
+                action=e.action,
+                target=e.target,
+                requester=requester,
+                result=text,
+                manager_event="control",
+                ok=ok,
+            )
+            replies.append(ControlReply(e.request_id, ok, text))
+        self._counters["messages_sent"] += send(session, (requester,), Kind.CONTROL_REPLY, replies)
+
+    def _apply(self, state: QueueManager, action: str, target: str) -> tuple[bool, str]:
+        now = self._now()
+        if action == "pause":
+            return True, state.pause()
+        if action == "resume":
+            return True, state.resume(now)
+        if action == "purge":
+            return True, state.purge()
+        if action in ("drain", "undrain"):
+            return state.drain(target, drained=action == "drain")
+        if action == "cancel":
+            return state.cancel_task(target)
+        return False, f"unknown action {action!r} (pause, resume, purge, drain, undrain, cancel)"
 
     # ------------------------------------------------------------------ logs
 

@@ -29,6 +29,8 @@ __all__ = [
     "Ack",
     "Assign",
     "Cancel",
+    "Control",
+    "ControlReply",
     "Done",
     "Failed",
     "Kind",
@@ -39,13 +41,18 @@ __all__ = [
     "Result",
     "Retire",
     "Status",
+    "StatusReport",
+    "StatusRequest",
     "Submit",
+    "UnknownKind",
     "decode",
     "encode",
     "is_queue_message",
     "max_data",
     "mess_type",
     "new_entry",
+    "pack_report",
+    "unpack_report",
 ]
 
 #: The version every message carries; decoders refuse any other.
@@ -86,6 +93,10 @@ class Kind(enum.IntEnum):
     FAILED = 9
     RETIRE = 10
     RELEASE = 11
+    STATUS_REQUEST = 12
+    STATUS = 13
+    CONTROL = 14
+    CONTROL_REPLY = 15
 
 
 class Status(enum.IntEnum):
@@ -103,6 +114,12 @@ class Reason(enum.IntEnum):
     WORKER_LOST = 1  #: the task's worker was lost max_attempts times
     RESUBMIT = 2  #: the manager stopped being the active one: submit again
     QUEUE_FULL = 3  #: the manager's queue is at its limit
+    CANCELLED = 4  #: an operator cancelled the task or purged the queue
+
+
+class UnknownKind(MalformedMessage):
+    """A message of a kind this peer does not know: a later revision's. Receivers
+    ignore it (counted, not warned about): that is how new kinds stay compatible."""
 
 
 class Submit(NamedTuple):
@@ -204,6 +221,39 @@ class Release(NamedTuple):
 
     worker_id: str
     task_id: str
+
+
+class StatusRequest(NamedTuple):
+    """anyone -> ``Q-mgr`` and ``Q-wrk``: every manager and worker of the queue answers
+    the message's sender with a STATUS."""
+
+    request_id: str
+
+
+class StatusReport(NamedTuple):
+    """manager or worker -> requester: ``report`` is a msgpack map, the status of the
+    ``role`` ('manager' or 'worker') that sends it (docs/protocol.md, "Status")."""
+
+    request_id: str
+    role: str
+    report: bytes
+
+
+class Control(NamedTuple):
+    """operator -> ``Q-mgr``: do ``action`` (pause, resume, purge, drain, undrain,
+    cancel) to ``target`` (a worker for drain, a task id for cancel, else '')."""
+
+    request_id: str
+    action: str
+    target: str
+
+
+class ControlReply(NamedTuple):
+    """active manager -> operator: whether ``action`` was done, and what happened."""
+
+    request_id: str
+    ok: bool
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +369,48 @@ def encode(kind: Kind, entries: Sequence[Sequence[Any]], *, max_bytes: int = 0) 
     return out
 
 
+# --------------------------------------------------------------------------- status reports
+
+
+def pack_report(report: dict[str, Any]) -> bytes:
+    """A STATUS report as msgpack, made to fit one message: when too large, the
+    per-function table goes first, then workers past the first 100 (``truncated`` says
+    so)."""
+    data = _packer.pack(report)
+    if len(data) <= MAX_PAYLOAD:
+        return data
+    smaller = dict(report, truncated=True)
+    smaller.pop("functions", None)
+    data = _packer.pack(smaller)
+    if len(data) > MAX_PAYLOAD and isinstance(smaller.get("workers"), list):
+        smaller["workers"] = smaller["workers"][:100]
+        smaller.pop("current", None)
+        data = _packer.pack(smaller)
+    if len(data) > MAX_PAYLOAD:
+        data = _packer.pack({k: v for k, v in smaller.items() if not isinstance(v, (list, dict))})
+    return data
+
+
+def unpack_report(data: bytes) -> dict[str, Any]:
+    """A STATUS report's map; MalformedMessage for anything else (hostile input)."""
+    try:
+        report = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            max_str_len=MAX_PAYLOAD,
+            max_bin_len=MAX_PAYLOAD,
+            max_array_len=MAX_ENTRIES,
+            max_map_len=MAX_ENTRIES,
+            max_ext_len=0,
+        )
+    except Exception as e:
+        raise MalformedMessage(f"a STATUS report that is not msgpack: {e}") from None
+    if type(report) is not dict:
+        raise MalformedMessage(f"a STATUS report is a map, not {_show(report)}")
+    return report
+
+
 # --------------------------------------------------------------------------- decoding
 
 
@@ -432,6 +524,10 @@ _SCHEMAS: dict[Kind, tuple[type[tuple[Any, ...]] | None, _Fields]] = {
     Kind.FAILED: (Failed, (_task_id, _enum(Reason), _text)),
     Kind.RETIRE: (Retire, (_worker_id,)),
     Kind.RELEASE: (Release, (_worker_id, _task_id)),
+    Kind.STATUS_REQUEST: (StatusRequest, (_ident(MAX_TASK_ID),)),
+    Kind.STATUS: (StatusReport, (_ident(MAX_TASK_ID), _ident(16), _binary)),
+    Kind.CONTROL: (Control, (_ident(MAX_TASK_ID), _ident(32), _text)),
+    Kind.CONTROL_REPLY: (ControlReply, (_ident(MAX_TASK_ID), _boolean, _text)),
 }
 
 #: Optional trailing fields (a later revision of an entry): kind -> checks of the
@@ -668,7 +764,7 @@ def decode(mess_type: int, data: bytes) -> Message:
     raw = mess_type - MESS_TYPE_BASE
     kind = _KINDS.get(raw)
     if kind is None:
-        raise MalformedMessage(f"unknown queue message kind {raw} (mess_type {mess_type:#x})")
+        raise UnknownKind(f"unknown queue message kind {raw} (mess_type {mess_type:#x})")
     if len(data) > wire.MAX_MESSAGE_BYTES:
         raise MalformedMessage(f"{kind.name} message of {len(data)} bytes is too large")
     try:

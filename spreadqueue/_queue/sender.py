@@ -25,6 +25,7 @@ from .errors import (
     QueueFull,
     RemoteError,
     SenderStopped,
+    TaskCancelled,
     TaskError,
     TaskTimeout,
     UnknownFunction,
@@ -50,6 +51,13 @@ from .serializer import default_serializer
 from .throttle import WarningThrottle
 
 __all__ = ["Reply", "Sender"]
+
+#: What a FAILED says, as the error its task fails with (RESUBMIT is not a failure).
+_FAILURES: Final[dict[int, Callable[[str, str], TaskError]]] = {
+    Reason.WORKER_LOST: WorkerLost,
+    Reason.QUEUE_FULL: QueueFull,
+    Reason.CANCELLED: TaskCancelled,
+}
 
 _BACKLOG: Final = 0  # not sent yet (window full, not started, or to resend)
 _UNACKED: Final = 1  # sent, no manager acknowledged it yet
@@ -601,10 +609,7 @@ class Sender:
             if p.state != _BACKLOG:
                 self._resend([p])
             return
-        error_type: Callable[[str, str], TaskError] = (
-            QueueFull if e.reason == Reason.QUEUE_FULL else WorkerLost
-        )
-        self._finish(p, error_type(p.task_id, e.message))
+        self._finish(p, _FAILURES.get(e.reason, WorkerLost)(p.task_id, e.message))
 
     # ------------------------------------------------------------------ sending
 

@@ -21,9 +21,10 @@ from typing import Any, Final
 
 from .._spread.wire import CAUSED_BY_NETWORK, MembershipMessage
 from .interfaces import IAssignmentPolicy
-from .messages import Ack, Assign, Cancel, Failed, Kind, Reason, new_entry
+from .messages import Ack, Assign, Cancel, Failed, Kind, Reason, Status, new_entry
 from .names import QueueGroups
 from .policy import LeastRecentlyUsed
+from .stats import FunctionStats
 
 __all__ = ["Effect", "Event", "QueueManager", "WorkerKey"]
 
@@ -77,23 +78,33 @@ class _Task:
 
     __slots__ = (
         "args",
+        "assigned_at",
         "attempt",
         "cancelled",
         "deadline",
         "func",
+        "queued_at",
         "reply_to",
         "task_id",
         "worker",
     )
 
     def __init__(
-        self, task_id: str, func: str, args: bytes, reply_to: str, deadline: float | None
+        self,
+        task_id: str,
+        func: str,
+        args: bytes,
+        reply_to: str,
+        deadline: float | None,
+        queued_at: float,
     ) -> None:
         self.task_id = task_id
         self.func = func
         self.args = args
         self.reply_to = reply_to
         self.deadline = deadline
+        self.queued_at = queued_at
+        self.assigned_at = queued_at
         self.attempt = 0
         self.worker: _Worker | None = None
         self.cancelled = False
@@ -105,9 +116,20 @@ class _Worker:
     change); every held task uses one credit. Of its ``capacity``, ``slots`` run at
     once; the rest is prefetch (tasks it keeps to start as slots free up)."""
 
-    __slots__ = ("burst", "capacity", "held", "key", "session", "slots", "worker_id")
+    __slots__ = (
+        "burst",
+        "capacity",
+        "drained",
+        "held",
+        "idle_since",
+        "key",
+        "registered_at",
+        "session",
+        "slots",
+        "worker_id",
+    )
 
-    def __init__(self, session: str, worker_id: str) -> None:
+    def __init__(self, session: str, worker_id: str, now: float) -> None:
         self.session = session
         self.worker_id = worker_id
         self.key: WorkerKey = (session, worker_id)
@@ -115,7 +137,21 @@ class _Worker:
         self.slots = 0
         self.burst = 1
         self.held: dict[str, _Task | None] = {}
+        self.registered_at = now
+        #: when it last held nothing (None while it holds tasks)
+        self.idle_since: float | None = now
+        #: an operator drained it: it gets no new task
+        self.drained = False
 
+
+#: Workers remembered as "ever registered" (for the status count), at most.
+_EVER_MAX: Final = 100_000
+#: Failures kept for status (the most recent).
+_RECENT_FAILURES: Final = 20
+#: Functions with stats of their own, at most; the others share "(other)".
+_FUNCTIONS_MAX: Final = 256
+_OK: Final = int(Status.OK)
+_OUTCOMES: Final = {int(Status.CANCELLED): "cancelled"}
 
 _STATS: Final = (
     "submitted",
@@ -223,6 +259,12 @@ class QueueManager:
 
         self._out: dict[tuple[tuple[str, ...], Kind], list[Any]] = {}
         self._events: list[Event] = []
+        #: an operator paused dispatch: tasks are queued and acknowledged, not assigned
+        self.paused = False
+        self._functions: dict[str, FunctionStats] = {}
+        self._recent_failures: deque[dict[str, Any]] = deque(maxlen=_RECENT_FAILURES)
+        self._last_now = 0.0  # the time of the latest input (for what lacks a ``now``)
+        self._ever: dict[WorkerKey, None] = {}  # every worker registered (bounded)
         self._standby_for: str | None = None  # the active manager we last said we wait for
         self._said_no_workers = False
 
@@ -278,6 +320,135 @@ class QueueManager:
     def _event(self, name: str, **fields: Any) -> None:
         self._events.append(Event(name, fields))
 
+    def _function(self, func: str) -> FunctionStats:
+        stats = self._functions.get(func)
+        if stats is None:
+            if len(self._functions) >= _FUNCTIONS_MAX:
+                func = "(other)"
+                stats = self._functions.get(func)
+            if stats is None:
+                stats = self._functions[func] = FunctionStats()
+        return stats
+
+    # ------------------------------------------------------------------ control
+
+    def pause(self) -> str:
+        """Stop assigning tasks (they are still queued and acknowledged)."""
+        was, self.paused = self.paused, True
+        return "dispatch was paused already" if was else "dispatch paused"
+
+    def resume(self, now: float) -> str:
+        """Assign tasks again."""
+        was, self.paused = self.paused, False
+        self._dispatch(now)
+        return "dispatch resumed" if was else "dispatch was not paused"
+
+    def purge(self) -> str:
+        """Drop every queued task (not the running ones): their senders get FAILED."""
+        purged = 0
+        for t in list(self._tasks.values()):
+            if t.worker is None:
+                del self._tasks[t.task_id]
+                self._fail(t, Reason.CANCELLED, "purged from the queue by an operator")
+                purged += 1
+        self._queue.clear()
+        self._queued = 0
+        return f"{purged} queued task(s) purged"
+
+    def cancel_task(self, task_id: str) -> tuple[bool, str]:
+        """Cancel one task: a queued one is dropped (its sender gets FAILED), a running
+        one is cancelled at its worker (which answers CANCELLED)."""
+        t = self._tasks.get(task_id)
+        if t is None:
+            return False, f"no task {task_id!r} (unknown, or done already)"
+        if t.worker is None:
+            del self._tasks[task_id]
+            self._queued -= 1
+            self._fail(t, Reason.CANCELLED, "cancelled by an operator")
+            return True, f"task {task_id} ({t.func}) cancelled before it ran"
+        if not t.cancelled:
+            t.cancelled = True
+            self._emit((t.worker.session,), Kind.CANCEL, Cancel(t.task_id))
+        return True, f"task {task_id} ({t.func}) is being cancelled at {_name(t.worker)}"
+
+    def drain(self, target: str, drained: bool = True) -> tuple[bool, str]:
+        """Give worker ``target`` ('id@session', or an id or session matching one
+        worker) no new task (``drained``), or take it back into the rotation."""
+        found = [w for w in self._workers.values() if target in (_name(w), w.worker_id, w.session)]
+        if len(found) != 1:
+            known = ", ".join(_name(w) for w in self._workers.values()) or "none"
+            what = "no" if not found else "more than one"
+            return False, f"{what} worker matches {target!r} (workers: {known})"
+        w = found[0]
+        w.drained = drained
+        self._update_ready(w)
+        if drained:
+            return True, f"worker {_name(w)} drains: no new task; {len(w.held)} to finish"
+        return True, f"worker {_name(w)} takes tasks again"
+
+    def _fail(self, t: _Task, reason: Reason, message: str) -> None:
+        self._emit((t.reply_to,), Kind.FAILED, Failed(t.task_id, reason, message))
+        self._function(t.func).count("cancelled")
+
+    # ------------------------------------------------------------------ status
+
+    def status(self, now: float) -> dict[str, Any]:
+        """What this manager knows, as plain data (docs/protocol.md, "Status")."""
+        oldest = None
+        for t in self._queue:
+            if t.worker is None and self._tasks.get(t.task_id) is t:
+                oldest = now - t.queued_at
+                break
+        workers = []
+        for w in self._workers.values():
+            workers.append(
+                {
+                    "worker": _name(w),
+                    "session": w.session,
+                    "capacity": w.capacity,
+                    "slots": w.slots,
+                    "held": len(w.held),
+                    "drained": w.drained,
+                    "registered_for": now - w.registered_at,
+                    "idle_for": None if w.idle_since is None else now - w.idle_since,
+                }
+            )
+        managers = [
+            {"manager": m, "role": "standby" if m == self.me and not self._active else "?"}
+            for m in self._mgr_members
+        ]
+        for m in managers:
+            if m["manager"] == self.me:
+                m["role"] = "active" if self._active else "standby"
+        return {
+            "queue": self.groups.queue,
+            "manager": self.me,
+            "active": self._active,
+            "paused": self.paused,
+            "depth": self._queued,
+            "in_flight": self.running,
+            "oldest_queued_for": oldest,
+            "max_queued": self.max_queued,
+            "workers": workers,
+            "workers_ever": len(self._ever),
+            "senders": sum(1 for s in self._snd_members if s not in self._mgr_members),
+            "managers": managers,
+            "counts": {
+                "submitted": self.stats["submitted"],
+                "done": self.stats["completed"],
+                "redelivered": self.stats["requeued"],
+                "worker_lost": self.stats["worker_lost_failures"],
+                "expired": self.stats["expired"],
+                "refused": self.stats["queue_full"],
+                "cancelled": self.stats["cancelled"],
+                "workers_lost": self.stats["workers_lost"],
+            },
+            "functions": {f: st.summary() for f, st in self._functions.items()},
+            "recent_failures": [
+                {**f, "ago": now - f["at"]} for f in reversed(self._recent_failures)
+            ],
+        }
+
     def next_wakeup(self) -> float | None:
         """When :meth:`tick` next has held acknowledgements to send (None: never)."""
         late = self._late_acks
@@ -287,6 +458,7 @@ class QueueManager:
 
     def on_membership(self, now: float, msg: MembershipMessage) -> None:
         """A membership notice of one of the queue's groups (others are ignored)."""
+        self._last_now = now
         if msg.is_transition:
             # The regular notice that follows says who is left; act on that one.
             return
@@ -304,6 +476,7 @@ class QueueManager:
         Kinds other than SUBMIT, CANCEL, REGISTER, DONE, RESULT, RETIRE and RELEASE
         are ignored. A standby manager ignores everything.
         """
+        self._last_now = now
         if not self._active:
             self.stats["ignored_standby"] += 1
             return
@@ -316,15 +489,22 @@ class QueueManager:
             return
         if kind is Kind.DONE:
             for e in entries:
-                self._done(sender, e.worker_id, e.task_id)
+                self._done(now, sender, e.worker_id, e.task_id, "done")
         elif kind is Kind.RESULT:
             for e in entries:
                 if e.final:
-                    self._done(sender, e.worker_id, e.task_id)
+                    status = e.status
+                    if status == _OK:
+                        self._done(now, sender, e.worker_id, e.task_id, "done")
+                        continue
+                    outcome = _OUTCOMES.get(status, "failed")
+                    if outcome == "failed":
+                        self._failed_at(now, sender, e)
+                    self._done(now, sender, e.worker_id, e.task_id, outcome)
         elif kind is Kind.CANCEL:
             self._cancel(sender, entries)
         elif kind is Kind.REGISTER:
-            self._register(sender, entries)
+            self._register(now, sender, entries)
         elif kind is Kind.RETIRE:
             self._retire(sender, entries)
         elif kind is Kind.RELEASE:
@@ -336,6 +516,7 @@ class QueueManager:
     def tick(self, now: float) -> None:
         """Let time pass: end the re-registration grace, drop expired queued tasks,
         send the held acknowledgements that are due."""
+        self._last_now = now
         if not self._active:
             return
         late = self._late_acks
@@ -414,6 +595,7 @@ class QueueManager:
                 del self._tasks[t.task_id]
                 self._queued -= 1
                 self.stats["dropped_sender_gone"] += 1
+                self._function(t.func).count("dropped")
             elif not t.cancelled:
                 t.cancelled = True
                 self._emit((t.worker.session,), Kind.CANCEL, Cancel(t.task_id))
@@ -518,6 +700,7 @@ class QueueManager:
                     ),
                 )
                 self.stats["queue_full"] += 1
+                self._function(e.func).count("refused")
                 refused += 1
                 continue
             func = self._funcs.get(e.func)
@@ -526,7 +709,7 @@ class QueueManager:
                 if len(self._funcs) < _FUNC_CACHE_MAX:
                     self._funcs[func] = func
             deadline = None if e.timeout_ms is None else now + e.timeout_ms / 1000.0
-            t = _Task(tid, func, e.args, sender, deadline)
+            t = _Task(tid, func, e.args, sender, deadline, now)
             tasks[tid] = t
             self.stats["submitted"] += 1
             if owner is not None:
@@ -606,7 +789,7 @@ class QueueManager:
                 t.cancelled = True
                 self._emit((t.worker.session,), Kind.CANCEL, Cancel(t.task_id))
 
-    def _register(self, session: str, entries: Iterable[Any]) -> None:
+    def _register(self, now: float, session: str, entries: Iterable[Any]) -> None:
         if session not in self._wrk_members:
             # We could not see this session die: refuse to depend on it.
             self.stats["unknown_session_registers"] += 1
@@ -616,8 +799,10 @@ class QueueManager:
             key = (session, e.worker_id)
             w = self._workers.get(key)
             if w is None:
-                w = self._workers[key] = _Worker(session, e.worker_id)
+                w = self._workers[key] = _Worker(session, e.worker_id, now)
                 self._by_session.setdefault(session, {})[key] = w
+                if len(self._ever) < _EVER_MAX:
+                    self._ever[key] = None
                 self._event("worker_registered", worker=_name(w), capacity=e.capacity)
                 self._said_no_workers = False
             elif w.capacity and not e.capacity:
@@ -651,7 +836,23 @@ class QueueManager:
         else:
             w.held[tid] = None  # running elsewhere as well: only count the credit
 
-    def _done(self, session: str, worker_id: str, tid: str) -> None:
+    def _failed_at(self, now: float, session: str, e: Any) -> None:
+        """Remember a task the worker answered with an error (for status: the last few)."""
+        w = self._workers.get((session, e.worker_id))
+        t = None if w is None else w.held.get(e.task_id)
+        payload = e.payload
+        error = f"{payload[0]}: {payload[1]}" if isinstance(payload, tuple) else f"{payload}"
+        self._recent_failures.append(
+            {
+                "task_id": e.task_id,
+                "func": t.func if t is not None else "?",
+                "worker": f"{e.worker_id}@{session}",
+                "error": error[:500],
+                "at": now,
+            }
+        )
+
+    def _done(self, now: float, session: str, worker_id: str, tid: str, outcome: str) -> None:
         w = self._workers.get((session, worker_id))
         if w is None or tid not in w.held:
             self.stats["unknown_done"] += 1
@@ -661,8 +862,13 @@ class QueueManager:
             if self._tasks.get(tid) is t:
                 del self._tasks[tid]
             self.stats["completed"] += 1
+            stats = self._function(t.func)
+            stats.count(outcome)
+            stats.run_time.add(now - t.assigned_at)
         elif self._foreign.get(tid) is w:
             del self._foreign[tid]
+        if not w.held:
+            w.idle_since = now
         self._update_ready(w)
 
     def _retire(self, session: str, entries: Iterable[Any]) -> None:
@@ -704,7 +910,10 @@ class QueueManager:
         or neither. A worker that changes list goes to its end (least recently used
         first); one that stays keeps its place."""
         n, key = len(w.held), w.key
-        if n < w.slots:
+        if w.drained:
+            self._free.pop(key, None)
+            self._extra.pop(key, None)
+        elif n < w.slots:
             if key not in self._free:
                 self._extra.pop(key, None)
                 self._free[key] = w
@@ -758,6 +967,16 @@ class QueueManager:
                 self.stats["cancelled"] += 1
             elif t.attempt >= self.max_attempts:
                 del self._tasks[t.task_id]
+                self._function(t.func).count("worker_lost")
+                self._recent_failures.append(
+                    {
+                        "task_id": t.task_id,
+                        "func": t.func,
+                        "worker": _name(worker),
+                        "error": f"worker lost {t.attempt} times (max_attempts)",
+                        "at": self._last_now,
+                    }
+                )
                 self._event(
                     "task_failed",
                     task_id=t.task_id,
@@ -792,7 +1011,7 @@ class QueueManager:
 
     def _dispatch(self, now: float) -> None:
         free, extra = self._free, self._extra
-        if not (self._active and self._queued and (free or extra)):
+        if not (self._active and self._queued and (free or extra)) or self.paused:
             return
         if self._awaiting:
             if now < self._grace_until:
@@ -801,6 +1020,7 @@ class QueueManager:
                 return
             self._awaiting.clear()
         queue, tasks, out = self._queue, self._tasks, self._out
+        functions = self._functions
         lru = self._lru
         assigned = 0
         chosen: _Worker | None = None  # the worker taking a burst, and how many more
@@ -814,6 +1034,7 @@ class QueueManager:
             if deadline is not None and deadline <= now:
                 del tasks[t.task_id]
                 self.stats["expired"] += 1
+                self._function(t.func).count("expired")
                 continue
             # A worker with a free slot starts the task now; prefetch credit only
             # when every slot is busy.
@@ -832,6 +1053,12 @@ class QueueManager:
                 chosen, more = w, w.burst - 1
             t.worker = w
             t.attempt += 1
+            t.assigned_at = now
+            w.idle_since = None
+            stats = functions.get(t.func)
+            if stats is None:
+                stats = self._function(t.func)
+            stats.wait.add(now - t.queued_at)
             held = w.held
             held[t.task_id] = t
             n = len(held)
@@ -865,6 +1092,7 @@ class QueueManager:
         ]
         for t in expired:
             del tasks[t.task_id]
+            self._function(t.func).count("expired")
         self._queued -= len(expired)
         self.stats["expired"] += len(expired)
 

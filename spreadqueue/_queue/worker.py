@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import CoroutineType
@@ -32,12 +33,15 @@ from .messages import (
     Result,
     Retire,
     Status,
+    StatusReport,
     decode,
     new_entry,
+    pack_report,
 )
 from .names import queue_groups
 from .outbox import Outbox, Turn, send
 from .serializer import default_serializer
+from .stats import Utilisation, process_info
 from .throttle import WarningThrottle
 
 __all__ = ["Handler", "Task", "Worker"]
@@ -49,6 +53,7 @@ _NOTHING: Final = object()
 _ASSIGN: Final = MESS_TYPE_BASE + Kind.ASSIGN
 _CANCEL: Final = MESS_TYPE_BASE + Kind.CANCEL
 _HELLO: Final = MESS_TYPE_BASE + Kind.HELLO
+_STATUS_REQUEST: Final = MESS_TYPE_BASE + Kind.STATUS_REQUEST
 #: Results whose payloads add up to at most this many bytes travel in one message to
 #: [sender, Q-mgr], which doubles as the DONE notice.
 DEFAULT_COMBINE_LIMIT: Final = 16 * 1024
@@ -217,6 +222,10 @@ class Worker(Service):
         self._control = Outbox()  # REGISTER / DONE / RETIRE to Q-mgr
         self._turn = Turn(reactor, self._flush, session)
         self._malformed = WarningThrottle(reactor, self.log)
+        self._busy = Utilisation(reactor.seconds())
+        self._started_wall = time.time()
+        # (requester, request id) seen in this batch of frames: answered in its flush
+        self._status_requests: list[tuple[str, str]] = []
         self._drained: list[Deferred[None]] = []
         self._start_d: Deferred[None] | None = None
         self._stop_d: Deferred[None] | None = None
@@ -397,11 +406,21 @@ class Worker(Service):
     # ------------------------------------------------------------------ frames
 
     def _on_worker_group(self, frame: object) -> None:
-        if type(frame) is RegularMessage and frame.mess_type == _HELLO:
+        if type(frame) is not RegularMessage:
+            return
+        if frame.mess_type == _HELLO:
             # A manager became active (or saw us come back): tell it what we are.
             if self._state in ("ready", "draining"):
                 self._register()
                 self._turn.schedule()
+        elif frame.mess_type == _STATUS_REQUEST and frame.sender.startswith("#"):
+            try:
+                msg = decode(frame.mess_type, frame.data)
+            except MalformedMessage:
+                return
+            for e in msg.entries[:4]:
+                self._status_requests.append((frame.sender, e.request_id))
+            self._turn.schedule()
 
     def _on_private(self, frame: object) -> None:
         if type(frame) is not RegularMessage:
@@ -675,7 +694,9 @@ class Worker(Service):
             del self._running[task.task_id]
         if task._abandoned:
             return
-        run_time = self._reactor.seconds() - task._started if self.prefetch else 0.0
+        now = self._reactor.seconds()
+        run_time = now - task._started
+        self._busy.completed(now, run_time)
         if status is Status.OK:
             self.stats["completed"] += 1
         elif status is Status.CANCELLED:
@@ -735,6 +756,43 @@ class Worker(Service):
 
     # ------------------------------------------------------------------ sending
 
+    def status(self) -> dict[str, Any]:
+        """What this worker reports (docs/protocol.md, "Status")."""
+        now = self._reactor.seconds()
+        running = list(self._running.values())
+        report: dict[str, Any] = {
+            "role": "worker",
+            "queue": self.groups.queue,
+            "worker": f"{self.worker_id}@{self.session.private_group}",
+            "state": self._state,
+            "started": self._started_wall,
+            "now": time.time(),
+            "concurrency": self.concurrency,
+            "prefetch": self.prefetch,
+            "prefetching": self.prefetching,
+            "running": len(running),
+            "prefetched": len(self._waiting),
+            "current": [
+                {"task_id": t.task_id, "func": t.func, "age": now - t._started}
+                for t in running[:50]
+            ],
+            "functions": sorted(self._handlers),
+            "counts": dict(self.stats),
+            "process": process_info(),
+        }
+        report.update(
+            self._busy.summary(now, self.concurrency, sum(now - t._started for t in running))
+        )
+        return report
+
+    def _send_status(self, session: ISpreadSession) -> int:
+        report = pack_report(self.status())
+        requests, self._status_requests = self._status_requests, []
+        return sum(
+            send(session, (requester,), Kind.STATUS, [StatusReport(i, "worker", report)])
+            for requester, i in requests
+        )
+
     def _register(self) -> None:
         held = (*self._running, *self._waiting)
         level, concurrency = self._level, self.concurrency
@@ -771,4 +829,6 @@ class Worker(Service):
         if dones:
             sent += send(session, (manager,), Kind.DONE, dones)
         sent += self._control.send_all(session)
+        if self._status_requests:
+            sent += self._send_status(session)
         self.stats["messages_sent"] += sent
