@@ -50,7 +50,7 @@ from spreadqueue._spread import wire
 SAMPLES = {
     Kind.SUBMIT: [Submit("p.1", "add", b"\x92\x01\x02", None), Submit("p.2", "f", b"", 1500)],
     Kind.ACK: [Ack("p.1"), Ack("p.2", 0), Ack("p.3", 7)],
-    Kind.CANCEL: [Cancel("p.1")],
+    Kind.CANCEL: [Cancel("p.1"), Cancel("p.2", True)],
     Kind.REGISTER: [Register("w1", 4, ("p.1", "p.2")), Register("w2", 0, ())],
     Kind.HELLO: [],
     Kind.ASSIGN: [Assign("w1", "p.1", "add", b"\x90", "#alice#fake", 1, None)],
@@ -126,7 +126,8 @@ def test_extra_trailing_fields_are_ignored_for_forward_compatibility() -> None:
 
 
 def test_optional_trailing_fields() -> None:
-    """SUBMIT's ack_ms and REGISTER's slots: absent or unusable means None."""
+    """SUBMIT's ack_ms, REGISTER's slots, CANCEL's timed_out: absent or unusable
+    means None."""
     submit = mess_type(Kind.SUBMIT)
     entries = [["a", "f", b"", None, 5000], ["b", "f", b"", 10], ["c", "f", b"", None, -1]]
     assert decode(submit, envelope(entries)).entries == [
@@ -140,6 +141,14 @@ def test_optional_trailing_fields() -> None:
         Register("w1", 9, ("t",), 1),
         Register("w2", 4, ()),
         Register("w3", 4, (), None),
+    ]
+    cancel = mess_type(Kind.CANCEL)
+    entries = [["a"], ["b", True], ["c", 1], ["d", None, "more"]]
+    assert decode(cancel, envelope(entries)).entries == [
+        Cancel("a"),
+        Cancel("b", timed_out=True),
+        Cancel("c"),
+        Cancel("d"),
     ]
     # what a peer of the first revision sends still decodes (nothing new is required)
     [data] = encode(Kind.SUBMIT, [Submit("a", "f", b"", None, 250)])

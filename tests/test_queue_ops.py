@@ -134,6 +134,9 @@ def test_drain_gives_a_worker_nothing_new_while_others_go_on(net: Net) -> None:
     assert runs == {"a": 0, "b": 20}
     assert [w["drained"] for w in status(net, ops)["workers"]] == [True, False]
     assert control(net, ops, "undrain", a.worker_id)[0]
+    private_name = a.session.private_group.split("#")[1]  # what --name gave the worker
+    assert control(net, ops, "drain", private_name)[0]
+    assert [w["drained"] for w in status(net, ops)["workers"]] == [True, False]
     ok, text = control(net, ops, "drain", "nobody")
     assert not ok and text.startswith("no worker matches 'nobody' (workers: ")
 
@@ -176,3 +179,29 @@ def test_control_from_another_daemon_is_refused_unless_allowed(net: Net) -> None
     assert refused[0]["ok"] is False and "refused: #ops#elsewhere is not on" in refused[0]["result"]
     allowed = net.manager(control_allow=["#ops*#elsewhere"])
     assert allowed.may_control("#ops2#elsewhere") and not allowed.may_control("#x#elsewhere")
+
+
+def test_tasks_are_counted_by_how_they_ended(net: Net) -> None:
+    """done, failed, timed out (sender's timeout while it ran, or the worker's own
+    expiry), expired (timed out in the queue), cancelled (by its sender or an
+    operator): the queue's counts are the sums over its functions."""
+    net.manager()
+    sender = net.sender()
+    waited = sender.rpc("echo", 0, timeout=1.0)  # no worker yet: expires in the queue
+    net.advance(1.5)
+    failure_of(waited, TaskError)
+    handlers = {"echo": echo, "boom": lambda _: 1 / 0, "hold": lambda _: Deferred()}
+    net.worker(handlers, concurrency=4)
+    calls = [sender.rpc("echo", 1), sender.rpc("boom", 1)]
+    timed = sender.rpc("hold", 1, timeout=2.0)  # the sender's timeout cancels it
+    asked = sender.rpc("hold", 2, timeout=None)
+    net.pump()
+    asked.cancel()  # its sender cancels it: counted as cancelled
+    net.advance(2.5)
+    for d in [calls[1], timed, asked]:
+        d.addErrback(lambda f: None)
+    assert fired(calls[0]) == 1
+    counts = status(net, inspector(net))["active"]["counts"]
+    assert counts["done"] == 1 and counts["failed"] == 1
+    assert counts["timed_out"] == 1 and counts["cancelled"] == 1 and counts["expired"] == 1
+    assert counts["submitted"] == 5 and counts["worker_lost"] == 0

@@ -150,9 +150,14 @@ class Ack(NamedTuple):
 
 
 class Cancel(NamedTuple):
-    """sender -> ``Q-mgr`` and manager -> worker session: drop / stop the task."""
+    """sender -> ``Q-mgr`` and manager -> worker session: drop / stop the task.
+
+    ``timed_out`` (optional) is True when the sender cancels because its timeout ran
+    out: the manager then counts the task as timed out rather than cancelled.
+    """
 
     task_id: str
+    timed_out: bool | None = None
 
 
 class Register(NamedTuple):
@@ -275,7 +280,7 @@ if TYPE_CHECKING:
     def new_entry(cls: type[Ack], fields: tuple[str, int | None], /) -> Ack: ...
 
     @overload
-    def new_entry(cls: type[Cancel], fields: tuple[str], /) -> Cancel: ...
+    def new_entry(cls: type[Cancel], fields: tuple[str, bool | None], /) -> Cancel: ...
 
     @overload
     def new_entry(
@@ -457,6 +462,10 @@ def _boolean(v: Any) -> bool:
     return v
 
 
+def _opt_bool(v: Any) -> bool | None:
+    return None if v is None else _boolean(v)
+
+
 def _text(v: Any) -> str:
     if type(v) is not str or len(v) > MAX_TEXT:
         raise _Bad(f"expected a str of at most {MAX_TEXT} characters, got {_show(v)}")
@@ -537,6 +546,7 @@ _OPTIONAL: dict[Kind, tuple[Callable[[Any], Any], ...]] = {
     Kind.SUBMIT: (_opt_uint(MAX_TIMEOUT_MS),),
     Kind.ACK: (_opt_uint(MAX_WORKERS),),
     Kind.REGISTER: (_opt_uint(MAX_CAPACITY), _opt_uint(MAX_CAPACITY)),
+    Kind.CANCEL: (_opt_bool,),
 }
 
 
@@ -626,8 +636,8 @@ def _fast_ack(entries: list[Any]) -> list[Any] | None:
     return out
 
 
-def _fast_ids(cls: Any, entries: list[Any]) -> list[Any] | None:
-    """One-field entries of a task id (CANCEL)."""
+def _fast_cancel(entries: list[Any]) -> list[Any] | None:
+    """CANCEL entries: a task id and, optionally, whether the sender timed out."""
     out: list[Any] = []
     append = out.append
     for e in entries:
@@ -636,7 +646,10 @@ def _fast_ids(cls: Any, entries: list[Any]) -> list[Any] | None:
         tid = e[0]
         if type(tid) is not str or not 0 < len(tid) <= MAX_TASK_ID:
             return None
-        append(new_entry(cls, (tid,)))
+        timed_out = e[1] if len(e) > 1 else None
+        if type(timed_out) is not bool:
+            timed_out = None  # absent, nil, or an unknown trailing field: ignored
+        append(new_entry(Cancel, (tid, timed_out)))
     return out
 
 
@@ -751,7 +764,7 @@ def _fast_done(entries: list[Any]) -> list[Any] | None:
 _FAST: dict[Kind, Callable[[list[Any]], list[Any] | None]] = {
     Kind.SUBMIT: _fast_submit,
     Kind.ACK: _fast_ack,
-    Kind.CANCEL: lambda entries: _fast_ids(Cancel, entries),
+    Kind.CANCEL: _fast_cancel,
     Kind.ASSIGN: _fast_assign,
     Kind.RESULT: _fast_result,
     Kind.DONE: _fast_done,

@@ -418,8 +418,8 @@ class Sender:
                 f": queue {self.groups.queue!r} has a manager, but no worker was registered "
                 "when it queued the task"
             )
-        error = TaskTimeout(p.task_id, why)
-        self._finish(p, error, cancel=True)
+        self._remove(p, cancel=True, timed_out=True)
+        self._deliver(p, TaskTimeout(p.task_id, why))
 
     def _withdraw(self, task_id: str) -> None:
         """Forget a task without answering it; tell the manager if it was sent."""
@@ -427,14 +427,14 @@ class Sender:
         if p is not None:
             self._remove(p, cancel=True)
 
-    def _remove(self, p: _Pending, *, cancel: bool) -> None:
+    def _remove(self, p: _Pending, *, cancel: bool, timed_out: bool = False) -> None:
         del self._pending[p.task_id]
         if p.deadline is not None:
             self._deadlines.done()
         if p.state == _UNACKED:
             self._unacked -= 1
         if cancel and p.state != _BACKLOG and self._state != "stopped":
-            self._cancels.append(Cancel(p.task_id))
+            self._cancels.append(Cancel(p.task_id, True) if timed_out else Cancel(p.task_id))
             self._turn.schedule()
         p.state = _BACKLOG
         if self._backlog:

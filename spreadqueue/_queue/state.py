@@ -19,12 +19,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .._spread.wire import CAUSED_BY_NETWORK, MembershipMessage
+from .._spread.wire import CAUSED_BY_NETWORK, MembershipMessage, split_private_group
 from .interfaces import IAssignmentPolicy
 from .messages import Ack, Assign, Cancel, Failed, Kind, Reason, Status, new_entry
 from .names import QueueGroups
 from .policy import LeastRecentlyUsed
-from .stats import FunctionStats
+from .stats import OUTCOMES, FunctionStats
 
 __all__ = ["Effect", "Event", "QueueManager", "WorkerKey"]
 
@@ -73,6 +73,12 @@ def _name(w: _Worker | None) -> str:
     return "?" if w is None else f"{w.worker_id}@{w.session}"
 
 
+def _private_name(session: str) -> str:
+    """The name part of a private group ``#name#daemon`` (the session itself if not one)."""
+    parts = split_private_group(session.encode())
+    return parts[0].decode() if parts else session
+
+
 class _Task:
     """A task the manager knows: queued (``worker is None``) or running at ``worker``."""
 
@@ -107,7 +113,9 @@ class _Task:
         self.assigned_at = queued_at
         self.attempt = 0
         self.worker: _Worker | None = None
-        self.cancelled = False
+        #: None, or the outcome the task counts as once its cancellation is through
+        #: ("cancelled", or "timed_out" when its sender's timeout ran out)
+        self.cancelled: str | None = None
 
 
 class _Worker:
@@ -349,7 +357,7 @@ class QueueManager:
         for t in list(self._tasks.values()):
             if t.worker is None:
                 del self._tasks[t.task_id]
-                self._fail(t, Reason.CANCELLED, "purged from the queue by an operator")
+                self._cancelled(t, "purged from the queue by an operator")
                 purged += 1
         self._queue.clear()
         self._queued = 0
@@ -364,17 +372,21 @@ class QueueManager:
         if t.worker is None:
             del self._tasks[task_id]
             self._queued -= 1
-            self._fail(t, Reason.CANCELLED, "cancelled by an operator")
+            self._cancelled(t, "cancelled by an operator")
             return True, f"task {task_id} ({t.func}) cancelled before it ran"
         if not t.cancelled:
-            t.cancelled = True
+            t.cancelled = "cancelled"
             self._emit((t.worker.session,), Kind.CANCEL, Cancel(t.task_id))
         return True, f"task {task_id} ({t.func}) is being cancelled at {_name(t.worker)}"
 
     def drain(self, target: str, drained: bool = True) -> tuple[bool, str]:
-        """Give worker ``target`` ('id@session', or an id or session matching one
-        worker) no new task (``drained``), or take it back into the rotation."""
-        found = [w for w in self._workers.values() if target in (_name(w), w.worker_id, w.session)]
+        """Give worker ``target`` ('id@session', or the id, session or private name of
+        one worker) no new task (``drained``), or take it back into the rotation."""
+        found = [
+            w
+            for w in self._workers.values()
+            if target in (_name(w), w.worker_id, w.session, _private_name(w.session))
+        ]
         if len(found) != 1:
             known = ", ".join(_name(w) for w in self._workers.values()) or "none"
             what = "no" if not found else "more than one"
@@ -386,8 +398,9 @@ class QueueManager:
             return True, f"worker {_name(w)} drains: no new task; {len(w.held)} to finish"
         return True, f"worker {_name(w)} takes tasks again"
 
-    def _fail(self, t: _Task, reason: Reason, message: str) -> None:
-        self._emit((t.reply_to,), Kind.FAILED, Failed(t.task_id, reason, message))
+    def _cancelled(self, t: _Task, message: str) -> None:
+        """Tell the sender its task ``t`` (never assigned) was cancelled, and count it."""
+        self._emit((t.reply_to,), Kind.FAILED, Failed(t.task_id, Reason.CANCELLED, message))
         self._function(t.func).count("cancelled")
 
     # ------------------------------------------------------------------ status
@@ -413,13 +426,12 @@ class QueueManager:
                     "idle_for": None if w.idle_since is None else now - w.idle_since,
                 }
             )
+        # The active manager knows the others stand by; a standby knows only itself.
+        other = "standby" if self._active else "unknown"
+        me = "active" if self._active else "standby"
         managers = [
-            {"manager": m, "role": "standby" if m == self.me and not self._active else "?"}
-            for m in self._mgr_members
+            {"manager": m, "role": me if m == self.me else other} for m in self._mgr_members
         ]
-        for m in managers:
-            if m["manager"] == self.me:
-                m["role"] = "active" if self._active else "standby"
         return {
             "queue": self.groups.queue,
             "manager": self.me,
@@ -433,21 +445,24 @@ class QueueManager:
             "workers_ever": len(self._ever),
             "senders": sum(1 for s in self._snd_members if s not in self._mgr_members),
             "managers": managers,
-            "counts": {
-                "submitted": self.stats["submitted"],
-                "done": self.stats["completed"],
-                "redelivered": self.stats["requeued"],
-                "worker_lost": self.stats["worker_lost_failures"],
-                "expired": self.stats["expired"],
-                "refused": self.stats["queue_full"],
-                "cancelled": self.stats["cancelled"],
-                "workers_lost": self.stats["workers_lost"],
-            },
+            "workers_lost": self.stats["workers_lost"],
+            "counts": self._counts(),
             "functions": {f: st.summary() for f, st in self._functions.items()},
             "recent_failures": [
                 {**f, "ago": now - f["at"]} for f in reversed(self._recent_failures)
             ],
         }
+
+    def _counts(self) -> dict[str, int]:
+        """Tasks by how they ended (the sums of the per-function outcomes), submitted
+        and redelivered."""
+        counts = dict.fromkeys(OUTCOMES, 0)
+        for st in self._functions.values():
+            for outcome, n in st.outcomes.items():
+                counts[outcome] = counts.get(outcome, 0) + n
+        counts["submitted"] = self.stats["submitted"]
+        counts["redelivered"] = self.stats["requeued"]
+        return counts
 
     def next_wakeup(self) -> float | None:
         """When :meth:`tick` next has held acknowledgements to send (None: never)."""
@@ -597,7 +612,7 @@ class QueueManager:
                 self.stats["dropped_sender_gone"] += 1
                 self._function(t.func).count("dropped")
             elif not t.cancelled:
-                t.cancelled = True
+                t.cancelled = "cancelled"
                 self._emit((t.worker.session,), Kind.CANCEL, Cancel(t.task_id))
 
     def _update_activity(self, now: float) -> None:
@@ -785,8 +800,10 @@ class QueueManager:
                 del self._tasks[t.task_id]  # its queue entry is now stale
                 self._queued -= 1
                 self.stats["cancelled"] += 1
+                # A sender that timed out while its task waited: it expired unrun.
+                self._function(t.func).count("expired" if e.timed_out else "cancelled")
             elif not t.cancelled:
-                t.cancelled = True
+                t.cancelled = "timed_out" if e.timed_out else "cancelled"
                 self._emit((t.worker.session,), Kind.CANCEL, Cancel(t.task_id))
 
     def _register(self, now: float, session: str, entries: Iterable[Any]) -> None:
@@ -862,6 +879,11 @@ class QueueManager:
             if self._tasks.get(tid) is t:
                 del self._tasks[tid]
             self.stats["completed"] += 1
+            if outcome == "cancelled":
+                # Cancelled by whom? Whoever asked us (the sender says when its timeout
+                # ran out), else the worker itself: its expiry at the task's deadline.
+                timed_out = t.deadline is not None and now >= t.deadline
+                outcome = t.cancelled or ("timed_out" if timed_out else outcome)
             stats = self._function(t.func)
             stats.count(outcome)
             stats.run_time.add(now - t.assigned_at)
@@ -965,6 +987,7 @@ class QueueManager:
             if t.cancelled:
                 del self._tasks[t.task_id]
                 self.stats["cancelled"] += 1
+                self._function(t.func).count(t.cancelled)
             elif t.attempt >= self.max_attempts:
                 del self._tasks[t.task_id]
                 self._function(t.func).count("worker_lost")

@@ -102,6 +102,13 @@ class Histogram:
             h.total += summary["sum"]
         return h
 
+    def since(self, earlier: Histogram) -> Histogram:
+        """What was counted after ``earlier`` (a past state of the same histogram)."""
+        h = Histogram()
+        h.counts = [max(0, a - b) for a, b in zip(self.counts, earlier.counts, strict=True)]
+        h.total = max(0.0, self.total - earlier.total)
+        return h
+
     def summary(self) -> dict[str, Any]:
         """count, sum, p50, p90, p99 (seconds) and the cumulative buckets."""
         cumulative, running = [], 0
@@ -118,13 +125,31 @@ class Histogram:
         }
 
 
+#: How a task ends, as the manager counts it: done (the handler returned), failed (it
+#: raised, or the function is unknown), timed_out (cancelled when the sender's timeout
+#: ran out while it ran), expired (its timeout ran out while it was queued: never ran),
+#: cancelled (by its sender or an operator), worker_lost (its workers were lost
+#: max_attempts times), refused (the queue was full), dropped (its sender went away
+#: before it ran).
+OUTCOMES: Final = (
+    "done",
+    "failed",
+    "timed_out",
+    "expired",
+    "cancelled",
+    "worker_lost",
+    "refused",
+    "dropped",
+)
+
+
 class FunctionStats:
     """What a manager knows about the tasks of one function."""
 
     __slots__ = ("outcomes", "run_time", "wait")
 
     def __init__(self) -> None:
-        #: outcome -> tasks (done, failed, cancelled, expired, worker_lost, refused)
+        #: outcome (one of OUTCOMES) -> tasks
         self.outcomes: dict[str, int] = {}
         #: from queued to assigned
         self.wait = Histogram()
