@@ -110,6 +110,8 @@ def one_shot_commands() -> dict[str, list[str]]:
         "help-worker": spreadqueue("worker", "--help"),
         "help-rpc": spreadqueue("rpc", "--help"),
         "help-demo": spreadqueue("demo", "--help"),
+        "help-status": spreadqueue("status", "--help"),
+        "help-control": spreadqueue("control", "--help"),
         "help-plugin-daemon": twist("spread-daemon", "--help"),
         "help-plugin-manager": twist("spreadqueue-manager", "--help"),
         "help-plugin-worker": twist("spreadqueue-worker", "--help"),
@@ -176,7 +178,10 @@ def ran(tmp_path_factory: Any) -> Iterator[dict[str, Ran]]:
 
 
 HELP = {
-    "help": ["usage: spreadqueue COMMAND", "demo", "daemon", "manager", "worker", "rpc", "bench"],
+    "help": [
+        "usage: spreadqueue COMMAND",
+        *("demo", "daemon", "manager", "worker", "rpc", "status", "control", "bench"),
+    ],
     "help-sqm": [
         "Usage: sqm [options] [QUEUE]",
         "--no-embedded-daemon",
@@ -184,12 +189,26 @@ HELP = {
         "--queue",
         "--max-attempts",
         "--ready-file",
+        *("--metrics", "--web", "--control-allow"),
     ],
     "help-daemon": ["Usage: spreadqueue daemon [options]", "--listen", "--allow", "--max-sessions"],
     "help-manager": ["Usage: spreadqueue manager [options] [QUEUE]", "--embedded-daemon"],
-    "help-worker": ["Usage: spreadqueue worker --handlers module:object", "--concurrency"],
+    "help-worker": [
+        "Usage: spreadqueue worker --handlers module:object",
+        "--concurrency",
+        "--metrics",
+    ],
+    "help-status": ["usage: spreadqueue status", "QUEUE", "--watch", "--json", "--timeout"],
+    "help-control": ["usage: spreadqueue control", "QUEUE ACTION [TARGET]", "pause, resume, purge"],
     "help-rpc": ["usage: spreadqueue rpc", "--queue", "--spread", "--timeout", "FUNC", "JSON"],
-    "help-demo": ["usage: spreadqueue demo", "--workers", "--tasks", "--spread"],
+    "help-demo": [
+        "usage: spreadqueue demo",
+        "--workers",
+        "--tasks",
+        "--spread",
+        "--web",
+        "--linger",
+    ],
     "help-plugin-daemon": ["spread-daemon [options]", "--listen", "--allow", "--ready-file"],
     "help-plugin-manager": ["spreadqueue-manager [options] [QUEUE]", "--queue", "--max-attempts"],
     "help-plugin-worker": ["spreadqueue-worker --handlers", "--concurrency", "--ready-file"],

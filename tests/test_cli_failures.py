@@ -13,11 +13,12 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from procs import TESTS, Proc, child_env, skip_if_external, spread_daemon, twist
+from procs import TESTS, Proc, child_env, free_port, skip_if_external, spread_daemon, twist
 
 HANDLERS = "e2e_handlers:HANDLERS"
 SQM = "import sys; from spreadqueue._service.cli import sqm_main; sys.exit(sqm_main())"
@@ -107,6 +108,16 @@ def test_a_service_that_cannot_listen_exits_1_with_the_reason(
         (["demo", "--spread", "garbage"], "'garbage' is not a Spread daemon address"),
         (["rpc", "-q", "q", "-t", "nan", "f"], "--timeout must be a number of seconds"),
         (["rpc", "-q", "q", "-t", "inf", "f"], "--timeout must be a number of seconds"),
+        (["manager", "q", "--metrics", "nope:x"], "--metrics 'nope:x' is not a port or a server"),
+        (["worker", "-q", "q", "-H", HANDLERS, "--metrics", "-1"], "is not a port or a server"),
+        (["manager", "q", "--web", "tcp:http"], "--web 'tcp:http' is not a port or a server"),
+        (["demo", "--web", "nope:x"], "--web 'nope:x' is not a port or a server endpoint"),
+        (["status", "bad queue"], "queue name"),
+        (["status", "q", "--timeout", "0"], "--timeout must be a number of seconds above 0"),
+        (["status", "q", "--spread", "garbage"], "'garbage' is not a Spread daemon address"),
+        (["control", "q", "frobnicate"], "invalid choice: 'frobnicate'"),
+        (["control", "q", "drain"], "drain needs a worker"),
+        (["control", "q", "cancel"], "cancel needs a task id"),
     ],
 )
 def test_configuration_errors_exit_2_with_one_line(
@@ -264,3 +275,21 @@ def test_sqm_help_shows_its_own_default(tmp_path: Path) -> None:
     assert "always. [default: never]" in " ".join(output.split()), output
     status, output = run(spreadqueue("--help"), tmp_path)
     assert "default queue" not in output and "need --queue" in output, output
+
+
+def test_status_and_control_say_when_nothing_answers(tmp_path: Path) -> None:
+    """No daemon at the address: exit 3 and which daemon did not answer; a daemon but
+    no manager of the queue: exit 3, the status table says so."""
+    nowhere = f"tcp:host=127.0.0.1:port={free_port()}"
+    status, output = run(spreadqueue("status", "q", "--spread", nowhere), tmp_path)
+    assert status == 3 and f"cannot ask the queue through {nowhere}" in output, output
+    status, output = run(spreadqueue("control", "q", "pause", "--spread", nowhere), tmp_path)
+    assert status == 3 and "Traceback" not in output, output
+    with spread_daemon(tmp_path) as endpoint:
+        queue = "nobody" + uuid.uuid4().hex[:8]
+        status, output = run(spreadqueue("status", queue, "--spread", endpoint), tmp_path)
+        assert status == 3 and "no active manager answered" in output, output
+        status, output = run(
+            spreadqueue("control", queue, "pause", "-t", "1", "--spread", endpoint), tmp_path
+        )
+        assert status == 3 and f"no active manager of queue {queue!r} answered" in output

@@ -21,6 +21,8 @@ commands:
   manager   run a queue manager                     (= twistd -n spreadqueue-manager)
   worker    run a worker with your handlers         (= twistd -n spreadqueue-worker)
   rpc       call a function on a queue, print the result as JSON
+  status    show the managers, workers, depth and numbers of queues (--watch, --json)
+  control   pause, resume, purge a queue; drain a worker; cancel a task
   bench     measure latency and throughput of the queue
 'sqm QUEUE' runs a queue manager that starts an embedded daemon when none answers.
 
@@ -74,6 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .rpc import main as rpc_main
 
         return rpc_main(rest)
+    if command == "status":
+        from .status_cmd import status_main
+
+        return status_main(rest)
+    if command == "control":
+        from .status_cmd import control_main
+
+        return control_main(rest)
     if command == "bench":
         from .._bench.run import main as bench_main
 

@@ -147,6 +147,25 @@ def check_name_option(name: str | None) -> str | None:
     return name
 
 
+def check_listen_option(option: str, value: str | None) -> str | None:
+    """A server endpoint for --metrics or --web (a bare port: 127.0.0.1 only), or a
+    UsageError."""
+    if value is None:
+        return None
+    from twisted.internet.endpoints import serverFromString
+
+    from .http import server_endpoint
+
+    try:
+        serverFromString(MemoryReactor(), server_endpoint(value))
+    except Exception as e:
+        raise usage.UsageError(
+            f"--{option} {value!r} is not a port or a server endpoint "
+            f"(e.g. 9100, or tcp:9100:interface=127.0.0.1): {e}"
+        ) from None
+    return value
+
+
 def check_spread_option(spread: str) -> str:
     """A --spread value that names a daemon (Spread's 4803@host or a Twisted client
     endpoint), or a UsageError."""

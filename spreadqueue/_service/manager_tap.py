@@ -13,6 +13,7 @@ from .common import (
     ExitOnSecondSignal,
     ReadyFileService,
     ServiceOptions,
+    check_listen_option,
     check_name_option,
     check_spread_option,
     fail_startup,
@@ -64,6 +65,18 @@ def _parameters(embedded_default: str) -> list[list[Any]]:
             "Seconds between the one-line summaries of the queue in the log (0: none).",
             float,
         ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics on this port or server endpoint (a port: 127.0.0.1).",
+        ],
+        [
+            "web",
+            None,
+            None,
+            "Serve the live dashboard on this port or server endpoint (a port: 127.0.0.1).",
+        ],
         ["ready-file", None, None, "Write this file once the manager is active."],
     ]
 
@@ -82,6 +95,14 @@ class _ManagerOptions(ServiceOptions):
         "when the daemon it used goes away."
     )
     optFlags = [["no-embedded-daemon", None, "Never start an embedded daemon."]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["control-allow"] = []
+
+    def opt_control_allow(self, pattern: str) -> None:
+        """Also accept control from private groups matching PATTERN (fnmatch, e.g. '#ops*#bastion'; repeatable); by default only sessions on this manager's daemon may."""  # noqa: E501
+        self["control-allow"].append(pattern)
 
     def parseArgs(self, queue: str | None = None) -> None:
         if queue is not None:
@@ -109,6 +130,8 @@ class _ManagerOptions(ServiceOptions):
             raise usage.UsageError("--max-queued must be 0 (no limit) or more")
         if not 0 <= self["ack-delay"] <= 1:
             raise usage.UsageError("--ack-delay must be between 0 and 1 second")
+        for option in ("metrics", "web"):
+            check_listen_option(option, self[option])
         if not 0 <= self["summary-interval"] < float("inf"):
             raise usage.UsageError("--summary-interval must be 0 (none) or a number of seconds")
 
@@ -145,6 +168,9 @@ def makeService(options: dict[str, Any]) -> IService:
         max_queued=options["max-queued"] or None,
         ack_delay=options["ack-delay"],
         summary_interval=options["summary-interval"],
+        control_allow=options["control-allow"],
+        metrics=options["metrics"],
+        web=options["web"],
         on_ready=ready,
         on_failure=lambda f: fail_startup(f, reactor),
     )

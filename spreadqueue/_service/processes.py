@@ -20,6 +20,7 @@ from twisted.internet.error import CannotListenError, ConnectionRefusedError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .._queue.inspect import QueueInspector
 from .._queue.manager import ManagerService
 from .._queue.worker import Handler, Worker
 from .._spread.client import connect
@@ -28,6 +29,9 @@ from .._spread.endpoints import spread_address
 from .._spread.interfaces import ISpreadSession
 from .._spread.keeper import SessionKeeper
 from .._spread.local import local_session
+from .dashboard import QueueMonitor, dashboard_resource
+from .http import HTTPService
+from .metrics import metrics_resource, registry_of
 
 __all__ = ["ManagerProcessService", "WorkerProcessService", "reconnect_delays"]
 
@@ -77,6 +81,8 @@ class ManagerProcessService(MultiService):
         name: str | None = None,
         on_ready: Callable[[], object] | None = None,
         on_failure: Callable[[Failure], object] | None = None,
+        metrics: str | None = None,
+        web: str | None = None,
         **manager_options: Any,
     ) -> None:
         super().__init__()
@@ -104,6 +110,34 @@ class ManagerProcessService(MultiService):
         self.manager = ManagerService(
             reactor, lambda: Deferred.fromCoroutine(self._open_session()), queue, **options
         )
+        #: the web faces (metrics, dashboard) asked for, started with the process
+        self.http: list[HTTPService] = []
+        if metrics:
+            registry = registry_of("manager", lambda: [self.manager.status()])
+            self._serve(
+                HTTPService(reactor, metrics, metrics_resource(registry), "metrics", "/metrics")
+            )
+        self._inspector: QueueInspector | None = None
+        self.monitor: QueueMonitor | None = None
+        if web:
+            self.monitor = QueueMonitor(reactor, self._inspect)
+            self._serve(HTTPService(reactor, web, dashboard_resource(self.monitor), "dashboard"))
+
+    def _serve(self, http: HTTPService) -> None:
+        self.http.append(http)
+        http.setServiceParent(self)
+        http.whenListening().addErrback(self._failed)
+
+    def _inspect(self) -> QueueInspector | None:
+        """An inspector on the manager's current session (the dashboard asks through it)."""
+        session = self.manager.session
+        if session is None:
+            return None
+        if self._inspector is None or self._inspector.session is not session:
+            if self._inspector is not None:
+                self._inspector.close()
+            self._inspector = QueueInspector(self.reactor, session, self.queue)
+        return self._inspector
 
     def startService(self) -> None:
         super().startService()
@@ -114,6 +148,8 @@ class ManagerProcessService(MultiService):
             # Asked for: a daemon that cannot listen is a failure to start, not a retry.
             await self._start_daemon()
         self.manager.setServiceParent(self)
+        if self.monitor is not None:
+            self.monitor.start()
         await self.manager.whenActive()
         if self._on_ready is not None:
             self._on_ready()
@@ -123,6 +159,8 @@ class ManagerProcessService(MultiService):
         ours and a later child), then the rest."""
 
         async def stop() -> None:
+            if self.monitor is not None:
+                self.monitor.stop()
             if self.manager.parent is self:
                 await self.manager.disownServiceParent()
             await MultiService.stopService(self)
@@ -198,6 +236,7 @@ class WorkerProcessService(MultiService):
         on_ready: Callable[[], object] | None = None,
         on_failure: Callable[[Failure], object] | None = None,
         backoff: Backoff | None = None,
+        metrics: str | None = None,
         **worker_options: Any,
     ) -> None:
         super().__init__()
@@ -222,6 +261,11 @@ class WorkerProcessService(MultiService):
             jitter=backoff.jitter,
             on_permanent=self._cannot_open,
         )
+        if metrics:
+            registry = registry_of("worker", lambda: [self.worker.status()] if self.worker else [])
+            http = HTTPService(reactor, metrics, metrics_resource(registry), "metrics", "/metrics")
+            http.setServiceParent(self)
+            http.whenListening().addErrback(self._cannot_open)
 
     @property
     def session(self) -> ISpreadSession | None:

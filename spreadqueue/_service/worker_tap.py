@@ -17,6 +17,7 @@ from .common import (
     ExitOnSecondSignal,
     ReadyFileService,
     ServiceOptions,
+    check_listen_option,
     check_name_option,
     check_spread_option,
     fail_startup,
@@ -92,6 +93,12 @@ class Options(ServiceOptions):
             float,
         ],
         ["name", None, None, "Private Spread name (at most 10 characters) [default: invented]"],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics on this port or server endpoint (a port: 127.0.0.1).",
+        ],
         ["ready-file", None, None, "Write this file once the worker is registered."],
     ]
 
@@ -113,6 +120,7 @@ class Options(ServiceOptions):
         if not 0 <= self["stop-timeout"] < float("inf"):
             raise usage.UsageError("--stop-timeout must be a number of seconds, 0 or more")
         check_name_option(self["name"])
+        check_listen_option("metrics", self["metrics"])
         self["spread"] = check_spread_option(self["spread"] or default_spread())
 
 
@@ -134,6 +142,7 @@ def makeService(options: dict[str, Any]) -> IService:
         concurrency=options["concurrency"],
         prefetch=options["prefetch"],
         stop_timeout=options["stop-timeout"],
+        metrics=options["metrics"],
         name=options["name"],
         on_ready=ready,
         on_failure=lambda f: fail_startup(f, reactor),

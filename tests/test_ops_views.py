@@ -1,0 +1,163 @@
+"""The three views of the same numbers: Prometheus exposition and dashboard snapshots,
+built from the status reports of a queue on the in-memory network."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from test_queue_services import Net, echo, fired
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+
+from spreadqueue._queue.errors import RemoteError
+from spreadqueue._queue.inspect import QueueInspector
+from spreadqueue._queue.stats import LATENCY_BOUNDS, Histogram, Utilisation
+from spreadqueue._service.dashboard import snapshot_of
+from spreadqueue._service.metrics import registry_of
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def busy_queue(net: Net) -> tuple[Any, Any, list[Deferred[Any]]]:
+    manager = net.manager()
+    handlers = {"echo": echo, "boom": lambda _: 1 / 0, "hold": lambda _: Deferred()}
+    worker = net.worker(handlers, concurrency=2)
+    sender = net.sender()
+    calls = [sender.rpc("echo", i) for i in range(7)] + [sender.rpc("boom", 1)]
+    calls += [sender.rpc("hold", 1, timeout=None)]
+    net.advance(0.5)
+    calls[-2].addErrback(lambda f: f.trap(RemoteError))  # the failure is expected: consume it
+    return manager, worker, calls
+
+
+def test_the_manager_s_metrics_count_what_ran() -> None:
+    net = Net()
+    manager, _, _ = busy_queue(net)
+    got = samples(generate_latest(registry_of("manager", lambda: [manager.status()])).decode())
+    q = (("queue", "q"),)
+    assert got[("spreadqueue_manager_active", q)] == 1
+    assert got[("spreadqueue_tasks_in_flight", q)] == 1 and got[("spreadqueue_queue_depth", q)] == 0
+    assert got[("spreadqueue_workers", q)] == 1
+    echo_done = (("function", "echo"), ("outcome", "done"), ("queue", "q"))
+    boom_failed = (("function", "boom"), ("outcome", "failed"), ("queue", "q"))
+    assert got[("spreadqueue_tasks_total", echo_done)] == 7
+    assert got[("spreadqueue_tasks_total", boom_failed)] == 1
+    waits = (("function", "echo"), ("queue", "q"))
+    assert got[("spreadqueue_task_duration_seconds_count", waits)] == 7
+    assert got[("spreadqueue_task_queue_wait_seconds_count", waits)] == 7
+    inf = (("function", "echo"), ("le", "+Inf"), ("queue", "q"))
+    assert got[("spreadqueue_task_duration_seconds_bucket", inf)] == 7
+    assert any(name == "process_resident_memory_bytes" for name, _ in got)
+
+
+def test_a_worker_s_metrics_say_how_busy_it_is() -> None:
+    net = Net()
+    _, worker, _ = busy_queue(net)
+    got = samples(generate_latest(registry_of("worker", lambda: [worker.status()])).decode())
+    me = ("worker", f"{worker.worker_id}@{worker.session.private_group}")
+    key = (("queue", "q"), me)
+    assert got[("spreadqueue_worker_tasks_total", (("outcome", "done"), ("queue", "q"), me))] == 7
+    assert got[("spreadqueue_worker_running", key)] == 1
+    one_minute = (("queue", "q"), ("window", "1m"), me)
+    assert 0 < got[("spreadqueue_worker_utilisation", one_minute)] <= 1
+
+
+def test_the_dashboard_snapshot_adds_rates_and_latencies_to_the_status() -> None:
+    net = Net()
+    busy_queue(net)
+    inspector = QueueInspector(net.clock, net.session("dash"), "q")
+    d = inspector.status()
+    net.pump()
+    first = snapshot_of(fired(d), None, 100.0)
+    assert first["rates"] == {"done_per_s": 0.0, "failed_per_s": 0.0}
+    assert first["done"] == 7 and first["failed"] == 1  # done: the handler returned
+    assert first["latency"]["run_p50"] is not None
+    sender = net.sender()
+    more = [sender.rpc("echo", i) for i in range(10)]
+    net.pump()
+    assert all(x.called for x in more)
+    d = inspector.status()
+    net.pump()
+    second = snapshot_of(fired(d), first, 102.0)
+    assert second["rates"]["done_per_s"] == 5.0  # 10 more in 2 s
+    json.dumps(second)  # what goes down the event stream
+
+
+def test_the_dashboard_s_latencies_are_those_of_the_tasks_since_its_baseline() -> None:
+    net = Net()
+    net.manager()
+    nap = lambda _: deferLater(net.clock, 2.0, lambda: None)  # noqa: E731
+    net.worker({"echo": echo, "nap": nap}, concurrency=8)
+    sender = net.sender()
+    inspector = QueueInspector(net.clock, net.session("dash"), "q")
+
+    def snapshot(*args: Any) -> dict[str, Any]:
+        d = inspector.status()
+        net.pump()
+        return snapshot_of(fired(d), *args)
+
+    quick = [sender.rpc("echo", i) for i in range(50)]
+    net.pump()
+    assert all(d.called for d in quick)
+    baseline = snapshot(None, 100.0)
+    assert baseline["latency"]["window"] is None  # no baseline: since the start
+    assert baseline["latency"]["run_p99"] < 0.001  # type: ignore[operator]
+    slow = [sender.rpc("nap", i) for i in range(5)]
+    net.advance(2.1)
+    assert all(d.called for d in slow)
+    later = snapshot(baseline, 110.0, baseline)
+    assert later["latency"]["window"] == 10.0
+    assert 1.0 <= later["latency"]["run_p50"] <= 2.5  # only the naps, not the 50 echoes
+    since_start = snapshot(baseline, 110.0)
+    assert since_start["latency"]["run_p50"] < 0.001  # 50 quick ones, 5 slow ones
+
+
+def test_histograms_merge_and_estimate_percentiles_within_their_bucket() -> None:
+    h = Histogram()
+    for v in [0.001] * 90 + [0.2] * 10:
+        h.add(v)
+    assert 0.0005 <= h.percentile(0.5) <= 0.001  # type: ignore[operator]
+    assert 0.1 <= h.percentile(0.99) <= 0.25  # type: ignore[operator]
+    both = Histogram.merged([h.summary(), h.summary()])
+    assert both.count == 200 and both.total == 2 * h.total
+    assert len(h.summary()["buckets"]) == len(LATENCY_BOUNDS) + 1
+
+
+def test_utilisation_over_the_last_minute_forgets_what_is_older() -> None:
+    u = Utilisation(0.0)
+    u.completed(10.0, 10.0)  # one slot busy for the first 10 s
+    early = u.summary(20.0, slots=1, running_for=0.0)
+    assert early["utilisation"] == 0.5 and early["utilisation_1m"] == 0.5
+    late = u.summary(100.0, slots=1, running_for=0.0)
+    assert late["utilisation"] == 0.1 and late["utilisation_1m"] == 0.0
+    assert late["busy_seconds"] == 10.0 and late["idle_seconds"] == 90.0
+
+
+def test_the_readme_lists_every_metric_with_its_type_and_labels() -> None:
+    """The README's metrics table is the exposition's own list, no more, no less."""
+    net = Net()
+    manager, worker, _ = busy_queue(net)
+    exported = {}
+    for role, component in (("manager", manager), ("worker", worker)):
+        text = generate_latest(registry_of(role, lambda c=component: [c.status()])).decode()
+        for family in text_string_to_metric_families(text):
+            if family.name.startswith("spreadqueue_"):
+                name = family.name + ("_total" if family.type == "counter" else "")
+                labels = {k for s in family.samples for k in s.labels if k != "le"}
+                exported[name] = (family.type, labels)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    documented = {}
+    for row in re.findall(r"^\| `(spreadqueue_\w+)` \| (\w+) \| ([\w, ]+) \|", readme, re.M):
+        documented[row[0]] = (row[1], set(row[2].split(", ")))
+    assert documented == exported
