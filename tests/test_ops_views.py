@@ -10,6 +10,7 @@ from typing import Any
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
 from test_queue_services import Net, echo, fired
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -19,6 +20,7 @@ from spreadqueue._queue.inspect import QueueInspector
 from spreadqueue._queue.stats import LATENCY_BOUNDS, Histogram, Utilisation
 from spreadqueue._service.dashboard import snapshot_of
 from spreadqueue._service.metrics import registry_of
+from spreadqueue._service.status_cmd import render
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -92,6 +94,25 @@ def test_the_dashboard_snapshot_adds_rates_and_latencies_to_the_status() -> None
     second = snapshot_of(fired(d), first, 102.0)
     assert second["rates"]["done_per_s"] == 5.0  # 10 more in 2 s
     json.dumps(second)  # what goes down the event stream
+
+
+def test_the_status_table_shows_the_same_numbers() -> None:
+    net = Net()
+    _, worker, _ = busy_queue(net)
+    d = QueueInspector(net.clock, net.session("ops"), "q").status()
+    net.pump()
+    console = Console(record=True, width=160)
+    console.print(render(fired(d)))
+    text = console.export_text()
+    assert "queue q: 0 queued (oldest -), 1 in flight, 1 workers, 1 senders" in text
+    assert "done 7, failed 1; redelivered 0; 1 workers since start, 0 lost" in text
+    assert "active" in text and "PAUSED" not in text
+    rows = [[cell.strip() for cell in line.split("\u2502")[1:-1]] for line in text.splitlines()]
+    mine = next(row for row in rows if row and row[0].startswith(worker.worker_id))
+    assert mine[1:5] == ["ready", "45%", "45%", "1/2"]  # one of its two slots running
+    assert mine[6:8] == ["7", "1"]
+    echo = next(row for row in rows if row and row[0] == "echo")
+    assert echo[1:4] == ["7", "0", "-"]
 
 
 def test_the_dashboard_s_latencies_are_those_of_the_tasks_since_its_baseline() -> None:

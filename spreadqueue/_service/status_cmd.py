@@ -62,33 +62,51 @@ def _percent(value: float | None) -> str:
 def render(status: dict[str, Any]) -> Group:
     """The tables of one queue's status: summary, managers, workers, functions."""
     active = status["active"]
+    parts: list[Any] = [
+        _headline(status),
+        _managers_table(status["managers"]),
+        _workers_table(status["workers"]),
+    ]
+    functions = (active or {}).get("functions") or {}
+    if functions:
+        parts.append(_functions_table(functions))
+    return Group(*parts)
+
+
+def _headline(status: dict[str, Any]) -> Text:
+    """Depth, in flight, workers and how tasks ended, in two lines."""
+    active = status["active"]
     title = Text(f"queue {status['queue']}: ", style="bold")
     if active is None:
         title.append("no active manager answered", style="bold red")
-    else:
-        paused = " [PAUSED]" if active.get("paused") else ""
-        title.append(
-            f"{active['depth']} queued (oldest {_seconds(active.get('oldest_queued_for'))}), "
-            f"{active['in_flight']} in flight, {len(status['workers'])} workers, "
-            f"{active['senders']} senders{paused}",
-            style="bold red" if paused else "bold",
-        )
-        counts = active["counts"]
-        ended = ", ".join(
-            f"{outcome.replace('_', ' ')} {counts[outcome]}"
-            for outcome in OUTCOMES
-            if counts.get(outcome) or outcome in ("done", "failed")
-        )
-        title.append(
-            f"\n  {ended}; redelivered {counts['redelivered']}; "
-            f"{active['workers_ever']} workers since start, {active['workers_lost']} lost"
-        )
-    managers = Table(
+        return title
+    paused = " [PAUSED]" if active.get("paused") else ""
+    title.append(
+        f"{active['depth']} queued (oldest {_seconds(active.get('oldest_queued_for'))}), "
+        f"{active['in_flight']} in flight, {len(status['workers'])} workers, "
+        f"{active['senders']} senders{paused}",
+        style="bold red" if paused else "bold",
+    )
+    counts = active["counts"]
+    ended = ", ".join(
+        f"{outcome.replace('_', ' ')} {counts[outcome]}"
+        for outcome in OUTCOMES
+        if counts.get(outcome) or outcome in ("done", "failed")
+    )
+    title.append(
+        f"\n  {ended}; redelivered {counts['redelivered']}; "
+        f"{active['workers_ever']} workers since start, {active['workers_lost']} lost"
+    )
+    return title
+
+
+def _managers_table(managers: list[dict[str, Any]]) -> Table:
+    table = Table(
         "manager", "role", "host", "pid", "up", "RSS", title="managers", title_justify="left"
     )
-    for m in status["managers"]:
+    for m in managers:
         proc = m.get("process", {})
-        managers.add_row(
+        table.add_row(
             m["manager"],
             Text("active", style="green") if m.get("active") else Text("standby"),
             str(proc.get("host", "?")),
@@ -96,7 +114,11 @@ def render(status: dict[str, Any]) -> Group:
             _seconds(m["now"] - m["started"]) if "now" in m else "-",
             _bytes(proc.get("rss_bytes")),
         )
-    workers = Table(
+    return table
+
+
+def _workers_table(workers: list[dict[str, Any]]) -> Table:
+    table = Table(
         "worker",
         "state",
         "util 1m",
@@ -111,7 +133,7 @@ def render(status: dict[str, Any]) -> Group:
         title="workers",
         title_justify="left",
     )
-    for w in status["workers"]:
+    for w in workers:
         report = w.get("report") or {}
         proc = report.get("process", {})
         state = "drained" if w.get("drained") else report.get("state", "no answer")
@@ -119,7 +141,7 @@ def render(status: dict[str, Any]) -> Group:
             state = f"{state} (not registered)"
         current = report.get("current", [])
         counts = report.get("counts", {})
-        workers.add_row(
+        table.add_row(
             w["worker"],
             Text(state, style="yellow" if w.get("drained") or not report else ""),
             _percent(report.get("utilisation_1m")),
@@ -132,37 +154,37 @@ def render(status: dict[str, Any]) -> Group:
             f"{proc.get('host', '?')}:{proc.get('pid', '?')}",
             _bytes(proc.get("rss_bytes")),
         )
-    parts: list[Any] = [title, managers, workers]
-    functions = (active or {}).get("functions") or {}
-    if functions:
-        table = Table(
-            "function",
-            "done",
-            "failed",
-            "other",
-            "wait p50",
-            "wait p99",
-            "run p50",
-            "run p99",
-            title="functions",
-            title_justify="left",
+    return table
+
+
+def _functions_table(functions: dict[str, Any]) -> Table:
+    table = Table(
+        "function",
+        "done",
+        "failed",
+        "other",
+        "wait p50",
+        "wait p99",
+        "run p50",
+        "run p99",
+        title="functions",
+        title_justify="left",
+    )
+    for name, f in sorted(functions.items()):
+        outcomes = dict(f["outcomes"])
+        done, failed = outcomes.pop("done", 0), outcomes.pop("failed", 0)
+        other = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "-"
+        table.add_row(
+            name,
+            str(done),
+            str(failed),
+            other,
+            _seconds(f["queue_wait"]["p50"]),
+            _seconds(f["queue_wait"]["p99"]),
+            _seconds(f["run_time"]["p50"]),
+            _seconds(f["run_time"]["p99"]),
         )
-        for name, f in sorted(functions.items()):
-            outcomes = dict(f["outcomes"])
-            done, failed = outcomes.pop("done", 0), outcomes.pop("failed", 0)
-            other = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "-"
-            table.add_row(
-                name,
-                str(done),
-                str(failed),
-                other,
-                _seconds(f["queue_wait"]["p50"]),
-                _seconds(f["queue_wait"]["p99"]),
-                _seconds(f["run_time"]["p50"]),
-                _seconds(f["run_time"]["p99"]),
-            )
-        parts.append(table)
-    return Group(*parts)
+    return table
 
 
 # --------------------------------------------------------------------------- commands
