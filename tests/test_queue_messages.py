@@ -63,7 +63,7 @@ SAMPLES = {
     Kind.DONE: [Done("w1", "p.1")],
     Kind.FAILED: [Failed("p.1", Reason.WORKER_LOST, "lost"), Failed("p.2", Reason.RESUBMIT, "")],
     Kind.RETIRE: [Retire("w1")],
-    Kind.RELEASE: [Release("w1", "p.1"), Release("w1", "p.2")],
+    Kind.RELEASE: [Release("w1", "p.1"), Release("w1", "p.2", True)],
     Kind.STATUS_REQUEST: [StatusRequest("r.1")],
     Kind.STATUS: [StatusReport("r.1", "manager", pack_report({"depth": 3, "workers": []}))],
     Kind.CONTROL: [Control("r.2", "drain", "w1@#alice#fake"), Control("r.3", "pause", "")],

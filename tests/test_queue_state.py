@@ -679,6 +679,21 @@ def test_released_tasks_go_back_to_the_head_and_do_not_count_as_attempts() -> No
     assert h.m.running == 4
 
 
+def test_a_run_the_worker_lost_counts_as_an_attempt_like_a_lost_worker() -> None:
+    """RELEASE with lost=True: the handler process died; retried within max_attempts."""
+    h = ready_manager(max_attempts=2)
+    h.worker("#a#d")
+    h.submit("#s#d", "t1")
+    assert assigned(h.effects()) == [("#a#d", "w", "t1", 1)]
+    h.msg("#a#d", Kind.RELEASE, [Release("w", "t1", True)])
+    assert assigned(h.effects()) == [("#a#d", "w", "t1", 2)]  # same worker, next attempt
+    assert ("task_run_lost", {"task_id": "t1", "func": "f", "worker": "w@#a#d"}) in events(h)
+    h.msg("#a#d", Kind.RELEASE, [Release("w", "t1", True)])
+    failed = of(h.effects(), Kind.FAILED)
+    assert [(e.task_id, e.reason) for _, es in failed for e in es] == [("t1", Reason.WORKER_LOST)]
+    assert h.m.status(0.0)["counts"]["worker_lost"] == 1
+
+
 def test_a_worker_with_a_burst_takes_that_many_in_a_row_and_bursts_rotate() -> None:
     h = ready_manager()
     for s in ("#a#d", "#b#d", "#c#d"):

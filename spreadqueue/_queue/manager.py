@@ -555,6 +555,11 @@ _EVENT_LOGS: Final = {
         "warn",
         "queue {queue}: worker {worker} lost (its session ended); {requeued} task(s) requeued",
     ),
+    "task_run_lost": (
+        "warn",
+        "queue {queue}: worker {worker} lost the run of task {task_id} ({func}): its "
+        "handler process died; it is retried within max_attempts",
+    ),
     "task_failed": ("warn", "queue {queue}: task {task_id} ({func}) failed on {worker}: {reason}"),
     "queue_full": (
         "warn",

@@ -222,10 +222,16 @@ class Retire(NamedTuple):
 
 class Release(NamedTuple):
     """worker session -> ``Q-mgr``: the worker gives back a task it never started
-    (a prefetched task, when it stops): queue it again, at the head."""
+    (a prefetched task, when it stops): queue it again, at the head.
+
+    ``lost`` (optional) is True when the worker did start it and its run was lost (the
+    handler process running it died): the manager then counts the run as an attempt,
+    as for a lost worker, and fails the task once ``max_attempts`` runs were lost.
+    """
 
     worker_id: str
     task_id: str
+    lost: bool | None = None
 
 
 class StatusRequest(NamedTuple):
@@ -294,7 +300,9 @@ if TYPE_CHECKING:
     def new_entry(cls: type[Done], fields: tuple[str, str], /) -> Done: ...
 
     @overload
-    def new_entry(cls: type[Release], fields: tuple[str, str], /) -> Release: ...
+    def new_entry(
+        cls: type[Release], fields: tuple[str, str] | tuple[str, str, bool], /
+    ) -> Release: ...
 
     def new_entry(cls: Any, fields: Any, /) -> Any:
         """Build an entry of ``cls`` from ``fields`` (all of them, in order)."""
@@ -547,6 +555,7 @@ _OPTIONAL: dict[Kind, tuple[Callable[[Any], Any], ...]] = {
     Kind.ACK: (_opt_uint(MAX_WORKERS),),
     Kind.REGISTER: (_opt_uint(MAX_CAPACITY), _opt_uint(MAX_CAPACITY)),
     Kind.CANCEL: (_opt_bool,),
+    Kind.RELEASE: (_opt_bool,),
 }
 
 

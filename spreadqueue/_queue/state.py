@@ -905,8 +905,10 @@ class QueueManager:
 
     def _release(self, session: str, entries: Iterable[Any]) -> None:
         """Tasks a worker hands back unstarted: to the head of the queue, and the
-        assignment does not count as an attempt."""
+        assignment does not count as an attempt. Runs the worker lost (``lost``: its
+        handler process died) count, as a lost worker's do."""
         back: list[_Task] = []
+        lost: list[_Task] = []
         tasks, foreign = self._tasks, self._foreign
         for e in entries:
             tid = e.task_id
@@ -919,9 +921,15 @@ class QueueManager:
                 if foreign.get(tid) is w:
                     del foreign[tid]
             elif tasks.get(tid) is t:
-                t.attempt = max(0, t.attempt - 1)
-                back.append(t)
+                if e.lost is True:
+                    lost.append(t)
+                    self._event("task_run_lost", task_id=tid, func=t.func, worker=_name(w))
+                else:
+                    t.attempt = max(0, t.attempt - 1)
+                    back.append(t)
             self._update_ready(w)
+        if lost:
+            self._requeue(lost)
         if back:
             self._requeue(back, counted="released")
 
