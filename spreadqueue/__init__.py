@@ -10,7 +10,8 @@ change without notice.
   :class:`MembershipMessage` and :class:`RejectMessage` frames.
 - The queue: :class:`Sender` (``submit`` / ``receive``, ``rpc``), :class:`Worker`
   (handlers by function name), :class:`ManagerService` (hands each task to exactly one
-  worker), :class:`BlockingSender` (a Sender for plain scripts). Answers are
+  worker), :class:`BlockingSender` (a Sender for plain scripts); :func:`run_in`
+  says where a handler runs (the reactor, a thread pool, child processes). Answers are
   :class:`Reply` objects; failures are :class:`TaskError` subclasses.
 - Serializers for task arguments and results: :class:`MsgpackSerializer` (the
   default) and :class:`JsonSerializer`.
@@ -35,6 +36,7 @@ from ._queue.errors import (
     WorkerLost,
 )
 from ._queue.manager import ManagerService
+from ._queue.pools import run_in
 from ._queue.sender import Reply, Sender
 from ._queue.serializer import JsonSerializer, MsgpackSerializer
 from ._queue.worker import Task, Worker
@@ -122,4 +124,5 @@ __all__ = [
     "connect",
     "default_queue",
     "default_spread",
+    "run_in",
 ]

@@ -9,6 +9,8 @@ task ran, and where, independently of what the sender received.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,14 @@ def crash(args: Any) -> None:
     os._exit(3)
 
 
+def block(args: dict[str, Any]) -> list[Any]:
+    """Record the execution, block ``delay`` seconds (time.sleep: no reactor), answer
+    ``[i, pid, whether it ran off the process's main thread]``."""
+    _record(args)
+    time.sleep(float(args.get("delay", 0.0)))
+    return [args["i"], os.getpid(), threading.current_thread() is not threading.main_thread()]
+
+
 HANDLERS = {
     "myfunc": myfunc,
     "echo": echo,
@@ -75,4 +85,5 @@ HANDLERS = {
     "slow": slow,
     "crash": crash,
     "blob": blob,
+    "block": block,
 }

@@ -112,6 +112,8 @@ def test_a_service_that_cannot_listen_exits_1_with_the_reason(
         (["worker", "-q", "q", "-H", HANDLERS, "--metrics", "-1"], "is not a port or a server"),
         (["manager", "q", "--web", "tcp:http"], "--web 'tcp:http' is not a port or a server"),
         (["demo", "--web", "nope:x"], "--web 'nope:x' is not a port or a server endpoint"),
+        (["worker", "-q", "q", "-H", HANDLERS, "--pool", "fork"], "--pool must be one of"),
+        (["worker", "-q", "q", "-H", HANDLERS, "--max-tasks-per-child", "-1"], "0 (never)"),
         (["status", "bad queue"], "queue name"),
         (["status", "q", "--timeout", "0"], "--timeout must be a number of seconds above 0"),
         (["status", "q", "--spread", "garbage"], "'garbage' is not a Spread daemon address"),

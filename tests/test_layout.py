@@ -28,7 +28,7 @@ PUBLIC_NAMES = """
     QueueFull QueueNameError QuotaExceeded ReceiveOverflow RegularMessage RejectMessage
     RemoteError Reply Sender SenderStopped SessionClosed SpreadError SpreadSession Task
     TaskCancelled TaskError TaskTimeout UnknownFunction VersionRejected Worker WorkerLost
-    __version__ connect default_queue default_spread
+    __version__ connect default_queue default_spread run_in
 """.split()
 
 

@@ -128,8 +128,9 @@ class WorkerRole(_Role):
         self.in_window = 0
         self._t0 = self._t1 = 0
         self.worker = Worker(reactor, session, queue, concurrency=concurrency)
-        self.worker.add_handler("noop", self._noop)
-        self.worker.add_handler("hold", self._hold, with_task=True)
+        # on the reactor: the bench measures the queue, not a thread pool's hop
+        self.worker.add_handler("noop", self._noop, pool="reactor")
+        self.worker.add_handler("hold", self._hold, with_task=True, pool="reactor")
 
     def _noop(self, _args: object) -> None:
         self.total += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import secrets
 import time
 from collections import deque
@@ -10,9 +11,11 @@ from types import CoroutineType
 from typing import Any, Final, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
+from twisted.python import threadable
 from twisted.python.failure import Failure
 
 from .._spread.interfaces import ISpreadSession
@@ -40,6 +43,15 @@ from .messages import (
 )
 from .names import queue_groups
 from .outbox import Outbox, Turn, send
+from .pools import (
+    POOLS,
+    HandlerError,
+    HandlerProcessDied,
+    ProcessPool,
+    ThreadPool,
+    can_run,
+    pool_for,
+)
 from .serializer import default_serializer
 from .stats import Utilisation, process_info
 from .throttle import WarningThrottle
@@ -73,6 +85,9 @@ _NO_PREFETCH: Final = 0
 _PREFETCH: Final = 1
 _BURST: Final = 2
 _MAX_TRACEBACK: Final = 16 * 1024
+#: Seconds a worker lets a task run past its sender's timeout before it stops it: the
+#: sender gives up first and says so (TaskTimeout), instead of racing our CANCELLED.
+EXPIRY_GRACE: Final = 0.25
 
 
 def _describe(tasks: Any, most: int = 5) -> str:
@@ -89,6 +104,27 @@ def _unfinished(task: Task) -> bool:
 def _type_name(t: type) -> str:
     module = t.__module__
     return t.__qualname__ if module == "builtins" else f"{module}.{t.__qualname__}"
+
+
+def _check_process_handler(name: str, fn: Handler, with_task: bool) -> None:
+    """A handler for the process pool must travel by reference to a fresh interpreter."""
+    if with_task:
+        raise ValueError(
+            f"handler {name!r}: with_task handlers cannot run in a process pool "
+            "(the Task lives in the worker); use the thread pool"
+        )
+    if getattr(fn, "__module__", None) == "__main__":
+        raise ValueError(
+            f"handler {name!r}: a function of __main__ cannot be imported by a handler "
+            "process; define it in a module"
+        )
+    try:
+        pickle.dumps(fn)
+    except Exception as e:
+        raise ValueError(
+            f"handler {name!r} cannot run in a process pool: it must be a module-level "
+            f"function ({e})"
+        ) from None
 
 
 def _clip(text: str, limit: int) -> str:
@@ -163,6 +199,14 @@ class Worker(Service):
     task's result. Exceptions go back to the sender as
     :class:`~spreadqueue._queue.errors.RemoteError`.
 
+    Coroutine functions (and ones that return a Deferred: ``inlineCallbacks``, or
+    annotated ``-> Deferred[...]``) run on the reactor. Other functions may block:
+    they run in ``pool`` (see :mod:`spreadqueue._queue.pools`): 'threads' (the
+    default, ``concurrency`` threads), 'processes' (``concurrency`` child processes,
+    each replaced after ``max_tasks_per_child`` tasks, 0: never) or 'reactor'
+    (inline, as on a reactor that has no threads, such as ``task.Clock``).
+    ``spreadqueue.run_in(pool)`` chooses per handler.
+
     Any number of workers (and senders, managers) may share one session.
     """
 
@@ -182,7 +226,13 @@ class Worker(Service):
         combine_limit: int = DEFAULT_COMBINE_LIMIT,
         prefetch: int = DEFAULT_PREFETCH,
         prefetch_below: float = DEFAULT_PREFETCH_BELOW,
+        pool: str = "threads",
+        max_tasks_per_child: int = 0,
     ) -> None:
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
+        if max_tasks_per_child < 0:
+            raise ValueError("max_tasks_per_child must be 0 (no limit) or more")
         if not 1 <= concurrency <= MAX_CAPACITY:
             raise ValueError(f"concurrency must be between 1 and {MAX_CAPACITY}")
         if not 0 <= prefetch <= MAX_CAPACITY - concurrency:
@@ -205,9 +255,10 @@ class Worker(Service):
         self._reactor = reactor
         self._serializer: ISerializer = serializer or default_serializer()
         self._combine_limit = combine_limit
-        self._handlers: dict[str, tuple[Handler, bool]] = {}
-        for fname, fn in (handlers or {}).items():
-            self.add_handler(fname, fn)
+        self.pool = pool
+        self.max_tasks_per_child = max_tasks_per_child
+        self._pools: dict[str, ThreadPool | ProcessPool] = {}
+        self._handlers: dict[str, tuple[Handler, bool, str]] = {}
         self._running: dict[str, Task] = {}
         # prefetched tasks, not started yet: ids -> ASSIGN entry, and their FIFO
         # (entries whose id is no longer in _waiting are skipped)
@@ -238,24 +289,58 @@ class Worker(Service):
             "released": 0,
             "malformed": 0,
             "messages_sent": 0,
+            "runs_lost": 0,
         }
+        for fname, fn in (handlers or {}).items():
+            self.add_handler(fname, fn)
 
     # ------------------------------------------------------------------ handlers
 
-    def add_handler(self, name: str, fn: Handler, *, with_task: bool = False) -> None:
-        """Handle tasks for function ``name`` with ``fn(args)`` (``fn(task, args)``)."""
+    def add_handler(
+        self, name: str, fn: Handler, *, with_task: bool = False, pool: str | None = None
+    ) -> None:
+        """Handle tasks for function ``name`` with ``fn(args)`` (``fn(task, args)``),
+        in ``pool`` (default: where :func:`~spreadqueue.run_in` or the worker's
+        ``pool`` says, see the class)."""
         if not isinstance(name, str) or not name:
             raise ValueError("a handler name must be a non-empty str")
-        self._handlers[name] = (fn, with_task)
+        where = pool_for(fn, self.pool) if pool is None else pool
+        if where not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {where!r}")
+        if where == "processes":
+            _check_process_handler(name, fn, with_task)
+        if not can_run(self._reactor, where):
+            where = "reactor"  # e.g. task.Clock in tests: run inline, deterministically
+        self._handlers[name] = (fn, with_task, where)
+        if where == "processes" and self._state in ("ready", "starting"):
+            self._pool_of(where).start()
 
-    def handler(self, name: str, *, with_task: bool = False) -> Callable[[F], F]:
+    def handler(
+        self, name: str, *, with_task: bool = False, pool: str | None = None
+    ) -> Callable[[F], F]:
         """Decorator form of :meth:`add_handler`."""
 
         def register(fn: F) -> F:
-            self.add_handler(name, fn, with_task=with_task)
+            self.add_handler(name, fn, with_task=with_task, pool=pool)
             return fn
 
         return register
+
+    def _pool_of(self, where: str) -> ThreadPool | ProcessPool:
+        pool = self._pools.get(where)
+        if pool is None:
+            if where == "threads":
+                name = f"spreadqueue-{self.groups.queue}-{self.worker_id}"
+                pool = ThreadPool(self._reactor, self.concurrency, name)  # type: ignore[arg-type]
+            else:
+                pool = ProcessPool(self._reactor, self.concurrency, self.max_tasks_per_child)
+            self._pools[where] = pool
+        return pool
+
+    def _stop_pools(self) -> Deferred[Any]:
+        pools, self._pools = self._pools, {}
+        waits = [p.stop() for p in pools.values()]
+        return gatherResults([d for d in waits if d is not None])
 
     @property
     def busy(self) -> int:
@@ -289,6 +374,8 @@ class Worker(Service):
         if self._start_d is not None:
             return self._start_d
         self._state = "starting"
+        if any(where == "processes" for _, _, where in self._handlers.values()):
+            self._pool_of("processes").start()  # children start while we register
         session, groups = self.session, self.groups
         session.add_listener(self._on_private, session.private_group)
         session.add_listener(self._on_worker_group, groups.workers)
@@ -378,6 +465,7 @@ class Worker(Service):
         session = self.session
         session.remove_listener(self._on_private, session.private_group)
         session.remove_listener(self._on_worker_group, self.groups.workers)
+        await self._stop_pools()
         await session.release(self.groups.workers)
 
     def _give_up_draining(self, drained: Deferred[None]) -> None:
@@ -399,6 +487,7 @@ class Worker(Service):
         self._forget_waiting()
         self._expiries.clear()
         self._turn.cancel()
+        self._stop_pools()
         drained, self._drained = self._drained, []
         for d in drained:
             d.callback(None)
@@ -491,7 +580,7 @@ class Worker(Service):
             if entry.timeout_ms is not None:
                 if now is None:
                     now = self._reactor.seconds()
-                deadline = now + entry.timeout_ms / 1000.0
+                deadline = now + entry.timeout_ms / 1000.0 + EXPIRY_GRACE
             waiting[tid] = entry
             fifo.append((entry, deadline))
         if waiting:
@@ -597,17 +686,20 @@ class Worker(Service):
                 f"worker {self.worker_id} has no handler for {entry.func!r}",
             )
             return
-        fn, with_task = registered
+        fn, with_task, where = registered
         try:
             args = self._serializer.loads(entry.args)
         except ValueError as e:
             self._complete(task, Status.ERROR, ("spreadqueue.BadArguments", str(e), ""))
             return
-        try:
-            r = fn(task, args) if with_task else fn(args)
-        except Exception:
-            self._failed(Failure(), task)
-            return
+        if where != "reactor":
+            r = self._pool_of(where).run(fn, (task, args) if with_task else (args,))
+        else:
+            try:
+                r = fn(task, args) if with_task else fn(args)
+            except Exception:
+                self._failed(Failure(), task)
+                return
         if type(r) is CoroutineType:
             r = Deferred.fromCoroutine(r)
         if not isinstance(r, Deferred):
@@ -638,6 +730,10 @@ class Worker(Service):
         returns a value other than None after responding sends that as the final
         answer. Raises TypeError (unserializable) or PayloadTooLarge at once.
         """
+        if threadable.ioThread is not None and not threadable.isInIOThread():
+            # a handler in the thread pool: the answer goes out from the reactor
+            blockingCallFromThread(self._reactor, self.respond, task, result)  # type: ignore[arg-type]
+            return
         if not isinstance(task, Task) or task.worker is not self:
             raise ValueError(f"{task!r} is not a task of this worker")
         if task._finished:
@@ -675,28 +771,74 @@ class Worker(Service):
         if task._cancelled and failure.check(CancelledError):
             self._complete(task, Status.CANCELLED, None)
             return
-        exc_type = failure.type if isinstance(failure.type, type) else type(failure.value)
+        value = failure.value
+        if isinstance(value, HandlerProcessDied):
+            self._run_lost(task, str(value))
+            return
+        if isinstance(value, HandlerError):  # raised in a child process
+            type_name, message, traceback = value.type_name, value.message, value.traceback
+        else:
+            exc_type = failure.type if isinstance(failure.type, type) else type(value)
+            type_name, message = _type_name(exc_type), str(value)
+            traceback = failure.getTraceback()
         self._complete(
             task,
             Status.ERROR,
-            (
-                _clip(_type_name(exc_type), 200),
-                _clip(str(failure.value), MAX_TEXT),
-                _clip(failure.getTraceback(), _MAX_TRACEBACK),
-            ),
+            (_clip(type_name, 200), _clip(message, MAX_TEXT), _clip(traceback, _MAX_TRACEBACK)),
         )
 
-    def _complete(self, task: Task, status: Status, payload: Any) -> None:
+    def _run_lost(self, task: Task, why: str) -> None:
+        """The process running ``task`` died: the manager retries it (or fails it once
+        ``max_attempts`` runs were lost), as for a lost worker; the sender hears from
+        the manager, not from us."""
+        self.stats["runs_lost"] += 1
+        self.log.warn(
+            "queue worker {worker}: task {task_id} ({func}) lost: {why}; the manager "
+            "retries it within max_attempts",
+            worker=self.worker_id,
+            task_id=task.task_id,
+            func=task.func,
+            why=why,
+        )
+        task._buffer = _NOTHING
+        self._end(task)
+        self._control.add(
+            (self.groups.manager,),
+            Kind.RELEASE,
+            new_entry(Release, (self.worker_id, task.task_id, True)),
+        )
+        self._turn.schedule()
+        self._after_end(None)
+
+    def _end(self, task: Task) -> float | None:
+        """Bookkeeping of a task that ended: its run time (None if abandoned)."""
         task._finished = True
         if task._timed:
             self._expiries.done()
         if self._running.get(task.task_id) is task:
             del self._running[task.task_id]
         if task._abandoned:
-            return
+            return None
         now = self._reactor.seconds()
         run_time = now - task._started
         self._busy.completed(now, run_time)
+        return run_time
+
+    def _after_end(self, run_time: float | None) -> None:
+        """A slot is free: start what waits, adapt prefetch, tell a draining stop."""
+        if self._waiting and not self._starting:
+            self._start_waiting()
+        if self.prefetch and run_time is not None:
+            self._timed(run_time)
+        if not self._running and self._drained:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
+
+    def _complete(self, task: Task, status: Status, payload: Any) -> None:
+        run_time = self._end(task)
+        if run_time is None:
+            return
         if status is Status.OK:
             self.stats["completed"] += 1
         elif status is Status.CANCELLED:
@@ -709,14 +851,7 @@ class Worker(Service):
             self._queue_result(task, False, Status.OK, task._buffer)
             task._buffer = _NOTHING
         self._queue_result(task, True, status, payload)
-        if self._waiting and not self._starting:
-            self._start_waiting()
-        if self.prefetch:
-            self._timed(run_time)
-        if not self._running and self._drained:
-            drained, self._drained = self._drained, []
-            for d in drained:
-                d.callback(None)
+        self._after_end(run_time)
 
     def _log_failure(self, task: Task, status: Status, payload: Any) -> None:
         if status is Status.UNKNOWN_FUNCTION:
@@ -777,6 +912,8 @@ class Worker(Service):
                 for t in running[:50]
             ],
             "functions": sorted(self._handlers),
+            "pool": self.pool,
+            "pools": {kind: p.stats() for kind, p in self._pools.items()},
             "counts": dict(self.stats),
             "process": process_info(),
         }

@@ -291,12 +291,14 @@ class WorkerProcessService(MultiService):
 
     def _registered(self, worker: Worker) -> None:
         log.info(
-            "worker {worker} of queue {queue} ready on {group} ({n} handlers, concurrency {c})",
+            "worker {worker} of queue {queue} ready on {group} ({n} handlers, concurrency "
+            "{c}, plain handlers in {pool})",
             worker=worker.worker_id,
             queue=self.queue,
             group=worker.session.private_group,
             n=len(self.handlers),
             c=self.concurrency,
+            pool=worker.pool,
         )
         if self._on_ready is not None:
             ready, self._on_ready = self._on_ready, None

@@ -13,6 +13,7 @@ from twisted.python import usage
 
 from .._defaults import default_queue, default_spread
 from .._queue.names import validate_queue_name
+from .._queue.pools import POOLS
 from .common import (
     ExitOnSecondSignal,
     ReadyFileService,
@@ -85,6 +86,24 @@ class Options(ServiceOptions):
         ["concurrency", "c", 1, "Tasks this worker runs at once.", int],
         ["prefetch", None, 16, "Extra tasks it may hold while tasks are tiny (0: none).", int],
         [
+            "pool",
+            None,
+            "threads",
+            "Where plain (non-async) handlers run: 'threads' (--concurrency threads; for "
+            "blocking I/O), 'processes' (--concurrency child processes; for CPU-bound code) "
+            "or 'reactor' (inline; only for handlers that never block). Coroutine and "
+            "Deferred-returning handlers always run on the reactor; spreadqueue.run_in(pool) "
+            "chooses per handler.",
+        ],
+        [
+            "max-tasks-per-child",
+            None,
+            0,
+            "With processes: replace a child after this many tasks, for handlers that "
+            "leak (0: never).",
+            int,
+        ],
+        [
             "stop-timeout",
             None,
             30.0,
@@ -117,6 +136,10 @@ class Options(ServiceOptions):
             raise usage.UsageError("--concurrency must be between 1 and 10000")
         if not 0 <= self["prefetch"] <= 10_000:
             raise usage.UsageError("--prefetch must be between 0 and 10000")
+        if self["pool"] not in POOLS:
+            raise usage.UsageError(f"--pool must be one of {', '.join(POOLS)}")
+        if self["max-tasks-per-child"] < 0:
+            raise usage.UsageError("--max-tasks-per-child must be 0 (never) or more")
         if not 0 <= self["stop-timeout"] < float("inf"):
             raise usage.UsageError("--stop-timeout must be a number of seconds, 0 or more")
         check_name_option(self["name"])
@@ -141,6 +164,8 @@ def makeService(options: dict[str, Any]) -> IService:
         options["handler-map"],
         concurrency=options["concurrency"],
         prefetch=options["prefetch"],
+        pool=options["pool"],
+        max_tasks_per_child=options["max-tasks-per-child"],
         stop_timeout=options["stop-timeout"],
         metrics=options["metrics"],
         name=options["name"],
