@@ -1274,3 +1274,24 @@ def test_a_worker_logs_a_failing_handler_with_task_function_and_worker(net: Net)
     fields = [(w.get("func"), w.get("worker"), bool(w.get("task_id"))) for w in warned]
     assert fields == [("nope", worker.worker_id, True), ("boom", worker.worker_id, True)]
     assert "ZeroDivisionError" in formatEvent(warned[1])
+
+
+def test_a_registration_never_claims_a_task_that_ended_before_it_was_sent(net: Net) -> None:
+    """A REGISTER asked for (HELLO, a change of prefetch) while a task runs, and the task
+    ends before the flush: the REGISTER sent must not list it, or the manager, which
+    reads the RESULT first, would keep a credit for it and never fill that slot again."""
+    manager = net.manager()
+    gate: Deferred[str] = Deferred()
+    worker = net.worker({"gate": lambda _: gate, "echo": echo}, concurrency=1, prefetch=0)
+    sender = net.sender()
+    first = sender.rpc("gate", 1)
+    net.pump()
+    assert worker.busy == 1
+    worker._register()  # what a HELLO does...
+    gate.callback("ok")  # ...and the task ends before the next flush
+    net.pump()
+    assert fired(first) == "ok"
+    assert [w["held"] for w in manager.status()["workers"]] == [0]
+    second = sender.rpc("echo", 2)
+    net.pump()
+    assert fired(second) == 2

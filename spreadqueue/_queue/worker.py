@@ -11,7 +11,7 @@ from types import CoroutineType
 from typing import Any, Final, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
@@ -270,7 +270,8 @@ class Worker(Service):
         self._state = "new"  # new -> starting -> ready -> draining -> stopped
         self._results: dict[str, list[Result]] = {}
         self._result_bytes: dict[str, int] = {}
-        self._control = Outbox()  # REGISTER / DONE / RETIRE to Q-mgr
+        self._control = Outbox()  # RELEASE / RETIRE to Q-mgr (REGISTER: _register_due)
+        self._register_due = False  # a REGISTER goes out with the next flush
         self._turn = Turn(reactor, self._flush, session)
         self._malformed = WarningThrottle(reactor, self.log)
         self._busy = Utilisation(reactor.seconds())
@@ -333,7 +334,17 @@ class Worker(Service):
                 name = f"spreadqueue-{self.groups.queue}-{self.worker_id}"
                 pool = ThreadPool(self._reactor, self.concurrency, name)  # type: ignore[arg-type]
             else:
-                pool = ProcessPool(self._reactor, self.concurrency, self.max_tasks_per_child)
+                modules = {
+                    fn.__module__
+                    for fn, _, where in self._handlers.values()
+                    if where == "processes" and isinstance(getattr(fn, "__module__", None), str)
+                }
+                pool = ProcessPool(
+                    self._reactor,
+                    self.concurrency,
+                    self.max_tasks_per_child,
+                    preload=tuple(sorted(modules)),
+                )
             self._pools[where] = pool
         return pool
 
@@ -374,13 +385,22 @@ class Worker(Service):
         if self._start_d is not None:
             return self._start_d
         self._state = "starting"
+        waits: list[Deferred[Any]] = []
         if any(where == "processes" for _, _, where in self._handlers.values()):
-            self._pool_of("processes").start()  # children start while we register
+            pool = self._pool_of("processes")
+            assert isinstance(pool, ProcessPool)
+            pool.start()
+            # no capacity is offered before the children can take tasks
+            waits.append(pool.whenReady())
         session, groups = self.session, self.groups
         session.add_listener(self._on_private, session.private_group)
         session.add_listener(self._on_worker_group, groups.workers)
         session.whenDisconnected().addCallback(lambda _: self._session_lost())
-        d = session.acquire(groups.workers)
+        waits.append(session.acquire(groups.workers))
+        d: Deferred[Any] = waits[0]
+        if len(waits) > 1:
+            d = gatherResults(waits, consumeErrors=True)
+            d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)
 
         def joined(_: object) -> None:
             if self._state != "starting":
@@ -931,6 +951,12 @@ class Worker(Service):
         )
 
     def _register(self) -> None:
+        """Tell the manager what we are at the next flush. The entry is built then, not
+        now: a task that ends in between is answered (RESULT) in that same flush, and
+        a REGISTER still listing it would make the manager count a credit for ever."""
+        self._register_due = True
+
+    def _registration(self) -> Register:
         held = (*self._running, *self._waiting)
         level, concurrency = self._level, self.concurrency
         if self._state != "ready":
@@ -944,7 +970,7 @@ class Worker(Service):
             # noticeably: take bursts (fewer, fuller messages; fewer wake-ups).
             capacity = concurrency + self.prefetch
             entry = Register(self.worker_id, capacity, held, capacity, capacity)
-        self._control.add((self.groups.manager,), Kind.REGISTER, entry)
+        return entry
 
     def _flush(self) -> None:
         session = self.session
@@ -965,6 +991,13 @@ class Worker(Service):
                 dones.extend(Done(r.worker_id, r.task_id) for r in batch if r.final)
         if dones:
             sent += send(session, (manager,), Kind.DONE, dones)
+        if self._register_due:
+            self._register_due = False
+            # Before RELEASE and RETIRE: the manager must know our new capacity before
+            # tasks we hand back are queued again (or they come straight back to us),
+            # and a REGISTER after RETIRE would bring us back.
+            if self._state != "stopped":
+                sent += send(session, (manager,), Kind.REGISTER, [self._registration()])
         sent += self._control.send_all(session)
         if self._status_requests:
             sent += self._send_status(session)
