@@ -95,6 +95,38 @@ def test_smoke_seq_and_raw(tmp_path: Path) -> None:
     assert "over the floor (bare Twisted" in done.stdout
 
 
+def test_smoke_blocking_and_cpu_and_the_process_pool_uses_both_cores(tmp_path: Path) -> None:
+    """The pool phases run every case; with the process pool the CPU-bound handler keeps
+    more than one core busy (the workers' CPU, their children's included, over the
+    window), which no single GIL-bound process can."""
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, "-m", "spreadqueue._service.cli", "bench", "--quick"]
+    argv += ["--duration", "1", "--phase", "blocking", "--phase", "cpu", "--json", str(out)]
+    external = os.environ.get(SPREAD_ENV)
+    if external:
+        argv += ["--spread", external]
+    done = subprocess.run(
+        argv, env=_env(), cwd=str(tmp_path), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    for phase, labels in (
+        ("blocking", ("async no-op", "async sleep", "threads", "processes")),
+        ("cpu", ("async no-op", "reactor", "threads", "processes")),
+    ):
+        cases = results[phase]["cases"]
+        assert set(cases) == {f"{label} C={c}" for label in labels for c in (1, 2)}
+        for case in cases.values():
+            run = case["median"]
+            assert run["tasks"]["errors"] == run["tasks"]["lost"] == 0
+            assert run["tasks_per_s"] > 0
+    processes = results["cpu"]["cases"]["processes C=2"]["median"]
+    window = results["meta"]["duration_s"]
+    cores = processes["cpu_s"]["workers"] / window
+    print(f"cpu phase, processes C=2: the worker used {cores:.2f} cores")
+    assert cores > 1.05, processes["cpu_s"]
+
+
 # A child of ours in miniature: ready event, one command, exit when stdin closes.
 _ECHO_CHILD = """
 import json, sys

@@ -72,6 +72,31 @@ class ThreadPoolWorker(OpsCase):
         assert status["active"]["workers_lost"] == 0
         assert status["workers"][0]["report"]["counts"]["completed"] >= 1
 
+    async def test_a_worker_blocked_in_a_handler_answers_a_new_manager_s_hello(self) -> None:
+        worker, first = self.worker("w", 1, "--prefetch", "0"), self.manager("manager1")
+        await all_ready(first, worker)
+        second = self.manager("manager2")
+        inspector = await self.inspector()
+        await self.status_until(inspector, lambda s: len(s["managers"]) == 2, "a standby")
+        sender = await self.sender(ack_timeout=RUN_DEADLINE)
+        long = sender.rpc(*self.task("block", 1, delay=5.0), timeout=RUN_DEADLINE)
+        await self.status_until(
+            inspector, lambda s: s["workers"][0]["report"].get("running") == 1, "running 1"
+        )
+        first.kill()
+        await all_ready(second)
+        # The new manager's HELLO reached the worker while its one thread was blocked:
+        # it registered again, holding the task it still runs.
+        await self.status_until(
+            inspector,
+            lambda s: (
+                [(w.get("registered"), w.get("held")) for w in s["workers"]] == [(True, 1)]
+                and s["workers"][0]["report"].get("running") == 1
+            ),
+            "the worker registered with the new manager while blocked",
+        )
+        assert (await within(long, RUN_DEADLINE, "the long task"))[0] == 1
+
 
 class ProcessPoolWorker(OpsCase):
     def process_worker(self, *extra: str) -> Any:
@@ -104,7 +129,8 @@ class ProcessPoolWorker(OpsCase):
         log = worker.log()
         assert f"the handler process {victim} was killed by signal 9 (SIGKILL)" in log, log
         # A timed-out task's child is killed (a process can be stopped, unlike a thread).
-        late = sender.rpc(*self.task("block", 2, delay=30.0), timeout=1.0)
+        # (3 s: time for the replacement child to start, even on a loaded machine)
+        late = sender.rpc(*self.task("block", 2, delay=30.0), timeout=3.0)
         await failure_of(late, TaskTimeout, RUN_DEADLINE)
         second = await self.started_by_a_child(2)
         end = time.monotonic() + RUN_DEADLINE

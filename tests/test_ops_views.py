@@ -17,6 +17,7 @@ from twisted.internet.task import deferLater
 
 from spreadqueue._queue.errors import RemoteError
 from spreadqueue._queue.inspect import QueueInspector
+from spreadqueue._queue.pools import ProcessPool, ThreadPool
 from spreadqueue._queue.stats import LATENCY_BOUNDS, Histogram, Utilisation
 from spreadqueue._service.dashboard import snapshot_of
 from spreadqueue._service.metrics import registry_of
@@ -111,6 +112,7 @@ def test_the_status_table_shows_the_same_numbers() -> None:
     mine = next(row for row in rows if row and row[0].startswith(worker.worker_id))
     assert mine[1:5] == ["ready", "45%", "45%", "1/2"]  # one of its two slots running
     assert mine[6:8] == ["7", "1"]
+    assert mine[9] == "threads"  # its default pool (on a Clock, nothing ran in it)
     echo = next(row for row in rows if row and row[0] == "echo")
     assert echo[1:4] == ["7", "0", "-"]
 
@@ -169,9 +171,19 @@ def test_the_readme_lists_every_metric_with_its_type_and_labels() -> None:
     """The README's metrics table is the exposition's own list, no more, no less."""
     net = Net()
     manager, worker, _ = busy_queue(net)
+
+    def worker_status() -> dict[str, Any]:
+        # On a Clock handlers run inline; a worker with both pools reports these too.
+        report = worker.status()
+        report["pools"] = {
+            "threads": ThreadPool(net.clock, 2).stats(),  # type: ignore[arg-type]
+            "processes": ProcessPool(net.clock, 2).stats(),
+        }
+        return report
+
     exported = {}
-    for role, component in (("manager", manager), ("worker", worker)):
-        text = generate_latest(registry_of(role, lambda c=component: [c.status()])).decode()
+    for role, status in (("manager", manager.status), ("worker", worker_status)):
+        text = generate_latest(registry_of(role, lambda s=status: [s()])).decode()
         for family in text_string_to_metric_families(text):
             if family.name.startswith("spreadqueue_"):
                 name = family.name + ("_total" if family.type == "counter" else "")

@@ -188,6 +188,8 @@ class ProcessPoolTests(unittest.TestCase):
 
     async def test_a_child_runs_the_function_and_returns_its_result(self) -> None:
         pool = self.pool()
+        await within(pool.whenReady(), 30, "the child to start")
+        assert pool._children[0].ready
         pid = await within(pool.run(child_pid, (None,)), 30, "a child's answer")
         assert pid != os.getpid()
         assert pool.stats()["pids"] == [pid]

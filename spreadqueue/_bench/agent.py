@@ -34,6 +34,7 @@ from typing import Any, cast
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.stdio import StandardIO
+from twisted.internet.task import deferLater
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -49,6 +50,7 @@ from .._spread.client import connect
 from .._spread.daemon import SpreadDaemonService
 from .._spread.local import local_session
 from .._spread.session import SpreadSession
+from . import handlers
 from .channel import ControlChannel
 from .load import RpcLoad
 from .rawload import Echo, PingPong, RelayReceiver, RelaySender
@@ -121,21 +123,30 @@ class WorkerRole(_Role):
         queue: str,
         concurrency: int,
         victim: bool,
+        pool: str = "threads",
     ):
         super().__init__(reactor, session, channel)
         self.victim = victim
         self.total = 0
         self.in_window = 0
         self._t0 = self._t1 = 0
-        self.worker = Worker(reactor, session, queue, concurrency=concurrency)
+        self.worker = Worker(reactor, session, queue, concurrency=concurrency, pool=pool)
         # on the reactor: the bench measures the queue, not a thread pool's hop
         self.worker.add_handler("noop", self._noop, pool="reactor")
         self.worker.add_handler("hold", self._hold, with_task=True, pool="reactor")
+        # the blocking and cpu phases: in the worker's pool (--pool), and the async
+        # equivalent of the blocking one on the reactor
+        self.worker.add_handler("block", handlers.block)
+        self.worker.add_handler("spin", handlers.spin)
+        self.worker.add_handler("block_async", self._block_async)
 
     def _noop(self, _args: object) -> None:
         self.total += 1
         if self._t0 <= time.monotonic_ns() < self._t1:
             self.in_window += 1
+
+    async def _block_async(self, _args: object) -> None:
+        await deferLater(self.reactor, handlers.SLEEP_S, lambda: None)
 
     def _hold(self, task: Task, _args: object) -> Any:
         if task.attempt > 1:
@@ -160,7 +171,14 @@ class WorkerRole(_Role):
             self.in_window = 0
             return None
         if cmd == "stats":
-            return {"in_window": self.in_window, "total": self.total, **self.worker.stats}
+            pools = self.worker.status()["pools"]
+            children = pools.get("processes", {}).get("pids", [])
+            return {
+                "in_window": self.in_window,
+                "total": self.total,
+                "children": children,
+                **self.worker.stats,
+            }
         return super().command(cmd, args)
 
 
@@ -293,6 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", default="bench", help="queue name (not for raw)")
     p.add_argument("--concurrency", type=int, default=1, help="worker's concurrency")
     p.add_argument("--victim", action="store_true", help="worker: hold 'hold' tasks")
+    p.add_argument("--pool", default="threads", help="worker: where block and spin run")
     return p
 
 
@@ -326,7 +345,13 @@ async def _serve(reactor: Any, options: argparse.Namespace) -> None:
         role = ManagerRole(reactor, session, channel, options.queue)
     elif options.role == "worker":
         role = WorkerRole(
-            reactor, session, channel, options.queue, options.concurrency, options.victim
+            reactor,
+            session,
+            channel,
+            options.queue,
+            options.concurrency,
+            options.victim,
+            options.pool,
         )
     elif options.role == "sender":
         role = SenderRole(reactor, session, channel, options.queue)

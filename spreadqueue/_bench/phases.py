@@ -60,6 +60,7 @@ class Settings:
     fanin_workers: int = 4
     worker_counts: tuple[int, ...] = (1, 2, 4, 8, 16, 64)
     workers_inflight: int = 100
+    pool_concurrency: tuple[int, ...] = (1, 2, 4, 8)
     kills: int = 20
     memory_tasks: int = 100_000
     profile: PySpy | None = None
@@ -72,6 +73,7 @@ class Settings:
             duration=0.5,
             senders=(1, 4),
             worker_counts=(1, 2, 4),
+            pool_concurrency=(1, 2),
             kills=3,
             memory_tasks=10_000,
         )
@@ -180,8 +182,10 @@ def _queue_run(
     inflight: int,
     payload: int = ARGS_BYTES,
     profile: PySpy | None = None,
+    func: str = "noop",
 ) -> dict[str, Any]:
-    """One measured run: every sender keeps ``inflight`` no-op calls going."""
+    """One measured run: every sender keeps ``inflight`` calls of ``func`` (the no-op
+    by default) going. The CPU of the workers' handler processes counts as theirs."""
     t0, t1 = _window(s)
     window_ids = [(w, w.send("window", t0_ns=t0, t1_ns=t1)) for w in workers]
     for w, ident in window_ids:
@@ -189,7 +193,7 @@ def _queue_run(
     load_ids = [
         (
             snd,
-            snd.send("load", func="noop", payload=payload, inflight=inflight, t0_ns=t0, t1_ns=t1),
+            snd.send("load", func=func, payload=payload, inflight=inflight, t0_ns=t0, t1_ns=t1),
         )
         for snd in senders
     ]
@@ -201,7 +205,9 @@ def _queue_run(
             "sender": [senders[0].pid],
         }
         profile.start({k: v[0] for k, v in targets.items() if v}, _seconds_left(t1))
-    cpu, cpu_system = _cpu_over(cluster.pids(), t0, t1)
+    pids = cluster.pids()
+    pids["workers"] += [c for w in workers for c in w.request("stats")["children"]]
+    cpu, cpu_system = _cpu_over(pids, t0, t1)
     loads = [snd.reply(ident, timeout=_seconds_left(t1) + 60.0) for snd, ident in load_ids]
     if profile is not None:
         profile.finish()
@@ -360,6 +366,78 @@ def phase_workers(cluster: Cluster, s: Settings) -> dict[str, Any]:
         "per_worker counts the tasks each worker completed in the window",
         cases,
         **extra,
+    )
+
+
+# --------------------------------------------------------------------------- pools
+
+#: The blocking phase's cases: label -> (the worker's --pool, the function called).
+BLOCKING_CASES: dict[str, tuple[str, str]] = {
+    "async no-op": ("reactor", "noop"),
+    "async sleep": ("reactor", "block_async"),
+    "threads": ("threads", "block"),
+    "processes": ("processes", "block"),
+}
+#: The cpu phase's cases (on the reactor, the work runs inline: one core at most).
+CPU_CASES: dict[str, tuple[str, str]] = {
+    "async no-op": ("reactor", "noop"),
+    "reactor": ("reactor", "spin"),
+    "threads": ("threads", "spin"),
+    "processes": ("processes", "spin"),
+}
+
+
+def _pool_phase(
+    cluster: Cluster, s: Settings, cases_of: Mapping[str, tuple[str, str]], description: str
+) -> dict[str, Any]:
+    """For each concurrency C and each case: one worker with that pool and C, one sender
+    keeping 2 C calls in flight (every slot busy, the next call already there)."""
+    senders = cluster.senders_of(1)
+    cluster.workers_of(0)  # the pool's workers have the default pool and concurrency
+    cases: dict[str, Any] = {}
+    try:
+        for c in s.pool_concurrency:
+            for label, (pool, func) in cases_of.items():
+                (worker,) = cluster.start_agents(
+                    "worker", 1, "--concurrency", str(c), "--pool", pool
+                )
+                cluster.workers = [worker]
+                cluster.wait_registered()
+                try:
+                    runs = _repeat(
+                        s, _queue_run, cluster, s, senders, [worker], inflight=2 * c, func=func
+                    )
+                finally:
+                    cluster.workers = []
+                    cluster.retire([worker])
+                params = {"pool": pool, "func": func, "concurrency": c, "inflight": 2 * c}
+                cases[f"{label} C={c}"] = _case(params, runs)
+    finally:
+        cluster.workers = []
+        cluster.wait_registered()
+    return _phase(description, cases)
+
+
+def phase_blocking(cluster: Cluster, s: Settings) -> dict[str, Any]:
+    """A handler that blocks 1 ms (time.sleep), per pool and concurrency."""
+    return _pool_phase(
+        cluster,
+        s,
+        BLOCKING_CASES,
+        "a handler blocking 1 ms (time.sleep; 'async sleep' waits 1 ms on the reactor), "
+        "one worker with C slots in each pool, one sender keeping 2 C calls in flight",
+    )
+
+
+def phase_cpu(cluster: Cluster, s: Settings) -> dict[str, Any]:
+    """A handler of about 1 ms of pure-Python work, per pool and concurrency."""
+    return _pool_phase(
+        cluster,
+        s,
+        CPU_CASES,
+        "a handler of about 1 ms of pure-Python CPU work, one worker with C slots in each "
+        "pool, one sender keeping 2 C calls in flight; the workers' CPU includes their "
+        "handler processes",
     )
 
 
@@ -595,6 +673,8 @@ PHASES: dict[str, Callable[[Cluster, Settings], dict[str, Any]]] = {
     "payload": phase_payload,
     "fanin": phase_fanin,
     "workers": phase_workers,
+    "blocking": phase_blocking,
+    "cpu": phase_cpu,
     "failover": phase_failover,
     "memory": phase_memory,
 }

@@ -42,6 +42,11 @@ phases (all of them unless --phase is given):
              4 workers
   workers    W = 1, 2, 4, 8, 16, 64 workers, one sender with 100 in flight:
              tasks/s and how evenly the tasks spread over the workers
+  blocking   a handler that blocks 1 ms (time.sleep), one worker with C = 1, 2, 4, 8
+             slots in its thread pool, its process pool, and (as 'async sleep')
+             waiting on the reactor; the async no-op beside them
+  cpu        a handler of about 1 ms of pure-Python work, the same C, on the
+             reactor, in threads (one core: the GIL) and in processes (every core)
   failover   workers holding a task are killed (SIGKILL) one by one: time from
              the kill to the task's arrival at another worker; tasks lost
   memory     a fresh manager with no worker: resident memory per queued task
@@ -72,7 +77,7 @@ how to read the output:
   The machine is shared and noisy: compare medians of several runs.
 
 examples:
-  spreadqueue bench                              # everything, about 80-90 s
+  spreadqueue bench                              # everything, about 3 minutes
   spreadqueue bench --phase seq --phase raw --repeat 3 --json out.json
   spreadqueue bench --phase seq --profile prof/  # py-spy profiles (pip install py-spy)
   spreadqueue bench --combine a.json b.json c.json      # medians of 3 separate runs

@@ -1,14 +1,16 @@
 """The loop of a handler process (``python -m spreadqueue._queue.child``).
 
 It reads length-prefixed pickles on fd 3 from its worker and answers on fd 4: first
-the worker's ``sys.path`` and working directory (so that handler modules import as
-they did in the worker), then ``("run", function, args)`` requests, one at a time,
+the worker's ``sys.path``, working directory and handler modules (imported at once,
+so that they import as they did in the worker and the first task does not wait),
+answered ``("ready",)``; then ``("run", function, args)`` requests, one at a time,
 each answered ``("ok", result)`` or ``("error", type name, message, traceback)``.
 It ends when its input ends. It imports no reactor: a handler here is plain code.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import signal
@@ -66,6 +68,12 @@ def main() -> None:
         if request[0] == "path":
             sys.path[:] = request[1]
             os.chdir(request[2])
+            for module in request[3]:
+                try:
+                    importlib.import_module(module)
+                except Exception:  # the first task that needs it reports the error
+                    pass
+            _write(("ready",))
             continue
         _, fn, args = request
         try:

@@ -238,6 +238,7 @@ class _Child(ProcessProtocol):
         self.pid: int | None = None
         self.ended = False
         self.killed = False
+        self.ready = False
         self._buffer = b""
 
     def connectionMade(self) -> None:
@@ -245,7 +246,7 @@ class _Child(ProcessProtocol):
         self.pid = self.transport.pid  # type: ignore[attr-defined]
         self.transport.closeChildFD(0)  # type: ignore[attr-defined]
         self.transport.writeToChild(  # type: ignore[attr-defined]
-            CHILD_IN, frame(("path", list(sys.path), os.getcwd()))
+            CHILD_IN, frame(("path", list(sys.path), os.getcwd(), list(self.pool.preload)))
         )
 
     def send(self, job: _Job) -> None:
@@ -311,8 +312,12 @@ class ProcessPool:
         size: int,
         max_tasks_per_child: int = 0,
         python: str | None = None,
+        preload: tuple[str, ...] = (),
     ) -> None:
         self._reactor = reactor
+        #: modules every child imports as it starts (the handlers'), so that the first
+        #: task a child runs does not pay for the imports
+        self.preload = preload
         self.size = size
         self.max_tasks_per_child = max_tasks_per_child
         self._python = python or sys.executable
@@ -321,6 +326,7 @@ class ProcessPool:
         self._queue: deque[_Job] = deque()
         # None while running; once stopping, the Deferreds waiting for the end
         self._stopping: list[Deferred[None]] | None = None
+        self._ready_waiters: list[Deferred[None]] = []
         self._kill_timer: Any = None
         self._started = False
         self._quick_deaths = 0
@@ -381,7 +387,28 @@ class ProcessPool:
                 child.kill()
                 return
 
+    def whenReady(self) -> Deferred[None]:
+        """Fires once every child has started and imported the handlers' modules (or
+        the pool is stopping): a worker registers only then."""
+        d: Deferred[None] = Deferred()
+        self._ready_waiters.append(d)
+        self._check_ready()
+        return d
+
+    def _check_ready(self) -> None:
+        if not self._ready_waiters:
+            return
+        if self._stopping is None and not all(c.ready for c in self._children):
+            return
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.callback(None)
+
     def _answered(self, child: _Child, answer: tuple[Any, ...]) -> None:
+        if answer[0] == "ready":
+            child.ready = True
+            self._check_ready()
+            return
         job, child.job = child.job, None
         child.tasks += 1
         self._quick_deaths = 0
@@ -411,6 +438,7 @@ class ProcessPool:
     def _ended(self, child: _Child, reason: Failure) -> None:
         known = child in self._children
         self._forget(child)
+        self._check_ready()
         job, child.job = child.job, None
         if job is not None and not job.d.called:
             self.stats_counts["died"] += 1

@@ -15,7 +15,10 @@ Metric names (README, "Operations"): ``spreadqueue_tasks_total{queue,function,ou
 (histograms by function), ``spreadqueue_tasks_redelivered_total``; for a worker
 ``spreadqueue_worker_tasks_total{queue,worker,outcome}``,
 ``spreadqueue_worker_busy_seconds_total``, ``spreadqueue_worker_utilisation{window}``,
-``spreadqueue_worker_running``, ``spreadqueue_worker_prefetched``; and the process's own
+``spreadqueue_worker_running``, ``spreadqueue_worker_prefetched``,
+``spreadqueue_worker_pool_size{pool}``, ``spreadqueue_worker_pool_busy{pool}``,
+``spreadqueue_worker_pool_late_results_total``,
+``spreadqueue_worker_pool_processes_died_total``; and the process's own
 ``process_*`` metrics.
 """
 
@@ -114,6 +117,12 @@ def _worker_families(reports: list[dict[str, Any]]) -> Iterator[Metric]:
     util = _gauge("worker_utilisation", "Busy share of the worker's slots", *w, "window")
     running = _gauge("worker_running", "Tasks running now", *w)
     prefetched = _gauge("worker_prefetched", "Tasks taken ahead, not started", *w)
+    pool_size = _gauge("worker_pool_size", "Threads or processes a handler pool has", *w, "pool")
+    pool_busy = _gauge("worker_pool_busy", "Threads or processes running a handler", *w, "pool")
+    late = _counter(
+        "worker_pool_late_results", "Results of answered tasks that came late, dropped", *w
+    )
+    died = _counter("worker_pool_processes_died", "Handler processes that died in a task", *w)
     for r in reports:
         key = [r["queue"], r["worker"]]
         for outcome, stat in _WORKER_OUTCOMES:
@@ -123,7 +132,13 @@ def _worker_families(reports: list[dict[str, Any]]) -> Iterator[Metric]:
         util.add_metric([*key, "total"], r["utilisation"])
         running.add_metric(key, r["running"])
         prefetched.add_metric(key, r["prefetched"])
-    yield from (tasks, busy, util, running, prefetched)
+        pools = r.get("pools", {})
+        for kind, stats in sorted(pools.items()):
+            pool_size.add_metric([*key, kind], stats.get("threads", stats.get("processes", 0)))
+            pool_busy.add_metric([*key, kind], stats["busy"])
+        late.add_metric(key, pools.get("threads", {}).get("late_results", 0))
+        died.add_metric(key, pools.get("processes", {}).get("died", 0))
+    yield from (tasks, busy, util, running, prefetched, pool_size, pool_busy, late, died)
 
 
 Families = Callable[[list[dict[str, Any]]], Iterator[Metric]]

@@ -128,6 +128,7 @@ def _workers_table(workers: list[dict[str, Any]]) -> Table:
         "done",
         "failed",
         "idle",
+        "pool",
         "host:pid",
         "RSS",
         title="workers",
@@ -151,10 +152,18 @@ def _workers_table(workers: list[dict[str, Any]]) -> Table:
             str(counts.get("completed", "-")),
             str(counts.get("errors", "-")),
             _seconds(w.get("idle_for")),
+            _pools(report),
             f"{proc.get('host', '?')}:{proc.get('pid', '?')}",
             _bytes(proc.get("rss_bytes")),
         )
     return table
+
+
+def _pools(report: dict[str, Any]) -> str:
+    """Busy/size of each handler pool in use, else the worker's default pool."""
+    pools = report.get("pools") or {}
+    used = ", ".join(f"{kind} {p['busy']}/{p['size']}" for kind, p in sorted(pools.items()))
+    return used or str(report.get("pool", "-"))
 
 
 def _functions_table(functions: dict[str, Any]) -> Table:
