@@ -47,20 +47,26 @@ def _check_latency(lat: dict[str, Any]) -> None:
     assert lat["count"] > 0
 
 
-def test_smoke_seq_and_raw(tmp_path: Path) -> None:
+def _quick_bench(tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    """``spreadqueue bench --quick ARGS`` in a subprocess (on SPREADQUEUE_TEST_SPREAD when
+    set): its output and its --json results."""
     out = tmp_path / "bench.json"
-    argv = [sys.executable, "-m", "spreadqueue._service.cli", "bench", "--quick"]
-    argv += ["--phase", "seq", "--phase", "raw", "--json", str(out)]
+    argv = [sys.executable, "-m", "spreadqueue._service.cli", "bench", "--quick", *args]
+    argv += ["--json", str(out)]
     external = os.environ.get(SPREAD_ENV)
     if external:
         argv += ["--spread", external]
     done = subprocess.run(
-        argv, env=_env(), cwd=str(tmp_path), capture_output=True, text=True, timeout=120
+        argv, env=_env(), cwd=str(tmp_path), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "ping-pong" in done.stdout and "rpc/s" in done.stdout
+    return done.stdout, json.loads(out.read_text())
 
-    results = json.loads(out.read_text())
+
+def test_smoke_seq_and_raw(tmp_path: Path) -> None:
+    stdout, results = _quick_bench(tmp_path, "--phase", "seq", "--phase", "raw")
+    assert "ping-pong" in stdout and "rpc/s" in stdout
+    external = os.environ.get(SPREAD_ENV)
     assert set(results) == {"meta", "raw", "seq"}
     assert results["meta"]["phases"] == ["raw", "seq"]
     assert results["meta"]["daemon"] == (external or "embedded")
@@ -92,24 +98,14 @@ def test_smoke_seq_and_raw(tmp_path: Path) -> None:
     assert floor["round_trips_per_s"] > 0 and floor["lost"] == 0
     _check_latency(floor["latency_us"])
     assert floor["cpu_s"]["daemon"] > 0 and floor["cpu_s"]["clients"] > 0
-    assert "over the floor (bare Twisted" in done.stdout
+    assert "over the floor (bare Twisted" in stdout
 
 
 def test_smoke_blocking_and_cpu_and_the_process_pool_uses_both_cores(tmp_path: Path) -> None:
     """The pool phases run every case; with the process pool the CPU-bound handler keeps
     more than one core busy (the workers' CPU, their children's included, over the
     window), which no single GIL-bound process can."""
-    out = tmp_path / "bench.json"
-    argv = [sys.executable, "-m", "spreadqueue._service.cli", "bench", "--quick"]
-    argv += ["--duration", "1", "--phase", "blocking", "--phase", "cpu", "--json", str(out)]
-    external = os.environ.get(SPREAD_ENV)
-    if external:
-        argv += ["--spread", external]
-    done = subprocess.run(
-        argv, env=_env(), cwd=str(tmp_path), capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads(out.read_text())
+    _, results = _quick_bench(tmp_path, "--duration", "1", "--phase", "blocking", "--phase", "cpu")
     for phase, labels in (
         ("blocking", ("async no-op", "async sleep", "threads", "processes")),
         ("cpu", ("async no-op", "reactor", "threads", "processes")),
