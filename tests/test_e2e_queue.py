@@ -107,6 +107,26 @@ class TheSeedSynopsis(QueueCase):
         ], sender
         assert sqm.running and worker.running
 
+    async def test_shared_session_example(self) -> None:
+        """examples/shared_session.py: one Spread connection carries the application's
+        chat group and the queue; each sees its own traffic and the rpc is answered."""
+        env = child_env(SPREAD_DAEMON=self.endpoint, SPREAD_QUEUE_NAME=self.queue)
+        manager = self.manager()
+        await all_ready(manager)
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "shared_session.py")],
+            env=env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=RUN_DEADLINE,
+        )
+        assert done.returncode == 0, done
+        lines = done.stdout.splitlines()
+        assert lines[0] == f"chat: 1 member(s) in {self.queue}-chat", done
+        assert re.fullmatch(r"chat: hello from #[^#]+#\S+", lines[1]), done
+        assert lines[2:] == ["rpc: {'response': 'I heard you!'}"], done
+
     async def test_web_app_example(self) -> None:
         """examples/web_app.py (a worker and a sender inside a Twisted web server):
         GET /double?n=21 goes through the queue and answers 42; GET / shows the
