@@ -200,6 +200,7 @@ HELP = {
         "--pool",
         "Where plain (non-async) handlers run: 'threads'",
         "--max-tasks-per-child",
+        "--auto-manager",
     ],
     "help-status": ["usage: spreadqueue status", "QUEUE", "--watch", "--json", "--timeout"],
     "help-control": ["usage: spreadqueue control", "QUEUE ACTION [TARGET]", "pause, resume, purge"],

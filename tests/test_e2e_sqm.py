@@ -86,3 +86,49 @@ def test_a_standby_sqm_takes_the_embedded_daemon_over_and_rpcs_come_back(
     finally:
         for proc in reversed(procs):
             proc.stop()
+
+
+@skip_if_external("the embedded daemon that --auto-manager starts is ours by definition")
+def test_workers_with_auto_manager_need_no_sqm_and_survive_the_one_holding_it(
+    tmp_path: Path,
+) -> None:
+    """``spreadqueue worker --auto-manager``, twice, and nothing else: the first starts
+    the embedded daemon and the active manager, the second stands by. kill -9 of the
+    first: the second takes the daemon and the queue over; rpcs come back."""
+    spread = f"{free_port()}@localhost"
+    worker = [sys.executable, "-m", "spreadqueue._service.cli", "worker", "-q", "q"]
+    worker += ["-H", HANDLERS, "--spread", spread, "--auto-manager"]
+    first = Proc(worker, tmp_path, "worker1", env=child_env([TESTS]))
+    procs = [first]
+    try:
+        first.wait_ready()
+        first.wait_log(r"is active")
+        second = Proc(worker, tmp_path, "worker2", env=child_env([TESTS]))
+        procs.append(second)
+        second.wait_ready()
+        second.wait_log(r"stands by")
+        loop = Proc(
+            [sys.executable, str(TESTS / "e2e_rpc_loop.py"), "q", spread],
+            tmp_path,
+            "loop",
+            env=child_env([TESTS]),
+            ready_file=False,
+        )
+        procs.append(loop)
+        wait_for(lambda: len(ok_times(loop)) >= 20, [loop], "rpcs before the kill")
+        assert "started an embedded Spread daemon" in first.log(), first.log()
+
+        first.kill()  # SIGKILL: the daemon and the active manager go with it
+        killed = time.monotonic()
+        wait_for(
+            lambda: any(t > killed for t in ok_times(loop)), [second, loop], "rpcs after the kill"
+        )
+        back = min(t for t in ok_times(loop) if t > killed) - killed
+        assert back < 3.0, f"rpcs answered again {back:.2f} s after the kill\n" + loop.log()
+        log = second.log()
+        assert "started an embedded Spread daemon" in log, log
+        assert "is active" in log, log
+        print(f"answered again {back:.2f} s after the kill")
+    finally:
+        for proc in reversed(procs):
+            proc.stop()

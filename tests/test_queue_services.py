@@ -1295,3 +1295,26 @@ def test_a_registration_never_claims_a_task_that_ended_before_it_was_sent(net: N
     second = sender.rpc("echo", 2)
     net.pump()
     assert fired(second) == 2
+
+
+def test_workers_with_auto_manager_need_no_manager_and_survive_the_active_one(net: Net) -> None:
+    """auto_manager: each worker runs a manager on its session; exactly one is active,
+    and when its worker's session dies the other takes over and the queue goes on."""
+    first = net.worker({"echo": echo}, auto_manager=True)
+    second = net.worker({"echo": echo}, auto_manager=True)
+    assert first.manager is not None and second.manager is not None
+    net.advance(3.0)  # the standby's register grace and the HELLO round
+    assert [first.manager.active, second.manager.active] == [True, False]
+    sender = net.sender()
+    d = sender.rpc("echo", 1)
+    net.advance(0.5)
+    assert fired(d) == 1
+    net.crash(first.session)
+    net.advance(3.0)
+    assert second.manager.active
+    d = sender.rpc("echo", 2, timeout=10)
+    net.advance(3.0)
+    assert fired(d) == 2
+    stopping = second.stop()
+    net.advance(1.0)
+    assert not pending(stopping) and not second.manager.running

@@ -23,6 +23,7 @@ from .._spread.wire import RegularMessage
 from .deadlines import Deadlines
 from .errors import MalformedMessage, PayloadTooLarge
 from .interfaces import ISerializer
+from .manager import ManagerService
 from .messages import (
     MAX_CAPACITY,
     MAX_PAYLOAD,
@@ -207,6 +208,10 @@ class Worker(Service):
     (inline, as on a reactor that has no threads, such as ``task.Clock``).
     ``spreadqueue.run_in(pool)`` chooses per handler.
 
+    With ``auto_manager`` the worker also runs a :class:`ManagerService` of the queue on
+    its session (``self.manager``): active when the queue has no other manager, standing
+    by otherwise, so that a queue of such workers needs no separate ``sqm``.
+
     Any number of workers (and senders, managers) may share one session.
     """
 
@@ -228,6 +233,7 @@ class Worker(Service):
         prefetch_below: float = DEFAULT_PREFETCH_BELOW,
         pool: str = "threads",
         max_tasks_per_child: int = 0,
+        auto_manager: bool = False,
     ) -> None:
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
@@ -257,6 +263,9 @@ class Worker(Service):
         self._combine_limit = combine_limit
         self.pool = pool
         self.max_tasks_per_child = max_tasks_per_child
+        #: a manager of the queue run on this worker's session (``auto_manager``)
+        self.manager: ManagerService | None = None
+        self._auto_manager = auto_manager
         self._pools: dict[str, ThreadPool | ProcessPool] = {}
         self._handlers: dict[str, tuple[Handler, bool, str]] = {}
         self._running: dict[str, Task] = {}
@@ -393,6 +402,10 @@ class Worker(Service):
             # no capacity is offered before the children can take tasks
             waits.append(pool.whenReady())
         session, groups = self.session, self.groups
+        if self._auto_manager:
+            # Active if the queue has no manager, else standing by to take over.
+            self.manager = ManagerService(self._reactor, session, groups.queue)
+            self.manager.startService()
         session.add_listener(self._on_private, session.private_group)
         session.add_listener(self._on_worker_group, groups.workers)
         session.whenDisconnected().addCallback(lambda _: self._session_lost())
@@ -487,6 +500,8 @@ class Worker(Service):
         session.remove_listener(self._on_worker_group, self.groups.workers)
         await self._stop_pools()
         await session.release(self.groups.workers)
+        if self.manager is not None and self.manager.running:
+            await self.manager.stopService()
 
     def _give_up_draining(self, drained: Deferred[None]) -> None:
         if drained in self._drained:

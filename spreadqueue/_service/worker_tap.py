@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from .._defaults import default_queue, default_spread
@@ -24,7 +24,7 @@ from .common import (
     fail_startup,
     write_ready_file,
 )
-from .processes import WorkerProcessService
+from .processes import ManagerProcessService, WorkerProcessService
 
 
 def load_handlers(spec: str) -> dict[str, Any]:
@@ -120,6 +120,15 @@ class Options(ServiceOptions):
         ],
         ["ready-file", None, None, "Write this file once the worker is registered."],
     ]
+    optFlags = [
+        [
+            "auto-manager",
+            None,
+            "Also run a manager of the queue in this process: it stands by while another "
+            "is active and takes over when that one goes; when nothing answers at a "
+            "local --spread it starts the embedded daemon there, as sqm does.",
+        ],
+    ]
 
     def postOptions(self) -> None:
         queue = self["queue"] or default_queue()
@@ -174,4 +183,17 @@ def makeService(options: dict[str, Any]) -> IService:
     )
     ReadyFileService(ready_file or "").setServiceParent(service)
     ExitOnSecondSignal(reactor).setServiceParent(service)
-    return service
+    if not options["auto-manager"]:
+        return service
+    # The manager first: with no daemon around it starts the embedded one, which the
+    # worker's session (retrying quickly, the address being local) then reaches.
+    both = MultiService()
+    ManagerProcessService(
+        reactor,
+        options["queue"],
+        options["spread"],
+        embedded="auto",
+        on_failure=lambda f: fail_startup(f, reactor),
+    ).setServiceParent(both)
+    service.setServiceParent(both)
+    return both
