@@ -72,6 +72,17 @@ def mess_type(kind: int) -> int:
 class TheSeedSynopsis(QueueCase):
     """The README's quick start, run as a user runs it."""
 
+    def run_example(self, script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        """Run examples/SCRIPT to its end (its output captured)."""
+        return subprocess.run(
+            [sys.executable, str(ROOT / "examples" / script)],
+            env=env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=RUN_DEADLINE,
+        )
+
     async def test_sqm_worker_and_sender_examples(self) -> None:
         """``sqm QUEUE`` + examples/worker.py + examples/sender.py: the sender prints the
         worker's answer twice (submit/receive, then rpc) and exits 0. Without an external
@@ -91,14 +102,7 @@ class TheSeedSynopsis(QueueCase):
             ready_file=False,
         )
         await log_match(worker, r"worker ready on queue")
-        sender = subprocess.run(
-            [sys.executable, str(ROOT / "examples" / "sender.py")],
-            env=env,
-            cwd=self.workdir,
-            capture_output=True,
-            text=True,
-            timeout=RUN_DEADLINE,
-        )
+        sender = self.run_example("sender.py", env)
         assert sender.returncode == 0, sender
         lines = sender.stdout.splitlines()
         assert lines == [
@@ -113,14 +117,7 @@ class TheSeedSynopsis(QueueCase):
         env = child_env(SPREAD_DAEMON=self.endpoint, SPREAD_QUEUE_NAME=self.queue)
         manager = self.manager()
         await all_ready(manager)
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "examples" / "shared_session.py")],
-            env=env,
-            cwd=self.workdir,
-            capture_output=True,
-            text=True,
-            timeout=RUN_DEADLINE,
-        )
+        done = self.run_example("shared_session.py", env)
         assert done.returncode == 0, done
         lines = done.stdout.splitlines()
         assert lines[0] == f"chat: 1 member(s) in {self.queue}-chat", done

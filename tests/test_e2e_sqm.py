@@ -33,6 +33,32 @@ def wait_for(condition: object, procs: list[Proc], what: str, deadline: float = 
         time.sleep(0.02)
 
 
+def rpc_loop(tmp_path: Path, spread: str) -> Proc:
+    """A sender process making rpcs of queue ``q`` for ever, logging 'ok <time>' each."""
+    return Proc(
+        [sys.executable, str(TESTS / "e2e_rpc_loop.py"), "q", spread],
+        tmp_path,
+        "loop",
+        env=child_env([TESTS]),
+        ready_file=False,
+    )
+
+
+def kill_and_time_the_takeover(victim: Proc, heir: Proc, loop: Proc) -> float:
+    """SIGKILL ``victim`` (which holds the embedded daemon); ``heir`` must start the
+    daemon itself and become active, and ``loop``'s rpcs be answered again within 3 s.
+    Returns how long that took."""
+    victim.kill()
+    killed = time.monotonic()
+    wait_for(lambda: any(t > killed for t in ok_times(loop)), [heir, loop], "rpcs after the kill")
+    back = min(t for t in ok_times(loop) if t > killed) - killed
+    assert back < 3.0, f"rpcs answered again {back:.2f} s after the kill\n" + loop.log()
+    log = heir.log()
+    assert "started an embedded Spread daemon" in log, log
+    assert "is active" in log, log
+    return back
+
+
 @skip_if_external("sqm's embedded daemon is ours by definition")
 def test_a_standby_sqm_takes_the_embedded_daemon_over_and_rpcs_come_back(
     tmp_path: Path,
@@ -60,26 +86,12 @@ def test_a_standby_sqm_takes_the_embedded_daemon_over_and_rpcs_come_back(
         procs += workers
         for worker in workers:
             worker.wait_ready()
-        loop = Proc(
-            [sys.executable, str(TESTS / "e2e_rpc_loop.py"), "q", spread],
-            tmp_path,
-            "loop",
-            env=child_env([TESTS]),
-            ready_file=False,
-        )
+        loop = rpc_loop(tmp_path, spread)
         procs.append(loop)
         wait_for(lambda: len(ok_times(loop)) >= 20, [loop], "rpcs before the kill")
 
-        first.kill()  # SIGKILL: the embedded daemon goes with it
-        killed = time.monotonic()
-        wait_for(
-            lambda: any(t > killed for t in ok_times(loop)), [second, loop], "rpcs after the kill"
-        )
-        back = min(t for t in ok_times(loop) if t > killed) - killed
-        assert back < 3.0, f"rpcs answered again {back:.2f} s after the kill\n" + loop.log()
-        log = second.log()
-        assert "started an embedded Spread daemon" in log, log
-        assert "is active" in log, log
+        # SIGKILL: the embedded daemon goes with it
+        back = kill_and_time_the_takeover(first, second, loop)
         for worker in workers:
             assert worker.running, worker.log()
         print(f"answered again {back:.2f} s after the kill")
@@ -107,27 +119,13 @@ def test_workers_with_auto_manager_need_no_sqm_and_survive_the_one_holding_it(
         procs.append(second)
         second.wait_ready()
         second.wait_log(r"stands by")
-        loop = Proc(
-            [sys.executable, str(TESTS / "e2e_rpc_loop.py"), "q", spread],
-            tmp_path,
-            "loop",
-            env=child_env([TESTS]),
-            ready_file=False,
-        )
+        loop = rpc_loop(tmp_path, spread)
         procs.append(loop)
         wait_for(lambda: len(ok_times(loop)) >= 20, [loop], "rpcs before the kill")
         assert "started an embedded Spread daemon" in first.log(), first.log()
 
-        first.kill()  # SIGKILL: the daemon and the active manager go with it
-        killed = time.monotonic()
-        wait_for(
-            lambda: any(t > killed for t in ok_times(loop)), [second, loop], "rpcs after the kill"
-        )
-        back = min(t for t in ok_times(loop) if t > killed) - killed
-        assert back < 3.0, f"rpcs answered again {back:.2f} s after the kill\n" + loop.log()
-        log = second.log()
-        assert "started an embedded Spread daemon" in log, log
-        assert "is active" in log, log
+        # SIGKILL: the daemon and the active manager go with it
+        back = kill_and_time_the_takeover(first, second, loop)
         print(f"answered again {back:.2f} s after the kill")
     finally:
         for proc in reversed(procs):

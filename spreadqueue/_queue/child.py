@@ -18,14 +18,24 @@ import struct
 import sys
 from typing import Any
 
-_LENGTH = struct.Struct(">I")
-_IN, _OUT = 3, 4
+#: The child's fds: requests from its worker on CHILD_IN, answers on CHILD_OUT (its
+#: stdout and stderr stay the worker's, for handlers' prints and logs).
+CHILD_IN = 3
+CHILD_OUT = 4
+#: Each message is a pickle behind its length.
+LENGTH = struct.Struct(">I")
+
+
+def frame(obj: Any) -> bytes:
+    """One length-prefixed pickle: what a worker and its children exchange."""
+    data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    return LENGTH.pack(len(data)) + data
 
 
 def _read(n: int) -> bytes | None:
     chunks, left = [], n
     while left:
-        chunk = os.read(_IN, left)
+        chunk = os.read(CHILD_IN, left)
         if not chunk:
             return None
         chunks.append(chunk)
@@ -34,10 +44,9 @@ def _read(n: int) -> bytes | None:
 
 
 def _write(obj: Any) -> None:
-    data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_LENGTH.pack(len(data)) + data)
+    view = memoryview(frame(obj))
     while view:
-        view = view[os.write(_OUT, view) :]
+        view = view[os.write(CHILD_OUT, view) :]
 
 
 def _error(prefix: str = "") -> tuple[str, str, str, str]:
@@ -57,7 +66,7 @@ def main() -> None:
         head = _read(4)
         if head is None:
             return
-        body = _read(_LENGTH.unpack(head)[0])
+        body = _read(LENGTH.unpack(head)[0])
         if body is None:
             return
         try:

@@ -23,7 +23,6 @@ import inspect
 import os
 import pickle
 import signal
-import struct
 import sys
 import threading
 from collections import deque
@@ -38,6 +37,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool as _TwistedThreadPool
 
+from .child import CHILD_IN, CHILD_OUT, LENGTH, frame
+
 __all__ = [
     "POOLS",
     "HandlerError",
@@ -51,11 +52,6 @@ __all__ = [
 POOLS: Final = ("reactor", "threads", "processes")
 _MARK: Final = "__spreadqueue_pool__"
 _REACTOR_RETURNS: Final = ("Deferred", "Awaitable", "Coroutine", "defer.Deferred")
-# the pipes between a worker and its children: requests on the child's fd 3,
-# answers on its fd 4 (its stdout and stderr stay the worker's, for prints and logs)
-CHILD_IN: Final = 3
-CHILD_OUT: Final = 4
-_LENGTH: Final = struct.Struct(">I")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -125,10 +121,16 @@ def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
 class _Job:
     __slots__ = ("args", "child", "d", "fn")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], d: Deferred[Any]):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        canceller: Callable[[_Job], None],
+    ) -> None:
         self.fn = fn
         self.args = args
-        self.d = d
+        self.d: Deferred[Any] = Deferred(lambda _: canceller(self))
+        #: the child it was sent to (processes only)
         self.child: _Child | None = None
 
 
@@ -159,7 +161,7 @@ class ThreadPool:
         """Call ``fn(*args)`` in a thread; the Deferred fires on the reactor thread.
         Cancelling it answers at once; the thread's late result is then dropped."""
         self.start()
-        job = _Job(fn, args, Deferred(self._abandon))
+        job = _Job(fn, args, self._abandon)
         self.busy += 1
         call = self._reactor.callFromThread
         self._pool.callInThreadWithCallback(
@@ -167,7 +169,7 @@ class ThreadPool:
         )
         return job.d
 
-    def _abandon(self, d: Deferred[Any]) -> None:
+    def _abandon(self, job: _Job) -> None:
         # The thread runs on: one more thread, so that the next task does not queue
         # behind it.
         self.abandoned += 1
@@ -222,12 +224,6 @@ class ThreadPool:
 # --------------------------------------------------------------------------- processes
 
 
-def frame(obj: Any) -> bytes:
-    """One length-prefixed pickle: what the worker and its children exchange."""
-    data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-    return _LENGTH.pack(len(data)) + data
-
-
 class _Child(ProcessProtocol):
     """One child process: runs one task at a time."""
 
@@ -275,7 +271,7 @@ class _Child(ProcessProtocol):
             return
         buffer = self._buffer + data
         while len(buffer) >= 4:
-            (n,) = _LENGTH.unpack_from(buffer)
+            (n,) = LENGTH.unpack_from(buffer)
             if len(buffer) < 4 + n:
                 break
             answer = pickle.loads(buffer[4 : 4 + n])
@@ -359,7 +355,7 @@ class ProcessPool:
     def run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Deferred[Any]:
         """Run ``fn(*args)`` in a child; cancelling the Deferred kills that child."""
         self.start()
-        job = _Job(fn, args, Deferred(self._cancel))
+        job = _Job(fn, args, self._cancel)
         self._queue.append(job)
         self._dispatch()
         return job.d
@@ -375,17 +371,14 @@ class ProcessPool:
                 continue
             child.send(job)
 
-    def _cancel(self, d: Deferred[Any]) -> None:
-        for job in self._queue:
-            if job.d is d:
-                self._queue.remove(job)
-                return
-        for child in self._children:
-            if child.job is not None and child.job.d is d:
-                self.stats_counts["killed"] += 1
-                child.job = None
-                child.kill()
-                return
+    def _cancel(self, job: _Job) -> None:
+        child = job.child
+        if child is None:
+            self._queue.remove(job)  # not sent yet
+        elif child.job is job:
+            self.stats_counts["killed"] += 1
+            child.job = None
+            child.kill()
 
     def whenReady(self) -> Deferred[None]:
         """Fires once every child has started and imported the handlers' modules (or
