@@ -525,7 +525,10 @@ BAD_FOR_MANAGER = [
 BAD_FOR_WORKER = [
     (mess_type(Kind.ASSIGN), b"\xc1"),
     (mess_type(Kind.ASSIGN), _pack([1, [["w1", "t.1", "echo"]]])),  # too few fields
-    (mess_type(Kind.ASSIGN), _pack([1, [["w1", "t.1", "echo", b"\xc0", "no-group", 1, None]]])),
+    (
+        mess_type(Kind.ASSIGN),
+        _pack([1, [["w1", "t.1", "echo", b"\xc0", "no group", 1, None]]]),
+    ),  # an illegal group
     (mess_type(Kind.CANCEL), b"\x92\x01\xdd\xff\xff\xff\xff"),  # 4G entries
 ]
 

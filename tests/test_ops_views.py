@@ -10,8 +10,8 @@ from typing import Any
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from queue_net import Net, echo, fired
 from rich.console import Console
-from test_queue_services import Net, echo, fired
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 

@@ -20,8 +20,10 @@ from spreadqueue._queue.messages import (
     Cancel,
     Control,
     ControlReply,
+    Decide,
     Done,
     Failed,
+    Hello,
     Kind,
     Reason,
     Register,
@@ -32,6 +34,8 @@ from spreadqueue._queue.messages import (
     StatusReport,
     StatusRequest,
     Submit,
+    Sync,
+    SyncRequest,
     UnknownKind,
     _parse_entries,
     decode,
@@ -39,6 +43,7 @@ from spreadqueue._queue.messages import (
     is_queue_message,
     max_data,
     mess_type,
+    new_entry,
     pack_report,
     unpack_report,
 )
@@ -48,12 +53,24 @@ from spreadqueue._queue.serializer import JsonSerializer, MsgpackSerializer
 from spreadqueue._spread import wire
 
 SAMPLES = {
-    Kind.SUBMIT: [Submit("p.1", "add", b"\x92\x01\x02", None), Submit("p.2", "f", b"", 1500)],
+    Kind.SUBMIT: [
+        Submit("p.1", "add", b"\x92\x01\x02", None),
+        Submit("p.2", "f", b"", 1500),
+        Submit("p.3", "f", b"", None, 5000, True, "results", 60_000, 1_800_000_000_000, 7),
+    ],
     Kind.ACK: [Ack("p.1"), Ack("p.2", 0), Ack("p.3", 7)],
     Kind.CANCEL: [Cancel("p.1"), Cancel("p.2", True)],
-    Kind.REGISTER: [Register("w1", 4, ("p.1", "p.2")), Register("w2", 0, ())],
-    Kind.HELLO: [],
-    Kind.ASSIGN: [Assign("w1", "p.1", "add", b"\x90", "#alice#fake", 1, None)],
+    Kind.REGISTER: [
+        Register("w1", 4, ("p.1", "p.2")),
+        Register("w2", 0, ()),
+        Register("w3", 2, (), 1, None, "#m1#fake.3"),
+    ],
+    Kind.HELLO: [Hello("#m1#fake.3")],
+    Kind.ASSIGN: [
+        Assign("w1", "p.1", "add", b"\x90", "#alice#fake", 1, None),
+        Assign("w1", "p.3", "f", b"", "results", 1, 100),
+        Assign("w1", "p.4", "f", b"", "q-mgr", 2, None),
+    ],
     Kind.RESULT: [
         Result("p.1", "w1", True, Status.OK, b"\x03"),
         Result("p.2", "w1", False, Status.ERROR, ("ValueError", "bad", "Traceback...")),
@@ -68,6 +85,12 @@ SAMPLES = {
     Kind.STATUS: [StatusReport("r.1", "manager", pack_report({"depth": 3, "workers": []}))],
     Kind.CONTROL: [Control("r.2", "drain", "w1@#alice#fake"), Control("r.3", "pause", "")],
     Kind.CONTROL_REPLY: [ControlReply("r.2", True, "worker w1 drains")],
+    Kind.SYNC_REQUEST: [SyncRequest("#m2#fake.1")],
+    Kind.SYNC: [Sync("#m2#fake.1", 0, 2, b"\x81\xa1a\x01"), Sync("#m2#fake.1", 1, 2, b"")],
+    Kind.DECIDE: [
+        Decide("expire", "p.1", "ttl", "", ""),
+        Decide("control", "r.2", "#o#d", "pause", ""),
+    ],
 }
 
 
@@ -87,7 +110,7 @@ def test_round_trip_every_kind(kind: Kind) -> None:
 
 
 def test_mess_types_are_a_recognisable_range() -> None:
-    assert [mess_type(k) for k in Kind] == [0x5100 + k for k in range(1, 16)]
+    assert [mess_type(k) for k in Kind] == [0x5100 + k for k in range(1, 19)]
     assert is_queue_message(0x5101) and is_queue_message(0x51FF)
     assert not is_queue_message(0) and not is_queue_message(0x5200)
 
@@ -150,9 +173,21 @@ def test_optional_trailing_fields() -> None:
         Cancel("c"),
         Cancel("d"),
     ]
-    # what a peer of the first revision sends still decodes (nothing new is required)
-    [data] = encode(Kind.SUBMIT, [Submit("a", "f", b"", None, 250)])
+    # what a peer of the first revision sends still decodes (nothing new is required),
+    # and a sender that sets none of the later fields sends none of them
+    [data] = encode(Kind.SUBMIT, [new_entry(Submit, ("a", "f", b"", None, 250))])
     assert msgpack.unpackb(data) == [1, [["a", "f", b"", None, 250]]]
+    assert decode(submit, data).entries == [Submit("a", "f", b"", None, 250)]
+    # the fields of detached tasks: one unusable value is ignored, the others kept
+    entries = [["d", "f", b"", None, None, True, "res", 1000, 5, 3], ["e", "f", b"", 1, 2, 1, "#"]]
+    assert decode(submit, envelope(entries)).entries == [
+        Submit("d", "f", b"", None, None, True, "res", 1000, 5, 3),
+        Submit("e", "f", b"", 1, 2, None, None),
+    ]
+    hello = mess_type(Kind.REGISTER)
+    assert decode(hello, envelope([["w", 1, [], 1, 1, "#m#d.1"]])).entries == [
+        Register("w", 1, (), 1, 1, "#m#d.1")
+    ]
 
 
 def test_fast_and_general_decoders_agree() -> None:
@@ -202,8 +237,12 @@ BAD = [
     pytest.param(Kind.REGISTER, envelope([["w", 10**6, []]]), id="huge-capacity"),
     pytest.param(Kind.REGISTER, envelope([["w", 1, [3]]]), id="bad-held"),
     pytest.param(
-        Kind.ASSIGN, envelope([["w", "t", "f", b"", "alice", 1, None]]), id="public-reply"
+        Kind.ASSIGN, envelope([["w", "t", "f", b"", "al ice", 1, None]]), id="illegal-reply"
     ),
+    pytest.param(Kind.ASSIGN, envelope([["w", "t", "f", b"", "", 1, None]]), id="empty-reply"),
+    pytest.param(Kind.HELLO, envelope([[]]), id="hello-without-id"),
+    pytest.param(Kind.SYNC, envelope([["r", 0, 1, "text"]]), id="sync-str-chunk"),
+    pytest.param(Kind.DECIDE, envelope([["expire", "t", "", ""]]), id="decide-short"),
     pytest.param(Kind.ASSIGN, envelope([["w", "t", "f", b"", "#é#x", 1, None]]), id="non-latin"),
     pytest.param(Kind.RESULT, envelope([["t", "w", 1, 0, b""]]), id="int-final"),
     pytest.param(Kind.RESULT, envelope([["t", "w", True, 9, b""]]), id="unknown-status"),

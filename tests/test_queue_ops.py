@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_queue_services import Net, echo, failure_of, fired
+from queue_net import Net, echo, failure_of, fired
 from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 

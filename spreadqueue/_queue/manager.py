@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from .._spread.interfaces import ISpreadSession
 from .._spread.keeper import SessionKeeper
-from .._spread.wire import MembershipMessage, RegularMessage
+from .._spread.wire import SAFE_MESS, MembershipMessage, RegularMessage
 from .errors import MalformedMessage
 from .interfaces import IAssignmentPolicy
 from .messages import (
@@ -36,7 +36,7 @@ from .messages import (
     pack_report,
 )
 from .names import queue_groups
-from .outbox import Turn, send
+from .outbox import SERVICE, Turn, send
 from .state import Event, QueueManager
 from .stats import process_info
 from .throttle import WarningThrottle
@@ -52,8 +52,20 @@ SessionFactory = Callable[[], "Deferred[ISpreadSession]"]
 _WAKEUP_GRAIN: Final = 0.01
 
 _HELLO: Final = mess_type(Kind.HELLO)
+_SYNC: Final = mess_type(Kind.SYNC)
 _MANAGER_KINDS: Final = frozenset(
-    {Kind.SUBMIT, Kind.CANCEL, Kind.REGISTER, Kind.DONE, Kind.RESULT, Kind.RETIRE, Kind.RELEASE}
+    {
+        Kind.SUBMIT,
+        Kind.CANCEL,
+        Kind.REGISTER,
+        Kind.DONE,
+        Kind.RESULT,
+        Kind.RETIRE,
+        Kind.RELEASE,
+        Kind.ASSIGN,
+        Kind.DECIDE,
+        Kind.SYNC_REQUEST,
+    }
 )
 
 
@@ -71,6 +83,13 @@ class ManagerService(Service):
     ``ack_delay`` (seconds) is how long the acknowledgement of a task assigned at once
     may be held back (and then left out if the result came first); see
     :class:`~spreadqueue._queue.state.QueueManager`.
+
+    Standbys are hot: each takes the queue's state from the active manager when it
+    joins and then follows the same ordered input, so that it continues at once when
+    the active one goes. ``quorum`` is how many managers must be together for detached
+    tasks to be dispatched (a majority of those you run across daemons, so that two
+    sides of a partition never both run them); ``max_dead_letters`` bounds the dead
+    letters kept.
 
     It logs what an operator needs at 3 am: managers becoming active or standing by,
     workers registering, draining, leaving and being lost (info; a lost worker at
@@ -97,6 +116,8 @@ class ManagerService(Service):
         ack_delay: float = 0.05,
         summary_interval: float = 60.0,
         control_allow: Sequence[str] = (),
+        quorum: int = 1,
+        max_dead_letters: int = 10_000,
     ) -> None:
         self.groups = queue_groups(queue)
         self.name = f"spreadqueue-manager-{queue}"  # type: ignore[assignment]
@@ -124,6 +145,8 @@ class ManagerService(Service):
             "register_grace": register_grace,
             "max_queued": max_queued,
             "ack_delay": ack_delay,
+            "quorum": quorum,
+            "max_dead_letters": max_dead_letters,
         }
         self._tick_interval = tick_interval
         self._summary_interval = summary_interval
@@ -240,6 +263,7 @@ class ManagerService(Service):
         session.add_listener(self._on_manager_group, groups.manager)
         session.add_listener(self._on_worker_group, groups.workers)
         session.add_listener(self._on_sender_group, groups.senders)
+        session.add_listener(self._on_private, session.private_group)
         session.whenDisconnected().addCallback(lambda _: self._lost(session))
         # Join Q-wrk first (an active manager must see workers come and go), then
         # Q-mgr, then Q-snd: senders resend unacknowledged submits when a member joins
@@ -290,6 +314,7 @@ class ManagerService(Service):
             (self._on_manager_group, self.groups.manager),
             (self._on_worker_group, self.groups.workers),
             (self._on_sender_group, self.groups.senders),
+            (self._on_private, session.private_group),
         ):
             session.remove_listener(listener, group)
         if self._session is session:
@@ -343,7 +368,7 @@ class ManagerService(Service):
                 return
             kind = msg.kind
             if kind in _MANAGER_KINDS:
-                state.on_message(self._now(), frame.sender, kind, msg.entries)
+                state.on_message(self._now(), frame.sender, kind, msg.entries, frame.groups)
             elif kind is Kind.STATUS_REQUEST:
                 self._answer_status(frame.sender, msg.entries)
             elif kind is Kind.CONTROL:
@@ -372,6 +397,16 @@ class ManagerService(Service):
                         other=frame.sender,
                     )
 
+    def _on_private(self, frame: object) -> None:
+        """SYNC: the queue's state, sent to us by the active manager when we joined."""
+        state = self._state
+        if state is None or type(frame) is not RegularMessage or frame.mess_type != _SYNC:
+            return
+        msg = self._decode(frame)
+        if msg is not None:
+            state.on_sync(self._now(), frame.sender, msg.entries)
+            self._turn.schedule()
+
     def _on_sender_group(self, frame: object) -> None:
         state = self._state
         if state is not None and type(frame) is MembershipMessage:
@@ -396,7 +431,11 @@ class ManagerService(Service):
             return
         for effect in state.take_effects():
             self._counters["messages_sent"] += send(
-                session, effect.groups, effect.kind, effect.entries
+                session,
+                effect.groups,
+                effect.kind,
+                effect.entries,
+                service=SAFE_MESS if effect.safe else SERVICE,
             )
         for event in state.take_events():
             self._log_event(event)
@@ -431,8 +470,13 @@ class ManagerService(Service):
         if state is not None:
             body = state.status(self._now())
             if not state.active:
-                # a standby speaks for itself only: its table is empty by design
-                body = {k: body[k] for k in ("queue", "manager", "active", "managers")}
+                # A standby speaks for itself: whether it holds the queue's state (and how
+                # much of it), not for the queue: the active manager does that.
+                held = {"tasks": len(state._tasks), "detached": body["detached"]}
+                body = {
+                    **{k: body[k] for k in ("queue", "manager", "active", "managers", "synced")},
+                    "holds": held,
+                }
             report.update(body)
         return report
 
@@ -461,56 +505,65 @@ class ManagerService(Service):
         state, session = self._state, self._session
         if state is None or session is None or not state.active:
             return  # the active manager answers; a standby has nothing to steer
-        replies = []
+        refusals = []
         for e in entries[:16]:
             self._counters["control_requests"] += 1
-            if not self.may_control(requester):
-                self._counters["control_refused"] += 1
-                ok = False
-                text = (
-                    f"refused: {requester} is not on this manager's daemon "
-                    f"({session.daemon_name}) and matches no --control-allow pattern"
-                )
-            else:
-                ok, text = self._apply(state, e.action, e.target)
-            (self.log.info if ok else self.log.warn)(
-                "queue {queue}: {what} asked by {requester}: {result}",
-                queue=self.groups.queue,
-                what=f"{e.action} {e.target}" if e.target else e.action,
-                action=e.action,
-                target=e.target,
-                requester=requester,
-                result=text,
-                manager_event="control",
-                ok=ok,
+            if self.may_control(requester):
+                # Done through the manager group when standbys replicate the queue; the
+                # state machine answers (and we log it) once it is done.
+                state.control(self._now(), e.request_id, requester, e.action, e.target)
+                continue
+            self._counters["control_refused"] += 1
+            text = (
+                f"refused: {requester} is not on this manager's daemon "
+                f"({session.daemon_name}) and matches no --control-allow pattern"
             )
-            replies.append(ControlReply(e.request_id, ok, text))
-        self._counters["messages_sent"] += send(session, (requester,), Kind.CONTROL_REPLY, replies)
-
-    def _apply(self, state: QueueManager, action: str, target: str) -> tuple[bool, str]:
-        now = self._now()
-        if action == "pause":
-            return True, state.pause()
-        if action == "resume":
-            return True, state.resume(now)
-        if action == "purge":
-            return True, state.purge()
-        if action in ("drain", "undrain"):
-            return state.drain(target, drained=action == "drain")
-        if action == "cancel":
-            return state.cancel_task(target)
-        return False, f"unknown action {action!r} (pause, resume, purge, drain, undrain, cancel)"
+            self._log_event(
+                Event(
+                    "control",
+                    {
+                        "requester": requester,
+                        "action": e.action,
+                        "target": e.target,
+                        "ok": False,
+                        "result": text,
+                    },
+                )
+            )
+            refusals.append(ControlReply(e.request_id, False, text))
+        if refusals:
+            self._counters["messages_sent"] += send(
+                session, (requester,), Kind.CONTROL_REPLY, refusals
+            )
 
     # ------------------------------------------------------------------ logs
 
     def _log_event(self, event: Event) -> None:
         level, text = _EVENT_LOGS[event.name]
+        fields = event.fields
+        if event.name == "control":
+            what = (
+                f"{fields['action']} {fields['target']}" if fields["target"] else fields["action"]
+            )
+            fields = {**fields, "what": what}
+            level = "info" if fields["ok"] else "warn"
+        elif event.name == "activated":
+            how = "at once, with the queue's state" if fields["hot"] else "from what it holds"
+            fields = {**fields, "how": how}
+        elif event.name == "quorum":
+            level = "info" if fields["dispatching"] else "warn"
+            fields = {
+                **fields,
+                "what": "detached tasks are dispatched again"
+                if fields["dispatching"]
+                else "detached tasks are held, not dispatched",
+            }
         getattr(self.log, level)(
             text,
             queue=self.groups.queue,
             manager=self._session.private_group if self._session is not None else "?",
             manager_event=event.name,
-            **event.fields,
+            **fields,
         )
 
     def _summarise(self, now: float, state: QueueManager) -> None:
@@ -538,12 +591,39 @@ class ManagerService(Service):
 
 #: How the state machine's events are logged: level and text (fields from the event).
 _EVENT_LOGS: Final = {
-    "activated": ("info", "queue manager {queue} is active on {manager}"),
+    "activated": (
+        "info",
+        "queue manager {queue} is active on {manager}, {how} ({tasks} task(s) held)",
+    ),
+    "synced": (
+        "info",
+        "queue manager {queue} on {manager} took the queue's state from {source}: {tasks} "
+        "task(s), {workers} worker(s); it stands by, up to date",
+    ),
+    "sync_refused": (
+        "warn",
+        "queue manager {queue} on {manager} could not read the state {source} sent: {error}",
+    ),
+    "merged": (
+        "info",
+        "queue manager {queue} on {manager}: a healed partition brought back an older "
+        "manager; {handed_over} detached task(s) handed over, taking its state",
+    ),
+    "quorum": (
+        "warn",
+        "queue {queue}: {managers} manager(s) here, {needed} needed for a quorum: {what} "
+        "({held} detached task(s) held)",
+    ),
+    "dead_letter": (
+        "warn",
+        "queue {queue}: detached task {task_id} ({func}) is a dead letter ({reason}): {error}",
+    ),
+    "control": ("info", "queue {queue}: {what} asked by {requester}: {result}"),
     "standby": ("info", "queue manager {queue} on {manager} stands by: {older} came first"),
     "stepped_down": (
         "info",
         "queue manager {queue} on {manager} stepped down; {resubmitted} queued task(s) "
-        "handed back to their senders",
+        "handed back to their senders, {detached} detached task(s) left to the others",
     ),
     "worker_registered": (
         "info",

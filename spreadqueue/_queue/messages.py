@@ -31,8 +31,10 @@ __all__ = [
     "Cancel",
     "Control",
     "ControlReply",
+    "Decide",
     "Done",
     "Failed",
+    "Hello",
     "Kind",
     "Message",
     "Reason",
@@ -44,6 +46,8 @@ __all__ = [
     "StatusReport",
     "StatusRequest",
     "Submit",
+    "Sync",
+    "SyncRequest",
     "UnknownKind",
     "decode",
     "encode",
@@ -74,6 +78,12 @@ MAX_CAPACITY: Final = 10_000
 MAX_WORKERS: Final = 2**31 - 1
 MAX_ATTEMPT: Final = 0xFFFF
 MAX_TIMEOUT_MS: Final = 2**31 - 1
+#: Bound on an absolute time in epoch milliseconds (a task's ``not_before``).
+MAX_EPOCH_MS: Final = 2**53
+#: Task priorities run from 0 (the default, the lowest) to 9.
+MAX_PRIORITY: Final = 9
+#: Bound on the functions a worker may declare it serves.
+MAX_FUNCTIONS: Final = 1_000
 #: Bound on every array in a message (entries, a REGISTER's held list). The smallest
 #: entry takes 4 bytes, so a real message can never need more.
 MAX_ENTRIES: Final = 40_000
@@ -97,6 +107,9 @@ class Kind(enum.IntEnum):
     STATUS = 13
     CONTROL = 14
     CONTROL_REPLY = 15
+    SYNC_REQUEST = 16
+    SYNC = 17
+    DECIDE = 18
 
 
 class Status(enum.IntEnum):
@@ -115,6 +128,7 @@ class Reason(enum.IntEnum):
     RESUBMIT = 2  #: the manager stopped being the active one: submit again
     QUEUE_FULL = 3  #: the manager's queue is at its limit
     CANCELLED = 4  #: an operator cancelled the task or purged the queue
+    DEAD_LETTER = 5  #: a detached task failed for good: it is in the dead letters
 
 
 class UnknownKind(MalformedMessage):
@@ -128,6 +142,13 @@ class Submit(NamedTuple):
     ``ack_ms`` (optional) is how long the sender waits for the ACK: a manager may then
     hold the ACK of a task it assigns at once back for a while, and leave it out
     when the task is done first (docs/protocol.md, "ACK").
+
+    ``detached`` (optional): the task outlives its sender: the managers hold it (SAFE
+    delivery, then the ACK), nobody waits for its answer, which goes to ``reply_to``
+    (a group) if given, else nowhere; ``timeout_ms`` then bounds each run. ``ttl_ms``:
+    a detached task not started within this long after it was accepted is
+    dead-lettered as expired. ``not_before_ms``: it is not started before this
+    epoch time (milliseconds). ``priority``: 0 (the default) .. 9, higher first.
     """
 
     task_id: str
@@ -135,6 +156,11 @@ class Submit(NamedTuple):
     args: bytes
     timeout_ms: int | None
     ack_ms: int | None = None
+    detached: bool | None = None
+    reply_to: str | None = None
+    ttl_ms: int | None = None
+    not_before_ms: int | None = None
+    priority: int | None = None
 
 
 class Ack(NamedTuple):
@@ -168,6 +194,9 @@ class Register(NamedTuple):
     ``capacity`` is prefetch. None means all of them (no prefetch). ``burst``
     (optional) is how many tasks in a row the manager may hand it when it is chosen
     (its tasks are so short that one message of many beats many workers). None: 1.
+    ``hello`` (optional) is the id of the last HELLO the worker answered: a REGISTER
+    that carries the id of a manager's HELLO lists every task the worker held when it
+    read that HELLO, which makes its ``held`` list exact for that manager.
     """
 
     worker_id: str
@@ -175,10 +204,20 @@ class Register(NamedTuple):
     held: tuple[str, ...]
     slots: int | None = None
     burst: int | None = None
+    hello: str | None = None
+
+
+class Hello(NamedTuple):
+    """manager -> ``Q-wrk``: a manager became active; every worker answers REGISTER,
+    echoing ``hello_id`` (an entry is optional: older managers send none)."""
+
+    hello_id: str
 
 
 class Assign(NamedTuple):
-    """manager -> worker session: ``worker_id`` runs the task, answers ``reply_to``."""
+    """manager -> worker session (and ``Q-mgr`` while standbys replicate the queue):
+    ``worker_id`` runs the task and answers ``reply_to``: the sender's private group,
+    the group a detached task names, or ``Q-mgr`` when nobody waits for the answer."""
 
     worker_id: str
     task_id: str
@@ -267,6 +306,36 @@ class ControlReply(NamedTuple):
     message: str
 
 
+class SyncRequest(NamedTuple):
+    """manager -> ``Q-mgr``: a manager that has just joined (or lost its state in a
+    merge) asks the active manager for the queue's state as of this message."""
+
+    request_id: str
+
+
+class Sync(NamedTuple):
+    """active manager -> requester: part ``part`` of ``parts`` of the queue's state
+    (a msgpack map split into ``chunk`` s) as of the SYNC_REQUEST ``request_id``."""
+
+    request_id: str
+    part: int
+    parts: int
+    chunk: bytes
+
+
+class Decide(NamedTuple):
+    """active manager -> ``Q-mgr``: a decision the standbys cannot derive from what
+    they see (a timer ran out, an operator's request was allowed). Every manager
+    applies it where it comes in the total order. ``op`` names it; ``a`` .. ``d``
+    are its str arguments ('' when unused): docs/protocol.md, section 10."""
+
+    op: str
+    a: str
+    b: str
+    c: str
+    d: str
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """A decoded queue message."""
@@ -279,7 +348,21 @@ if TYPE_CHECKING:
 
     @overload
     def new_entry(
-        cls: type[Submit], fields: tuple[str, str, bytes, int | None, int | None], /
+        cls: type[Submit],
+        fields: tuple[str, str, bytes, int | None, int | None]
+        | tuple[
+            str,
+            str,
+            bytes,
+            int | None,
+            int | None,
+            bool | None,
+            str | None,
+            int | None,
+            int | None,
+            int | None,
+        ],
+        /,
     ) -> Submit: ...
 
     @overload
@@ -483,6 +566,13 @@ def _text(v: Any) -> str:
 def _private_group(v: Any) -> str:
     if type(v) is not str or not v.startswith("#"):
         raise _Bad(f"expected a private group name '#name#daemon', got {_show(v)}")
+    return _group(v)
+
+
+def _group(v: Any) -> str:
+    """A Spread group name: a private group ``#name#daemon`` or a public group."""
+    if type(v) is not str or not v:
+        raise _Bad(f"expected a group name, got {_show(v)}")
     try:
         wire.check_group_name(v.encode("latin-1"))
     except (ValueError, UnicodeEncodeError) as e:
@@ -490,8 +580,22 @@ def _private_group(v: Any) -> str:
     return v
 
 
+def _opt_group(v: Any) -> str | None:
+    return None if v is None else _group(v)
+
+
+def _functions(v: Any) -> tuple[str, ...] | None:
+    """The functions a worker serves (None: all of them)."""
+    if v is None:
+        return None
+    if type(v) is not list or len(v) > MAX_FUNCTIONS:
+        raise _Bad(f"expected an array of at most {MAX_FUNCTIONS} function names, got {_show(v)}")
+    return tuple(_func(f) for f in v)
+
+
 _task_id = _ident(MAX_TASK_ID)
 _worker_id = _ident(MAX_WORKER_ID)
+_func = _ident(MAX_FUNC)
 
 
 def _task_ids(v: Any) -> tuple[str, ...]:
@@ -523,7 +627,7 @@ _SCHEMAS: dict[Kind, tuple[type[tuple[Any, ...]] | None, _Fields]] = {
     Kind.ACK: (Ack, (_task_id,)),
     Kind.CANCEL: (Cancel, (_task_id,)),
     Kind.REGISTER: (Register, (_worker_id, _uint(MAX_CAPACITY), _task_ids)),
-    Kind.HELLO: (None, ()),
+    Kind.HELLO: (Hello, (_ident(MAX_TASK_ID),)),
     Kind.ASSIGN: (
         Assign,
         (
@@ -531,7 +635,7 @@ _SCHEMAS: dict[Kind, tuple[type[tuple[Any, ...]] | None, _Fields]] = {
             _task_id,
             _ident(MAX_FUNC),
             _binary,
-            _private_group,
+            _group,
             _uint(MAX_ATTEMPT),
             _opt_uint(MAX_TIMEOUT_MS),
         ),
@@ -545,18 +649,36 @@ _SCHEMAS: dict[Kind, tuple[type[tuple[Any, ...]] | None, _Fields]] = {
     Kind.STATUS: (StatusReport, (_ident(MAX_TASK_ID), _ident(16), _binary)),
     Kind.CONTROL: (Control, (_ident(MAX_TASK_ID), _ident(32), _text)),
     Kind.CONTROL_REPLY: (ControlReply, (_ident(MAX_TASK_ID), _boolean, _text)),
+    Kind.SYNC_REQUEST: (SyncRequest, (_ident(MAX_TASK_ID),)),
+    Kind.SYNC: (
+        Sync,
+        (_ident(MAX_TASK_ID), _uint(MAX_ENTRIES), _uint(MAX_ENTRIES), _binary),
+    ),
+    Kind.DECIDE: (Decide, (_ident(32), _text, _text, _text, _text)),
 }
 
 #: Optional trailing fields (a later revision of an entry): kind -> checks of the
 #: fields after the required ones. A value that does not pass is ignored (None), as
 #: an unknown trailing field is.
 _OPTIONAL: dict[Kind, tuple[Callable[[Any], Any], ...]] = {
-    Kind.SUBMIT: (_opt_uint(MAX_TIMEOUT_MS),),
+    Kind.SUBMIT: (
+        _opt_uint(MAX_TIMEOUT_MS),
+        _opt_bool,
+        _opt_group,
+        _opt_uint(MAX_TIMEOUT_MS),
+        _opt_uint(MAX_EPOCH_MS),
+        _opt_uint(MAX_PRIORITY),
+    ),
     Kind.ACK: (_opt_uint(MAX_WORKERS),),
-    Kind.REGISTER: (_opt_uint(MAX_CAPACITY), _opt_uint(MAX_CAPACITY)),
+    Kind.REGISTER: (
+        _opt_uint(MAX_CAPACITY),
+        _opt_uint(MAX_CAPACITY),
+        lambda v: None if v is None else _ident(MAX_TASK_ID)(v),
+    ),
     Kind.CANCEL: (_opt_bool,),
     Kind.RELEASE: (_opt_bool,),
 }
+_SUBMIT_MORE: Final = _OPTIONAL[Kind.SUBMIT][1:]
 
 
 def _result_payload(status: int, payload: Any) -> Any:
@@ -682,10 +804,17 @@ def _fast_submit(entries: list[Any]) -> list[Any] | None:
             )
         ):
             return None
-        ack = e[4] if len(e) > 4 else None
+        n = len(e)
+        ack = e[4] if n > 4 else None
         if ack is not None and (type(ack) is not int or not 0 <= ack <= MAX_TIMEOUT_MS):
             ack = None  # an unknown trailing field: ignored
-        append(new_entry(Submit, (tid, func, args, timeout, ack)))
+        if n > 5:
+            # A detached task (or one with a priority): rare enough for the general
+            # checks of the optional fields.
+            rest = _optional_values(_SUBMIT_MORE, 5, e)
+            append(new_entry(Submit, (tid, func, args, timeout, ack, *rest)))
+        else:
+            append(new_entry(Submit, (tid, func, args, timeout, ack, None, None, None, None, None)))
     return out
 
 
@@ -716,7 +845,7 @@ def _fast_assign(entries: list[Any]) -> list[Any] | None:
             return None
         if reply_to not in good:
             try:
-                _private_group(reply_to)
+                _group(reply_to)
             except _Bad:
                 return None
             if len(good) < _GOOD_GROUPS_MAX:

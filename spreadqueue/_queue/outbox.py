@@ -29,17 +29,26 @@ SERVICE = AGREED_MESS
 _log = Logger()
 
 
-def send(session: ISpreadSession, groups: Sequence[str], kind: Kind, entries: Sequence[Any]) -> int:
+def send(
+    session: ISpreadSession,
+    groups: Sequence[str],
+    kind: Kind,
+    entries: Sequence[Any],
+    *,
+    service: int = SERVICE,
+) -> int:
     """Send ``entries`` of ``kind`` to ``groups`` now; return the number of messages.
 
-    A closed session is not an error here (its owner learns that through
-    ``whenDisconnected``); the entries are dropped and 0 is returned.
+    ``service`` is AGREED unless told (SAFE: detached tasks, which must reach every
+    daemon before anyone acts on them). A closed session is not an error here (its
+    owner learns that through ``whenDisconnected``); the entries are dropped and 0 is
+    returned.
     """
     dest = list(groups)
     n = 0
     for data in encode(kind, entries, max_bytes=max_data(len(dest))):
         try:
-            session.multicast(dest, data, service=SERVICE, mess_type=mess_type(kind))
+            session.multicast(dest, data, service=service, mess_type=mess_type(kind))
         except SpreadError as e:
             _log.warn(
                 "queue: could not send {kind} to {groups}: {error}",

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._spread.interfaces import ISpreadSession
-from .._spread.wire import MembershipMessage, RegularMessage
+from .._spread.wire import SAFE_MESS, MembershipMessage, RegularMessage
 from .deadlines import Deadlines
 from .errors import (
     MalformedMessage,
@@ -35,6 +35,7 @@ from .interfaces import ISerializer
 from .messages import (
     MAX_FUNC,
     MAX_PAYLOAD,
+    MAX_PRIORITY,
     MAX_TIMEOUT_MS,
     MESS_TYPE_BASE,
     Cancel,
@@ -87,6 +88,7 @@ class _Pending:
         "args",
         "deadline",
         "deferred",
+        "detached",
         "func",
         "state",
         "task_id",
@@ -114,6 +116,8 @@ class _Pending:
         self.ack_deadline = 0.0
         #: the manager said no worker was registered when it queued the task
         self.workerless = False
+        #: a detached task's SUBMIT fields after ``ack_ms`` (None: a call)
+        self.detached: tuple[Any, ...] | None = None
 
 
 class Sender:
@@ -179,6 +183,7 @@ class Sender:
         self._ackers: dict[str, None] = {}
         # what the next flush sends to Q-mgr (one message per kind, split if large)
         self._submits: list[Submit] = []
+        self._detached: list[Submit] = []  # detached tasks' SUBMITs: sent SAFE
         self._cancels: list[Cancel] = []
         self._to_manager = (self.groups.manager,)
         self._turn = Turn(reactor, self._flush, session)
@@ -288,6 +293,70 @@ class Sender:
             return fail()
         return d
 
+    def enqueue(
+        self,
+        func: str,
+        args: Any = None,
+        *,
+        reply_to: str | None = None,
+        ttl: float | None = None,
+        delay: float | None = None,
+        run_at: float | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> Deferred[str]:
+        """Queue ``func(args)`` as a *detached* task: it runs even when this sender (or
+        its process) is gone. The Deferred fires with the task id once the task is
+        held: every manager of the queue has it (it went SAFE to the manager group,
+        and the active manager acknowledged it after that), and with a journal, it is
+        on disk (docs/protocol.md, section 10).
+
+        Nobody waits for its answer: the worker sends it to ``reply_to`` (a Spread
+        group name, e.g. one your own listeners join) if given, else nowhere. If it
+        fails for good (the handler raised, the function is unknown, its workers
+        were lost ``max_attempts`` times, or its time to live passed) it goes to the
+        queue's dead letters, where an operator can requeue it.
+
+        ``ttl``: seconds it may wait in the queue before it is dead-lettered as
+        expired. ``delay`` (seconds from now) or ``run_at`` (epoch seconds): not
+        started before then. ``timeout``: each run is cancelled after that many
+        seconds. ``priority``: 0 (the default) to 9, higher first.
+
+        Fails with NoManager (no manager acknowledged it within ``ack_timeout``: it
+        may or may not be held; enqueueing it again under the same id is safe only
+        through the same sender), QueueFull, or ValueError/TypeError/PayloadTooLarge
+        for arguments it cannot send.
+        """
+        try:
+            if reply_to is not None:
+                check = reply_to.encode("latin-1") if isinstance(reply_to, str) else None
+                if check is None or not 0 < len(check) <= 31 or b" " in check:
+                    raise ValueError("reply_to must be a Spread group name of 1..31 characters")
+            for name, value in (("ttl", ttl), ("timeout", timeout)):
+                if value is not None and not 0 < value * 1000 <= MAX_TIMEOUT_MS:
+                    raise ValueError(f"{name} must be positive and at most {MAX_TIMEOUT_MS} ms")
+            if delay is not None and run_at is not None:
+                raise ValueError("give delay or run_at, not both")
+            if delay is not None:
+                if not delay >= 0:
+                    raise ValueError("delay must be 0 or more seconds")
+                run_at = self._reactor.seconds() + delay
+            if not (isinstance(priority, int) and 0 <= priority <= MAX_PRIORITY):
+                raise ValueError(f"priority must be an int from 0 to {MAX_PRIORITY}")
+            extra = (
+                True,
+                reply_to,
+                None if ttl is None else max(1, int(ttl * 1000)),
+                None if run_at is None else max(0, round(run_at * 1000)),
+                priority or None,
+            )
+            d: Deferred[str] = Deferred()
+            run_ms = None if timeout is None else max(1, int(timeout * 1000))
+            self._submit(func, args, None, d, detached=extra, run_ms=run_ms)
+        except Exception:
+            return fail()
+        return d
+
     def receive(self) -> Deferred[Reply]:
         """The next answer to a :meth:`submit` ted task (completion order).
 
@@ -314,7 +383,14 @@ class Sender:
     # ------------------------------------------------------------------ submitting
 
     def _submit(
-        self, func: str, args: Any, timeout: float | None, deferred: Deferred[Any] | None
+        self,
+        func: str,
+        args: Any,
+        timeout: float | None,
+        deferred: Deferred[Any] | None,
+        *,
+        detached: tuple[Any, ...] | None = None,
+        run_ms: int | None = None,
     ) -> str:
         state = self._state
         if state == "stopped":
@@ -330,6 +406,9 @@ class Sender:
         now = self._reactor.seconds()
         deadline = None if timeout is None else now + timeout
         p = _Pending(task_id, func, data, timeout, deadline, deferred)
+        if detached is not None:
+            p.detached = detached
+            p.timeout = None if run_ms is None else run_ms / 1000.0
         self._pending[task_id] = p
         if deadline is not None:
             self._deadlines.add(deadline, p)
@@ -348,9 +427,17 @@ class Sender:
         p.state = _UNACKED
         self._unacked += 1
         deadline = p.deadline
-        remaining = None if deadline is None else max(1, int((deadline - now) * 1000))
-        submits = self._submits
-        submits.append(new_entry(Submit, (p.task_id, p.func, p.args, remaining, self._ack_ms)))
+        if p.detached is not None:
+            # Held only once every daemon has it: SAFE, in a message of its own.
+            run_ms = None if p.timeout is None else max(1, int(p.timeout * 1000))
+            self._detached.append(
+                new_entry(Submit, (p.task_id, p.func, p.args, run_ms, self._ack_ms, *p.detached))
+            )
+            submits = self._detached
+        else:
+            remaining = None if deadline is None else max(1, int((deadline - now) * 1000))
+            submits = self._submits
+            submits.append(new_entry(Submit, (p.task_id, p.func, p.args, remaining, self._ack_ms)))
         ack_deadline = p.ack_deadline = now + self.ack_timeout
         self._acks.append((ack_deadline, p))
         if self._ack_timer is None:
@@ -552,6 +639,11 @@ class Sender:
                     p.state = _ACKED
                 p.acked_by = frame.sender
                 p.workerless = e.workers == 0
+                if p.detached is not None:
+                    # Held by the managers: this sender's part is done.
+                    self._remove(p, cancel=False)
+                    if p.deferred is not None:
+                        p.deferred.callback(p.task_id)
             self._pump()
             return
         if msg.kind is Kind.RESULT:
@@ -614,15 +706,17 @@ class Sender:
     # ------------------------------------------------------------------ sending
 
     def _flush(self) -> None:
-        submits, cancels = self._submits, self._cancels
-        if not (submits or cancels):
+        submits, cancels, detached = self._submits, self._cancels, self._detached
+        if not (submits or cancels or detached):
             return
-        self._submits, self._cancels = [], []
+        self._submits, self._cancels, self._detached = [], [], []
         session = self.session
         if session.connected:
             sent = 0
             if submits:
                 sent += send(session, self._to_manager, Kind.SUBMIT, submits)
+            if detached:
+                sent += send(session, self._to_manager, Kind.SUBMIT, detached, service=SAFE_MESS)
             if cancels:
                 sent += send(session, self._to_manager, Kind.CANCEL, cancels)
             self.stats["messages_sent"] += sent

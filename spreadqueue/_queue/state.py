@@ -1,35 +1,69 @@
-"""The queue manager's brain: a pure, deterministic state machine.
+"""The queue manager's brain: a pure, deterministic state machine, replicated.
 
 :class:`QueueManager` does no I/O and reads no clock: every input carries ``now`` (a
-float in seconds from whatever clock the caller uses) and every decision depends only
-on the ordered inputs. Several managers fed the same totally ordered Spread stream
-therefore decide the same things (the basis for hot standby). Outputs are
-:class:`Effect` s, batched per destination and kind, taken with
-:meth:`QueueManager.take_effects`.
+float in seconds from whatever clock the caller uses; epoch seconds in production)
+and every decision depends only on the ordered inputs. Outputs are :class:`Effect` s,
+batched per destination and kind, taken with :meth:`QueueManager.take_effects`.
+
+Every manager of a queue runs one, fed the same totally ordered Spread stream (AGREED
+and SAFE messages and membership notices come in one order everywhere: virtual
+synchrony). They therefore hold the same records (:mod:`.records`): the tasks, the
+workers, the dead letters. One of them, the active manager, also *decides*: which
+worker runs which task, and what follows from timers and operators. It sends each
+decision to the manager group in the message that carries it out (an ASSIGN goes to
+the worker and to ``Q-mgr`` at once; other decisions are DECIDE messages), and every
+manager, the active one included, applies it where it comes back in the total order.
+A standby is thus always up to date, and takes over at once when the active manager
+goes (docs/protocol.md, section 10). While no standby is there, the active manager
+applies its decisions at once and sends them to no one else.
 
 Iteration order never depends on hashing: every collection that is iterated to
-produce output is a dict (insertion ordered) or a deque.
+produce output is a dict (insertion ordered), a deque or a list.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .._spread.wire import CAUSED_BY_NETWORK, MembershipMessage, split_private_group
 from .interfaces import IAssignmentPolicy
-from .messages import Ack, Assign, Cancel, Failed, Kind, Reason, Status, new_entry
+from .messages import (
+    MAX_PAYLOAD,
+    Ack,
+    Assign,
+    Cancel,
+    ControlReply,
+    Decide,
+    Failed,
+    Hello,
+    Kind,
+    Reason,
+    Status,
+    Submit,
+    Sync,
+    SyncRequest,
+    new_entry,
+)
 from .names import QueueGroups
 from .policy import LeastRecentlyUsed
+from .ready import Ready
+from .records import (
+    EXPIRING,
+    DeadLetter,
+    DeadLetters,
+    Task,
+    Tombstones,
+    Worker,
+    WorkerKey,
+    restore,
+    snapshot,
+)
 from .stats import OUTCOMES, FunctionStats
 
 __all__ = ["Effect", "Event", "QueueManager", "WorkerKey"]
-
-#: A worker as the manager knows it: (its session's private group, its worker id).
-WorkerKey = tuple[str, str]
 
 _FUNC_CACHE_MAX: Final = 4096
 #: Senders remembered as "acknowledged once" (see QueueManager.ack_delay); past this
@@ -37,6 +71,8 @@ _FUNC_CACHE_MAX: Final = 4096
 _ACKED_SENDERS_MAX: Final = 10_000
 #: Hold an acknowledgement back only if its sender waits 4 times this or more.
 _MIN_ACK_HOLD: Final = 0.025
+#: A snapshot travels in chunks of this many bytes (one SYNC entry each).
+_SYNC_CHUNK: Final = MAX_PAYLOAD - 4096
 
 
 def _due(item: tuple[float, Any]) -> float:
@@ -45,32 +81,42 @@ def _due(item: tuple[float, Any]) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Effect:
-    """Send ``entries`` of ``kind`` to ``groups`` (one Spread message or more)."""
+    """Send ``entries`` of ``kind`` to ``groups`` (one Spread message or more).
+
+    ``safe``: send SAFE rather than AGREED (a detached task handed over). ``after_journal``:
+    send only once the journal has what came before on disk (the ACKs of detached tasks
+    when the manager keeps a journal).
+    """
 
     groups: tuple[str, ...]
     kind: Kind
     entries: list[Any]
+    safe: bool = False
+    after_journal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
     """Something an operator wants in the log: ``name`` and its fields.
 
-    ``activated``, ``standby`` (``active``: the active manager), ``stepped_down``
-    (``resubmitted``); ``worker_registered`` (``worker``, ``capacity``),
+    ``activated`` (``hot``, ``tasks``, ``awaiting``), ``standby`` (``older``),
+    ``synced`` (``tasks``, ``workers``, ``replayed``), ``stepped_down``
+    (``resubmitted``), ``merged`` (``handed_over``), ``quorum`` (``managers``,
+    ``needed``, ``dispatching``); ``worker_registered`` (``worker``, ``capacity``),
     ``worker_draining``, ``worker_retired`` and ``worker_lost`` (``worker``,
     ``requeued``); ``task_failed`` (``task_id``, ``func``, ``worker``, ``reason``);
-    ``queue_full`` (``refused``, ``limit``); ``no_workers`` (``queued``: tasks wait and
-    no worker is registered).
+    ``dead_letter`` (``task_id``, ``func``, ``reason``, ``error``); ``queue_full``
+    (``refused``, ``limit``); ``no_workers`` (``queued``); ``control`` (``requester``,
+    ``action``, ``target``, ``ok``, ``result``).
     """
 
     name: str
-    fields: dict[str, Any]
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
-def _name(w: _Worker | None) -> str:
+def _name(w: Worker | None) -> str:
     """How logs name a worker: its id at its session."""
-    return "?" if w is None else f"{w.worker_id}@{w.session}"
+    return "?" if w is None else w.name()
 
 
 def _private_name(session: str) -> str:
@@ -79,77 +125,12 @@ def _private_name(session: str) -> str:
     return parts[0].decode() if parts else session
 
 
-class _Task:
-    """A task the manager knows: queued (``worker is None``) or running at ``worker``."""
-
-    __slots__ = (
-        "args",
-        "assigned_at",
-        "attempt",
-        "cancelled",
-        "deadline",
-        "func",
-        "queued_at",
-        "reply_to",
-        "task_id",
-        "worker",
-    )
-
-    def __init__(
-        self,
-        task_id: str,
-        func: str,
-        args: bytes,
-        reply_to: str,
-        deadline: float | None,
-        queued_at: float,
-    ) -> None:
-        self.task_id = task_id
-        self.func = func
-        self.args = args
-        self.reply_to = reply_to
-        self.deadline = deadline
-        self.queued_at = queued_at
-        self.assigned_at = queued_at
-        self.attempt = 0
-        self.worker: _Worker | None = None
-        #: None, or the outcome the task counts as once its cancellation is through
-        #: ("cancelled", or "timed_out" when its sender's timeout ran out)
-        self.cancelled: str | None = None
-
-
-class _Worker:
-    """A registered worker. ``held`` maps the task ids it holds to their task, or to
-    None for tasks this manager knows nothing about (held since before a manager
-    change); every held task uses one credit. Of its ``capacity``, ``slots`` run at
-    once; the rest is prefetch (tasks it keeps to start as slots free up)."""
-
-    __slots__ = (
-        "burst",
-        "capacity",
-        "drained",
-        "held",
-        "idle_since",
-        "key",
-        "registered_at",
-        "session",
-        "slots",
-        "worker_id",
-    )
-
-    def __init__(self, session: str, worker_id: str, now: float) -> None:
-        self.session = session
-        self.worker_id = worker_id
-        self.key: WorkerKey = (session, worker_id)
-        self.capacity = 0
-        self.slots = 0
-        self.burst = 1
-        self.held: dict[str, _Task | None] = {}
-        self.registered_at = now
-        #: when it last held nothing (None while it holds tasks)
-        self.idle_since: float | None = now
-        #: an operator drained it: it gets no new task
-        self.drained = False
+def _error_text(status: int, payload: Any) -> str:
+    if isinstance(payload, tuple):
+        return f"{payload[0]}: {payload[1]}"
+    if status == Status.UNKNOWN_FUNCTION:
+        return f"unknown function: {payload}"
+    return f"{payload}"
 
 
 #: Workers remembered as "ever registered" (for the status count), at most.
@@ -160,6 +141,14 @@ _RECENT_FAILURES: Final = 20
 _FUNCTIONS_MAX: Final = 256
 _OK: Final = int(Status.OK)
 _OUTCOMES: Final = {int(Status.CANCELLED): "cancelled"}
+#: Events logged by every manager; the others only by the active one.
+_ROLE_EVENTS: Final = frozenset(
+    {"activated", "standby", "synced", "stepped_down", "merged", "sync_refused"}
+)
+#: Control actions that change nothing: the active manager answers them at once.
+_READ_ONLY: Final = frozenset({"dead-letters"})
+#: Dead letters a ``dead-letters`` control reply lists, at most.
+_DEAD_LIST_MAX: Final = 200
 
 _STATS: Final = (
     "submitted",
@@ -181,8 +170,17 @@ _STATS: Final = (
     "workers_lost",
     "unknown_done",
     "unknown_session_registers",
-    "ignored_standby",
+    "ignored_unsynced",
+    "ignored_not_older",
     "activations",
+    "detached_submitted",
+    "dead_lettered",
+    "dead_requeued",
+    "dead_purged",
+    "ended_before",
+    "syncs_sent",
+    "syncs_loaded",
+    "handed_over",
 )
 
 
@@ -191,13 +189,15 @@ class QueueManager:
 
     ``me`` is the private group of the manager's own session. Feed it every
     membership notice of the queue's three groups (:meth:`on_membership`), every
-    queue message delivered to ``Q-mgr`` (:meth:`on_message`) and, now and then,
-    the time (:meth:`tick`); send what :meth:`take_effects` returns.
+    queue message delivered to ``Q-mgr`` (:meth:`on_message`, with the message's
+    destination groups), every SYNC delivered to its private group (:meth:`on_sync`)
+    and, now and then, the time (:meth:`tick`); send what :meth:`take_effects` returns.
 
-    Exactly one manager of a queue is *active* (it queues, acknowledges and
-    dispatches); the others stand by and ignore traffic. The active one is the
-    longest-standing member of ``Q-mgr``: every manager works that out the same way
-    from the membership notices it sees (docs/protocol.md, "Managers").
+    Exactly one manager of a queue is *active*: the longest-standing member of
+    ``Q-mgr`` (every manager works that out the same way from the membership notices
+    it sees; docs/protocol.md, section 6). The others are *standbys*: a standby that
+    joins asks the active one for the queue's state (SYNC_REQUEST, SYNC), then applies
+    the same ordered input, so that it holds the same tasks and workers.
 
     Dispatching prefers workers with a free slot (``slots``) over workers that would
     only prefetch the task; among equals the least recently used one (or the
@@ -210,7 +210,13 @@ class QueueManager:
     ``min(ack_delay, ack_ms / 4)`` seconds, and never sent when the task is done by
     then: the result is the acknowledgement. The first ACK to each sender is never
     held (the sender learns which manager it depends on). 0 disables holding.
-    :meth:`next_wakeup` says when :meth:`tick` has held ACKs to send.
+    :meth:`next_wakeup` says when :meth:`tick` has something to do.
+
+    Detached tasks (SUBMIT ``detached``) outlive their senders: their failures go to
+    the dead letters (at most ``max_dead_letters``, the oldest dropped first), and
+    they are dispatched only while ``quorum`` managers (a majority of those
+    configured) are in the manager group. With ``journaled`` their ACKs wait for the
+    journal (:meth:`take_journal`).
     """
 
     def __init__(
@@ -224,9 +230,15 @@ class QueueManager:
         max_queued: int | None = None,
         sweep_interval: float = 1.0,
         ack_delay: float = 0.05,
+        quorum: int = 1,
+        max_dead_letters: int = 10_000,
+        max_tombstones: int = 100_000,
+        journaled: bool = False,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if quorum < 1:
+            raise ValueError("quorum must be at least 1")
         self.groups = groups
         self.me = me
         self._policy: IAssignmentPolicy = policy if policy is not None else LeastRecentlyUsed()
@@ -236,6 +248,8 @@ class QueueManager:
         self.max_queued = max_queued
         self.sweep_interval = sweep_interval
         self.ack_delay = ack_delay
+        self.quorum = quorum
+        self.journaled = journaled
         #: counters (see docs/protocol.md); all start at 0
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
 
@@ -246,31 +260,48 @@ class QueueManager:
         self._older: dict[str, None] = {}  # Q-mgr members that joined before us
         self._active = False
 
-        # work (only while active)
-        self._tasks: dict[str, _Task] = {}
-        self._queue: deque[_Task] = deque()  # may hold stale entries, skipped lazily
-        self._queued = 0
-        self._workers: dict[WorkerKey, _Worker] = {}
+        # ---- the replicated records: the same at every synced manager
+        self._tasks: dict[str, Task] = {}
+        self._queued = 0  # tasks not running anywhere
+        self._workers: dict[WorkerKey, Worker] = {}
         self._available = 0  # workers with a capacity above 0 (kept as they change)
-        self._by_session: dict[str, dict[WorkerKey, _Worker]] = {}
-        # workers with credit, LRU first: with a free slot / with prefetch credit only
-        self._free: dict[WorkerKey, _Worker] = {}
-        self._extra: dict[WorkerKey, _Worker] = {}
-        self._foreign: dict[str, _Worker] = {}  # unknown task id -> worker holding it
+        self._by_session: dict[str, dict[WorkerKey, Worker]] = {}
+        self._foreign: dict[str, Worker] = {}  # unknown task id -> worker holding it
+        self._dead = DeadLetters(max_dead_letters)
+        self._tombstones = Tombstones(max_tombstones)
+        self._next_key = 1  # the key of the next task at the tail
+        self._head_key = 0  # the key of the next task put back at the head
+        #: an operator paused dispatch: tasks are queued and acknowledged, not assigned
+        self.paused = False
+
+        # ---- joining: the state comes from the active manager (or we are the first)
+        self._synced = False
+        self._sync_id: str | None = None  # our SYNC_REQUEST waiting for its answer
+        self._sync_serial = 0
+        self._buffer: list[tuple[Any, ...]] | None = None  # inputs after our request
+        self._chunks: dict[int, bytes] = {}
+        self._offer: list[Task] = []  # recovered detached tasks to hand over on joining
+
+        # ---- the active manager's own state (never replicated)
+        self._ready = Ready()
+        self._free: dict[WorkerKey, Worker] = {}  # with a free slot, LRU first
+        self._extra: dict[WorkerKey, Worker] = {}  # with prefetch credit only, LRU first
+        self._proposed: dict[WorkerKey, dict[str, Task]] = {}  # ASSIGNs on their way
         self._awaiting: dict[str, None] = {}  # worker sessions not yet re-registered
         self._grace_until = 0.0
         self._next_sweep = 0.0
-        self._funcs: dict[str, str] = {}
-        # held acknowledgements: (when due, task, hold) in due order
-        self._late_acks: deque[tuple[float, _Task]] = deque()
+        self._hello_id: str | None = None
+        self._hello_serial = 0
+        self._late_acks: list[tuple[float, Task]] = []
         self._acked_senders: dict[str, None] = {}
+        self._had_quorum: bool | None = None
 
-        self._out: dict[tuple[tuple[str, ...], Kind], list[Any]] = {}
+        self._funcs: dict[str, str] = {}
+        self._out: dict[tuple[tuple[str, ...], Kind, bool, bool], list[Any]] = {}
+        self._journal: list[tuple[str, Any]] = []
         self._events: list[Event] = []
-        #: an operator paused dispatch: tasks are queued and acknowledged, not assigned
-        self.paused = False
         self._functions: dict[str, FunctionStats] = {}
-        self._recent_failures: deque[dict[str, Any]] = deque(maxlen=_RECENT_FAILURES)
+        self._recent_failures: list[dict[str, Any]] = []
         self._last_now = 0.0  # the time of the latest input (for what lacks a ``now``)
         self._ever: dict[WorkerKey, None] = {}  # every worker registered (bounded)
         self._standby_for: str | None = None  # the active manager we last said we wait for
@@ -284,6 +315,22 @@ class QueueManager:
         return self._active
 
     @property
+    def synced(self) -> bool:
+        """True once this manager holds the queue's state (it took it from the active
+        manager, or it was the first)."""
+        return self._synced
+
+    @property
+    def replicating(self) -> bool:
+        """True while other managers are in the manager group: decisions go through it."""
+        return len(self._mgr_members) > 1
+
+    @property
+    def has_quorum(self) -> bool:
+        """True while ``quorum`` managers are in the manager group (detached tasks run)."""
+        return len(self._mgr_members) >= self.quorum
+
+    @property
     def queued(self) -> int:
         """Tasks waiting for a worker."""
         return self._queued
@@ -292,6 +339,16 @@ class QueueManager:
     def running(self) -> int:
         """Tasks assigned to a worker and not yet done."""
         return len(self._tasks) - self._queued
+
+    @property
+    def detached(self) -> int:
+        """Detached tasks held (queued or running)."""
+        return sum(1 for t in self._tasks.values() if t.detached)
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        """The dead letters (read them; change them through control actions)."""
+        return self._dead
 
     @property
     def worker_count(self) -> int:
@@ -308,15 +365,22 @@ class QueueManager:
         return [(w.key, w.capacity, len(w.held)) for w in self._workers.values()]
 
     def queued_ids(self) -> list[str]:
-        """Ids of the queued tasks, head first."""
-        tasks = self._tasks
-        return [t.task_id for t in self._queue if t.worker is None and tasks.get(t.task_id) is t]
+        """Ids of the queued tasks, in queue order (head first)."""
+        queued = [t for t in self._tasks.values() if t.worker is None]
+        return [t.task_id for t in sorted(queued, key=lambda t: t.key)]
+
+    def task(self, task_id: str) -> Task | None:
+        """The record of a task the managers hold (None: unknown, or ended)."""
+        return self._tasks.get(task_id)
 
     def take_effects(self) -> list[Effect]:
         """The messages to send now, one Effect per (destination, kind), in order."""
         if not self._out:
             return []
-        out = [Effect(groups, kind, entries) for (groups, kind), entries in self._out.items()]
+        out = [
+            Effect(groups, kind, entries, safe, journal)
+            for (groups, kind, safe, journal), entries in self._out.items()
+        ]
         self._out = {}
         return out
 
@@ -325,8 +389,16 @@ class QueueManager:
         events, self._events = self._events, []
         return events
 
+    def take_journal(self) -> list[tuple[str, Any]]:
+        """What a journal must record since the last call, in order (``journaled``
+        managers only): ``('task', Task)`` a detached task to keep, ``('end', id)`` one
+        that ended, ``('dead', DeadLetter)``, ``('undead', id)``."""
+        ops, self._journal = self._journal, []
+        return ops
+
     def _event(self, name: str, **fields: Any) -> None:
-        self._events.append(Event(name, fields))
+        if self._active or name in _ROLE_EVENTS:
+            self._events.append(Event(name, fields))
 
     def _function(self, func: str) -> FunctionStats:
         stats = self._functions.get(func)
@@ -338,7 +410,141 @@ class QueueManager:
                 stats = self._functions[func] = FunctionStats()
         return stats
 
+    def _failure(self, task_id: str, func: str, worker: str, error: str) -> None:
+        """Remember a failure for status (the last few)."""
+        recent = self._recent_failures
+        recent.append(
+            {"task_id": task_id, "func": func, "worker": worker, "error": error[:500]}
+            | {"at": self._last_now}
+        )
+        if len(recent) > _RECENT_FAILURES:
+            del recent[0]
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self, now: float) -> bytes:
+        """The replicated records as one msgpack map (what a SYNC carries)."""
+        return snapshot(
+            self._tasks.values(),
+            self._workers.values(),
+            self._dead,
+            self._tombstones,
+            keys=(self._next_key, self._head_key),
+            paused=self.paused,
+            now=now,
+            extra={"queue": self.groups.queue, "max_attempts": self.max_attempts},
+        )
+
+    def _load(self, now: float, data: bytes) -> None:
+        """Replace the records with those of a snapshot."""
+        got = restore(data, now)
+        self._tasks = got.tasks
+        self._workers = got.workers
+        self._foreign = got.foreign
+        self._queued = sum(1 for t in got.tasks.values() if t.worker is None)
+        self._available = sum(1 for w in got.workers.values() if w.capacity)
+        self._by_session = {}
+        for w in got.workers.values():
+            self._by_session.setdefault(w.session, {})[w.key] = w
+        self._dead = DeadLetters(self._dead.limit)
+        for letter in got.dead:
+            self._dead.add(letter)
+        self._dead.dropped = got.dead_dropped
+        self._tombstones = Tombstones(self._tombstones.limit)
+        for tid in got.tombstones:
+            self._tombstones.add(tid)
+        self._next_key, self._head_key = got.keys
+        self.paused = got.paused
+        if self.journaled:
+            self._journal.append(("reset", None))
+            for t in got.tasks.values():
+                if t.detached:
+                    self._journal.append(("task", t))
+            for letter in got.dead:
+                self._journal.append(("dead", letter))
+
+    def recover(
+        self,
+        tasks: Iterable[Task],
+        dead: Iterable[DeadLetter] = (),
+        ended: Iterable[str] = (),
+    ) -> None:
+        """Start from what a journal (or this manager's previous session) kept: detached
+        tasks, dead letters and the ids of tasks that ended. Call before the first
+        input. If this manager turns out to be the first of the queue, it starts with
+        them; if others are there already, it hands the tasks over to them (a SUBMIT
+        each; they run what they do not know) and takes their state instead.
+        """
+        for tid in ended:
+            self._tombstones.add(tid)
+        for letter in dead:
+            self._dead.add(letter)
+        for t in tasks:
+            if t.task_id in self._tasks or t.task_id in self._tombstones:
+                continue
+            t.key = self._next_key
+            self._next_key += 1
+            t.worker = None
+            t.pending = None
+            self._tasks[t.task_id] = t
+            self._queued += 1
+            self._offer.append(t)
+
     # ------------------------------------------------------------------ control
+
+    def control(
+        self, now: float, request_id: str, requester: str, action: str, target: str
+    ) -> None:
+        """Carry out an operator's ``action`` on ``target`` (the caller has checked
+        that ``requester`` may): through the manager group when standbys replicate
+        the queue, so that they do the same at the same point. The CONTROL_REPLY
+        goes out once it is done. Active manager only."""
+        self._last_now = now
+        if not self._active:
+            return
+        if action in _READ_ONLY:
+            ok, text = self._read_only(now, action, target)
+            self._emit((requester,), Kind.CONTROL_REPLY, ControlReply(request_id, ok, text))
+            self._event(
+                "control", requester=requester, action=action, target=target, ok=ok, result=text
+            )
+        elif self.replicating:
+            self._emit(
+                (self.groups.manager,),
+                Kind.DECIDE,
+                Decide("control", request_id, requester, action, target),
+            )
+        else:
+            self._apply_control(now, request_id, requester, action, target)
+
+    def _apply_control(
+        self, now: float, request_id: str, requester: str, action: str, target: str
+    ) -> None:
+        if action == "pause":
+            ok, text = True, self.pause()
+        elif action == "resume":
+            ok, text = True, self.resume(now)
+        elif action == "purge":
+            ok, text = True, self.purge()
+        elif action in ("drain", "undrain"):
+            ok, text = self.drain(target, drained=action == "drain")
+        elif action == "cancel":
+            ok, text = self.cancel_task(target)
+        elif action == "dead-requeue":
+            ok, text = self._dead_requeue(now, target)
+        elif action == "dead-purge":
+            ok, text = self._dead_purge(target)
+        else:
+            ok, text = (
+                False,
+                f"unknown action {action!r} (pause, resume, purge, drain, undrain, cancel, "
+                "dead-letters, dead-requeue, dead-purge)",
+            )
+        self._emit((requester,), Kind.CONTROL_REPLY, ControlReply(request_id, ok, text))
+        self._event(
+            "control", requester=requester, action=action, target=target, ok=ok, result=text
+        )
+        self._dispatch(now)
 
     def pause(self) -> str:
         """Stop assigning tasks (they are still queued and acknowledged)."""
@@ -356,11 +562,9 @@ class QueueManager:
         purged = 0
         for t in list(self._tasks.values()):
             if t.worker is None:
-                del self._tasks[t.task_id]
+                self._drop_queued(t)
                 self._cancelled(t, "purged from the queue by an operator")
                 purged += 1
-        self._queue.clear()
-        self._queued = 0
         return f"{purged} queued task(s) purged"
 
     def cancel_task(self, task_id: str) -> tuple[bool, str]:
@@ -370,8 +574,7 @@ class QueueManager:
         if t is None:
             return False, f"no task {task_id!r} (unknown, or done already)"
         if t.worker is None:
-            del self._tasks[task_id]
-            self._queued -= 1
+            self._drop_queued(t)
             self._cancelled(t, "cancelled by an operator")
             return True, f"task {task_id} ({t.func}) cancelled before it ran"
         if not t.cancelled:
@@ -398,20 +601,77 @@ class QueueManager:
             return True, f"worker {_name(w)} drains: no new task; {len(w.held)} to finish"
         return True, f"worker {_name(w)} takes tasks again"
 
-    def _cancelled(self, t: _Task, message: str) -> None:
+    def _dead_ids(self, target: str) -> list[str]:
+        return self._dead.ids() if target in ("", "all", "*") else [target]
+
+    def _dead_requeue(self, now: float, target: str) -> tuple[bool, str]:
+        letters = self._dead.take(self._dead_ids(target))
+        if not letters:
+            return False, f"no dead letter {target!r}" if target else "no dead letters"
+        for d in letters:
+            if self.journaled:
+                self._journal.append(("undead", d.task_id))
+            if d.task_id in self._tasks:
+                continue  # submitted again meanwhile
+            self._tombstones.discard(d.task_id)
+            t = Task(
+                d.task_id,
+                d.func,
+                d.args,
+                d.reply_to,
+                None,
+                now,
+                origin=self.me,
+                detached=True,
+                run_ms=d.run_ms,
+                priority=d.priority,
+                key=self._next_key,
+            )
+            self._next_key += 1
+            self._add_queued(t)
+            if self.journaled:
+                self._journal.append(("task", t))
+        self.stats["dead_requeued"] += len(letters)
+        return True, f"{len(letters)} dead letter(s) queued again"
+
+    def _dead_purge(self, target: str) -> tuple[bool, str]:
+        letters = self._dead.take(self._dead_ids(target))
+        if not letters:
+            return False, f"no dead letter {target!r}" if target else "no dead letters"
+        if self.journaled:
+            self._journal.extend(("undead", d.task_id) for d in letters)
+        self.stats["dead_purged"] += len(letters)
+        return True, f"{len(letters)} dead letter(s) purged"
+
+    def _read_only(self, now: float, action: str, target: str) -> tuple[bool, str]:
+        letters = self._dead.recent(_DEAD_LIST_MAX)
+        if target and target not in ("all", "*"):
+            letters = [d for d in letters if d.task_id == target]
+        lines = [
+            f"{d.task_id}  {d.func}  {d.reason}  attempts {d.attempts}  "
+            f"{now - d.at:.0f}s ago  {d.error[:200]}"
+            for d in letters
+        ]
+        head = f"{len(self._dead)} dead letter(s)"
+        if len(self._dead) > len(letters) and not target:
+            head += f", the newest {len(letters)} below"
+        return True, "\n".join([head, *lines])
+
+    def _cancelled(self, t: Task, message: str) -> None:
         """Tell the sender its task ``t`` (never assigned) was cancelled, and count it."""
-        self._emit((t.reply_to,), Kind.FAILED, Failed(t.task_id, Reason.CANCELLED, message))
+        if not t.detached:
+            self._emit((t.reply_to,), Kind.FAILED, Failed(t.task_id, Reason.CANCELLED, message))
         self._function(t.func).count("cancelled")
+        self._ended(t)
 
     # ------------------------------------------------------------------ status
 
     def status(self, now: float) -> dict[str, Any]:
         """What this manager knows, as plain data (docs/protocol.md, "Status")."""
         oldest = None
-        for t in self._queue:
-            if t.worker is None and self._tasks.get(t.task_id) is t:
-                oldest = now - t.queued_at
-                break
+        for t in self._tasks.values():
+            if t.worker is None and (oldest is None or t.queued_at < oldest):
+                oldest = t.queued_at
         workers = []
         for w in self._workers.values():
             workers.append(
@@ -432,25 +692,40 @@ class QueueManager:
         managers = [
             {"manager": m, "role": me if m == self.me else other} for m in self._mgr_members
         ]
+        held = sum(1 for t in self._tasks.values() if t.detached)
         return {
             "queue": self.groups.queue,
             "manager": self.me,
             "active": self._active,
+            "synced": self._synced,
             "paused": self.paused,
             "depth": self._queued,
             "in_flight": self.running,
-            "oldest_queued_for": oldest,
+            "detached": held,
+            "oldest_queued_for": None if oldest is None else now - oldest,
             "max_queued": self.max_queued,
             "workers": workers,
             "workers_ever": len(self._ever),
             "senders": sum(1 for s in self._snd_members if s not in self._mgr_members),
             "managers": managers,
+            "quorum": {
+                "managers": len(self._mgr_members),
+                "needed": self.quorum,
+                "dispatching_detached": self.has_quorum,
+            },
+            "replicating": self.replicating,
             "workers_lost": self.stats["workers_lost"],
             "counts": self._counts(),
             "functions": {f: st.summary() for f, st in self._functions.items()},
             "recent_failures": [
                 {**f, "ago": now - f["at"]} for f in reversed(self._recent_failures)
             ],
+            "dead_letters": {
+                "count": len(self._dead),
+                "limit": self._dead.limit,
+                "dropped": self._dead.dropped,
+                "recent": [d.summary(now) for d in self._dead.recent(20)],
+            },
         }
 
     def _counts(self) -> dict[str, int]:
@@ -462,12 +737,20 @@ class QueueManager:
                 counts[outcome] = counts.get(outcome, 0) + n
         counts["submitted"] = self.stats["submitted"]
         counts["redelivered"] = self.stats["requeued"]
+        counts["dead_lettered"] = self.stats["dead_lettered"]
         return counts
 
     def next_wakeup(self) -> float | None:
-        """When :meth:`tick` next has held acknowledgements to send (None: never)."""
+        """When :meth:`tick` next has something due: held acknowledgements, or a
+        delayed task's start (None: nothing)."""
+        if not self._active:
+            return None
         late = self._late_acks
-        return late[0][0] if late and self._active else None
+        due = late[0][0] if late else None
+        delayed = self._ready.next_delayed()
+        if delayed is not None and (due is None or delayed < due):
+            due = delayed
+        return due
 
     # ------------------------------------------------------------------ inputs
 
@@ -485,37 +768,118 @@ class QueueManager:
         elif group == self.groups.senders:
             self._sender_view(now, msg)
 
-    def on_message(self, now: float, sender: str, kind: Kind, entries: Sequence[Any]) -> None:
-        """A decoded queue message delivered to ``Q-mgr`` from session ``sender``.
+    def on_message(
+        self,
+        now: float,
+        sender: str,
+        kind: Kind,
+        entries: Sequence[Any],
+        groups: Sequence[str] = (),
+    ) -> None:
+        """A decoded queue message delivered to ``Q-mgr`` from session ``sender``, sent
+        to ``groups`` (an ASSIGN's worker session is the other group).
 
-        Kinds other than SUBMIT, CANCEL, REGISTER, DONE, RESULT, RETIRE and RELEASE
-        are ignored. A standby manager ignores everything.
+        SUBMIT, CANCEL, REGISTER, DONE, RESULT, RETIRE, RELEASE, and from managers
+        ASSIGN, DECIDE and SYNC_REQUEST; other kinds are ignored.
         """
         self._last_now = now
-        if not self._active:
-            self.stats["ignored_standby"] += 1
+        if kind is Kind.SYNC_REQUEST:
+            self._sync_request(now, sender, entries)
             return
+        if not self._synced:
+            if self._buffer is not None:
+                self._buffer.append(("message", sender, kind, entries, tuple(groups)))
+            else:
+                self.stats["ignored_unsynced"] += 1
+            return
+        self._apply(now, sender, kind, entries, groups)
+
+    def on_sync(self, now: float, sender: str, entries: Sequence[Any]) -> None:
+        """SYNC entries delivered to our private group: the queue's state, in parts."""
+        self._last_now = now
+        if self._synced or self._sync_id is None or sender not in self._older:
+            return
+        count = None
+        for e in entries:
+            if e.request_id == self._sync_id:
+                self._chunks[e.part] = e.chunk
+                count = e.parts
+        if count is None or len(self._chunks) < count:
+            return
+        data = b"".join(self._chunks.get(i, b"") for i in range(count))
+        buffered, self._buffer = self._buffer or [], None
+        self._chunks = {}
+        self._sync_id = None
+        try:
+            self._load(now, data)
+        except ValueError as e:
+            self._event("sync_refused", source=sender, error=str(e))
+            return  # we ask again when the manager group changes
+        self._synced = True
+        self._offer = []
+        self.stats["syncs_loaded"] += 1
+        for item in buffered:
+            self._replay(now, item)
+        self._event(
+            "synced",
+            tasks=len(self._tasks),
+            workers=len(self._workers),
+            replayed=len(buffered),
+            source=sender,
+        )
+        self._update_activity(now)
+
+    def _replay(self, now: float, item: tuple[Any, ...]) -> None:
+        what = item[0]
+        if what == "message":
+            self._apply(now, *item[1:])
+        elif what == "workers_lost":
+            self._workers_lost(now, item[1])
+        elif what == "senders_lost":
+            self._senders_lost(item[1])
+
+    def tick(self, now: float) -> None:
+        """Let time pass: end the re-registration grace, expire queued tasks whose time
+        ran out, start delayed tasks that are due, send the held acknowledgements."""
+        self._last_now = now
+        if not self._active:
+            return
+        late = self._late_acks
+        if late and late[0][0] <= now:
+            self._send_late_acks(now)
+        self._ready.release_due(now)
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.sweep_interval
+            self._sweep(now)
+        self._dispatch(now)
+
+    # ------------------------------------------------------------------ applying
+
+    def _apply(
+        self, now: float, sender: str, kind: Kind, entries: Sequence[Any], groups: Sequence[str]
+    ) -> None:
+        """One message, at its place in the total order (every synced manager)."""
         if kind is Kind.SUBMIT:
             hold = self._submit(now, sender, entries)
-            self._dispatch(now)
-            if hold:
-                self._hold_acks(now, sender, hold)
-            self._no_workers_check()
+            if self._active:
+                self._dispatch(now)
+                if hold:
+                    self._hold_acks(now, sender, hold)
+                self._no_workers_check()
             return
         if kind is Kind.DONE:
             for e in entries:
-                self._done(now, sender, e.worker_id, e.task_id, "done")
+                self._done(now, sender, e.worker_id, e.task_id, "done", None)
         elif kind is Kind.RESULT:
             for e in entries:
                 if e.final:
                     status = e.status
                     if status == _OK:
-                        self._done(now, sender, e.worker_id, e.task_id, "done")
-                        continue
-                    outcome = _OUTCOMES.get(status, "failed")
-                    if outcome == "failed":
-                        self._failed_at(now, sender, e)
-                    self._done(now, sender, e.worker_id, e.task_id, outcome)
+                        self._done(now, sender, e.worker_id, e.task_id, "done", None)
+                    else:
+                        self._done(
+                            now, sender, e.worker_id, e.task_id, _OUTCOMES.get(status, "failed"), e
+                        )
         elif kind is Kind.CANCEL:
             self._cancel(sender, entries)
         elif kind is Kind.REGISTER:
@@ -524,23 +888,64 @@ class QueueManager:
             self._retire(sender, entries)
         elif kind is Kind.RELEASE:
             self._release(sender, entries)
+        elif kind is Kind.ASSIGN:
+            if not self._from_manager(sender):
+                return
+            session = next((g for g in groups if g != self.groups.manager), None)
+            if session is None:
+                return
+            for e in entries:
+                self._assigned(now, sender, session, e)
+        elif kind is Kind.DECIDE:
+            if not self._from_manager(sender):
+                return
+            for e in entries:
+                self._decided(now, sender, e)
         else:
             return
-        self._dispatch(now)
+        if self._active:
+            self._dispatch(now)
 
-    def tick(self, now: float) -> None:
-        """Let time pass: end the re-registration grace, drop expired queued tasks,
-        send the held acknowledgements that are due."""
-        self._last_now = now
-        if not self._active:
-            return
-        late = self._late_acks
-        if late and late[0][0] <= now:
-            self._send_late_acks(now)
-        if now >= self._next_sweep:
-            self._next_sweep = now + self.sweep_interval
-            self._sweep(now)
-        self._dispatch(now)
+    def _from_manager(self, sender: str) -> bool:
+        """Decisions count from this manager or an older one (an active manager)."""
+        if sender == self.me or sender in self._older:
+            return True
+        self.stats["ignored_not_older"] += 1
+        return False
+
+    def _assigned(self, now: float, sender: str, session: str, e: Assign) -> None:
+        """An ASSIGN came back through the manager group: the task runs at the worker
+        from this point of the total order on."""
+        tid = e.task_id
+        key = (session, e.worker_id)
+        if sender == self.me:
+            self._unpropose(key, tid)
+        t = self._tasks.get(tid)
+        w = self._workers.get(key)
+        if w is None:
+            return  # the worker went before this came: the task is still queued
+        if t is None or t.worker is not None:
+            # Cancelled or expired while the ASSIGN travelled (or running elsewhere):
+            # the worker has it anyway, and it uses one credit until the worker is done.
+            if tid not in w.held:
+                w.held[tid] = None
+                self._foreign[tid] = w
+                w.idle_since = None
+        else:
+            self._start(now, t, w)
+        self._update_ready(w)
+
+    def _decided(self, now: float, sender: str, e: Decide) -> None:
+        if e.op == "expire":
+            t = self._tasks.get(e.a)
+            if t is None:
+                return
+            if sender == self.me and t.pending == EXPIRING:
+                t.pending = None
+            if t.worker is None and t.pending is None:
+                self._expire(now, t, e.b)
+        elif e.op == "control":
+            self._apply_control(now, e.a, e.b, e.c, e.d)
 
     # ------------------------------------------------------------------ membership
 
@@ -559,6 +964,8 @@ class QueueManager:
         members, lost, new = self._diff(self._mgr_members, msg)
         self._mgr_members = members
         me = self.me
+        older_before = dict(self._older)
+        beaten = False
         if me not in members:
             self._older = {}
         elif me in new:
@@ -575,42 +982,125 @@ class QueueManager:
                 for m in new:
                     if position.get(m, mine) < mine:
                         self._older[m] = None
+                        beaten = True
+        if me in lost:
+            # We left the manager group (stopping): we no longer follow the queue.
+            self._set_active(now, False)
+            self._forget()
+        elif beaten and me in members:
+            self._merged_into_older(now)
+        elif not self._synced and self._sync_id is not None:
+            if any(m in lost for m in older_before):
+                # Whoever was to answer our request may have gone: ask again.
+                self._sync_id = None
+                self._buffer = None
+                self._chunks = {}
         self._update_activity(now)
+        if self._active:
+            self._check_quorum()
+
+    def _forget(self) -> None:
+        """Drop the replicated records: we are no longer a replica of the queue."""
+        self._tasks = {}
+        self._queued = 0
+        self._workers = {}
+        self._available = 0
+        self._by_session = {}
+        self._foreign = {}
+        self._synced = False
+        self._sync_id = None
+        self._buffer = None
+        self._chunks = {}
+
+    def _merged_into_older(self, now: float) -> None:
+        """A healed partition brought back managers older than us: their side's records
+        win. Hand over the detached tasks ours holds (they dedupe by id) and take their
+        state; our calls' senders resubmit to them."""
+        if self._active:
+            self._resubmit_calls()
+        handed = self._hand_over(t for t in self._tasks.values() if t.detached)
+        self._event("merged", handed_over=handed)
+        self._set_active(now, False, stepping_down=False)
+        self._synced = False
+        self._sync_id = None
+        self._buffer = None
+        self._chunks = {}
+
+    def _hand_over(self, tasks: Iterable[Task]) -> int:
+        """SUBMIT ``tasks`` (detached) to the manager group, SAFE, as their sender would."""
+        now = self._last_now
+        entries = []
+        for t in tasks:
+            reply_to = None if t.reply_to == self.groups.manager else t.reply_to
+            expires = None if t.expires is None else max(1, math.ceil((t.expires - now) * 1000))
+            not_before = None if t.not_before is None else round(t.not_before * 1000)
+            entries.append(
+                Submit(
+                    t.task_id,
+                    t.func,
+                    t.args,
+                    t.run_ms,
+                    None,
+                    True,
+                    reply_to,
+                    expires,
+                    not_before,
+                    t.priority or None,
+                )
+            )
+        if entries:
+            self._emit_always((self.groups.manager,), Kind.SUBMIT, entries, safe=True)
+            self.stats["handed_over"] += len(entries)
+        return len(entries)
 
     def _worker_view(self, now: float, msg: MembershipMessage) -> None:
         members, lost, new = self._diff(self._wrk_members, msg)
         self._wrk_members = members
         self._update_activity(now)
+        if lost:
+            self._workers_lost(now, lost)
         if not self._active:
             return
-        lost_tasks: list[_Task] = []
-        for session in lost:
+        if msg.cause == CAUSED_BY_NETWORK and any(m != self.me for m in new):
+            # Sessions that come with a merge never registered with us: ask them, and
+            # wait for them before dispatching (they may run what we would start).
+            self._hello(now, [m for m in new if m != self.me and m not in self._mgr_members])
+        self._dispatch(now)
+
+    def _workers_lost(self, now: float, sessions: list[str]) -> None:
+        if not self._synced:
+            if self._buffer is not None:
+                self._buffer.append(("workers_lost", sessions))
+            return
+        lost_tasks: list[Task] = []
+        for session in sessions:
             self._awaiting.pop(session, None)
             lost_tasks.extend(self._lose_session(session))
         self._requeue(lost_tasks)
-        if msg.cause == CAUSED_BY_NETWORK and any(m != self.me for m in new):
-            # Sessions that come with a merge never registered with us: ask them.
-            self._emit((self.groups.workers,), Kind.HELLO, None)
-        self._dispatch(now)
 
     def _sender_view(self, now: float, msg: MembershipMessage) -> None:
         members, lost, _new = self._diff(self._snd_members, msg)
         self._snd_members = members
         self._update_activity(now)
-        if not (self._active and lost):
-            return
+        if lost:
+            if self._synced:
+                self._senders_lost(lost)
+            elif self._buffer is not None:
+                self._buffer.append(("senders_lost", lost))
+
+    def _senders_lost(self, lost: list[str]) -> None:
         for s in lost:
             self._acked_senders.pop(s, None)
         gone = frozenset(lost)
         for t in list(self._tasks.values()):
-            if t.reply_to not in gone:
+            if t.detached or t.reply_to not in gone:
                 continue
             if t.worker is None:
                 # Nobody will read the answer: do not run it.
-                del self._tasks[t.task_id]
-                self._queued -= 1
+                self._drop_queued(t)
                 self.stats["dropped_sender_gone"] += 1
                 self._function(t.func).count("dropped")
+                self._ended(t)
             elif not t.cancelled:
                 t.cancelled = "cancelled"
                 self._emit((t.worker.session,), Kind.CANCEL, Cancel(t.task_id))
@@ -620,16 +1110,14 @@ class QueueManager:
 
         Seniority decides between managers; membership of Q-wrk and Q-snd only delays
         our own start until we can see workers and senders come and go (senders
-        resend unacknowledged submits when they see a manager join Q-snd).
+        resend unacknowledged submits when they see a manager join Q-snd). A manager
+        that is in all three and has older ones asks them for the queue's state.
         """
         me = self.me
-        self._set_active(
-            now,
-            me in self._mgr_members
-            and me in self._wrk_members
-            and me in self._snd_members
-            and not self._older,
-        )
+        member = me in self._mgr_members and me in self._wrk_members and me in self._snd_members
+        self._set_active(now, member and not self._older)
+        if member and self._older and not self._synced and self._sync_id is None:
+            self._request_sync()
         if self._older and me in self._mgr_members:
             older = ", ".join(self._older)
             if older != self._standby_for:
@@ -638,69 +1126,158 @@ class QueueManager:
         else:
             self._standby_for = None
 
-    def _set_active(self, now: float, active: bool) -> None:
+    def _request_sync(self) -> None:
+        """Ask the active manager for the queue's state (after handing over what we
+        recovered, so that it is in that state)."""
+        if self._offer:
+            self._hand_over(self._offer)
+            self._offer = []
+        self._sync_serial += 1
+        self._sync_id = f"{self.me}.{self._sync_serial}"
+        self._buffer = None
+        self._chunks = {}
+        self._emit_always((self.groups.manager,), Kind.SYNC_REQUEST, [SyncRequest(self._sync_id)])
+
+    def _sync_request(self, now: float, sender: str, entries: Sequence[Any]) -> None:
+        if sender == self.me:
+            if not self._synced and any(e.request_id == self._sync_id for e in entries):
+                # Our own request came back: the state we will get is the state at this
+                # point; everything from here on applies on top of it.
+                self._buffer = []
+            return
+        if not (self._active and entries):
+            return
+        data = self.snapshot(now)
+        request_id = entries[0].request_id
+        chunks = [data[i : i + _SYNC_CHUNK] for i in range(0, len(data), _SYNC_CHUNK)] or [b""]
+        n = len(chunks)
+        self._emit_always(
+            (sender,), Kind.SYNC, [Sync(request_id, i, n, c) for i, c in enumerate(chunks)]
+        )
+        self.stats["syncs_sent"] += 1
+
+    def _set_active(self, now: float, active: bool, *, stepping_down: bool = True) -> None:
         if active == self._active:
             return
         self._active = active
         if active:
-            self.stats["activations"] += 1
-            self._said_no_workers = False
-            me, managers = self.me, self._mgr_members
-            self._awaiting = {s: None for s in self._wrk_members if s != me and s not in managers}
-            self._grace_until = now + self.register_grace
-            self._next_sweep = now + self.sweep_interval
-            # Workers answer HELLO with REGISTER (and the tasks they still hold).
-            self._emit((self.groups.workers,), Kind.HELLO, None)
-            self._event("activated", awaiting=len(self._awaiting))
+            self._activate(now)
             return
-        resubmitted = self.stats["resubmit_requests"]
-        # Stepping down: queued tasks go back to their senders, who resubmit them to
-        # the manager that is active now. Running tasks answer their senders anyway.
-        for t in self._queue:
-            if t.worker is None and self._tasks.get(t.task_id) is t:
+        if stepping_down:
+            resubmitted = self._resubmit_calls()
+            held = sum(1 for t in self._tasks.values() if t.detached)
+            self._event("stepped_down", resubmitted=resubmitted, detached=held)
+        self._ready.clear()
+        self._free.clear()
+        self._extra.clear()
+        self._awaiting.clear()
+        self._late_acks.clear()
+        self._acked_senders.clear()
+        for t in self._tasks.values():
+            t.pending = None
+        for w in self._workers.values():
+            w.pending = 0
+        self._proposed.clear()
+        self._had_quorum = None
+
+    def _activate(self, now: float) -> None:
+        hot = self._synced
+        self._synced = True
+        self._offer = []
+        self._buffer = None
+        self._sync_id = None
+        self.stats["activations"] += 1
+        self._said_no_workers = False
+        self._next_sweep = now + self.sweep_interval
+        self._ready.rebuild(t for t in self._tasks.values() if t.worker is None)
+        for w in self._workers.values():
+            self._update_ready(w)
+        if hot:
+            # A standby that followed the total order knows exactly what runs where:
+            # it goes on at once.
+            self._awaiting = {}
+        else:
+            # Workers answer HELLO with REGISTER and the tasks they still hold; until
+            # they have, dispatch waits, so that nothing they run is started twice.
+            me, managers = self.me, self._mgr_members
+            self._hello(now, [s for s in self._wrk_members if s != me and s not in managers])
+        self._event("activated", hot=hot, tasks=len(self._tasks), awaiting=len(self._awaiting))
+        self._check_quorum()
+
+    def _hello(self, now: float, sessions: list[str]) -> None:
+        self._hello_serial += 1
+        self._hello_id = f"{self.me}.{self._hello_serial}"
+        self._emit((self.groups.workers,), Kind.HELLO, Hello(self._hello_id))
+        if sessions:
+            for s in sessions:
+                self._awaiting[s] = None
+            self._grace_until = now + self.register_grace
+
+    def _resubmit_calls(self) -> int:
+        """Queued calls go back to their senders, who resubmit them to the manager that
+        is active now; running ones answer their senders anyway."""
+        n = 0
+        for t in self._tasks.values():
+            if t.worker is None and not t.detached:
                 self._emit(
                     (t.reply_to,),
                     Kind.FAILED,
                     Failed(t.task_id, Reason.RESUBMIT, "queue manager stepped down"),
+                    always=True,
                 )
-                self.stats["resubmit_requests"] += 1
-        self._tasks.clear()
-        self._queue.clear()
-        self._queued = 0
-        self._workers.clear()
-        self._available = 0
-        self._by_session.clear()
-        self._free.clear()
-        self._extra.clear()
-        self._foreign.clear()
-        self._awaiting.clear()
-        self._late_acks.clear()
-        self._acked_senders.clear()
-        self._event("stepped_down", resubmitted=self.stats["resubmit_requests"] - resubmitted)
+                n += 1
+        self.stats["resubmit_requests"] += n
+        return n
+
+    def _check_quorum(self) -> None:
+        has = self.has_quorum
+        if has != self._had_quorum:
+            if self._had_quorum is not None or not has:
+                self._events.append(
+                    Event(
+                        "quorum",
+                        {
+                            "managers": len(self._mgr_members),
+                            "needed": self.quorum,
+                            "dispatching": has,
+                            "held": sum(1 for t in self._tasks.values() if t.detached),
+                        },
+                    )
+                )
+            self._had_quorum = has
 
     # ------------------------------------------------------------------ messages
 
     def _submit(
         self, now: float, sender: str, entries: Iterable[Any]
-    ) -> list[tuple[_Task, float]] | None:
+    ) -> list[tuple[Task, float]] | None:
         """Queue the tasks, acknowledge them; return those whose ACK may be held
         back if they are assigned at once (with how long), or None."""
         acks: list[Ack] = []
-        hold: list[tuple[_Task, float]] | None = None
+        detached_acks: list[Ack] = []
+        hold: list[tuple[Task, float]] | None = None
         refused = 0
         workers = self.available_workers
-        may_hold = self.ack_delay > 0 and sender in self._acked_senders
+        may_hold = self._active and self.ack_delay > 0 and sender in self._acked_senders
         tasks = self._tasks
         for e in entries:
             tid = e.task_id
+            detached = e.detached is True
             known = tasks.get(tid)
             if known is not None:
-                if known.reply_to == sender:
+                if known.origin == sender or known.detached:
                     # A resubmission (after a manager change) of what we have: ack again.
-                    acks.append(new_entry(Ack, (tid, workers)))
+                    (detached_acks if detached else acks).append(new_entry(Ack, (tid, workers)))
                     self.stats["duplicate_submits"] += 1
                 else:
                     self.stats["id_conflicts"] += 1
+                continue
+            if tid in self._tombstones:
+                # It ended already: resubmitted by a sender whose answer was on its way
+                # when its manager went, or handed over again by a manager that did not
+                # see it end. Acknowledge; do not run it twice.
+                (detached_acks if detached else acks).append(new_entry(Ack, (tid, workers)))
+                self.stats["ended_before"] += 1
                 continue
             owner = self._foreign.pop(tid, None)
             if owner is None and self.max_queued is not None and self._queued >= self.max_queued:
@@ -723,8 +1300,32 @@ class QueueManager:
                 func = e.func
                 if len(self._funcs) < _FUNC_CACHE_MAX:
                     self._funcs[func] = func
-            deadline = None if e.timeout_ms is None else now + e.timeout_ms / 1000.0
-            t = _Task(tid, func, e.args, sender, deadline, now)
+            key = self._next_key
+            self._next_key = key + 1
+            if detached:
+                t = Task(
+                    tid,
+                    func,
+                    e.args,
+                    e.reply_to or self.groups.manager,
+                    None,
+                    now,
+                    origin=sender,
+                    detached=True,
+                    run_ms=e.timeout_ms,
+                    expires=None if e.ttl_ms is None else now + e.ttl_ms / 1000.0,
+                    not_before=None if e.not_before_ms is None else e.not_before_ms / 1000.0,
+                    priority=e.priority or 0,
+                    key=key,
+                )
+                self.stats["detached_submitted"] += 1
+                if self.journaled:
+                    self._journal.append(("task", t))
+            else:
+                deadline = None if e.timeout_ms is None else now + e.timeout_ms / 1000.0
+                t = Task(tid, func, e.args, sender, deadline, now, key=key)
+                if e.priority:
+                    t.priority = e.priority
             tasks[tid] = t
             self.stats["submitted"] += 1
             if owner is not None:
@@ -734,20 +1335,22 @@ class QueueManager:
                 t.attempt = 1
                 owner.held[tid] = t
             else:
-                self._queue.append(t)
-                self._queued += 1
-                if may_hold and e.ack_ms is not None:
+                self._add_queued(t)
+                if may_hold and not detached and e.ack_ms is not None:
                     delay = min(self.ack_delay, e.ack_ms / 4000.0)
                     if delay >= _MIN_ACK_HOLD:
                         if hold is None:
                             hold = []
                         hold.append((t, delay))
                         continue
-            acks.append(new_entry(Ack, (tid, workers)))
-        if acks:
-            self._emit_all((sender,), Kind.ACK, acks)
+            (detached_acks if detached else acks).append(new_entry(Ack, (tid, workers)))
+        if acks or detached_acks:
+            if acks:
+                self._emit_all((sender,), Kind.ACK, acks)
+            if detached_acks:
+                self._emit_all((sender,), Kind.ACK, detached_acks, after_journal=self.journaled)
             acked = self._acked_senders
-            if sender not in acked:
+            if self._active and sender not in acked:
                 if len(acked) >= _ACKED_SENDERS_MAX:
                     acked.clear()
                 acked[sender] = None
@@ -755,7 +1358,26 @@ class QueueManager:
             self._event("queue_full", refused=refused, limit=self.max_queued)
         return hold
 
-    def _hold_acks(self, now: float, sender: str, hold: list[tuple[_Task, float]]) -> None:
+    def _add_queued(self, t: Task) -> None:
+        """A new task at the tail of the queue."""
+        self._tasks[t.task_id] = t
+        self._queued += 1
+        if self._active:
+            if t.not_before is not None and t.not_before > self._last_now:
+                self._ready.delay(t, t.not_before)
+            else:
+                self._ready.add(t)
+
+    def _drop_queued(self, t: Task) -> None:
+        """Forget a queued task (its entry in the dispatch order is now stale). If the
+        active manager has just assigned it, the worker is told to drop it."""
+        del self._tasks[t.task_id]
+        self._queued -= 1
+        pending = t.pending
+        if pending is not None and pending != EXPIRING and self._active:
+            self._emit((pending[0],), Kind.CANCEL, Cancel(t.task_id))
+
+    def _hold_acks(self, now: float, sender: str, hold: list[tuple[Task, float]]) -> None:
         """After dispatching: hold back the ACKs of the tasks now running somewhere
         (their results will do), send those of the tasks still queued."""
         acks: list[Ack] = []
@@ -764,7 +1386,7 @@ class QueueManager:
         last = late[-1][0] if late else 0.0
         ordered = True
         for t, delay in hold:
-            if t.worker is not None:
+            if t.worker is not None or (t.pending is not None and t.pending != EXPIRING):
                 due = now + delay
                 if due < last:
                     ordered = False
@@ -774,8 +1396,8 @@ class QueueManager:
                 acks.append(new_entry(Ack, (t.task_id, workers)))
         self.stats["acks_held"] += len(hold) - len(acks)
         if not ordered:
-            # Senders wait for ACKs for different times: keep the deque in due order.
-            self._late_acks = deque(sorted(late, key=_due))
+            # Senders wait for ACKs for different times: keep the list in due order.
+            late.sort(key=_due)
         if acks:
             self._emit_all((sender,), Kind.ACK, acks)
 
@@ -783,25 +1405,29 @@ class QueueManager:
         late, tasks = self._late_acks, self._tasks
         workers = self.available_workers
         saved = 0
-        while late and late[0][0] <= now:
-            _, t = late.popleft()
+        n = 0
+        for due, t in late:
+            if due > now:
+                break
+            n += 1
             if tasks.get(t.task_id) is t:
                 self._emit((t.reply_to,), Kind.ACK, new_entry(Ack, (t.task_id, workers)))
             else:
                 saved += 1  # done (or failed, cancelled) first: no ACK needed
+        del late[:n]
         self.stats["acks_saved"] += saved
 
     def _cancel(self, sender: str, entries: Iterable[Any]) -> None:
         for e in entries:
             t = self._tasks.get(e.task_id)
-            if t is None or t.reply_to != sender:
+            if t is None or t.origin != sender:
                 continue
             if t.worker is None:
-                del self._tasks[t.task_id]  # its queue entry is now stale
-                self._queued -= 1
+                self._drop_queued(t)
                 self.stats["cancelled"] += 1
                 # A sender that timed out while its task waited: it expired unrun.
                 self._function(t.func).count("expired" if e.timed_out else "cancelled")
+                self._ended(t)
             elif not t.cancelled:
                 t.cancelled = "timed_out" if e.timed_out else "cancelled"
                 self._emit((t.worker.session,), Kind.CANCEL, Cancel(t.task_id))
@@ -811,12 +1437,14 @@ class QueueManager:
             # We could not see this session die: refuse to depend on it.
             self.stats["unknown_session_registers"] += 1
             return
-        self._awaiting.pop(session, None)
         for e in entries:
+            if self._active and (e.hello is None or e.hello == self._hello_id):
+                # (A REGISTER answering an older HELLO may miss what we assigned since.)
+                self._awaiting.pop(session, None)
             key = (session, e.worker_id)
             w = self._workers.get(key)
             if w is None:
-                w = self._workers[key] = _Worker(session, e.worker_id, now)
+                w = self._workers[key] = Worker(session, e.worker_id, now)
                 self._by_session.setdefault(session, {})[key] = w
                 if len(self._ever) < _EVER_MAX:
                     self._ever[key] = None
@@ -826,17 +1454,15 @@ class QueueManager:
                 self._event("worker_draining", worker=_name(w), held=len(w.held))
             self._available += bool(e.capacity) - bool(w.capacity)
             w.capacity = e.capacity
-            slots = e.slots if len(e) > 3 else None
-            w.slots = e.capacity if slots is None else min(slots, e.capacity)
-            burst = e.burst if len(e) > 4 else None
-            w.burst = max(1, burst or 1)
+            w.slots = e.capacity if e.slots is None else min(e.slots, e.capacity)
+            w.burst = max(1, e.burst or 1)
             # Only ever add what a worker says it holds: an ASSIGN may cross this
             # REGISTER, so a task missing from ``held`` is not proof it is not there.
             for tid in e.held:
                 self._adopt(w, tid)
             self._update_ready(w)
 
-    def _adopt(self, w: _Worker, tid: str) -> None:
+    def _adopt(self, w: Worker, tid: str) -> None:
         if tid in w.held:
             return
         t = self._tasks.get(tid)
@@ -845,31 +1471,30 @@ class QueueManager:
             self._foreign[tid] = w
         elif t.worker is None:
             # Queued here (resubmitted) but already running there: run it once.
-            self._queue.remove(t)
-            self._queued -= 1
-            t.worker = w
-            t.attempt += 1
-            w.held[tid] = t
+            if t.pending is not None and t.pending != EXPIRING:
+                self._unpropose(t.pending, tid)
+            self._start(self._last_now, t, w, count=False)
         else:
             w.held[tid] = None  # running elsewhere as well: only count the credit
+        w.idle_since = None
 
-    def _failed_at(self, now: float, session: str, e: Any) -> None:
-        """Remember a task the worker answered with an error (for status: the last few)."""
-        w = self._workers.get((session, e.worker_id))
-        t = None if w is None else w.held.get(e.task_id)
-        payload = e.payload
-        error = f"{payload[0]}: {payload[1]}" if isinstance(payload, tuple) else f"{payload}"
-        self._recent_failures.append(
-            {
-                "task_id": e.task_id,
-                "func": t.func if t is not None else "?",
-                "worker": f"{e.worker_id}@{session}",
-                "error": error[:500],
-                "at": now,
-            }
-        )
+    def _start(self, now: float, t: Task, w: Worker, *, count: bool = True) -> None:
+        """``t`` runs at ``w`` from now on."""
+        t.worker = w
+        t.attempt += 1
+        t.assigned_at = now
+        w.idle_since = None
+        w.held[t.task_id] = t
+        self._queued -= 1
+        if count:
+            stats = self._functions.get(t.func)
+            if stats is None:
+                stats = self._function(t.func)
+            stats.wait.add(now - t.queued_at)
 
-    def _done(self, now: float, session: str, worker_id: str, tid: str, outcome: str) -> None:
+    def _done(
+        self, now: float, session: str, worker_id: str, tid: str, outcome: str, result: Any
+    ) -> None:
         w = self._workers.get((session, worker_id))
         if w is None or tid not in w.held:
             self.stats["unknown_done"] += 1
@@ -887,14 +1512,56 @@ class QueueManager:
             stats = self._function(t.func)
             stats.count(outcome)
             stats.run_time.add(now - t.assigned_at)
-        elif self._foreign.get(tid) is w:
-            del self._foreign[tid]
+            if result is not None and outcome == "failed":
+                error = _error_text(result.status, result.payload)
+                self._failure(tid, t.func, f"{worker_id}@{session}", error)
+                if t.detached:
+                    reason = "unknown_function" if result.status != Status.ERROR else "failed"
+                    self._dead_letter(t, reason, error)
+            self._ended(t)
+        else:
+            if self._foreign.get(tid) is w:
+                del self._foreign[tid]
+            if result is not None:
+                self._failure(
+                    tid, "?", f"{worker_id}@{session}", _error_text(result.status, result.payload)
+                )
         if not w.held:
             w.idle_since = now
         self._update_ready(w)
 
+    def _ended(self, t: Task) -> None:
+        """A task is over (done, failed, cancelled, expired, dropped): remember its id
+        (for a while: the tombstones are bounded) so that a stale copy submitted again
+        does not run it twice."""
+        self._tombstones.add(t.task_id)
+        if t.detached and self.journaled:
+            self._journal.append(("end", t.task_id))
+
+    def _dead_letter(self, t: Task, reason: str, error: str) -> None:
+        letter = DeadLetter(
+            t.task_id,
+            t.func,
+            t.args,
+            t.reply_to,
+            t.priority,
+            t.run_ms,
+            t.attempt,
+            reason,
+            error,
+            self._last_now,
+        )
+        self._dead.add(letter)
+        self.stats["dead_lettered"] += 1
+        if self.journaled:
+            self._journal.append(("dead", letter))
+        if t.reply_to != self.groups.manager and reason in ("worker_lost", "expired"):
+            # The group it answers is told; a handler's own error reached it already.
+            self._emit((t.reply_to,), Kind.FAILED, Failed(t.task_id, Reason.DEAD_LETTER, error))
+        self._event("dead_letter", task_id=t.task_id, func=t.func, reason=reason, error=error)
+
     def _retire(self, session: str, entries: Iterable[Any]) -> None:
-        lost: list[_Task] = []
+        lost: list[Task] = []
         for e in entries:
             w = self._workers.get((session, e.worker_id))
             if w is not None:
@@ -907,8 +1574,8 @@ class QueueManager:
         """Tasks a worker hands back unstarted: to the head of the queue, and the
         assignment does not count as an attempt. Runs the worker lost (``lost``: its
         handler process died) count, as a lost worker's do."""
-        back: list[_Task] = []
-        lost: list[_Task] = []
+        back: list[Task] = []
+        lost: list[Task] = []
         tasks, foreign = self._tasks, self._foreign
         for e in entries:
             tid = e.task_id
@@ -935,11 +1602,13 @@ class QueueManager:
 
     # ------------------------------------------------------------------ workers
 
-    def _update_ready(self, w: _Worker) -> None:
+    def _update_ready(self, w: Worker) -> None:
         """File ``w`` with the workers that have a free slot, or prefetch credit only,
-        or neither. A worker that changes list goes to its end (least recently used
-        first); one that stays keeps its place."""
-        n, key = len(w.held), w.key
+        or neither (active manager only). A worker that changes list goes to its end
+        (least recently used first); one that stays keeps its place."""
+        if not self._active:
+            return
+        n, key = len(w.held) + w.pending, w.key
         if w.drained:
             self._free.pop(key, None)
             self._extra.pop(key, None)
@@ -955,11 +1624,11 @@ class QueueManager:
             self._free.pop(key, None)
             self._extra.pop(key, None)
 
-    def _lose_session(self, session: str) -> list[_Task]:
+    def _lose_session(self, session: str) -> list[Task]:
         workers = self._by_session.get(session)
         if not workers:
             return []
-        lost: list[_Task] = []
+        lost: list[Task] = []
         for w in list(workers.values()):
             held = self._remove_worker(w)
             lost.extend(held)
@@ -967,69 +1636,72 @@ class QueueManager:
             self._event("worker_lost", worker=_name(w), requeued=len(held))
         return lost
 
-    def _remove_worker(self, w: _Worker) -> list[_Task]:
+    def _remove_worker(self, w: Worker) -> list[Task]:
         del self._workers[w.key]
         self._available -= bool(w.capacity)
         self._free.pop(w.key, None)
         self._extra.pop(w.key, None)
+        for t in self._proposed.pop(w.key, {}).values():
+            # Its ASSIGN will find no worker: the task is still queued everywhere.
+            t.pending = None
+            self._ready.put_back(t)
+        w.pending = 0
         by_session = self._by_session.get(w.session)
         if by_session is not None:
             by_session.pop(w.key, None)
             if not by_session:
                 del self._by_session[w.session]
-        out: list[_Task] = []
-        for tid, t in w.held.items():
-            if t is None:
+        out: list[Task] = []
+        for tid, held in w.held.items():
+            if held is None:
                 if self._foreign.get(tid) is w:
                     del self._foreign[tid]
-            elif self._tasks.get(tid) is t:
-                out.append(t)
+            elif self._tasks.get(tid) is held:
+                out.append(held)
         w.held.clear()
         return out
 
-    def _requeue(self, lost: list[_Task], counted: str = "requeued") -> None:
+    def _requeue(self, lost: list[Task], counted: str = "requeued") -> None:
         """Put tasks of lost workers back at the head of the queue, in order."""
-        head: list[_Task] = []
+        head: list[Task] = []
         for t in lost:
             worker, t.worker = t.worker, None
+            self._queued += 1  # (until it is dropped below, or queued again)
             if t.cancelled:
-                del self._tasks[t.task_id]
+                self._drop_queued(t)
                 self.stats["cancelled"] += 1
                 self._function(t.func).count(t.cancelled)
+                self._ended(t)
             elif t.attempt >= self.max_attempts:
-                del self._tasks[t.task_id]
+                self._drop_queued(t)
                 self._function(t.func).count("worker_lost")
-                self._recent_failures.append(
-                    {
-                        "task_id": t.task_id,
-                        "func": t.func,
-                        "worker": _name(worker),
-                        "error": f"worker lost {t.attempt} times (max_attempts)",
-                        "at": self._last_now,
-                    }
-                )
+                why = f"worker lost {t.attempt} times (max_attempts)"
+                self._failure(t.task_id, t.func, _name(worker), why)
                 self._event(
-                    "task_failed",
-                    task_id=t.task_id,
-                    func=t.func,
-                    worker=_name(worker),
-                    reason=f"worker lost {t.attempt} times (max_attempts)",
+                    "task_failed", task_id=t.task_id, func=t.func, worker=_name(worker), reason=why
                 )
-                self._emit(
-                    (t.reply_to,),
-                    Kind.FAILED,
-                    Failed(
-                        t.task_id,
-                        Reason.WORKER_LOST,
-                        f"worker lost while running the task ({t.attempt} attempts)",
-                    ),
-                )
+                self._ended(t)
+                if t.detached:
+                    self._dead_letter(t, "worker_lost", why)
+                else:
+                    self._emit(
+                        (t.reply_to,),
+                        Kind.FAILED,
+                        Failed(
+                            t.task_id,
+                            Reason.WORKER_LOST,
+                            f"worker lost while running the task ({t.attempt} attempts)",
+                        ),
+                    )
                 self.stats["worker_lost_failures"] += 1
             else:
                 head.append(t)
+        for t in reversed(head):
+            t.key = self._head_key
+            self._head_key -= 1
+            if self._active:
+                self._ready.add_head(t)
         if head:
-            self._queue.extendleft(reversed(head))
-            self._queued += len(head)
             self.stats[counted] += len(head)
 
     def _no_workers_check(self) -> None:
@@ -1050,22 +1722,28 @@ class QueueManager:
                 # so resubmitted tasks are not started twice.
                 return
             self._awaiting.clear()
-        queue, tasks, out = self._queue, self._tasks, self._out
-        functions = self._functions
+        ready, tasks = self._ready, self._tasks
+        detached_ok = self.has_quorum
+        replicating = self.replicating
         lru = self._lru
         assigned = 0
-        chosen: _Worker | None = None  # the worker taking a burst, and how many more
+        chosen: Worker | None = None  # the worker taking a burst, and how many more
         more = 0
-        while self._queued and (free or extra) and queue:
-            t = queue.popleft()
-            if t.worker is not None or tasks.get(t.task_id) is not t:
-                continue  # cancelled or adopted since it was queued
-            self._queued -= 1
+        while free or extra:
+            t = ready.pop(detached_ok)
+            if t is None:
+                break
+            if t.worker is not None or t.pending is not None or tasks.get(t.task_id) is not t:
+                continue  # cancelled, adopted or assigned since it was queued
             deadline = t.deadline
             if deadline is not None and deadline <= now:
-                del tasks[t.task_id]
-                self.stats["expired"] += 1
-                self._function(t.func).count("expired")
+                self._decide_expire(now, t, "deadline")
+                continue
+            if t.expires is not None and t.expires <= now:
+                self._decide_expire(now, t, "ttl")
+                continue
+            if t.not_before is not None and t.not_before > now:
+                ready.delay(t, t.not_before)
                 continue
             # A worker with a free slot starts the task now; prefetch credit only
             # when every slot is busy.
@@ -1082,65 +1760,133 @@ class QueueManager:
             w = pool.pop(key)
             if w is not chosen:
                 chosen, more = w, w.burst - 1
-            t.worker = w
-            t.attempt += 1
-            t.assigned_at = now
-            w.idle_since = None
-            stats = functions.get(t.func)
-            if stats is None:
-                stats = self._function(t.func)
-            stats.wait.add(now - t.queued_at)
-            held = w.held
-            held[t.task_id] = t
-            n = len(held)
+            if t.detached:
+                remaining = t.run_ms
+            elif deadline is None:
+                remaining = None
+            else:
+                remaining = max(1, math.ceil((deadline - now) * 1000))
+            entry = new_entry(
+                Assign,
+                (w.worker_id, t.task_id, t.func, t.args, t.reply_to, t.attempt + 1, remaining),
+            )
+            if replicating:
+                # The decision goes to the worker and to every manager in one message;
+                # we apply it, as they do, when it comes back in the total order.
+                t.pending = key
+                w.pending += 1
+                proposed = self._proposed.get(key)
+                if proposed is None:
+                    proposed = self._proposed[key] = {}
+                proposed[t.task_id] = t
+                okey: tuple[tuple[str, ...], Kind, bool, bool] = (
+                    (w.session, self.groups.manager),
+                    Kind.ASSIGN,
+                    False,
+                    False,
+                )
+            else:
+                self._start(now, t, w)
+                okey = ((w.session,), Kind.ASSIGN, False, False)
+            n = len(w.held) + w.pending
             if n < w.slots:
                 free[key] = w  # back at the end: least recently used first
             elif n < w.capacity:
                 extra[key] = w
-            remaining = None if deadline is None else max(1, math.ceil((deadline - now) * 1000))
-            entry = new_entry(
-                Assign, (w.worker_id, t.task_id, t.func, t.args, t.reply_to, t.attempt, remaining)
-            )
-            okey = ((w.session,), Kind.ASSIGN)
-            batch = out.get(okey)
+            batch = self._out.get(okey)
             if batch is None:
-                out[okey] = [entry]
+                self._out[okey] = [entry]
             else:
                 batch.append(entry)
             assigned += 1
         self.stats["assigned"] += assigned
-        if len(queue) > 2 * self._queued + 1024:
-            # Too many stale entries (cancelled tasks): rebuild the deque.
-            self._queue = deque(t for t in queue if t.worker is None and tasks.get(t.task_id) is t)
+
+    def _unpropose(self, key: WorkerKey, tid: str) -> None:
+        """Our own assignment of task ``tid`` to worker ``key`` came back through the
+        total order (or no longer stands): it no longer uses the worker's credit here."""
+        proposed = self._proposed.get(key)
+        if proposed is None:
+            return
+        t = proposed.pop(tid, None)
+        if t is None:
+            return
+        if not proposed:
+            del self._proposed[key]
+        if t.pending == key:
+            t.pending = None
+        w = self._workers.get(key)
+        if w is not None:
+            w.pending -= 1
+
+    def _decide_expire(self, now: float, t: Task, why: str) -> None:
+        if self.replicating:
+            t.pending = EXPIRING
+            self._emit(
+                (self.groups.manager,), Kind.DECIDE, Decide("expire", t.task_id, why, "", "")
+            )
+        else:
+            self._expire(now, t, why)
+
+    def _expire(self, now: float, t: Task, why: str) -> None:
+        """A queued task whose time ran out: its sender gave up (``deadline``), or a
+        detached task's time to live passed (``ttl``: a dead letter)."""
+        self._drop_queued(t)
+        self.stats["expired"] += 1
+        self._function(t.func).count("expired")
+        self._ended(t)
+        if t.detached:
+            self._dead_letter(t, "expired", "its time to live ran out before it started")
 
     def _sweep(self, now: float) -> None:
-        """Drop queued tasks whose deadline passed: their sender gave up on them."""
-        tasks = self._tasks
-        expired = [
-            t
-            for t in tasks.values()
-            if t.worker is None and t.deadline is not None and t.deadline <= now
-        ]
-        for t in expired:
-            del tasks[t.task_id]
-            self._function(t.func).count("expired")
-        self._queued -= len(expired)
-        self.stats["expired"] += len(expired)
+        """Expire queued tasks whose time ran out (their sender gave up on them, or
+        their time to live passed)."""
+        for t in list(self._tasks.values()):
+            if t.worker is not None or t.pending is not None:
+                continue
+            if t.deadline is not None and t.deadline <= now:
+                self._decide_expire(now, t, "deadline")
+            elif t.expires is not None and t.expires <= now:
+                self._decide_expire(now, t, "ttl")
 
     # ------------------------------------------------------------------ effects
 
-    def _emit(self, groups: tuple[str, ...], kind: Kind, entry: Any) -> None:
-        key = (groups, kind)
+    def _emit(
+        self, groups: tuple[str, ...], kind: Kind, entry: Any, *, always: bool = False
+    ) -> None:
+        """Queue ``entry`` for ``groups`` (the active manager's messages; a standby
+        sends nothing, unless ``always``)."""
+        if not (self._active or always):
+            return
+        key = (groups, kind, False, False)
         entries = self._out.get(key)
         if entries is None:
             entries = self._out[key] = []
-        if entry is not None:
-            entries.append(entry)
+        entries.append(entry)
 
-    def _emit_all(self, groups: tuple[str, ...], kind: Kind, entries: list[Any]) -> None:
-        key = (groups, kind)
+    def _emit_all(
+        self,
+        groups: tuple[str, ...],
+        kind: Kind,
+        entries: list[Any],
+        *,
+        after_journal: bool = False,
+    ) -> None:
+        if not self._active:
+            return
+        key = (groups, kind, False, after_journal)
         existing = self._out.get(key)
         if existing is None:
             self._out[key] = entries
+        else:
+            existing.extend(entries)
+
+    def _emit_always(
+        self, groups: tuple[str, ...], kind: Kind, entries: list[Any], *, safe: bool = False
+    ) -> None:
+        """Messages any manager sends (joining, handing over)."""
+        key = (groups, kind, safe, False)
+        existing = self._out.get(key)
+        if existing is None:
+            self._out[key] = list(entries)
         else:
             existing.extend(entries)

@@ -66,6 +66,7 @@ _NOTHING: Final = object()
 _ASSIGN: Final = MESS_TYPE_BASE + Kind.ASSIGN
 _CANCEL: Final = MESS_TYPE_BASE + Kind.CANCEL
 _HELLO: Final = MESS_TYPE_BASE + Kind.HELLO
+_OK: Final = int(Status.OK)
 _STATUS_REQUEST: Final = MESS_TYPE_BASE + Kind.STATUS_REQUEST
 #: Results whose payloads add up to at most this many bytes travel in one message to
 #: [sender, Q-mgr], which doubles as the DONE notice.
@@ -126,6 +127,14 @@ def _check_process_handler(name: str, fn: Handler, with_task: bool) -> None:
             f"handler {name!r} cannot run in a process pool: it must be a module-level "
             f"function ({e})"
         ) from None
+
+
+def _for_manager(result: Result) -> Result:
+    """A result for the manager alone: an OK value is left out (it only needs to know
+    the task is done; the value may be large)."""
+    if result.status == _OK and result.payload:
+        return new_entry(Result, (result.task_id, result.worker_id, result.final, _OK, b""))
+    return result
 
 
 def _clip(text: str, limit: int) -> str:
@@ -281,6 +290,7 @@ class Worker(Service):
         self._result_bytes: dict[str, int] = {}
         self._control = Outbox()  # RELEASE / RETIRE to Q-mgr (REGISTER: _register_due)
         self._register_due = False  # a REGISTER goes out with the next flush
+        self._hello: str | None = None  # the id of the last HELLO we read
         self._turn = Turn(reactor, self._flush, session)
         self._malformed = WarningThrottle(reactor, self.log)
         self._busy = Utilisation(reactor.seconds())
@@ -533,7 +543,14 @@ class Worker(Service):
         if type(frame) is not RegularMessage:
             return
         if frame.mess_type == _HELLO:
-            # A manager became active (or saw us come back): tell it what we are.
+            # A manager became active (or saw us come back): tell it what we are, and
+            # which HELLO we answer (our held list is then exact for that manager).
+            try:
+                entries = decode(frame.mess_type, frame.data).entries
+            except MalformedMessage:
+                entries = []
+            if entries:
+                self._hello = entries[0].hello_id
             if self._state in ("ready", "draining"):
                 self._register()
                 self._turn.schedule()
@@ -973,18 +990,19 @@ class Worker(Service):
 
     def _registration(self) -> Register:
         held = (*self._running, *self._waiting)
-        level, concurrency = self._level, self.concurrency
+        level, concurrency, hello = self._level, self.concurrency, self._hello
         if self._state != "ready":
-            entry = Register(self.worker_id, 0, held, 0)
+            entry = Register(self.worker_id, 0, held, 0, None, hello)
         elif level == _NO_PREFETCH:
-            entry = Register(self.worker_id, concurrency, held, concurrency)
+            entry = Register(self.worker_id, concurrency, held, concurrency, None, hello)
         elif level == _PREFETCH:
-            entry = Register(self.worker_id, concurrency + self.prefetch, held, concurrency)
+            capacity = concurrency + self.prefetch
+            entry = Register(self.worker_id, capacity, held, concurrency, None, hello)
         else:
             # Tasks so short that running a whole batch in a row delays none of them
             # noticeably: take bursts (fewer, fuller messages; fewer wake-ups).
             capacity = concurrency + self.prefetch
-            entry = Register(self.worker_id, capacity, held, capacity, capacity)
+            entry = Register(self.worker_id, capacity, held, capacity, capacity, hello)
         return entry
 
     def _flush(self) -> None:
@@ -996,14 +1014,26 @@ class Worker(Service):
         manager = self.groups.manager
         sent = 0
         dones: list[Done] = []
+        failures: list[Result] = []
         for reply_to, batch in results.items():
-            if sizes[reply_to] <= self._combine_limit:
+            if reply_to == manager:
+                # Nobody waits for these answers (detached tasks): the manager reads them
+                # as done notices, and keeps the errors of the failed ones.
+                sent += send(session, (manager,), Kind.RESULT, [_for_manager(r) for r in batch])
+            elif sizes[reply_to] <= self._combine_limit:
                 # One message to the sender and the manager: the manager reads the
                 # final entries as done notices (no second message).
                 sent += send(session, (reply_to, manager), Kind.RESULT, batch)
             else:
                 sent += send(session, (reply_to,), Kind.RESULT, batch)
-                dones.extend(Done(r.worker_id, r.task_id) for r in batch if r.final)
+                for r in batch:
+                    if r.final and r.status != _OK:
+                        # The manager keeps failures (a detached task's dead letter).
+                        failures.append(r)
+                    elif r.final:
+                        dones.append(Done(r.worker_id, r.task_id))
+        if failures:
+            sent += send(session, (manager,), Kind.RESULT, failures)
         if dones:
             sent += send(session, (manager,), Kind.DONE, dones)
         if self._register_due:
