@@ -24,6 +24,7 @@ from .._spread.keeper import SessionKeeper
 from .._spread.wire import SAFE_MESS, MembershipMessage, RegularMessage
 from .errors import MalformedMessage
 from .interfaces import IAssignmentPolicy
+from .journal import Journal
 from .messages import (
     ControlReply,
     Kind,
@@ -37,7 +38,8 @@ from .messages import (
 )
 from .names import queue_groups
 from .outbox import SERVICE, Turn, send
-from .state import Event, QueueManager
+from .records import DeadLetter, Task
+from .state import Effect, Event, QueueManager
 from .stats import process_info
 from .throttle import WarningThrottle
 
@@ -118,6 +120,8 @@ class ManagerService(Service):
         control_allow: Sequence[str] = (),
         quorum: int = 1,
         max_dead_letters: int = 10_000,
+        journal: str | None = None,
+        journal_sync: str = "full",
     ) -> None:
         self.groups = queue_groups(queue)
         self.name = f"spreadqueue-manager-{queue}"  # type: ignore[assignment]
@@ -147,7 +151,14 @@ class ManagerService(Service):
             "ack_delay": ack_delay,
             "quorum": quorum,
             "max_dead_letters": max_dead_letters,
+            "journaled": journal is not None,
         }
+        self._journal = (
+            None if journal is None else Journal(reactor, journal, queue, sync=journal_sync)
+        )
+        # What the next state machine starts from: the journal's content at start, then
+        # what the previous session's state machine held (detached tasks, dead letters).
+        self._carry: tuple[list[Task], list[DeadLetter], list[str]] | None = None
         self._tick_interval = tick_interval
         self._summary_interval = summary_interval
         self._next_summary = 0.0  # 0: not started (the first tick starts the count)
@@ -214,7 +225,21 @@ class ManagerService(Service):
     # ------------------------------------------------------------------ service
 
     def startService(self) -> None:
-        """Join the queue's groups (opening a session first with a factory)."""
+        """Join the queue's groups (opening a session first with a factory). With a
+        journal, read it first (JournalError if it cannot be read)."""
+        if self._journal is not None and self._carry is None:
+            started = time.monotonic()
+            self._carry = self._journal.load()
+            tasks, dead, _ended = self._carry
+            self.log.info(
+                "queue manager {queue}: journal {path} holds {tasks} detached task(s) and "
+                "{dead} dead letter(s) (read in {took:.3f}s)",
+                queue=self.groups.queue,
+                path=self._journal.path,
+                tasks=len(tasks),
+                dead=len(dead),
+                took=time.monotonic() - started,
+            )
         super().startService()
         if self._given is not None:
             self._attach(self._given)
@@ -234,14 +259,15 @@ class ManagerService(Service):
         leaves = [session.release(g) for g in (groups.manager, groups.senders, groups.workers)]
         d: Deferred[Any] = DeferredList(leaves, consumeErrors=True)
 
-        def detach(_: object) -> Deferred[None] | None:
+        def detach(_: object) -> Deferred[Any] | None:
             self._flush()
             self._detach(session)
+            closing = [] if self._journal is None else [self._journal.close()]
             if keeper is not None:
                 # Stop only once the session is closed: at reactor shutdown, what is
                 # still unwritten (the RESUBMITs just flushed, the KILL) would be lost.
-                return keeper.stopService()
-            return None
+                closing.append(keeper.stopService())
+            return DeferredList(closing) if closing else None
 
         d.addCallback(detach)
         return d  # type: ignore[return-value]
@@ -260,6 +286,9 @@ class ManagerService(Service):
         self._turn.session = session
         self._counters["sessions"] += 1
         self._state = QueueManager(groups, session.private_group, **self._options)
+        if self._carry is not None:
+            self._state.recover(*self._carry)
+            self._carry = None
         session.add_listener(self._on_manager_group, groups.manager)
         session.add_listener(self._on_worker_group, groups.workers)
         session.add_listener(self._on_sender_group, groups.senders)
@@ -325,6 +354,10 @@ class ManagerService(Service):
     def _lost(self, session: ISpreadSession) -> None:
         if self._session is not session:
             return
+        if self._state is not None:
+            # The detached tasks and dead letters go on with the next session's state
+            # machine (the calls' senders resubmit theirs).
+            self._carry = self._state.export()
         self.log.warn(
             "queue manager {queue}: Spread session {session} lost",
             queue=self.groups.queue,
@@ -429,14 +462,19 @@ class ManagerService(Service):
         state, session = self._state, self._session
         if state is None or session is None:
             return
+        journal = self._journal
+        changes = state.take_journal() if journal is not None else []
+        later: list[Effect] = []
         for effect in state.take_effects():
-            self._counters["messages_sent"] += send(
-                session,
-                effect.groups,
-                effect.kind,
-                effect.entries,
-                service=SAFE_MESS if effect.safe else SERVICE,
-            )
+            if effect.after_journal and changes:
+                later.append(effect)  # acknowledged once this turn's batch is on disk
+            else:
+                self._send_effect(session, effect)
+        if journal is not None and changes:
+            written = journal.write(changes)
+            if later:
+                written.addCallback(self._send_effects, session, later)
+            written.addErrback(self._journal_failed)
         for event in state.take_events():
             self._log_event(event)
         due = state.next_wakeup()
@@ -449,6 +487,31 @@ class ManagerService(Service):
             waiters, self._active_waiters = self._active_waiters, []
             for d in waiters:
                 d.callback(None)
+
+    def _send_effects(self, _: object, session: ISpreadSession, effects: list[Effect]) -> None:
+        for effect in effects:
+            self._send_effect(session, effect)
+
+    def _send_effect(self, session: ISpreadSession, effect: Effect) -> None:
+        if not session.connected:
+            return
+        self._counters["messages_sent"] += send(
+            session,
+            effect.groups,
+            effect.kind,
+            effect.entries,
+            service=SAFE_MESS if effect.safe else SERVICE,
+        )
+
+    def _journal_failed(self, failure: Failure) -> None:
+        # The ACKs of this batch are never sent: their senders learn that the tasks
+        # are not held (NoManager) rather than believe it.
+        self.log.failure(
+            "queue manager {queue}: the journal could not record a batch; its detached "
+            "tasks are not acknowledged",
+            failure,
+            queue=self.groups.queue,
+        )
 
     # ------------------------------------------------------------------ status and control
 
@@ -467,12 +530,18 @@ class ManagerService(Service):
             "process": process_info(),
             "service": dict(self._counters),
         }
+        if self._journal is not None:
+            report["journal"] = {
+                "path": self._journal.path,
+                "sync": self._journal.sync,
+                **self._journal.stats,
+            }
         if state is not None:
             body = state.status(self._now())
             if not state.active:
                 # A standby speaks for itself: whether it holds the queue's state (and how
                 # much of it), not for the queue: the active manager does that.
-                held = {"tasks": len(state._tasks), "detached": body["detached"]}
+                held = {"tasks": state.queued + state.running, "detached": body["detached"]}
                 body = {
                     **{k: body[k] for k in ("queue", "manager", "active", "managers", "synced")},
                     "holds": held,

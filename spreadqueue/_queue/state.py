@@ -490,6 +490,12 @@ class QueueManager:
             self._queued += 1
             self._offer.append(t)
 
+    def export(self) -> tuple[list[Task], list[DeadLetter], list[str]]:
+        """What :meth:`recover` takes: the detached tasks held, the dead letters, and
+        the ids of tasks that ended (for a manager that opens a new session)."""
+        tasks = [t for t in self._tasks.values() if t.detached]
+        return tasks, list(self._dead), list(self._tombstones)
+
     # ------------------------------------------------------------------ control
 
     def control(

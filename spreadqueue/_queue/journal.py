@@ -1,0 +1,232 @@
+"""A queue manager's journal: its detached tasks and dead letters on disk (SQLite).
+
+With a journal, detached tasks survive the loss of every manager at once: a manager
+that starts again reads what its journal holds and runs it (or hands it to the managers
+already there). What is written, and when (docs/protocol.md, section 10.7):
+
+- The state machine says what changed (:meth:`QueueManager.take_journal`); the manager
+  service hands each reactor turn's changes to :meth:`Journal.write` as one batch, and
+  one SQLite transaction writes it in the journal's own thread: the reactor never waits
+  for the disk.
+- The ACK of a detached task goes out only once the batch that holds it is committed.
+- ``sync='full'`` (the default) makes each commit an fsync (``PRAGMA synchronous=FULL``
+  in WAL mode): a task that was acknowledged survives a power cut. ``sync='normal'``
+  leaves the fsync to WAL checkpoints: a task survives the crash of the process (the
+  OS has it) but may be lost with the machine.
+- Ids of tasks that ended are kept (the last ``max_ended``) so that a stale journal
+  cannot run a task again that another manager finished meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from .records import DeadLetter, Task
+
+__all__ = ["Journal", "JournalError"]
+
+SYNC_MODES: Final = ("full", "normal")
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, func TEXT NOT NULL, args BLOB NOT NULL, reply_to TEXT NOT NULL,
+    priority INTEGER NOT NULL, run_ms INTEGER, expires REAL, not_before REAL,
+    accepted REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead (
+    id TEXT PRIMARY KEY, func TEXT NOT NULL, args BLOB NOT NULL, reply_to TEXT NOT NULL,
+    priority INTEGER NOT NULL, run_ms INTEGER, attempts INTEGER NOT NULL,
+    reason TEXT NOT NULL, error TEXT NOT NULL, at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ended (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE);
+"""
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or read (it belongs to another queue, say)."""
+
+
+class Journal:
+    """The journal of queue ``queue`` at ``path`` (created if missing).
+
+    :meth:`load` reads it (at start, before the manager joins); :meth:`write` records a
+    batch of changes in the journal's thread; :meth:`close` finishes the writes.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        path: str,
+        queue: str,
+        *,
+        sync: str = "full",
+        max_ended: int = 100_000,
+    ) -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
+        self.path = path
+        self.queue = queue
+        self.sync = sync
+        self.max_ended = max_ended
+        self._reactor = reactor
+        self._db: sqlite3.Connection | None = None
+        self._pool: ThreadPool | None = None
+        self._last: Deferred[None] = succeed(None)
+        #: batches and changes written, and the slowest commit (seconds)
+        self.stats: dict[str, float] = {"batches": 0, "changes": 0, "slowest_commit": 0.0}
+
+    # ------------------------------------------------------------------ opening
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(directory, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.sync.upper()}")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key = 'queue'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('queue', ?)", (self.queue,))
+            elif row[0] != self.queue:
+                raise JournalError(
+                    f"{self.path} is the journal of queue {row[0]!r}, not {self.queue!r}"
+                )
+            return db
+        except sqlite3.Error as e:
+            raise JournalError(f"cannot open the journal {self.path}: {e}") from None
+
+    def load(self) -> tuple[list[Task], list[DeadLetter], list[str]]:
+        """What the journal holds: detached tasks (oldest first), dead letters and the
+        ids of tasks that ended. Opens the journal; raises JournalError."""
+        db = self._db = self._connect()
+        try:
+            tasks = []
+            for row in db.execute(
+                "SELECT id, func, args, reply_to, priority, run_ms, expires, not_before, "
+                "accepted FROM tasks ORDER BY rowid"
+            ):
+                tid, func, args, reply_to, priority, run_ms, expires, not_before, at = row
+                tasks.append(
+                    Task(
+                        tid,
+                        func,
+                        bytes(args),
+                        reply_to,
+                        None,
+                        at,
+                        detached=True,
+                        run_ms=run_ms,
+                        expires=expires,
+                        not_before=not_before,
+                        priority=priority,
+                    )
+                )
+            dead = [
+                DeadLetter(r[0], r[1], bytes(r[2]), *r[3:])
+                for r in db.execute(
+                    "SELECT id, func, args, reply_to, priority, run_ms, attempts, reason, "
+                    "error, at FROM dead ORDER BY rowid"
+                )
+            ]
+            ended = [r[0] for r in db.execute("SELECT id FROM ended ORDER BY seq")]
+        except sqlite3.Error as e:
+            raise JournalError(f"cannot read the journal {self.path}: {e}") from None
+        return tasks, dead, ended
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, ops: Sequence[tuple[str, Any]]) -> Deferred[None]:
+        """Record ``ops`` (from QueueManager.take_journal) in one transaction, after
+        every batch written before; the Deferred fires once it is committed."""
+        rows = [row for op, value in ops for row in _rows(op, value)]
+        if self._pool is None:
+            if not IReactorThreads.providedBy(self._reactor):
+                # A reactor without threads (task.Clock in tests): write inline.
+                self._commit(rows)
+                return succeed(None)
+            self._pool = ThreadPool(1, 1, name=f"spreadqueue-journal-{self.queue}")
+            self._pool.start()
+        pool = self._pool
+        reactor = self._reactor
+        assert IReactorFromThreads.providedBy(reactor)
+        d: Deferred[None] = deferToThreadPool(reactor, pool, self._commit, rows)
+        self._last = d
+        return d
+
+    def _commit(self, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
+        db = self._db
+        if db is None:
+            db = self._db = self._connect()
+        started = time.monotonic()
+        db.execute("BEGIN")
+        try:
+            for sql, params in rows:
+                db.execute(sql, params)
+            if rows:
+                db.execute(
+                    "DELETE FROM ended WHERE seq <= (SELECT MAX(seq) FROM ended) - ?",
+                    (self.max_ended,),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        took = time.monotonic() - started
+        self.stats["batches"] += 1
+        self.stats["changes"] += len(rows)
+        self.stats["slowest_commit"] = max(self.stats["slowest_commit"], took)
+
+    def close(self) -> Deferred[None]:
+        """Finish the writes under way, then close."""
+        pool, self._pool = self._pool, None
+
+        def done(_: object) -> None:
+            if pool is not None:
+                pool.stop()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        d = self._last
+        self._last = succeed(None)
+        d.addBoth(done)
+        return d
+
+
+def _rows(op: str, value: Any) -> list[tuple[str, tuple[Any, ...]]]:
+    """The SQL of one change."""
+    if op == "task":
+        t: Task = value
+        params = (t.task_id, t.func, t.args, t.reply_to, t.priority, t.run_ms, t.expires)
+        return [
+            (
+                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*params, t.not_before, t.queued_at),
+            )
+        ]
+    if op == "end":
+        return [
+            ("DELETE FROM tasks WHERE id = ?", (value,)),
+            ("INSERT OR IGNORE INTO ended (id) VALUES (?)", (value,)),
+        ]
+    if op == "dead":
+        d: DeadLetter = value
+        return [
+            ("INSERT OR REPLACE INTO dead VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tuple(d.fields()))
+        ]
+    if op == "undead":
+        return [("DELETE FROM dead WHERE id = ?", (value,))]
+    if op == "reset":
+        return [("DELETE FROM tasks", ()), ("DELETE FROM dead", ())]
+    raise ValueError(f"unknown journal change {op!r}")
