@@ -7,17 +7,20 @@ module, or the external one named by SPREADQUEUE_TEST_SPREAD.
 
 from __future__ import annotations
 
+import sys
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from procs import TESTS, Proc, child_env, twist
+from procs import READY_DEADLINE, TESTS, Proc, child_env, twist
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
+from spreadqueue._queue.inspect import QueueInspector
 from spreadqueue._queue.names import queue_groups
 from spreadqueue._queue.sender import Reply, Sender
 from spreadqueue._spread.client import connect
@@ -163,3 +166,42 @@ class QueueCase(unittest.TestCase):
         for r in replies:
             assert r.final
             assert r.value[0] == submitted[r.task_id], r
+
+
+class OpsCase(QueueCase):
+    """QueueCase plus the operator's tools: the CLI, an inspector, status polling."""
+
+    async def cli(self, *args: str) -> tuple[int, str, str]:
+        """Run ``spreadqueue ARGS`` (against this test's daemon); (exit, out, err)."""
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        argv = ["-m", "spreadqueue._service.cli", *args, "--spread", self.endpoint]
+        env = child_env(COLUMNS="200")
+        d = getProcessOutputAndValue(sys.executable, argv, env=env, path=str(self.workdir))
+        out, err, code = await within(d, READY_DEADLINE, f"spreadqueue {' '.join(args)}")
+        return code, out.decode(), err.decode()
+
+    async def inspector(self) -> QueueInspector:
+        from twisted.internet import reactor
+
+        inspector = QueueInspector(reactor, await self.session(), self.queue)
+        self.addCleanup(inspector.close)
+        return inspector
+
+    async def status_until(
+        self, inspector: QueueInspector, condition: Callable[[dict[str, Any]], bool], what: str
+    ) -> dict[str, Any]:
+        """Ask for the status until ``condition(status)``; fail after a deadline."""
+        end = time.monotonic() + RUN_DEADLINE
+        while True:
+            status = await within(inspector.status(timeout=2.0), 10, "a status")
+            if status["active"] is not None and condition(status):
+                return status
+            for proc in self.procs:
+                proc.check_alive(what)
+            if time.monotonic() > end:
+                raise AssertionError(f"no {what} within {RUN_DEADLINE} s: {status}")
+
+    def pids_of(self, status: dict[str, Any]) -> dict[str, int]:
+        """Worker name -> pid, from the workers' own reports."""
+        return {w["worker"]: w["report"]["process"]["pid"] for w in status["workers"]}

@@ -58,6 +58,13 @@ def slow(args: dict[str, Any]) -> Deferred[list[Any]]:
     return deferLater(reactor, float(args.get("delay", 0.0)), lambda: [args["i"], os.getpid()])
 
 
+def slow5(args: dict[str, Any]) -> Deferred[list[Any]]:
+    """Record the execution, answer ``[i, pid]`` 5 ms later (a short task that takes
+    long enough for a run of them to be under way when something is killed)."""
+    _record(args)
+    return deferLater(reactor, 0.005, lambda: [args["i"], os.getpid()])
+
+
 def blob(args: Any) -> bytes:
     """Bytes, which JSON has no type for: b"hello" and the argument's text."""
     return b"hello " + str(args).encode()
@@ -83,6 +90,7 @@ HANDLERS = {
     "pid": pid,
     "work": work,
     "slow": slow,
+    "slow5": slow5,
     "crash": crash,
     "blob": blob,
     "block": block,

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from e2e_case import RUN_DEADLINE, QueueCase, unique_name, within
-from procs import READY_DEADLINE, all_ready, child_env, free_port, log_match
+from e2e_case import RUN_DEADLINE, OpsCase, unique_name, within
+from procs import all_ready, free_port, log_match
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from spreadqueue._queue.errors import RemoteError
-from spreadqueue._queue.inspect import QueueInspector
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -48,45 +46,6 @@ async def http_get(url: str) -> bytes:
             return bytes(response.read())
 
     return await within(deferToThread(get), 40, url)
-
-
-class OpsCase(QueueCase):
-    """QueueCase plus the operator's tools: the CLI, an inspector, status polling."""
-
-    async def cli(self, *args: str) -> tuple[int, str, str]:
-        """Run ``spreadqueue ARGS`` (against this test's daemon); (exit, out, err)."""
-        from twisted.internet.utils import getProcessOutputAndValue
-
-        argv = ["-m", "spreadqueue._service.cli", *args, "--spread", self.endpoint]
-        env = child_env(COLUMNS="200")
-        d = getProcessOutputAndValue(sys.executable, argv, env=env, path=str(self.workdir))
-        out, err, code = await within(d, READY_DEADLINE, f"spreadqueue {' '.join(args)}")
-        return code, out.decode(), err.decode()
-
-    async def inspector(self) -> QueueInspector:
-        from twisted.internet import reactor
-
-        inspector = QueueInspector(reactor, await self.session(), self.queue)
-        self.addCleanup(inspector.close)
-        return inspector
-
-    async def status_until(
-        self, inspector: QueueInspector, condition: Callable[[dict[str, Any]], bool], what: str
-    ) -> dict[str, Any]:
-        """Ask for the status until ``condition(status)``; fail after a deadline."""
-        end = time.monotonic() + RUN_DEADLINE
-        while True:
-            status = await within(inspector.status(timeout=2.0), 10, "a status")
-            if status["active"] is not None and condition(status):
-                return status
-            for proc in self.procs:
-                proc.check_alive(what)
-            if time.monotonic() > end:
-                raise AssertionError(f"no {what} within {RUN_DEADLINE} s: {status}")
-
-    def pids_of(self, status: dict[str, Any]) -> dict[str, int]:
-        """Worker name -> pid, from the workers' own reports."""
-        return {w["worker"]: w["report"]["process"]["pid"] for w in status["workers"]}
 
 
 class StatusAndMetrics(OpsCase):
@@ -200,7 +159,9 @@ class Control(OpsCase):
         await all_ready(manager, drained, other)
         sender = await self.sender()
         for i in (100, 101):  # one long task on each worker
-            sender.submit(*self.task("slow", i, delay=1.0))
+            # (long enough to outlast the control command's start on a loaded machine:
+            # at 1 s it finished first in runs where the command took 1.1 to 1.8 s)
+            sender.submit(*self.task("slow", i, delay=4.0))
         inspector = await self.inspector()
         await self.status_until(
             inspector, lambda s: [w["held"] for w in s["workers"]] == [1, 1], "both busy"

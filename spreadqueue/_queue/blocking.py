@@ -122,6 +122,33 @@ class BlockingSender:
         """Queue ``func(args)``; return its task id (see :meth:`Sender.submit`)."""
         return self._call(self._sender.submit, func, args, timeout=timeout)  # type: ignore[no-any-return]
 
+    def enqueue(
+        self,
+        func: str,
+        args: Any = None,
+        *,
+        reply_to: str | None = None,
+        ttl: float | None = None,
+        delay: float | None = None,
+        run_at: float | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> str:
+        """Queue a detached task; return its id once the queue's managers hold it (see
+        :meth:`Sender.enqueue <spreadqueue.Sender.enqueue>`): it runs even after this
+        process has exited."""
+        return self._call(  # type: ignore[no-any-return]
+            self._sender.enqueue,
+            func,
+            args,
+            reply_to=reply_to,
+            ttl=ttl,
+            delay=delay,
+            run_at=run_at,
+            timeout=timeout,
+            priority=priority,
+        )
+
     def receive(self, timeout: float | None = None) -> Reply:
         """Wait for the next answer to a submitted task (completion order).
 

@@ -37,7 +37,17 @@ __all__ = ["QueueInspector"]
 _STATUS = MESS_TYPE_BASE + Kind.STATUS
 _CONTROL_REPLY = MESS_TYPE_BASE + Kind.CONTROL_REPLY
 #: The actions a manager knows (docs/protocol.md, "Control").
-ACTIONS = ("pause", "resume", "purge", "drain", "undrain", "cancel")
+ACTIONS = (
+    "pause",
+    "resume",
+    "purge",
+    "drain",
+    "undrain",
+    "cancel",
+    "dead-letters",
+    "dead-requeue",
+    "dead-purge",
+)
 
 
 class _Gathering:

@@ -21,8 +21,9 @@ commands:
   manager   run a queue manager                     (= twistd -n spreadqueue-manager)
   worker    run a worker with your handlers         (= twistd -n spreadqueue-worker)
   rpc       call a function on a queue, print the result as JSON
+  submit    queue a detached task (it runs after the command ends), print its id
   status    show the managers, workers, depth and numbers of queues (--watch, --json)
-  control   pause, resume, purge a queue; drain a worker; cancel a task
+  control   pause, resume, purge a queue; drain a worker; cancel a task; dead letters
   bench     measure latency and throughput of the queue
 'sqm QUEUE' runs a queue manager that starts an embedded daemon when none answers.
 
@@ -76,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .rpc import main as rpc_main
 
         return rpc_main(rest)
+    if command == "submit":
+        from .rpc import submit_main
+
+        return submit_main(rest)
     if command == "status":
         from .status_cmd import status_main
 

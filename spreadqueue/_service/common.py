@@ -26,6 +26,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from .._queue.errors import QueueNameError
+from .._queue.journal import JournalError
 from .._spread.endpoints import parse_spread_endpoint
 from .._spread.errors import ConnectionRejected, IllegalGroupName, QuotaExceeded
 from .._spread.wire import check_private_name
@@ -65,7 +66,7 @@ def exit_status_for(failure: Failure) -> int:
     """2 for a configuration the daemon refuses (it cannot work by trying again), else 1."""
     if failure.check(QuotaExceeded):
         return EXIT_FAILED  # the daemon is full: nothing wrong with our configuration
-    if failure.check(ConnectionRejected, IllegalGroupName, QueueNameError):
+    if failure.check(ConnectionRejected, IllegalGroupName, QueueNameError, JournalError):
         return EXIT_CONFIG
     return EXIT_FAILED
 

@@ -8,6 +8,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from .._defaults import default_queue, default_spread
+from .._queue.journal import SYNC_MODES
 from .._queue.names import validate_queue_name
 from .common import (
     ExitOnSecondSignal,
@@ -77,6 +78,43 @@ def _parameters(embedded_default: str) -> list[list[Any]]:
             None,
             "Serve the live dashboard on this port or server endpoint (a port: 127.0.0.1).",
         ],
+        [
+            "managers",
+            None,
+            1,
+            "How many managers you run for this queue (across all daemons): detached tasks "
+            "are dispatched only where a majority of them are together (see --quorum).",
+            int,
+        ],
+        [
+            "quorum",
+            None,
+            None,
+            "Managers that must be together for detached tasks to be dispatched "
+            "[default: a majority of --managers].",
+            int,
+        ],
+        [
+            "journal",
+            None,
+            None,
+            "Keep detached tasks and dead letters in this SQLite file, so that they "
+            "survive the loss of every manager at once; read again at start.",
+        ],
+        [
+            "journal-sync",
+            None,
+            "full",
+            "full: every journal commit is on disk before its tasks are acknowledged "
+            "(survives a power cut); normal: survives a crash of the process only.",
+        ],
+        [
+            "max-dead-letters",
+            None,
+            10_000,
+            "Dead letters (detached tasks that failed for good) kept; the oldest go first.",
+            int,
+        ],
         ["ready-file", None, None, "Write this file once the manager is active."],
     ]
 
@@ -88,7 +126,9 @@ class _ManagerOptions(ServiceOptions):
     longdesc = (
         "Runs the manager of one queue: it assigns each submitted task to exactly one "
         "available worker and reassigns the tasks of workers that die. Start several for "
-        "one queue: one is active, the others stand by and take over when it goes. QUEUE "
+        "one queue: one is active, the others stand by with the same tasks and take over "
+        "at once when it goes (give them all --managers N when they run on several "
+        "daemons). QUEUE "
         "(or --queue) defaults to $SPREAD_QUEUE_NAME (or $SPREAD_QUEUE); there is no "
         "default queue. With --embedded-daemon=auto it starts an embedded Spread daemon "
         "in this process when nothing answers at a local Spread address, also later, "
@@ -134,6 +174,18 @@ class _ManagerOptions(ServiceOptions):
             check_listen_option(option, self[option])
         if not 0 <= self["summary-interval"] < float("inf"):
             raise usage.UsageError("--summary-interval must be 0 (none) or a number of seconds")
+        if self["managers"] < 1:
+            raise usage.UsageError("--managers must be at least 1")
+        if self["quorum"] is None:
+            self["quorum"] = self["managers"] // 2 + 1
+        elif self["quorum"] < 1:
+            raise usage.UsageError("--quorum must be at least 1")
+        elif self["managers"] > 1 and self["quorum"] > self["managers"]:
+            raise usage.UsageError("--quorum cannot be more than --managers")
+        if self["journal-sync"] not in SYNC_MODES:
+            raise usage.UsageError(f"--journal-sync must be one of {', '.join(SYNC_MODES)}")
+        if self["max-dead-letters"] < 1:
+            raise usage.UsageError("--max-dead-letters must be at least 1")
 
 
 class Options(_ManagerOptions):
@@ -169,6 +221,10 @@ def makeService(options: dict[str, Any]) -> IService:
         ack_delay=options["ack-delay"],
         summary_interval=options["summary-interval"],
         control_allow=options["control-allow"],
+        quorum=options["quorum"],
+        journal=options["journal"],
+        journal_sync=options["journal-sync"],
+        max_dead_letters=options["max-dead-letters"],
         metrics=options["metrics"],
         web=options["web"],
         on_ready=ready,

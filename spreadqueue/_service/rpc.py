@@ -1,8 +1,14 @@
-"""``spreadqueue rpc``: call a function on a queue from the shell, print the result as JSON.
+"""``spreadqueue rpc`` and ``spreadqueue submit``: a task from the shell.
 
-Exit status: 0 with the result on stdout; 1 when the task failed (the worker raised,
-unknown function, worker lost); 2 for a usage error; 3 when nothing answered in time
-(no manager, timeout, no Spread daemon).
+``rpc`` calls a function and prints the result as JSON. Exit status: 0 with the result
+on stdout; 1 when the task failed (the worker raised, unknown function, worker lost); 2
+for a usage error; 3 when nothing answered in time (no manager, timeout, no Spread
+daemon); 130 when interrupted.
+
+``submit`` queues a detached task and prints its id once the queue's managers hold it
+(docs/protocol.md, section 10): it runs even though the command has ended. Exit status:
+0 held; 1 refused (the queue is full); 2 usage; 3 not acknowledged in time (no manager,
+no daemon); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,14 +18,14 @@ import base64
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
 from .._defaults import default_queue, default_spread
 from .._queue.errors import NoManager, RemoteError, TaskError, TaskTimeout
-from .._queue.messages import MAX_TIMEOUT_MS
+from .._queue.messages import MAX_PRIORITY, MAX_TIMEOUT_MS
 from .._queue.names import validate_queue_name
 from .._spread.endpoints import parse_spread_endpoint
 from .._spread.errors import SpreadError
@@ -30,14 +36,9 @@ EXIT_UNANSWERED = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="spreadqueue rpc",
-        description="Call FUNC on a worker of the queue with ARGS (JSON); print the result "
-        'as JSON (bytes print as {"$base64": "..."}). Exit status: 0 ok, 1 the task '
-        "failed, 2 usage, 3 no answer in time (no manager, no worker, no daemon), 130 "
-        "interrupted.",
-    )
+def _base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """What rpc and submit share: FUNC, JSON, --queue, --spread."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("func", metavar="FUNC", help="function name registered by the workers")
     p.add_argument("args", metavar="JSON", nargs="?", default="null", help="arguments, as JSON")
     p.add_argument("--queue", "-q", default=None, help="queue [default: $SPREAD_QUEUE_NAME]")
@@ -47,8 +48,54 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="Spread daemon [default: $SPREAD_DAEMON or 4803@localhost]",
     )
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _base_parser(
+        "spreadqueue rpc",
+        "Call FUNC on a worker of the queue with ARGS (JSON); print the result "
+        'as JSON (bytes print as {"$base64": "..."}). Exit status: 0 ok, 1 the task '
+        "failed, 2 usage, 3 no answer in time (no manager, no worker, no daemon), 130 "
+        "interrupted.",
+    )
     p.add_argument(
         "--timeout", "-t", type=float, default=30.0, help="seconds to wait [default: 30]"
+    )
+    return p
+
+
+def _submit_parser() -> argparse.ArgumentParser:
+    p = _base_parser(
+        "spreadqueue submit",
+        "Queue FUNC(ARGS) as a detached task and print its id once the queue's managers "
+        "hold it: it runs even though this command has ended, and nobody waits for its "
+        "answer (it goes to --reply-to, if given). If it fails for good it goes to the "
+        "queue's dead letters (spreadqueue control QUEUE dead-letters). Exit status: 0 "
+        "held, 1 refused (queue full), 2 usage, 3 not acknowledged in time (no manager, no "
+        "daemon), 130 interrupted.",
+    )
+    p.add_argument("--reply-to", default=None, help="a Spread group that gets the task's answer")
+    p.add_argument(
+        "--ttl",
+        type=float,
+        default=None,
+        help="seconds it may wait for a worker before it is a dead letter (expired)",
+    )
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--delay", type=float, default=None, help="start it no sooner than this")
+    when.add_argument(
+        "--at", type=float, default=None, help="start it no sooner than this epoch time"
+    )
+    p.add_argument(
+        "--timeout", "-t", type=float, default=None, help="cancel each run after this long"
+    )
+    p.add_argument("--priority", "-p", type=int, default=0, help="0 (default) to 9, higher first")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the managers' acknowledgement [default: 10]",
     )
     return p
 
@@ -93,34 +140,49 @@ def _usage_error(text: str) -> int:
     return EXIT_USAGE
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``spreadqueue rpc``; return the exit status."""
-    from twisted.internet import task
+def _checked(options: argparse.Namespace, prog: str) -> tuple[str, Any, str] | int:
+    """The queue, the decoded arguments and the daemon of ``options``, or an exit status."""
     from twisted.internet.testing import MemoryReactor
 
-    options = _parser().parse_args(argv)
+    def usage_error(text: str) -> int:
+        print(f"{prog}: {text}", file=sys.stderr)
+        return EXIT_USAGE
+
     try:
         queue = validate_queue_name(options.queue or default_queue() or "")
     except ValueError as e:
-        return _usage_error(f"{e} (give --queue or set $SPREAD_QUEUE_NAME)")
+        return usage_error(f"{e} (give --queue or set $SPREAD_QUEUE_NAME)")
     try:
         args = json.loads(options.args)
     except ValueError as e:
-        return _usage_error(f"ARGS is not JSON: {e}")
-    if not (math.isfinite(options.timeout) and 0 < options.timeout <= MAX_TIMEOUT_MS / 1000):
-        return _usage_error(
-            f"--timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT_MS // 1000}"
-        )
+        return usage_error(f"ARGS is not JSON: {e}")
+    for name in ("timeout", "ttl", "delay", "wait"):
+        value = getattr(options, name, None)
+        if value is not None and not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_MS / 1000):
+            if name == "delay" and value == 0:
+                continue
+            return usage_error(
+                f"--{name} must be a number of seconds above 0 and at most {MAX_TIMEOUT_MS // 1000}"
+            )
     spread = options.spread or default_spread()
     try:
         parse_spread_endpoint(MemoryReactor(), spread)
     except Exception as e:
-        return _usage_error(f"--spread {spread!r} is not a Spread daemon address: {e}")
+        return usage_error(f"--spread {spread!r} is not a Spread daemon address: {e}")
+    return queue, args, spread
+
+
+def _run(
+    prog: str, spread: str, call: Callable[[Any], Deferred[Any]], done: Callable[[Any], None]
+) -> int:
+    """Run ``call(reactor)`` under task.react; print what happened; the exit status."""
+    from twisted.internet import task
+
     outcome: list[int] = []
     interrupted: list[bool] = []
 
-    def done(result: Any) -> None:
-        print(to_json(result))
+    def succeeded(result: Any) -> None:
+        done(result)
         outcome.append(0)
 
     def failed(failure: Any) -> None:
@@ -128,24 +190,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if interrupted:
             return  # said below: the failure is only the session closing
         if isinstance(err, RemoteError):
-            print(f"spreadqueue rpc: the worker raised {err}", file=sys.stderr)
+            print(f"{prog}: the worker raised {err}", file=sys.stderr)
             if getattr(err, "traceback", None):
                 print(err.traceback, file=sys.stderr, end="")
             outcome.append(EXIT_FAILED)
         elif isinstance(err, (TaskTimeout, NoManager)):
-            print(f"spreadqueue rpc: {err}", file=sys.stderr)
+            print(f"{prog}: {err}", file=sys.stderr)
             outcome.append(EXIT_UNANSWERED)
         elif isinstance(err, TaskError):
-            print(f"spreadqueue rpc: {err}", file=sys.stderr)
+            print(f"{prog}: {err}", file=sys.stderr)
             outcome.append(EXIT_FAILED)
         elif isinstance(err, (SpreadError, OSError)) or "Connect" in type(err).__name__:
-            print(
-                f"spreadqueue rpc: cannot reach the Spread daemon at {spread}: {err}",
-                file=sys.stderr,
-            )
+            print(f"{prog}: cannot reach the Spread daemon at {spread}: {err}", file=sys.stderr)
             outcome.append(EXIT_UNANSWERED)
         else:
-            print(f"spreadqueue rpc: {failure.getErrorMessage()}", file=sys.stderr)
+            print(f"{prog}: {failure.getErrorMessage()}", file=sys.stderr)
             outcome.append(EXIT_FAILED)
 
     def run(reactor: Any) -> Deferred[None]:
@@ -154,16 +213,72 @@ def main(argv: Sequence[str] | None = None) -> int:
                 interrupted.append(True)  # Ctrl-C (or SIGTERM) before an answer
 
         reactor.addSystemEventTrigger("before", "shutdown", stopping)
-        d = Deferred.fromCoroutine(
-            _call(reactor, spread, queue, options.func, args, options.timeout)
-        )
-        return d.addCallbacks(done, failed)
+        return call(reactor).addCallbacks(succeeded, failed)
 
     try:
         task.react(run)
     except SystemExit:
         pass
     if interrupted and not outcome:
-        print("spreadqueue rpc: interrupted before an answer came", file=sys.stderr)
+        print(f"{prog}: interrupted before an answer came", file=sys.stderr)
         return EXIT_INTERRUPTED
     return outcome[0] if outcome else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``spreadqueue rpc``; return the exit status."""
+    prog = "spreadqueue rpc"
+    options = _parser().parse_args(argv)
+    checked = _checked(options, prog)
+    if isinstance(checked, int):
+        return checked
+    queue, args, spread = checked
+    return _run(
+        prog,
+        spread,
+        lambda reactor: Deferred.fromCoroutine(
+            _call(reactor, spread, queue, options.func, args, options.timeout)
+        ),
+        lambda result: print(to_json(result)),
+    )
+
+
+async def _enqueue(reactor: Any, spread: str, queue: str, options: argparse.Namespace) -> str:
+    from .._queue.sender import Sender
+    from .._spread.client import connect
+
+    session = await connect(reactor, spread, None, timeout=min(options.wait, 10.0))
+    sender = Sender(reactor, session, queue, ack_timeout=options.wait)
+    try:
+        return await sender.enqueue(
+            options.func,
+            json.loads(options.args),
+            reply_to=options.reply_to,
+            ttl=options.ttl,
+            delay=options.delay,
+            run_at=options.at,
+            timeout=options.timeout,
+            priority=options.priority,
+        )
+    finally:
+        await sender.stop()
+        await session.disconnect()
+
+
+def submit_main(argv: Sequence[str] | None = None) -> int:
+    """Run ``spreadqueue submit``; return the exit status."""
+    prog = "spreadqueue submit"
+    options = _submit_parser().parse_args(argv)
+    checked = _checked(options, prog)
+    if isinstance(checked, int):
+        return checked
+    queue, _args, spread = checked
+    if not 0 <= options.priority <= MAX_PRIORITY:
+        print(f"{prog}: --priority must be from 0 to {MAX_PRIORITY}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run(
+        prog,
+        spread,
+        lambda reactor: Deferred.fromCoroutine(_enqueue(reactor, spread, queue, options)),
+        print,
+    )

@@ -70,7 +70,33 @@ def render(status: dict[str, Any]) -> Group:
     functions = (active or {}).get("functions") or {}
     if functions:
         parts.append(_functions_table(functions))
+    dead = ((active or {}).get("dead_letters") or {}).get("recent") or []
+    if dead:
+        parts.append(_dead_letters_table(dead))
     return Group(*parts)
+
+
+def _dead_letters_table(dead: list[dict[str, Any]]) -> Table:
+    table = Table(
+        "task",
+        "function",
+        "reason",
+        "attempts",
+        "ago",
+        "error",
+        title="dead letters (newest first; spreadqueue control QUEUE dead-requeue ID|all)",
+        title_justify="left",
+    )
+    for d in dead:
+        table.add_row(
+            d["task_id"],
+            d["func"],
+            d["reason"],
+            str(d["attempts"]),
+            _seconds(d["ago"]),
+            Text(d["error"][:120], style="red"),
+        )
+    return table
 
 
 def _headline(status: dict[str, Any]) -> Text:
@@ -97,6 +123,19 @@ def _headline(status: dict[str, Any]) -> Text:
         f"\n  {ended}; redelivered {counts['redelivered']}; "
         f"{active['workers_ever']} workers since start, {active['workers_lost']} lost"
     )
+    dead = active.get("dead_letters") or {}
+    if "detached" in active or dead:
+        title.append(
+            f"\n  {active.get('detached', 0)} detached task(s) held, "
+            f"{dead.get('count', 0)} dead letter(s)"
+        )
+    quorum = active.get("quorum") or {}
+    if quorum and not quorum.get("dispatching_detached", True):
+        title.append(
+            f"\n  NO QUORUM: {quorum['managers']} manager(s) here, {quorum['needed']} needed: "
+            "detached tasks are held, not dispatched",
+            style="bold red",
+        )
     return title
 
 
@@ -106,9 +145,16 @@ def _managers_table(managers: list[dict[str, Any]]) -> Table:
     )
     for m in managers:
         proc = m.get("process", {})
+        if m.get("active"):
+            role = Text("active", style="green")
+        elif m.get("synced", True):
+            held = (m.get("holds") or {}).get("tasks")
+            role = Text("standby" if held is None else f"standby, in sync ({held} tasks)")
+        else:
+            role = Text("standby, syncing", style="yellow")
         table.add_row(
             m["manager"],
-            Text("active", style="green") if m.get("active") else Text("standby"),
+            role,
             str(proc.get("host", "?")),
             str(proc.get("pid", "?")),
             _seconds(m["now"] - m["started"]) if "now" in m else "-",
@@ -240,7 +286,8 @@ def _control_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spreadqueue control",
         description="Ask a queue's active manager to pause or resume dispatch, purge the "
-        "queued tasks, drain (or undrain) a worker, or cancel a task. Only sessions on the "
+        "queued tasks, drain (or undrain) a worker, cancel a task, or list, requeue or "
+        "purge the dead letters (detached tasks that failed for good). Only sessions on the "
         "manager's own daemon may, unless its --control-allow says otherwise. Exit "
         "status: 0 done, 1 refused or not possible, 2 usage, 3 no active manager answered.",
     )
@@ -252,7 +299,8 @@ def _control_parser() -> argparse.ArgumentParser:
         nargs="?",
         default="",
         help="drain/undrain: the worker (id@#name#daemon as status shows it, or its id, "
-        "session or private name); cancel: the task id",
+        "session or private name); cancel: the task id; dead-letters: a task id (default: "
+        "the newest 200); dead-requeue/dead-purge: a task id or 'all'",
     )
     _common(p)
     return p
@@ -342,9 +390,10 @@ def control_main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if options.action in ("drain", "undrain", "cancel") and not options.target:
-        what = "task id" if options.action == "cancel" else "worker"
-        print(f"{prog}: {options.action} needs a {what}", file=sys.stderr)
+    needs = {"drain": "worker", "undrain": "worker", "cancel": "task id"}
+    needs.update({"dead-requeue": "task id or 'all'", "dead-purge": "task id or 'all'"})
+    if options.action in needs and not options.target:
+        print(f"{prog}: {options.action} needs a {needs[options.action]}", file=sys.stderr)
         return EXIT_USAGE
     spread = _spread_or_exit(prog, options.spread)
     timeout = _timeout_or_exit(prog, options.timeout, 5.0)
