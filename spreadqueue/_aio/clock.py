@@ -29,6 +29,7 @@ class _Timer:
         self,
         loop: asyncio.AbstractEventLoop,
         when: float,
+        soon: bool,
         fn: Callable[..., object],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -39,7 +40,11 @@ class _Timer:
         self._kwargs = kwargs
         self._active = True
         self._cancelled = False
-        self._handle = loop.call_at(when, self._run)
+        # callLater(0) (the queue's "at the next turn") needs no timer: the next
+        # iteration of the loop runs it all the same, without a heap push and pop.
+        self._handle: asyncio.Handle = (
+            loop.call_soon(self._run) if soon else loop.call_at(when, self._run)
+        )
 
     def _run(self) -> None:
         self._active = False
@@ -91,7 +96,8 @@ class LoopClock:
         self, delay: float, callable: Callable[..., object], *args: Any, **kw: Any
     ) -> _Timer:
         """Run ``callable(*args, **kw)`` ``delay`` seconds from now, on the loop."""
-        return _Timer(self.loop, self.loop.time() + delay, callable, args, kw)
+        soon = delay <= 0
+        return _Timer(self.loop, self._time() + max(0.0, delay), soon, callable, args, kw)
 
     def getDelayedCalls(self) -> list[IDelayedCall]:
         """Not tracked: the loop holds the timers."""
