@@ -7,6 +7,7 @@ module, or the external one named by SPREADQUEUE_TEST_SPREAD.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 import uuid
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from procs import READY_DEADLINE, TESTS, Proc, child_env, twist
+from procs import READY_DEADLINE, ROOT, TESTS, Proc, child_env, twist
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
@@ -110,6 +111,19 @@ class QueueCase(unittest.TestCase):
         args = ["--queue", self.queue, "--spread", self.endpoint, "--handlers", HANDLERS]
         args += ["--concurrency", str(concurrency), *extra]
         return self.spawn(twist("spreadqueue-worker", *args), label, env=child_env([TESTS]))
+
+    def run_example(
+        self, script: str, env: dict[str, str], *args: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Run examples/SCRIPT (with ``args``) to its end, its output captured."""
+        return subprocess.run(
+            [sys.executable, str(ROOT / "examples" / script), *args],
+            env=env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=RUN_DEADLINE,
+        )
 
     # ------------------------------------------------------------------ senders
 

@@ -7,6 +7,7 @@ complete and consistent. It asserts no speed: the machine is shared and noisy.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -63,12 +64,14 @@ def _quick_bench(tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
     return done.stdout, json.loads(out.read_text())
 
 
-def test_smoke_seq_and_raw(tmp_path: Path) -> None:
-    stdout, results = _quick_bench(tmp_path, "--phase", "seq", "--phase", "raw")
+def test_smoke_seq_raw_and_asyncio(tmp_path: Path) -> None:
+    stdout, results = _quick_bench(
+        tmp_path, "--phase", "seq", "--phase", "raw", "--phase", "asyncio"
+    )
     assert "ping-pong" in stdout and "rpc/s" in stdout
     external = os.environ.get(SPREAD_ENV)
-    assert set(results) == {"meta", "raw", "seq"}
-    assert results["meta"]["phases"] == ["raw", "seq"]
+    assert set(results) == {"meta", "raw", "seq", "asyncio"}
+    assert results["meta"]["phases"] == ["raw", "seq", "asyncio"]
     assert results["meta"]["daemon"] == (external or "embedded")
 
     seq = results["seq"]["cases"]["C=1"]
@@ -99,6 +102,25 @@ def test_smoke_seq_and_raw(tmp_path: Path) -> None:
     _check_latency(floor["latency_us"])
     assert floor["cpu_s"]["daemon"] > 0 and floor["cpu_s"]["clients"] > 0
     assert "over the floor (bare Twisted" in stdout
+
+    # The asyncio sender (on asyncio and uvloop) beside the Twisted one, same run.
+    aio = results["asyncio"]
+    kinds = (
+        ("twisted", "asyncio", "uvloop")
+        if importlib.util.find_spec("uvloop")
+        else ("twisted", "asyncio")
+    )
+    assert set(aio["cases"]) == {f"{k} C={c}" for k in kinds for c in (1, 100)}
+    for label, case in aio["cases"].items():
+        run = case["median"]
+        assert case["params"]["sender"] == label.split()[0]
+        assert run["tasks_per_s"] > 0 and run["cpu_s"]["senders"] is not None
+        assert run["tasks"]["errors"] == run["tasks"]["lost"] == 0
+        assert run["tasks"]["submitted"] == run["tasks"]["completed"] > 0
+        _check_latency(run["latency_us"])
+    assert set(aio["ratios"]) == {f"{k} C={c}" for k in kinds[1:] for c in (1, 100)}
+    assert all(r["rate"] > 0 for r in aio["ratios"].values())
+    assert "asyncio sender vs the Twisted sender" in stdout
 
 
 def test_smoke_blocking_and_cpu_and_the_process_pool_uses_both_cores(tmp_path: Path) -> None:
@@ -334,7 +356,15 @@ def test_report_formats_every_kind_of_phase() -> None:
             }
         },
     }
+    results["asyncio"] = {
+        "cases": {
+            "twisted C=1": case({"tasks_per_s": 2000.0, "latency_us": lat, "tasks": tasks}),
+            "uvloop C=1": case({"tasks_per_s": 2100.0, "latency_us": lat, "tasks": tasks}),
+        },
+        "ratios": {"uvloop C=1": {"rate": 1.05, "sender_cpu_per_task": 0.9}},
+    }
     text = format_report(results, {"repeat": 1})
+    assert "uvloop C=1: rate 1.05x, sender CPU per task 0.90x" in text
     assert "2,500 rpc/s" in text and "5,000 rt/s" in text and "90,000 msg/s" in text
     assert "ERROR" in text and "boom" in text and "400 B/task" in text
     assert "seq p50 is 1.0x the ping-pong's" in text

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -71,17 +70,6 @@ def mess_type(kind: int) -> int:
 
 class TheSeedSynopsis(QueueCase):
     """The README's quick start, run as a user runs it."""
-
-    def run_example(self, script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        """Run examples/SCRIPT to its end (its output captured)."""
-        return subprocess.run(
-            [sys.executable, str(ROOT / "examples" / script)],
-            env=env,
-            cwd=self.workdir,
-            capture_output=True,
-            text=True,
-            timeout=RUN_DEADLINE,
-        )
 
     async def test_sqm_worker_and_sender_examples(self) -> None:
         """``sqm QUEUE`` + examples/worker.py + examples/sender.py: the sender prints the

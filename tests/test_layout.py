@@ -16,7 +16,12 @@ import spreadqueue
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "spreadqueue"
-PUBLIC_MODULES = {"spreadqueue", "spreadqueue.testing", "spreadqueue.interfaces"}
+PUBLIC_MODULES = {
+    "spreadqueue",
+    "spreadqueue.testing",
+    "spreadqueue.interfaces",
+    "spreadqueue.aio",
+}
 
 #: spreadqueue.__all__, in its order: constants, classes, functions.
 PUBLIC_NAMES = """
@@ -97,6 +102,8 @@ def test_the_public_names_are_pinned() -> None:
         "ISessionSink",
         "ISpreadSession",
     ]
+    aio = importlib.import_module("spreadqueue.aio")
+    assert aio.__all__ == ["Sender", "Session", "Worker", "connect"]
 
 
 def test_every_other_module_is_private() -> None:

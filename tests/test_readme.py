@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from procs import Proc, child_env, spread_daemon
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -17,8 +18,11 @@ def readme_block(heading: str) -> str:
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def test_the_python_api_example_answers_42_and_8(tmp_path: Path) -> None:
-    code = readme_block("Python API")
+def run_next_to_a_manager(
+    code: str, tmp_path: Path, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` as a script (with ``env`` set) next to a manager of queue "doubler"
+    (and a daemon)."""
     assert '"doubler"' in code  # its own queue, served by its own worker
     script = tmp_path / "example.py"
     script.write_text(code)
@@ -40,12 +44,31 @@ def test_the_python_api_example_answers_42_and_8(tmp_path: Path) -> None:
             manager.wait_ready()
             done = subprocess.run(
                 [sys.executable, str(script)],
-                env=child_env(SPREAD_DAEMON=endpoint),
+                env=child_env(SPREAD_DAEMON=endpoint, **env),
                 capture_output=True,
                 text=True,
                 timeout=60,
             )
         finally:
             manager.stop()
+    return done
+
+
+def test_the_python_api_example_answers_42_and_8(tmp_path: Path) -> None:
+    done = run_next_to_a_manager(readme_block("Python API"), tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "42\n8\n", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_asyncio_example_answers_42_and_8(tmp_path: Path, loop: str) -> None:
+    code = readme_block("asyncio")
+    assert "asyncio.run(main())" in code
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+        code = "import uvloop\n" + code.replace("asyncio.run(main())", "uvloop.run(main())")
+    # in development mode with warnings as errors: it must end cleanly too
+    done = run_next_to_a_manager(code, tmp_path, PYTHONDEVMODE="1", PYTHONWARNINGS="error")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "42\n8\n", done.stdout + done.stderr
+    assert done.stderr == "", done.stderr

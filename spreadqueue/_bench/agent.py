@@ -6,11 +6,13 @@ Run by ``spreadqueue bench`` (never by hand, though it works)::
     python -m spreadqueue._bench.agent worker  --spread ENDPOINT --queue Q [--victim]
     python -m spreadqueue._bench.agent sender  --spread ENDPOINT --queue Q
     python -m spreadqueue._bench.agent raw     --spread ENDPOINT
+    python -m spreadqueue._bench.agent aio-sender --spread ENDPOINT --queue Q --loop uvloop
 
 Each role builds the product's own objects on its own Spread session over TCP
 (:class:`~spreadqueue._queue.ManagerService`, :class:`~spreadqueue._queue.Worker`,
 :class:`~spreadqueue._queue.Sender`, or a bare
-:class:`~spreadqueue._spread.session.SpreadSession` for ``raw``), reports
+:class:`~spreadqueue._spread.session.SpreadSession` for ``raw``; ``aio-sender`` is
+:mod:`spreadqueue.aio`'s Sender on an asyncio loop, :mod:`.aio_agent`), reports
 ``{"event": "ready", "pid": ..., "private_group": ...}`` and then answers the
 commands of :mod:`spreadqueue._bench.channel` (see each role's ``command``).
 
@@ -57,7 +59,7 @@ from .rawload import Echo, PingPong, RelayReceiver, RelaySender
 
 __all__ = ["main"]
 
-ROLES = ("manager", "sqm", "worker", "sender", "raw")
+ROLES = ("manager", "sqm", "worker", "sender", "raw", "aio-sender")
 
 
 class _Role:
@@ -207,16 +209,7 @@ class SenderRole(_Role):
 
     def command(self, cmd: str, args: dict[str, Any]) -> Any:
         if cmd == "load":
-            load = RpcLoad(
-                self.reactor,
-                self.sender,
-                args["func"],
-                payload_of(int(args["payload"])),
-                int(args["inflight"]),
-                int(args["t0_ns"]),
-                int(args["t1_ns"]),
-            )
-            return load.run()
+            return RpcLoad(self.reactor, self.sender, *load_arguments(args)).run()
         if cmd == "hold":
             for _ in range(int(args["count"])):
                 self._holds.append(self.sender.rpc("hold", None, timeout=120.0))
@@ -292,6 +285,18 @@ class RawRole(_Role):
         return super().command(cmd, args)
 
 
+def load_arguments(args: dict[str, Any]) -> tuple[str, bytes, int, int, int]:
+    """What a ``load`` command asks of a sender: the function, its arguments
+    (``payload`` bytes once serialized), the calls in flight, the window t0..t1."""
+    return (
+        args["func"],
+        payload_of(int(args["payload"])),
+        int(args["inflight"]),
+        int(args["t0_ns"]),
+        int(args["t1_ns"]),
+    )
+
+
 def payload_of(size: int) -> bytes:
     """Arguments whose msgpack serialization (the default serializer) is ``size`` bytes."""
     # A msgpack bin has a 2-byte header up to 255 bytes of data, 3 up to 65535, 5 beyond.
@@ -312,6 +317,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1, help="worker's concurrency")
     p.add_argument("--victim", action="store_true", help="worker: hold 'hold' tasks")
     p.add_argument("--pool", default="threads", help="worker: where block and spin run")
+    p.add_argument("--loop", default="asyncio", help="aio-sender: asyncio or uvloop")
     return p
 
 
@@ -374,6 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from twisted.internet import task
 
     options = _parser().parse_args(argv)
+    if options.role == "aio-sender":
+        from .aio_agent import run  # no Twisted reactor in this one
+
+        return run(options)
     # Logs to stderr (the parent keeps them in a file); stdout is the control channel.
     globalLogBeginner.beginLoggingTo(
         [

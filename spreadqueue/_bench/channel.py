@@ -23,10 +23,19 @@ from twisted.internet.defer import maybeDeferred
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-__all__ = ["Command", "ControlChannel"]
+__all__ = ["Command", "ControlChannel", "parse_command"]
 
 #: Handles one command: ``(name, arguments) -> result`` (a value, Deferred or coroutine).
 Command = Callable[[str, dict[str, Any]], Any]
+
+
+def parse_command(line: bytes) -> tuple[Any, str, dict[str, Any]] | None:
+    """``(id, command, arguments)`` of one command line; None if it is not one."""
+    try:
+        msg = json.loads(line)
+        return msg.pop("id"), msg.pop("cmd"), msg
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 class ControlChannel(LineReceiver):
@@ -41,12 +50,11 @@ class ControlChannel(LineReceiver):
 
     def lineReceived(self, line: bytes) -> None:
         """Run one command and answer it when it is done."""
-        try:
-            msg = json.loads(line)
-            ident, cmd = msg.pop("id"), msg.pop("cmd")
-        except (ValueError, KeyError, TypeError, AttributeError):
+        command = parse_command(line)
+        if command is None:
             self.emit("bad-command", line=line.decode("utf-8", "replace"))
             return
+        ident, cmd, msg = command
         d = maybeDeferred(self._handler, cmd, msg)
         d.addCallbacks(self._answer, self._fail, callbackArgs=(ident,), errbackArgs=(ident,))
 

@@ -16,11 +16,12 @@ system-wide on Linux, so all processes agree on the window.
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 from .cluster import Cluster
 from .floor import FloorProcesses
@@ -61,6 +62,7 @@ class Settings:
     worker_counts: tuple[int, ...] = (1, 2, 4, 8, 16, 64)
     workers_inflight: int = 100
     pool_concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    asyncio_inflight: tuple[int, ...] = (1, 100)
     kills: int = 20
     memory_tasks: int = 100_000
     profile: PySpy | None = None
@@ -441,6 +443,71 @@ def phase_cpu(cluster: Cluster, s: Settings) -> dict[str, Any]:
     )
 
 
+# --------------------------------------------------------------------------- asyncio
+
+#: The senders of the asyncio phase, in the order each round runs them.
+SENDER_KINDS: Final = ("twisted", "asyncio", "uvloop")
+
+
+def _has_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def phase_asyncio(cluster: Cluster, s: Settings) -> dict[str, Any]:
+    """The asyncio sender (:mod:`spreadqueue.aio`, on asyncio and on uvloop) beside the
+    Twisted one: the same worker and manager, the sender processes taking turns."""
+    workers = cluster.workers_of(1)
+    kinds = [k for k in SENDER_KINDS if k != "uvloop" or _has_uvloop()]
+    senders = {"twisted": cluster.senders_of(1)[0]}
+    pool = cluster.senders
+    extra = [k for k in kinds if k != "twisted"]
+    for kind in extra:
+        senders[kind] = cluster.spawn("aio-sender", "--loop", kind)
+    for kind in extra:
+        senders[kind].wait_ready()
+    cases: dict[str, Any] = {}
+    try:
+        for c in s.asyncio_inflight:
+            runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+            for _ in range(s.repeat):
+                for kind in kinds:  # alternating: each round runs every sender once
+                    cluster.senders = [senders[kind]]  # its CPU is the senders'
+                    runs[kind].append(_queue_run(cluster, s, [senders[kind]], workers, inflight=c))
+            for kind in kinds:
+                params = {"sender": kind, "inflight": c, "workers": 1, "payload_bytes": ARGS_BYTES}
+                cases[f"{kind} C={c}"] = _case(params, runs[kind])
+    finally:
+        cluster.senders = pool
+        cluster.retire([senders[k] for k in extra])
+    return _phase(
+        "the asyncio sender (spreadqueue.aio; each call a coroutine awaiting rpc) on asyncio "
+        "and on uvloop beside the Twisted sender, C calls in flight, 1 worker; the senders "
+        "take turns, so ratios within one run compare like with like"
+        + ("" if "uvloop" in kinds else " (uvloop is not installed: pip install uvloop)"),
+        cases,
+        ratios=_asyncio_ratios(cases, s.asyncio_inflight, kinds),
+    )
+
+
+def _asyncio_ratios(
+    cases: Mapping[str, Any], inflight: Sequence[int], kinds: Sequence[str]
+) -> dict[str, dict[str, float | None]]:
+    """Per C and asyncio sender: its rate and its CPU per task over the Twisted sender's."""
+    ratios: dict[str, dict[str, float | None]] = {}
+    for c in inflight:
+        base = cases[f"twisted C={c}"]["median"]
+        for kind in kinds:
+            if kind == "twisted":
+                continue
+            run = cases[f"{kind} C={c}"]["median"]
+            cpu, base_cpu = run["cpu_us_per_task"]["senders"], base["cpu_us_per_task"]["senders"]
+            ratios[f"{kind} C={c}"] = {
+                "rate": run["tasks_per_s"] / base["tasks_per_s"],
+                "sender_cpu_per_task": cpu / base_cpu if cpu and base_cpu else None,
+            }
+    return ratios
+
+
 # --------------------------------------------------------------------------- failover
 
 
@@ -673,6 +740,7 @@ PHASES: dict[str, Callable[[Cluster, Settings], dict[str, Any]]] = {
     "payload": phase_payload,
     "fanin": phase_fanin,
     "workers": phase_workers,
+    "asyncio": phase_asyncio,
     "blocking": phase_blocking,
     "cpu": phase_cpu,
     "failover": phase_failover,

@@ -170,10 +170,25 @@ def format_report(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         "round trip) / share spent in the kernel:",
     ]
     lines += _table(["phase", "case", *_ROLES], cpu_rows)
-    ratio = _raw_ratio(results)
-    if ratio:
-        lines += ["", ratio]
+    for text in (_raw_ratio(results), _asyncio_ratio(results)):
+        if text:
+            lines += ["", text]
     return "\n".join(lines)
+
+
+def _asyncio_ratio(results: Mapping[str, Any]) -> str:
+    """The asyncio senders' rate and CPU per task over the Twisted sender's, same run."""
+    ratios = (results.get("asyncio") or {}).get("ratios")
+    if not ratios:
+        return ""
+    parts = []
+    for case, r in ratios.items():
+        cpu = r.get("sender_cpu_per_task")
+        parts.append(
+            f"{case}: rate {r['rate']:.2f}x, sender CPU per task "
+            + ("-" if cpu is None else f"{cpu:.2f}x")
+        )
+    return "asyncio sender vs the Twisted sender (same run, taking turns): " + "; ".join(parts)
 
 
 def _raw_ratio(results: Mapping[str, Any]) -> str:

@@ -42,6 +42,10 @@ phases (all of them unless --phase is given):
              4 workers
   workers    W = 1, 2, 4, 8, 16, 64 workers, one sender with 100 in flight:
              tasks/s and how evenly the tasks spread over the workers
+  asyncio    the asyncio sender (spreadqueue.aio, each call a coroutine awaiting rpc)
+             on asyncio and on uvloop beside the Twisted sender, C = 1 and 100
+             calls in flight, one worker; the senders take turns, and their rates and
+             CPU per task are given as ratios to the Twisted sender's
   blocking   a handler that blocks 1 ms (time.sleep), one worker with C = 1, 2, 4, 8
              slots in its thread pool, its process pool, and (as 'async sleep')
              waiting on the reactor; the async no-op beside them

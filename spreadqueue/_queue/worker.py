@@ -6,7 +6,7 @@ import pickle
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from types import CoroutineType
 from typing import Any, Final, TypeVar
 
@@ -753,7 +753,7 @@ class Worker(Service):
                 self._failed(Failure(), task)
                 return
         if type(r) is CoroutineType:
-            r = Deferred.fromCoroutine(r)
+            r = self._start_coroutine(r)
         if not isinstance(r, Deferred):
             self._succeeded(r, task)
             return
@@ -763,6 +763,15 @@ class Worker(Service):
             task._timed = True
             self._expiries.add(deadline, task)
         r.addCallbacks(self._succeeded, self._failed, callbackArgs=(task,), errbackArgs=(task,))
+
+    def _start_coroutine(self, coro: Coroutine[Any, Any, Any]) -> Deferred[Any]:
+        """Run a handler's coroutine; Twisted drives it here (the asyncio worker,
+        :mod:`spreadqueue.aio`, runs it as an asyncio task instead)."""
+        return Deferred.fromCoroutine(coro)
+
+    def _in_other_thread(self) -> bool:
+        """True when called from a thread other than the reactor's (a pool thread)."""
+        return threadable.ioThread is not None and not threadable.isInIOThread()
 
     def _expire(self, task: Task) -> None:
         task._cancelled = True
@@ -782,7 +791,7 @@ class Worker(Service):
         returns a value other than None after responding sends that as the final
         answer. Raises TypeError (unserializable) or PayloadTooLarge at once.
         """
-        if threadable.ioThread is not None and not threadable.isInIOThread():
+        if self._in_other_thread():
             # a handler in the thread pool: the answer goes out from the reactor
             blockingCallFromThread(self._reactor, self.respond, task, result)  # type: ignore[arg-type]
             return

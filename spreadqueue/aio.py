@@ -1,0 +1,416 @@
+"""spreadqueue for asyncio applications: no Twisted in sight.
+
+Sessions, senders and workers for code that runs under :func:`asyncio.run` (plain
+asyncio or uvloop)::
+
+    import asyncio
+    from spreadqueue import aio
+
+    async def main():
+        async with aio.connect() as session:          # $SPREAD_DAEMON or 4803@localhost
+            sender = session.sender("myqueue")
+            print(await sender.rpc("myfunc", {"name": "value"}, timeout=10))
+
+    asyncio.run(main())
+
+- :func:`connect` opens a :class:`Session` (``await aio.connect()`` or
+  ``async with aio.connect() as session``); one session carries any number of
+  senders and workers, and the application's own Spread traffic.
+- :class:`Sender`: ``await rpc(func, args)``; ``submit`` then ``await receive()``;
+  cancelling the task that awaits an rpc cancels the call (the manager drops it).
+- :class:`Worker`: handlers by function name; ``async def`` handlers run as asyncio
+  tasks on the loop (they may await anything asyncio), plain functions in a thread
+  pool (or on the loop with ``pool="loop"``).
+
+They are the very Sender and Worker of :mod:`spreadqueue` (same acknowledgements,
+resubmission, timeouts, prefetch and credits), run on the asyncio loop instead of a
+Twisted reactor, and fail with the same exceptions: :class:`~spreadqueue.RemoteError`,
+:class:`~spreadqueue.TaskTimeout`, :class:`~spreadqueue.NoManager`, ... Log events go
+to :mod:`logging` (logger ``"spreadqueue"`` and its children).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+
+from ._aio.bridge import as_deferred, wait
+from ._aio.clock import LoopClock
+from ._aio.link import open_session
+from ._aio.logs import forward_to_logging
+from ._defaults import default_queue
+from ._queue.interfaces import ISerializer
+from ._queue.sender import Reply
+from ._queue.sender import Sender as _TwistedSender
+from ._queue.worker import DEFAULT_PREFETCH, Handler, Task
+from ._queue.worker import Worker as _TwistedWorker
+from ._spread.session import Frame, Listener, SpreadSession
+
+__all__ = ["Sender", "Session", "Worker", "connect"]
+
+F = TypeVar("F", bound=Handler)
+M = TypeVar("M", bound="_Member")
+
+
+def _queue_name(queue: str | None) -> str:
+    name = queue if queue is not None else default_queue()
+    if not name:
+        raise ValueError("no queue name given and $SPREAD_QUEUE_NAME is not set")
+    return name
+
+
+class Session:
+    """One Spread session on the running asyncio loop (made by :func:`connect`).
+
+    ``async with`` closes it, as :meth:`close` does: senders and workers made with
+    :meth:`sender` and :meth:`worker` are stopped first. ``spread`` is the underlying
+    :class:`~spreadqueue.SpreadSession`, for listeners and ``multicast``.
+    """
+
+    def __init__(self, spread: SpreadSession, clock: LoopClock) -> None:
+        #: the Spread session itself (listeners, multicast, groups)
+        self.spread = spread
+        self._clock = clock
+        self._members: list[Sender | Worker] = []
+
+    def __repr__(self) -> str:
+        return f"<aio.Session {self.spread.private_group}>"
+
+    @property
+    def private_group(self) -> str:
+        """Our private group (``#name#daemon``): Spread messages sent there reach us."""
+        return self.spread.private_group
+
+    @property
+    def connected(self) -> bool:
+        """True until the session is closed or lost."""
+        return self.spread.connected
+
+    # ------------------------------------------------------------------ queue
+
+    def sender(self, queue: str | None = None, **options: Any) -> Sender:
+        """A :class:`Sender` of ``queue`` on this session, stopped when it closes."""
+        sender = Sender(self, queue, **options)
+        self._members.append(sender)
+        return sender
+
+    def worker(
+        self,
+        queue: str | None = None,
+        handlers: Mapping[str, Handler] | None = None,
+        **options: Any,
+    ) -> Worker:
+        """A :class:`Worker` of ``queue`` on this session, stopped when it closes."""
+        worker = Worker(self, queue, handlers, **options)
+        self._members.append(worker)
+        return worker
+
+    # ------------------------------------------------------------------ Spread
+
+    async def join(self, group: str) -> None:
+        """Join a Spread group (returns once we are a member)."""
+        await wait(self.spread.join(group), self._clock.loop)
+
+    async def leave(self, group: str) -> None:
+        """Leave a Spread group."""
+        await wait(self.spread.leave(group), self._clock.loop)
+
+    def add_listener(self, listener: Listener, group: str | None = None) -> None:
+        """Call ``listener(frame)`` (on the loop) for each frame of ``group`` (None: all)."""
+        self.spread.add_listener(listener, group)
+
+    def remove_listener(self, listener: Listener, group: str | None = None) -> None:
+        """Stop calling ``listener`` for ``group``."""
+        self.spread.remove_listener(listener, group)
+
+    async def receive(self) -> Frame:
+        """The next frame this session receives (see :meth:`SpreadSession.receive`)."""
+        return await wait(self.spread.receive(), self._clock.loop)
+
+    # ------------------------------------------------------------------ ending
+
+    async def wait_closed(self) -> None:
+        """Return once the session has ended (closed, or the daemon went away)."""
+        await wait(self.spread.whenDisconnected(), self._clock.loop)
+
+    async def close(self) -> None:
+        """Stop this session's senders and workers, then disconnect (idempotent)."""
+        members, self._members = self._members, []
+        for member in reversed(members):
+            await member.stop()
+        await wait(self.spread.disconnect(), self._clock.loop)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class _Connecting:
+    """What :func:`connect` returns: await it, or use it with ``async with``."""
+
+    def __init__(self, endpoint: str | None, name: str | None, options: dict[str, Any]) -> None:
+        self._endpoint = endpoint
+        self._name = name
+        self._options = options
+        self._session: Session | None = None
+
+    async def _open(self) -> Session:
+        forward_to_logging()
+        loop = asyncio.get_running_loop()
+        clock = LoopClock(loop, threading.get_ident())
+        spread = await open_session(clock, self._endpoint, self._name, **self._options)
+        return Session(spread, clock)
+
+    def __await__(self) -> Generator[Any, None, Session]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Session:
+        self._session = await self._open()
+        return self._session
+
+    async def __aexit__(self, *exc: object) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def connect(
+    endpoint: str | None = None,
+    name: str | None = None,
+    *,
+    membership: bool = True,
+    priority: int = 0,
+    timeout: float | None = 10.0,
+) -> _Connecting:
+    """Open a Spread session on the running loop: ``await connect()`` gives a
+    :class:`Session`; ``async with connect() as session`` closes it at the end.
+
+    ``endpoint`` is ``4803@host``, ``4803`` (this machine) or
+    ``tcp:host=HOST:port=PORT``; None means ``$SPREAD_DAEMON``, else
+    ``4803@localhost``. ``name`` is the private name (at most 10 characters; None:
+    the daemon picks one). Raises OSError when nothing answers there,
+    :class:`~spreadqueue.ConnectTimeout` after ``timeout`` seconds without a session,
+    and the daemon's typed refusals (:class:`~spreadqueue.NameNotUnique`, ...).
+    """
+    options = {"membership": membership, "priority": priority, "timeout": timeout}
+    return _Connecting(endpoint, name, options)
+
+
+class _Member:
+    """What :class:`Sender` and :class:`Worker` share: a queue object of the Twisted
+    API on the session's loop, whose Deferreds they await; ``async with`` starts and
+    stops it."""
+
+    _inner: _TwistedSender | _TwistedWorker
+
+    def __init__(self, session: Session) -> None:
+        self._loop = session._clock.loop
+
+    def _wait(self, d: Deferred[Any]) -> Awaitable[Any]:
+        """Await a Deferred of the Twisted object (most methods are one line over it)."""
+        return wait(d, self._loop)
+
+    @property
+    def queue(self) -> str:
+        """The queue's name."""
+        return self._inner.groups.queue
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters (see the Twisted class's ``stats``)."""
+        return self._inner.stats
+
+    async def start(self) -> None:
+        """Join the queue (a worker also registers with the queue's manager)."""
+        await self._wait(self._inner.start())
+
+    async def stop(self) -> None:
+        """Leave the queue (see the subclass)."""
+        raise NotImplementedError
+
+    async def __aenter__(self: M) -> M:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class Sender(_Member):
+    """Submits calls to ``queue`` (default ``$SPREAD_QUEUE_NAME``) over ``session``.
+
+    The Sender of :mod:`spreadqueue` on the asyncio loop (see :class:`spreadqueue.Sender`
+    for the acknowledgement ``window`` and ``ack_timeout``): :meth:`rpc` awaits one
+    call's answer; :meth:`submit` queues a call and :meth:`receive` awaits the answers
+    of submitted calls in completion order. Failures raise
+    :class:`~spreadqueue.RemoteError`, :class:`~spreadqueue.TaskTimeout`,
+    :class:`~spreadqueue.NoManager`, :class:`~spreadqueue.WorkerLost`, ...
+    Use ``async with`` or :meth:`stop` to leave the queue.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        queue: str | None = None,
+        *,
+        serializer: ISerializer | None = None,
+        ack_timeout: float = 5.0,
+        window: int = 256,
+    ) -> None:
+        super().__init__(session)
+        self._inner = self._sender = _TwistedSender(
+            session._clock,
+            session.spread,
+            _queue_name(queue),
+            serializer=serializer,
+            ack_timeout=ack_timeout,
+            window=window,
+        )
+
+    @property
+    def pending(self) -> int:
+        """Calls submitted and not finished."""
+        return self._sender.pending
+
+    async def stop(self) -> None:
+        """Cancel every pending call (telling the manager) and leave the queue."""
+        await self._wait(self._sender.stop())
+
+    async def rpc(self, func: str, args: Any = None, *, timeout: float | None = 30.0) -> Any:
+        """Call ``func(args)`` on a worker; return its answer or raise its failure.
+
+        Cancelling the awaiting task (``task.cancel()``, ``asyncio.wait_for``, ...)
+        cancels the call: the manager is told to drop it.
+        """
+        return await self._wait(self._sender.rpc(func, args, timeout=timeout))
+
+    def submit(self, func: str, args: Any = None, *, timeout: float | None = None) -> str:
+        """Queue ``func(args)``; return its task id at once (answers: :meth:`receive`)."""
+        return self._sender.submit(func, args, timeout=timeout)
+
+    async def receive(self) -> Reply:
+        """The next answer to a :meth:`submit` ted call: a :class:`~spreadqueue.Reply`,
+        or the call's failure raised (its ``task_id`` says which call)."""
+        reply: Reply = await self._wait(self._sender.receive())
+        return reply
+
+    def cancel(self, task_id: str) -> bool:
+        """Give up on a submitted call (False if it was not pending)."""
+        return self._sender.cancel(task_id)
+
+
+class _LoopWorker(_TwistedWorker):
+    """The worker, with coroutines run as asyncio tasks and the loop's thread as its own."""
+
+    _reactor: LoopClock
+
+    def _start_coroutine(self, coro: Any) -> Deferred[Any]:
+        return as_deferred(coro, self._reactor.loop)
+
+    def _in_other_thread(self) -> bool:
+        return threading.get_ident() != self._reactor.thread
+
+
+def _pool(pool: str) -> str:
+    """The Twisted worker's name of an asyncio worker's pool ("loop" is its "reactor",
+    which is accepted too, as ``spreadqueue.run_in`` marks say it)."""
+    if pool in ("loop", "reactor"):
+        return "reactor"
+    if pool == "threads":
+        return pool
+    raise ValueError(
+        f"pool must be 'threads' or 'loop' in an asyncio worker, not {pool!r} (for "
+        "CPU-bound work, await loop.run_in_executor with a ProcessPoolExecutor in an "
+        "async handler, or run the Twisted worker: spreadqueue worker --pool processes)"
+    )
+
+
+class Worker(_Member):
+    """A worker of ``queue`` (default ``$SPREAD_QUEUE_NAME``) on ``session``.
+
+    ``handlers`` maps function names to callables (or use :meth:`handler` /
+    :meth:`add_handler`). An ``async def`` handler runs as an asyncio task on the loop
+    and may await anything asyncio does; a plain function runs in a pool of
+    ``concurrency`` threads (``pool="threads"``, the default) or inline on the loop
+    (``pool="loop"``, for tiny functions that never block). A handler's return value
+    is the answer; what it raises reaches the sender as
+    :class:`~spreadqueue.RemoteError`. ``concurrency``, ``prefetch`` and
+    ``stop_timeout`` are those of :class:`spreadqueue.Worker`; ``auto_manager`` runs a
+    standby manager of the queue in this worker too.
+
+    ``await start()`` registers with the queue's manager; ``await stop()`` takes no new
+    task, lets running ones finish (at most ``stop_timeout`` seconds, then cancels
+    them) and leaves. ``async with`` does both.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        queue: str | None = None,
+        handlers: Mapping[str, Handler] | None = None,
+        *,
+        concurrency: int = 1,
+        prefetch: int = DEFAULT_PREFETCH,
+        pool: str = "threads",
+        stop_timeout: float = 30.0,
+        serializer: ISerializer | None = None,
+        worker_id: str | None = None,
+        auto_manager: bool = False,
+    ) -> None:
+        super().__init__(session)
+        self._inner = self._worker = _LoopWorker(
+            session._clock,
+            session.spread,
+            _queue_name(queue),
+            concurrency=concurrency,
+            prefetch=prefetch,
+            pool=_pool(pool),
+            stop_timeout=stop_timeout,
+            serializer=serializer,
+            worker_id=worker_id,
+            auto_manager=auto_manager,
+        )
+        for name, fn in (handlers or {}).items():
+            self.add_handler(name, fn)
+
+    @property
+    def worker_id(self) -> str:
+        """This worker's id (unique within its session)."""
+        return self._worker.worker_id
+
+    def status(self) -> dict[str, Any]:
+        """What ``spreadqueue status`` shows of this worker."""
+        return self._worker.status()
+
+    def add_handler(
+        self, name: str, fn: Handler, *, with_task: bool = False, pool: str | None = None
+    ) -> None:
+        """Handle calls of ``name`` with ``fn(args)`` (``fn(task, args)`` with
+        ``with_task``, for :meth:`respond`); ``pool`` overrides the worker's for it."""
+        self._worker.add_handler(
+            name, fn, with_task=with_task, pool=None if pool is None else _pool(pool)
+        )
+
+    def handler(
+        self, name: str, *, with_task: bool = False, pool: str | None = None
+    ) -> Callable[[F], F]:
+        """Decorator form of :meth:`add_handler`."""
+        return self._worker.handler(
+            name, with_task=with_task, pool=None if pool is None else _pool(pool)
+        )
+
+    def respond(self, task: Task, result: Any) -> None:
+        """Answer ``task`` now (Perl's Spread::Queue ``respond``; see
+        :meth:`spreadqueue.Worker.respond`), from the loop or a handler's thread."""
+        self._worker.respond(task, result)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Take no new task, finish the running ones (at most ``timeout`` seconds,
+        default ``stop_timeout``), leave the queue."""
+        await self._wait(self._worker.stop(timeout))

@@ -1,0 +1,200 @@
+"""End to end: spreadqueue.aio under asyncio.run and uvloop, as asyncio applications use it.
+
+The asyncio examples run next to ``sqm QUEUE`` exactly as the Twisted ones do
+(tests/test_e2e_queue.py), on plain asyncio and on uvloop; and a script that does a
+whole cycle (connect, a worker with coroutine and thread handlers, rpc, submit,
+cancel, errors) checks that it ends cleanly: in Python's development mode with every
+warning an error, nothing printed, no thread left, no signal handler installed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from e2e_case import RUN_DEADLINE, SQM, QueueCase
+from procs import ROOT, Proc, all_ready, child_env, external_spread, free_port, log_match
+
+#: Python's development mode with warnings as errors: a pending task destroyed, an
+#: unclosed transport or socket, an exception ignored in __del__ all show on stderr.
+STRICT = {"PYTHONDEVMODE": "1", "PYTHONWARNINGS": "error"}
+#: What must never appear in the output of a clean asyncio program.
+UNCLEAN = re.compile(
+    r"Task was destroyed|unclosed|Unclosed|Exception ignored|never retrieved|Traceback"
+)
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+def loop_args(loop: str) -> list[str]:
+    return ["--uvloop"] if loop == "uvloop" else []
+
+
+class AsyncioExamples(QueueCase):
+    """examples/asyncio_worker.py and examples/asyncio_sender.py next to ``sqm``."""
+
+    async def examples(self, loop: str) -> None:
+        external = external_spread()
+        spread = external or f"{free_port()}@localhost"
+        env = child_env(SPREAD_DAEMON=spread, SPREAD_QUEUE_NAME=self.queue, SPREAD_QUEUE="")
+        sqm = self.spawn([sys.executable, "-c", SQM, self.queue], "sqm", env=env)
+        await all_ready(sqm)
+        strict = {**env, **STRICT}
+        worker = self.spawn(
+            [sys.executable, str(ROOT / "examples" / "asyncio_worker.py"), *loop_args(loop)],
+            "worker",
+            env=strict,
+            ready_file=False,
+        )
+        await log_match(worker, r"worker ready on queue")
+        sender = self.run_example("asyncio_sender.py", strict, *loop_args(loop))
+        assert sender.returncode == 0, sender
+        assert sender.stdout.splitlines() == [
+            "submit + receive: {'response': 'I heard you!'}",
+            "rpc: {'response': 'I heard you!'}",
+        ], sender
+        assert not UNCLEAN.search(sender.stderr), sender.stderr
+        # SIGTERM: the worker leaves the queue and its loop ends cleanly, at once.
+        status = worker.stop(timeout=RUN_DEADLINE)
+        log = worker.log_path.read_text()
+        assert status == 0, log
+        assert not UNCLEAN.search(log), log
+        assert sqm.running
+
+    async def test_the_examples_on_asyncio(self) -> None:
+        await self.examples("asyncio")
+
+    async def test_the_examples_on_uvloop(self) -> None:
+        pytest.importorskip("uvloop")
+        await self.examples("uvloop")
+
+    async def test_the_asyncio_sender_with_the_twisted_worker(self) -> None:
+        """The two faces are one protocol: an asyncio sender, a Twisted worker."""
+        env = child_env(SPREAD_DAEMON=self.endpoint, SPREAD_QUEUE_NAME=self.queue)
+        manager = self.manager()
+        worker = self.spawn(
+            [sys.executable, str(ROOT / "examples" / "worker.py")],
+            "worker",
+            env=env,
+            ready_file=False,
+        )
+        await all_ready(manager)
+        await log_match(worker, r"worker ready on queue")
+        sender = self.run_example("asyncio_sender.py", {**env, **STRICT})
+        assert sender.returncode == 0, sender
+        assert sender.stdout.splitlines()[-1] == "rpc: {'response': 'I heard you!'}", sender
+
+    def test_the_sender_says_when_no_daemon_answers(self) -> None:
+        env = child_env(SPREAD_DAEMON=f"{free_port()}@127.0.0.1", SPREAD_QUEUE_NAME=self.queue)
+        done = self.run_example("asyncio_sender.py", {**env, **STRICT})
+        assert done.returncode == 1, done
+        assert "cannot reach the Spread daemon" in done.stdout, done
+        assert not UNCLEAN.search(done.stderr), done.stderr
+
+
+#: A whole asyncio program: every feature once, then checks of how it ended.
+LIFECYCLE = textwrap.dedent(
+    """
+    import asyncio, signal, sys, threading
+    from spreadqueue import RemoteError, TaskTimeout, aio
+
+    QUEUE, SPREAD, LOOP = sys.argv[1:4]
+    SIGNALS = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)}
+
+    async def main():
+        async with aio.connect(SPREAD) as session:
+            async def slow(n):
+                await asyncio.sleep(n)
+                return n
+            def in_thread(_):
+                return threading.current_thread().name
+            async def fail(_):
+                raise KeyError("nope")
+            worker = session.worker(QUEUE, {"slow": slow, "thread": in_thread, "fail": fail})
+            await worker.start()
+            sender = session.sender(QUEUE)
+            assert await sender.rpc("slow", 0) == 0
+            assert (await sender.rpc("thread", None)).startswith("PoolThread-")
+            try:
+                await sender.rpc("fail", None)
+            except RemoteError as e:
+                assert e.type_name == "KeyError", e.type_name
+            else:
+                raise AssertionError("no RemoteError")
+            task_id = sender.submit("slow", 0)
+            assert (await sender.receive()).task_id == task_id
+            call = asyncio.ensure_future(sender.rpc("slow", 60))
+            await asyncio.sleep(0.05)
+            call.cancel()
+            try:
+                await call
+            except asyncio.CancelledError:
+                pass
+            assert sender.pending == 0
+            try:
+                await sender.rpc("slow", 60, timeout=0.2)
+            except TaskTimeout:
+                pass
+            # a call left running: closing the session stops the worker (cancelling it)
+            asyncio.ensure_future(sender.rpc("slow", 60)).add_done_callback(
+                lambda f: f.cancelled() or f.exception()
+            )
+            await asyncio.sleep(0.05)
+            await worker.stop(timeout=0.1)
+        print("done")
+
+    if LOOP == "uvloop":
+        import uvloop
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+    assert threading.enumerate() == [threading.main_thread()], threading.enumerate()
+    for s, handler in SIGNALS.items():
+        assert signal.getsignal(s) == handler, (s, signal.getsignal(s))
+    print("clean")
+    """
+)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_asyncio_program_ends_cleanly(loop: str, tmp_path: object) -> None:
+    """No warning, no pending task, no thread, no signal handler left behind."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    from pathlib import Path
+
+    from procs import spread_daemon
+
+    workdir = Path(str(tmp_path))
+    queue = f"life{free_port()}"
+    with spread_daemon(workdir) as endpoint:
+        manager = Proc(
+            [
+                sys.executable,
+                "-m",
+                "spreadqueue._service.cli",
+                "manager",
+                queue,
+                "--spread",
+                endpoint,
+            ],
+            workdir,
+            "manager",
+        )
+        try:
+            manager.wait_ready()
+            done = subprocess.run(
+                [sys.executable, "-c", LIFECYCLE, queue, endpoint, loop],
+                env=child_env(**STRICT),
+                capture_output=True,
+                text=True,
+                timeout=RUN_DEADLINE,
+            )
+        finally:
+            manager.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == ["done", "clean"], done.stdout + done.stderr
+    assert not UNCLEAN.search(done.stderr), done.stderr
