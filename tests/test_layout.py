@@ -38,9 +38,12 @@ PUBLIC_NAMES = """
 
 
 def all_modules() -> Iterator[str]:
+    """Every module with Python source. A compiled extension built in place (the
+    optional wire/_speedups.c) is left out: it imports no module at all."""
     yield "spreadqueue"
     for info in pkgutil.walk_packages([str(PACKAGE)], "spreadqueue."):
-        yield info.name
+        if module_path(info.name).exists():
+            yield info.name
 
 
 def module_path(name: str) -> Path:

@@ -421,10 +421,12 @@ class DaemonSide:
     consumed: int
 
 
-def replay_daemon_side(trace: Trace, conn: str) -> DaemonSide:
-    """Feed the D> segments one by one; check each segment's frames against its decodes."""
+def replay_daemon_side(trace: Trace, conn: str, *, accelerated: bool | None = None) -> DaemonSide:
+    """Feed the D> segments one by one; check each segment's frames against its decodes.
+
+    ``accelerated`` picks the decoder's path (see ClientDecoder; None: the default)."""
     version = announced_version(trace.stream(conn, CLIENT))
-    decoder = wire.ClientDecoder(version)
+    decoder = wire.ClientDecoder(version, accelerated=accelerated)
     frames: list[Any] = []
     for rec in trace.data_records(conn, DAEMON):
         got = decoder.feed(rec.payload)
@@ -458,10 +460,14 @@ class ClientSide:
         return [f for _, fs in self.frames for f in fs]
 
 
-def replay_client_side(trace: Trace, conn: str) -> ClientSide:
-    """Drive DaemonDecoder through the C> reads, answering as the real daemon did."""
+def replay_client_side(
+    trace: Trace, conn: str, decoder: wire.DaemonDecoder | None = None
+) -> ClientSide:
+    """Drive DaemonDecoder (a new default one, or ``decoder``) through the C> reads,
+    answering as the real daemon did."""
     outcome = outcome_of(trace, conn)
-    decoder = wire.DaemonDecoder()
+    if decoder is None:
+        decoder = wire.DaemonDecoder()
     recs = trace.data_records(conn, CLIENT)
     done: list[tuple[Record | None, list[Any]]] = []
     current: Record | None = None

@@ -335,7 +335,10 @@ def phase_fanin(cluster: Cluster, s: Settings) -> dict[str, Any]:
             "senders": count,
             "payload_bytes": ARGS_BYTES,
         }
-        cases[f"S={count}"] = _case(params, runs)
+        case = _case(params, runs)
+        if count == max(s.senders):
+            _add_profiled_run(cluster, s, "fanin", case, senders, workers, inflight=1)
+        cases[f"S={count}"] = case
     cluster.senders_of(1)
     return _phase(
         f"S sender processes at once, each making sequential rpc calls; {s.fanin_workers} workers",

@@ -33,7 +33,42 @@ from pathlib import Path
 
 from .procs import Child
 
-__all__ = ["PySpy", "find_pyspy", "load_stacks", "summarise"]
+__all__ = ["LAYERS", "PySpy", "find_pyspy", "layer_of", "load_stacks", "summarise"]
+
+#: Where a sample's own time goes, by the file of its innermost Python frame (first
+#: match wins): the split the CPU discussion of issue 13 asks for.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Deferreds", ("twisted/internet/defer.py",)),
+    (
+        "logging context",
+        ("twisted/python/log.py", "twisted/python/context.py", "twisted/logger/"),
+    ),
+    ("Twisted reactor, wake-up", ("twisted/internet/", "twisted/python/")),
+    ("Spread codec", ("spreadqueue/_spread/wire/",)),
+    (
+        "Spread session, client, writes",
+        (
+            "spreadqueue/_spread/session.py",
+            "spreadqueue/_spread/client.py",
+            "spreadqueue/_spread/batch.py",
+            "spreadqueue/_spread/output.py",
+        ),
+    ),
+    ("daemon routing", ("spreadqueue/_spread/",)),
+    ("queue messages", ("spreadqueue/_queue/messages.py", "msgpack/")),
+    ("manager state machine", ("spreadqueue/_queue/state.py", "spreadqueue/_queue/stats.py")),
+    ("queue services", ("spreadqueue/_queue/",)),
+    ("bench agent", ("spreadqueue/_bench/",)),
+)
+
+
+def layer_of(frame: str) -> str:
+    """The layer (see :data:`LAYERS`) of a py-spy frame ``func (path:line)``."""
+    where = frame.partition(" (")[2]
+    for layer, markers in LAYERS:
+        if any(m in where for m in markers):
+            return layer
+    return "other"
 
 
 def find_pyspy() -> str | None:
@@ -129,7 +164,9 @@ def summarise(path: Path, top: int = 20, user_us_per_task: float | None = None) 
     own: Counter[str] = Counter()
     under: Counter[str] = Counter()
     files: Counter[str] = Counter()
+    layers: Counter[str] = Counter()
     for frames, n in stacks:
+        layers[layer_of(frames[-1])] += n
         leaf = _short(frames[-1])
         own[leaf] += n
         files[leaf.partition(" (")[2].rsplit(":", 1)[0] or "?"] += n
@@ -138,7 +175,12 @@ def summarise(path: Path, top: int = 20, user_us_per_task: float | None = None) 
     lines = [f"{path.stem}: {total} samples (holding the GIL: Python CPU time)"]
     if user_us_per_task is not None:
         lines.append(f"  user CPU {user_us_per_task:,.1f} us per task in the profiled window")
-    for title, counts in (("self", own), ("inclusive", under), ("self, by file", files)):
+    for title, counts in (
+        ("self, by layer", layers),
+        ("self", own),
+        ("inclusive", under),
+        ("self, by file", files),
+    ):
         lines.append(f"  top {title}:")
         for name, n in counts.most_common(top):
             share = n / total

@@ -107,7 +107,9 @@ def format_report(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     repeat = int(meta.get("repeat", 1))
     lines = [
         f"spreadqueue bench: {meta.get('daemon')} daemon, {meta.get('cores')} cores, "
-        f"Python {meta.get('python')}; {meta.get('duration_s')} s measured per run after "
+        f"Python {meta.get('python')}"
+        + (f" ({meta['codec']} codec)" if meta.get("codec") else "")
+        + f"; {meta.get('duration_s')} s measured per run after "
         f"{meta.get('warmup_s')} s warm-up; "
         + (f"median of {repeat} runs" if repeat > 1 else "1 run per figure"),
         "",

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._spread import wire
 from .cluster import Cluster
 from .combine import combine
 from .phases import PHASES, Settings
@@ -132,9 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         metavar="DIR",
-        help="profile the daemon, manager, a worker and the sender with py-spy during an "
-        "extra run of seq and of pipelined C=100; collapsed stacks and summary.txt go to "
-        "DIR/seq and DIR/pipelined",
+        help="profile the daemon, manager, a worker and a sender with py-spy during an "
+        "extra run of seq, of pipelined C=100 and of fanin at its most senders; collapsed "
+        "stacks and summary.txt go to DIR/seq, DIR/pipelined and DIR/fanin",
     )
     p.add_argument(
         "--workdir", metavar="DIR", help="keep the processes' logs in DIR (default: a temp dir)"
@@ -188,6 +189,8 @@ def _meta(options: argparse.Namespace, s: Settings, phases: list[str]) -> dict[s
         "spreadqueue": version,
         "python": platform.python_version(),
         "cores": os.cpu_count(),
+        # the agents inherit the environment: SPREADQUEUE_PURE=1 makes them all pure
+        "codec": "compiled" if wire.ACCELERATED else "pure-Python",
         "daemon": options.spread or "embedded",
         "manager": "in the daemon's process"
         if options.colocate and not options.spread
@@ -262,12 +265,10 @@ def _write_profile_summary(outdir: Path, run: dict[str, Any]) -> None:
         system = (run.get("cpu_system_s") or {}).get(role)
         per_task = None
         if total is not None and system is not None and measured:
+            # The role's user CPU per task, all its processes together: the profile is
+            # of one of them (the workers and the senders of a role do the same work, so
+            # its shares stand for the role's).
             per_task = (total - system) * 1e6 / measured
-            if role == "workers":
-                # the profile is of one worker; the role's CPU is of all of them
-                per_task = (
-                    None if len(run.get("per_worker", {}).get("counts", ())) > 1 else per_task
-                )
         parts.append(summarise(path, user_us_per_task=per_task))
     (outdir / "summary.txt").write_text("\n\n".join(parts) + "\n")
 

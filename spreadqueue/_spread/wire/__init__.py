@@ -10,7 +10,11 @@ a frame. The package's modules, by job:
 - :mod:`.frames`: the frames of both directions (:data:`ToClient`, :data:`ToDaemon`);
 - :mod:`.encode`: their bytes, by direction;
 - :mod:`.decode`: :class:`ClientDecoder` (what a client reads) and
-  :class:`DaemonDecoder` (what a daemon reads), incremental and hostile-input safe.
+  :class:`DaemonDecoder` (what a daemon reads), incremental and hostile-input safe;
+- ``_speedups.c`` (optional, built by ``pip install`` when a C compiler is present): the
+  decoders' compiled fast path for whole common messages; :data:`ACCELERATED` says
+  whether it is in use, ``SPREADQUEUE_PURE=1`` turns it off, and the Python code stays
+  the reference (it takes every message the fast path leaves, and raises every error).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from .constants import (
     RejectCode,
     hint_mess_type,
 )
-from .decode import ClientDecoder, DaemonDecoder, decode_relay
+from .decode import ACCELERATED, ClientDecoder, DaemonDecoder, decode_relay
 from .encode import (
     encode_accept,
     encode_auth_choice,
@@ -100,6 +104,7 @@ from .names import (
 )
 
 __all__ = [
+    "ACCELERATED",
     "AGREED_MESS",
     "CAUSAL_MESS",
     "CAUSED_BY_DISCONNECT",

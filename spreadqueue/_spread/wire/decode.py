@@ -15,6 +15,7 @@ Section numbers in this module refer to docs/spread-protocol.md.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
@@ -93,6 +94,42 @@ from .names import (
     pad_name,
     to_bytes,
 )
+
+
+def _load_speedups() -> Any:
+    """The compiled scanners (``_speedups.c``), or None: not built, or SPREADQUEUE_PURE
+    set to anything but ``""`` or ``0``."""
+    if os.environ.get("SPREADQUEUE_PURE", "") not in ("", "0"):
+        return None
+    try:
+        from . import _speedups  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    _speedups.setup(
+        name_cache,
+        name_of,
+        one_group_cache,
+        one_group_of,
+        group_names,
+        canonical_cache,
+        RegularMessage,
+        Relay,
+    )
+    return _speedups
+
+
+_speedups = _load_speedups()
+#: True when the decoders use the compiled fast path by default.
+ACCELERATED: Final = _speedups is not None
+
+
+def _use_speedups(accelerated: bool | None) -> Any:
+    if accelerated is None or accelerated:
+        if accelerated and _speedups is None:
+            raise RuntimeError("the compiled decoder is not available (see ACCELERATED)")
+        return _speedups
+    return None
+
 
 _MEMB_HEAD_LE = struct.Struct("<IIIII")
 _MEMB_HEAD_BE = struct.Struct(">IIIII")
@@ -196,6 +233,8 @@ class _MessageStream:
         "_prefix",
         "_relay",
         "offset",
+        "scan",
+        "scan_args",
         "staged",
     )
 
@@ -226,6 +265,10 @@ class _MessageStream:
         self.offset = 0
         #: Bytes copied into staging buffers so far (not counting the frames' own copy).
         self.staged = 0
+        #: The compiled scanner of whole messages (``scan(data, pos, out, *scan_args)``
+        #: -> new pos), or None: the pure-Python path.
+        self.scan: Any = None
+        self.scan_args: tuple[Any, ...] = ()
 
     @property
     def buffered(self) -> int:
@@ -299,7 +342,18 @@ class _MessageStream:
         old_type_field = self._old_type_field
         unpack_le = HEADER_LE.unpack_from
         unpack_be = HEADER_BE.unpack_from
+        scan = self.scan
         while n - pos >= HEADER_SIZE:
+            if scan is not None:
+                # The compiled fast path takes the run of common messages from here
+                # and stops at the first one it leaves to the code below (see
+                # _speedups.c): the same frames, and no error of its own.
+                end = scan(data, pos, out, *self.scan_args)
+                if end != pos:
+                    self.offset += end - pos
+                    pos = end
+                    if n - pos < HEADER_SIZE:
+                        break
             little = bool(data[pos] & 0x80 and data[pos + 3] & 0x80)
             stype, sender, num_groups, hint, data_len = (unpack_le if little else unpack_be)(
                 data, pos
@@ -431,6 +485,10 @@ class ClientDecoder:
     auth list comes and whether the accept record carries a patch version. Frames
     larger than ``max_frame`` bytes raise :class:`WireError` as soon as their header is
     seen, before anything is buffered for them.
+
+    ``accelerated`` picks the decoding path: None (the default) the compiled one when
+    it is built (:data:`ACCELERATED`), False the pure-Python one, True the compiled one
+    or RuntimeError. Both yield the same frames and raise the same errors.
     """
 
     def __init__(
@@ -438,6 +496,7 @@ class ClientDecoder:
         version: Sequence[int] = LIBRARY_VERSION,
         *,
         max_frame: int = DEFAULT_MAX_INCOMING,
+        accelerated: bool | None = None,
     ) -> None:
         self._version = version_number(version)
         self._state = "auth" if self._version >= 31600 else "accept"
@@ -446,6 +505,10 @@ class ClientDecoder:
         self._max_frame = max_frame
         self._failed: WireError | None = None
         self._messages = _MessageStream(self._message, self._check, old_type_field=True)
+        speedups = _use_speedups(accelerated)
+        if speedups is not None:
+            self._messages.scan = speedups.scan_client
+            self._messages.scan_args = (max_frame,)
 
     @property
     def established(self) -> bool:
@@ -693,6 +756,8 @@ class DaemonDecoder:
     (section 7): any violation raises :class:`WireError`, and the daemon drops the
     session. With ``strict_size`` (the default) messages the real daemon would accept
     but then abort on (the upstream size bug, section 11.2) are refused too.
+    ``accelerated`` is as for :class:`ClientDecoder` (the compiled path decodes the
+    messages a ``relay=True`` decoder forwards as they are).
     """
 
     def __init__(
@@ -701,6 +766,7 @@ class DaemonDecoder:
         strict_size: bool = True,
         auth_methods: Sequence[str] | None = DEFAULT_AUTH_METHODS,
         relay: bool = False,
+        accelerated: bool | None = None,
     ) -> None:
         self._state = "connect"
         self._request: ConnectRequest | None = None
@@ -718,6 +784,9 @@ class DaemonDecoder:
             old_type_field=False,
             relay=self._relay if relay else None,
         )
+        # The compiled path only relays: without relay=True every frame is built here.
+        speedups = _use_speedups(accelerated)
+        self._scan = speedups.scan_daemon if relay and speedups is not None else None
 
     @property
     def request(self) -> ConnectRequest | None:
@@ -789,6 +858,9 @@ class DaemonDecoder:
         self._sender_str = self._sender.decode("latin-1")
         self._sender_field = pad_name(self._sender)
         self._state = "messages"
+        if self._scan is not None:
+            self._messages.scan = self._scan
+            self._messages.scan_args = (self._sender_field, self._strict_size)
         self._messages.offset = self._offset
         pending, self._pending = self._pending, b""
         return self._messages.feed(pending) if pending else []  # type: ignore[no-any-return]
