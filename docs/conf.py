@@ -12,6 +12,7 @@ the docstrings (autodoc).
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import re
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 
 from docutils import nodes
 from docutils.transforms import Transform
+from sphinx import addnodes
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # document the checkout, not whatever copy is installed
@@ -92,6 +94,33 @@ class HtmlAnchorTargets(Transform):
             section["names"].append(name)
             self.document.note_explicit_target(section, section)
             self.document.nameids[name] = section["ids"][0]
+
+
+class RepositoryFileLinks(Transform):
+    """A Markdown link to a file of the repository that is not a page of this site (as
+    ``[examples/shared_session.py](examples/shared_session.py)`` in the README) becomes
+    a download of that file, instead of a broken link."""
+
+    default_priority = 500
+
+    def apply(self, **kwargs: Any) -> None:
+        env = self.document.settings.env
+        here = Path(env.doc2path(env.docname)).parent
+        for ref in list(self.document.findall(addnodes.pending_xref)):
+            if ref.get("reftype") != "myst" or not ref.source:
+                continue
+            target = (Path(ref.source).parent / ref["reftarget"]).resolve()
+            if not target.is_file() or ROOT not in target.parents or target.suffix == ".md":
+                continue
+            download = addnodes.download_reference(
+                "",
+                "",
+                *ref.children,
+                refdoc=env.docname,
+                refexplicit=True,
+                reftarget=os.path.relpath(target, here),
+            )
+            ref.replace_self(download)
 
 
 # --------------------------------------------------------------------- API coverage
@@ -171,8 +200,16 @@ def public_home(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     return None
 
 
+def no_object_base(app: Any, name: str, obj: Any, options: Any, bases: list[type]) -> None:
+    """Leave out "Bases: object": it tells a reader nothing."""
+    if bases == [object]:
+        bases.clear()
+
+
 def setup(app: Any) -> dict[str, Any]:
     app.add_transform(HtmlAnchorTargets)
+    app.add_transform(RepositoryFileLinks)
     app.connect("env-check-consistency", check_api_reference)
     app.connect("missing-reference", public_home)
+    app.connect("autodoc-process-bases", no_object_base)
     return {"parallel_read_safe": True}
