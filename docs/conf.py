@@ -53,7 +53,7 @@ myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 4
 
 # autodoc: what the docstrings say, signatures with the hints as written.
-autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_default_options = {"members": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
@@ -67,6 +67,9 @@ nitpick_ignore_regex = [
     (r"py:.*", r"spreadqueue\._.*"),
     (r"py:.*", r"(GroupId|Frame|Listener|Handler|SessionFactory|F|T)"),
 ]
+
+# Straight dashes: "--spread" in a docstring stays an option, not an en dash.
+smartquotes_action = "qe"
 
 html_theme = "furo"
 html_title = f"spreadqueue {release}"
@@ -200,10 +203,15 @@ def public_home(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     return None
 
 
-def no_object_base(app: Any, name: str, obj: Any, options: Any, bases: list[type]) -> None:
-    """Leave out "Bases: object": it tells a reader nothing."""
-    if bases == [object]:
-        bases.clear()
+def namedtuple_noise(
+    app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    """Leave out what namedtuple writes for its fields and constructor ("Alias for
+    field number 3", "Create new instance of ..."): the class docstrings say more."""
+    for i, line in enumerate(lines):
+        if re.fullmatch(r"Alias for field number \d+|Create new instance of .*", line):
+            del lines[i:]
+            return
 
 
 def setup(app: Any) -> dict[str, Any]:
@@ -211,5 +219,5 @@ def setup(app: Any) -> dict[str, Any]:
     app.add_transform(RepositoryFileLinks)
     app.connect("env-check-consistency", check_api_reference)
     app.connect("missing-reference", public_home)
-    app.connect("autodoc-process-bases", no_object_base)
+    app.connect("autodoc-process-docstring", namedtuple_noise)
     return {"parallel_read_safe": True}
