@@ -25,7 +25,7 @@ __all__ = [
 
 
 class QueueError(Exception):
-    """Base class of every error raised by :mod:`spreadqueue._queue`."""
+    """Base class of every error the queue raises (its senders, workers and managers)."""
 
 
 class QueueNameError(QueueError, ValueError):

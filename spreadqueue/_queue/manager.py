@@ -75,16 +75,17 @@ class ManagerService(Service):
     """The queue manager of queue ``queue``, as a Twisted service.
 
     ``session`` is an :class:`~spreadqueue.interfaces.ISpreadSession` (shared with
-    anything else; the service never closes it) or a :data:`SessionFactory`; with a
-    factory the service opens its own session, and opens a new one (with back-off)
+    anything else; the service never closes it) or a session factory (a function
+    returning a Deferred that fires with a new session); with a factory the service
+    opens its own session, and opens a new one (with back-off)
     whenever it is lost, as long as the service runs.
 
     Start several for one queue (in other processes, or on other sessions) for
     standby: exactly one is active at a time (see :attr:`active`).
 
     ``ack_delay`` (seconds) is how long the acknowledgement of a task assigned at once
-    may be held back (and then left out if the result came first); see
-    :class:`~spreadqueue._queue.state.QueueManager`.
+    may be held back (and then left out if the result came first): docs/protocol.md,
+    "ACK".
 
     Standbys are hot: each takes the queue's state from the active manager when it
     joins and then follows the same ordered input, so that it continues at once when

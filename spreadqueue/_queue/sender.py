@@ -358,7 +358,7 @@ class Sender:
         return d
 
     def receive(self) -> Deferred[Reply]:
-        """The next answer to a :meth:`submit` ted task (completion order).
+        """The next answer to a task sent with :meth:`submit` (completion order).
 
         Fires with a :class:`Reply`, or fails with the task's TaskError (RemoteError,
         TaskTimeout, ...; its ``task_id`` says which task).

@@ -211,7 +211,7 @@ class Worker(Service):
 
     Coroutine functions (and ones that return a Deferred: ``inlineCallbacks``, or
     annotated ``-> Deferred[...]``) run on the reactor. Other functions may block:
-    they run in ``pool`` (see :mod:`spreadqueue._queue.pools`): 'threads' (the
+    they run in ``pool``: 'threads' (the
     default, ``concurrency`` threads), 'processes' (``concurrency`` child processes,
     each replaced after ``max_tasks_per_child`` tasks, 0: never) or 'reactor'
     (inline, as on a reactor that has no threads, such as ``task.Clock``).

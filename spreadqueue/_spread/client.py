@@ -393,11 +393,13 @@ def connect(
 ) -> Deferred[SpreadSession]:
     """Open a Spread session; the Deferred fires with a connected :class:`SpreadSession`.
 
-    ``endpoint`` is an IStreamClientEndpoint or a description for
-    :func:`parse_spread_endpoint`; None means ``$SPREAD_DAEMON``, else
-    ``4803@localhost``. ``name`` is the private name (None: the daemon
-    invents one); a name longer than 10 bytes or with bytes outside ``$``..``~``
-    raises IllegalGroupName here, at once (libspread would silently cut it to 10).
+    ``endpoint`` is an IStreamClientEndpoint or a string: Spread's ``"4803@host"``
+    (a host name, an IPv4 or ``[IPv6]`` literal), a bare ``"4803"`` (127.0.0.1), or any
+    Twisted client endpoint description such as ``"tcp:host=10.0.0.5:port=4803"``;
+    None means ``$SPREAD_DAEMON``, else ``4803@localhost``. ``name`` is the private
+    name (None: the daemon invents one); a name longer than 10 bytes or with bytes
+    outside 0x24..0x7E (``$`` to ``~``) raises IllegalGroupName here, at once
+    (libspread would silently cut it to 10).
     ``reactor`` provides IReactorTCP and IReactorTime.
 
     The Deferred fails with the typed rejection (NameNotUnique, IllegalName,

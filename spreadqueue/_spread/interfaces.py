@@ -13,10 +13,8 @@ from zope.interface import Attribute, Interface
 class ISpreadSession(Interface):
     """One Spread session (one private name, one mailbox), shared by many users.
 
-    Listeners are called with the decoded frames of
-    :mod:`spreadqueue._spread.wire`: :class:`~spreadqueue._spread.wire.RegularMessage`,
-    :class:`~spreadqueue._spread.wire.MembershipMessage` and
-    :class:`~spreadqueue._spread.wire.RejectMessage`.
+    Listeners are called with the decoded frames: :class:`~spreadqueue.RegularMessage`,
+    :class:`~spreadqueue.MembershipMessage` and :class:`~spreadqueue.RejectMessage`.
     """
 
     private_group = Attribute("This session's private group, e.g. '#alice#localhost' (str).")

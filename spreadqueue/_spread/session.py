@@ -389,7 +389,7 @@ class SpreadSession:
     ) -> None:
         """Send ``data`` to ``groups`` (one name or a sequence; private groups allowed).
 
-        ``service`` is one of wire.UNRELIABLE_MESS .. wire.SAFE_MESS (None means SAFE);
+        ``service`` is one of UNRELIABLE_MESS .. SAFE_MESS (None means SAFE);
         ``mess_type`` a signed 16-bit tag delivered with the message; ``self_discard``
         keeps our own copy from coming back. Nothing is written unless every check
         passes: raises IllegalGroupName (bad name, no groups), MessageTooLong (more

@@ -86,7 +86,7 @@ class RegularMessage(NamedTuple):
     """Daemon -> client: a data message.
 
     ``endian_mismatch`` is True when the sender wrote its hint big-endian (libspread on
-    x86 reports ``endian_mismatch = 1`` then, section 3).
+    x86 reports ``endian_mismatch = 1`` then; docs/spread-protocol.md, section 3).
     """
 
     service_type: int
@@ -128,7 +128,8 @@ class MembershipMessage(NamedTuple):
 
 @_frame_class
 class RejectMessage(NamedTuple):
-    """Daemon -> client: one of our messages, returned as rejected (section 8)."""
+    """Daemon -> client: one of our messages, returned as rejected (docs/spread-protocol.md,
+    section 8.7)."""
 
     service_type: int
     old_type: int
