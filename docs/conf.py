@@ -63,9 +63,10 @@ autoclass_content = "both"
 # private modules, whose names appear in a few signatures.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(twisted|zope|collections)(\..*)?"),
+    (r"py:.*", r"(twisted|zope|collections|asyncio|logging|uvloop)(\..*)?"),
     (r"py:.*", r"spreadqueue\._.*"),
     (r"py:class", r"GroupId"),  # MembershipMessage.group_id: a private type
+    (r"py:class", r"spreadqueue\.aio\.(F|_\w+)"),  # a TypeVar and private helpers
 ]
 
 # Straight dashes: "--spread" in a docstring stays an option, not an en dash.

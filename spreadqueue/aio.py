@@ -128,7 +128,7 @@ class Session:
         self.spread.remove_listener(listener, group)
 
     async def receive(self) -> Frame:
-        """The next frame this session receives (see :meth:`SpreadSession.receive`)."""
+        """The next frame this session receives (see :meth:`spreadqueue.SpreadSession.receive`)."""
         return await wait(self.spread.receive(), self._clock.loop)
 
     # ------------------------------------------------------------------ ending
