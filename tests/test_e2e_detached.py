@@ -75,11 +75,14 @@ class DetachedTasks(OpsCase):
         await self.exits(enqueue)
         for proc in self.procs:
             proc.kill()
-        back = [self.manager(f"m{i}-again", "--journal", journals[i]) for i in (1, 0)]
-        await log_match(back[0], r"journal .* holds 300 detached task\(s\)")
-        await all_ready(back[0])
+        # They come back in the other order: the first is active with its journal's
+        # tasks, the second hands its own over (deduplicated) and takes the state.
+        first_back = self.manager("m1-again", "--journal", journals[1])
+        await log_match(first_back, r"journal .* holds 300 detached task\(s\)")
+        await all_ready(first_back)
+        second_back = await self.standby("m0-again", "--journal", journals[0])
         worker = self.worker("w", 4)
-        await self.all_ran(300, worker, *back)
+        await self.all_ran(300, worker, first_back, second_back)
         assert sorted(self.run_counts()) == list(range(300))
 
     async def test_a_detached_task_that_fails_is_a_dead_letter_an_operator_requeues(
