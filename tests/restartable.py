@@ -1,0 +1,126 @@
+"""An in-memory Spread daemon that can be killed and restarted, for reconnect tests.
+
+It is the embedded daemon's core with in-process sessions on a ``task.Clock``, as in
+``spreadqueue.testing.FakeSpreadNetwork``; its sessions reconnect (``keep_session``
+over ``local_session(resume=...)``). :meth:`RestartableDaemon.kill` is kill -9 of the
+daemon: every session's connection drops at once, nobody hears of anybody else
+leaving, and connecting is refused until :meth:`RestartableDaemon.restart` starts a
+new, empty daemon of the same name.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from spreadqueue._spread.daemon import SpreadDaemonFactory
+from spreadqueue._spread.keeper import LOCAL_BACKOFF, keep_session
+from spreadqueue._spread.local import local_session
+from spreadqueue._spread.session import SpreadSession
+
+
+def result_of(d: Deferred[Any]) -> Any:
+    """The result of a Deferred that must have fired (raising its failure)."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+class RestartableDaemon:
+    """One in-memory daemon named ``name`` on ``clock``, with reconnecting sessions."""
+
+    def __init__(self, clock: Clock | None = None, name: str = "localhost") -> None:
+        self.clock = clock if clock is not None else Clock()
+        self.name = name
+        self.starts = 0
+        self.up = True
+        #: (time, private name asked for) of every connection attempt of a session
+        self.attempts: list[tuple[float, str | None]] = []
+        #: errors the next connection attempts fail with, first to last
+        self.refusals: list[BaseException] = []
+        self.daemon: SpreadDaemonFactory = self._start()
+
+    def _start(self) -> SpreadDaemonFactory:
+        self.starts += 1
+        # seeded: the names it invents are the same on every run
+        return SpreadDaemonFactory(
+            self.clock, self.name, time=self.starts, randrange=random.Random(self.starts).randrange
+        )
+
+    # ------------------------------------------------------------------ sessions
+
+    def open_link(self, name: str | None, resume: SpreadSession | None) -> Deferred[SpreadSession]:
+        """keep_session's LinkOpener for this daemon."""
+        self.attempts.append((self.clock.seconds(), name))
+        if self.refusals:
+            return fail(self.refusals.pop(0))
+        if not self.up:
+            return fail(ConnectionRefusedError("the Spread daemon is down"))
+        return maybeDeferred(local_session, self.daemon, name or "", resume=resume)
+
+    def session(self, name: str | None = None) -> SpreadSession:
+        """A session that reconnects (local back-off, no jitter)."""
+        d = keep_session(
+            self.clock, self.open_link, name, backoff=LOCAL_BACKOFF, randomness=lambda: 0.0
+        )
+        session: SpreadSession = result_of(d)
+        return session
+
+    def plain_session(self, name: str = "") -> SpreadSession:
+        """A session that does not reconnect."""
+        return local_session(self.daemon, name)
+
+    def members(self, group: str) -> tuple[str, ...]:
+        return tuple(self.daemon.core.members(group))
+
+    # ------------------------------------------------------------------ the daemon
+
+    def kill(self) -> None:
+        """kill -9 of the daemon: every connection drops; connecting fails until
+        :meth:`restart`."""
+        self.flush()
+        self.up = False
+        dead = self.daemon
+        # in a set order (by name): the sessions' retries then come in that order too
+        for link in sorted(dead.local_links, key=lambda link: link.session.private_group):
+            dead.local_links.discard(link)
+            session = link.session.sink.session  # type: ignore[attr-defined]
+            if session is not None:
+                session.connection_lost(ConnectionLost("the Spread daemon died"), link=link)
+
+    def restart(self) -> None:
+        """A new daemon of the same name at the same place: empty, accepting again."""
+        self.daemon = self._start()
+        self.up = True
+
+    # ------------------------------------------------------------------ time
+
+    def flush(self, max_rounds: int = 10_000) -> None:
+        """Run everything due at the clock's current time, including what that schedules."""
+        for _ in range(max_rounds):
+            now = self.clock.seconds()
+            if not any(c.getTime() <= now for c in self.clock.getDelayedCalls()):
+                return
+            self.clock.advance(0)
+        raise RuntimeError(f"still busy after {max_rounds} rounds: a delivery loop?")
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass, from one timer to the next, delivering everything as
+        we go."""
+        end = self.clock.seconds() + seconds
+        self.flush()
+        while True:
+            now = self.clock.seconds()
+            due = [c.getTime() for c in self.clock.getDelayedCalls() if c.getTime() <= end]
+            self.clock.advance((min(due) if due else end) - now)
+            self.flush()
+            if not due:
+                return
