@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from spreadqueue._spread.daemon import SpreadDaemonFactory
-from spreadqueue._spread.keeper import LOCAL_BACKOFF, keep_session
+from spreadqueue._spread.keeper import LOCAL_BACKOFF, Backoff, keep_session
 from spreadqueue._spread.local import local_session
 from spreadqueue._spread.session import SpreadSession
 
@@ -66,11 +66,9 @@ class RestartableDaemon:
             return fail(ConnectionRefusedError("the Spread daemon is down"))
         return maybeDeferred(local_session, self.daemon, name or "", resume=resume)
 
-    def session(self, name: str | None = None) -> SpreadSession:
-        """A session that reconnects (local back-off, no jitter)."""
-        d = keep_session(
-            self.clock, self.open_link, name, backoff=LOCAL_BACKOFF, randomness=lambda: 0.0
-        )
+    def session(self, name: str | None = None, backoff: Backoff = LOCAL_BACKOFF) -> SpreadSession:
+        """A session that reconnects (by default with the local back-off), no jitter."""
+        d = keep_session(self.clock, self.open_link, name, backoff=backoff, randomness=lambda: 0.0)
         session: SpreadSession = result_of(d)
         return session
 
