@@ -11,49 +11,38 @@ new, empty daemon of the same name.
 from __future__ import annotations
 
 import random
-from typing import Any
 
+from test_queue_services import fired
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from spreadqueue._spread.daemon import SpreadDaemonFactory
 from spreadqueue._spread.keeper import LOCAL_BACKOFF, Backoff, keep_session
 from spreadqueue._spread.local import local_session
 from spreadqueue._spread.session import SpreadSession
-
-
-def result_of(d: Deferred[Any]) -> Any:
-    """The result of a Deferred that must have fired (raising its failure)."""
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
+from spreadqueue.testing import FakeSpreadNetwork
 
 
 class RestartableDaemon:
     """One in-memory daemon named ``name`` on ``clock``, with reconnecting sessions."""
 
     def __init__(self, clock: Clock | None = None, name: str = "localhost") -> None:
-        self.clock = clock if clock is not None else Clock()
+        # the first daemon is a FakeSpreadNetwork's; restart() gives it another
+        self.network = FakeSpreadNetwork(clock, name)
+        self.clock = self.network.clock
         self.name = name
-        self.starts = 0
+        self.starts = 1
         self.up = True
         #: (time, private name asked for) of every connection attempt of a session
         self.attempts: list[tuple[float, str | None]] = []
         #: errors the next connection attempts fail with, first to last
         self.refusals: list[BaseException] = []
-        self.daemon: SpreadDaemonFactory = self._start()
 
-    def _start(self) -> SpreadDaemonFactory:
-        self.starts += 1
-        # seeded: the names it invents are the same on every run
-        return SpreadDaemonFactory(
-            self.clock, self.name, time=self.starts, randrange=random.Random(self.starts).randrange
-        )
+    @property
+    def daemon(self) -> SpreadDaemonFactory:
+        """The daemon running now (or the dead one, between kill and restart)."""
+        return self.network.daemon
 
     # ------------------------------------------------------------------ sessions
 
@@ -69,7 +58,7 @@ class RestartableDaemon:
     def session(self, name: str | None = None, backoff: Backoff = LOCAL_BACKOFF) -> SpreadSession:
         """A session that reconnects (by default with the local back-off), no jitter."""
         d = keep_session(self.clock, self.open_link, name, backoff=backoff, randomness=lambda: 0.0)
-        session: SpreadSession = result_of(d)
+        session: SpreadSession = fired(d)
         return session
 
     def plain_session(self, name: str = "") -> SpreadSession:
@@ -77,7 +66,7 @@ class RestartableDaemon:
         return local_session(self.daemon, name)
 
     def members(self, group: str) -> tuple[str, ...]:
-        return tuple(self.daemon.core.members(group))
+        return self.network.members(group)
 
     # ------------------------------------------------------------------ the daemon
 
@@ -96,19 +85,18 @@ class RestartableDaemon:
 
     def restart(self) -> None:
         """A new daemon of the same name at the same place: empty, accepting again."""
-        self.daemon = self._start()
+        self.starts += 1
+        # seeded: the names it invents are the same on every run
+        self.network.daemon = SpreadDaemonFactory(
+            self.clock, self.name, time=self.starts, randrange=random.Random(self.starts).randrange
+        )
         self.up = True
 
     # ------------------------------------------------------------------ time
 
-    def flush(self, max_rounds: int = 10_000) -> None:
+    def flush(self) -> None:
         """Run everything due at the clock's current time, including what that schedules."""
-        for _ in range(max_rounds):
-            now = self.clock.seconds()
-            if not any(c.getTime() <= now for c in self.clock.getDelayedCalls()):
-                return
-            self.clock.advance(0)
-        raise RuntimeError(f"still busy after {max_rounds} rounds: a delivery loop?")
+        self.network.flush()
 
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass, from one timer to the next, delivering everything as

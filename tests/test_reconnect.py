@@ -10,19 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from restartable import RestartableDaemon, result_of
+from restartable import RestartableDaemon
+from test_session import FakeLink, FakeProducer, failure_of, join_notice, result_of
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from spreadqueue._spread import errors, wire
 from spreadqueue._spread.client import connect
-from spreadqueue._spread.interfaces import ISessionLink
 from spreadqueue._spread.session import (
     SessionBack,
     SessionLost,
@@ -31,15 +29,6 @@ from spreadqueue._spread.session import (
 )
 
 ALICE = "#alice#localhost"
-GID = wire.GroupId(1, 2, 3)
-
-
-def failure_of(d: defer.Deferred[Any]) -> Failure:
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "Deferred has not fired"
-    assert isinstance(out[0], Failure), f"Deferred succeeded with {out[0]!r}"
-    return out[0]
 
 
 def pending(d: defer.Deferred[Any]) -> bool:
@@ -48,40 +37,7 @@ def pending(d: defer.Deferred[Any]) -> bool:
     return not out
 
 
-def join_notice(group: str, members: tuple[str, ...], joiner: str) -> wire.MembershipMessage:
-    return wire.MembershipMessage(
-        wire.REG_MEMB_MESS | wire.CAUSED_BY_JOIN,
-        group,
-        wire.CAUSED_BY_JOIN,
-        GID,
-        members,
-        (members,),
-        0,
-        joiner,
-    )
-
-
 # --------------------------------------------------------------------------- relink
-
-
-@implementer(ISessionLink)
-class Link:
-    """Records what the session sends through it."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, ...]] = []
-
-    def send_multicast(self, service_type: int, groups: Any, mess_type: int, data: bytes) -> None:
-        self.sent.append(("multicast", tuple(groups), data))
-
-    def send_join(self, group: bytes) -> None:
-        self.sent.append(("join", group))
-
-    def send_leave(self, group: bytes) -> None:
-        self.sent.append(("leave", group))
-
-    def send_kill(self) -> None:
-        self.sent.append(("kill",))
 
 
 class Clock:
@@ -91,8 +47,8 @@ class Clock:
         return self.now
 
 
-def reconnecting(**kwargs: Any) -> tuple[SpreadSession, Link, Clock, list[Any]]:
-    link = Link()
+def reconnecting(**kwargs: Any) -> tuple[SpreadSession, FakeLink, Clock, list[Any]]:
+    link = FakeLink()
     session = SpreadSession(link, ALICE, **kwargs)
     clock = Clock()
     session.survive_reconnects(clock)  # type: ignore[arg-type]
@@ -130,7 +86,7 @@ def test_back_after_joining_again_in_the_order_first_joined() -> None:
     session.add_listener(seen.append, "a-grp")
     session.connection_lost(Failure(ConnectionLost()))
     clock.now += 1.5
-    link = Link()
+    link = FakeLink()
     session.relink(link, ALICE)
     assert session.connected
     assert link.sent == [("join", b"b-grp"), ("join", b"a-grp")]
@@ -142,7 +98,7 @@ def test_back_after_joining_again_in_the_order_first_joined() -> None:
     assert [f.group for f in seen] == ["a-grp"]  # its listener kept, and saw the notice first
     assert session.groups == {"a-grp", "b-grp"}
     session.multicast("a-grp", b"hello")
-    assert link.sent[-1] == ("multicast", (b"a-grp",), b"hello")
+    assert link.sent[-1] == ("multicast", wire.SAFE_MESS, (b"a-grp",), 0, b"hello")
 
 
 def test_joins_leaves_and_shares_while_away_are_made_when_back() -> None:
@@ -157,7 +113,7 @@ def test_joins_leaves_and_shares_while_away_are_made_when_back() -> None:
     released = session.release("shared")  # one share of two
     assert result_of(released) is None and session.holders("shared") == 1
     later = session.acquire("later")
-    link = Link()
+    link = FakeLink()
     session.relink(link, ALICE)
     assert link.sent == [("join", g) for g in (b"kept", b"shared", b"new", b"later")]
     for group in ("kept", "shared", "new"):
@@ -173,33 +129,33 @@ def test_a_join_under_way_when_lost_is_made_again_and_its_waiter_fires_then() ->
     assert link.sent == [("join", b"grp")]
     session.connection_lost(Failure(ConnectionLost()))
     assert pending(d)
-    again = Link()
+    again = FakeLink()
     session.relink(again, ALICE)
     assert again.sent == [("join", b"grp")] and pending(d)
     session.frame_received(join_notice("grp", (ALICE,), ALICE))
     assert result_of(d) is None
 
 
-def test_lost_again_before_back_is_one_outage() -> None:
+def test_lost_again_before_back_is_told_and_back_counts_from_the_first_loss() -> None:
     session, _, clock, events = reconnecting()
     joined(session, "grp")
     session.connection_lost(Failure(ConnectionLost()))
-    first = Link()
+    first = FakeLink()
     session.relink(first, ALICE)
     clock.now += 2
     session.connection_lost(Failure(ConnectionLost()), link=first)
-    assert [type(e) for e in events] == [SessionLost]
-    second = Link()
+    assert [type(e) for e in events] == [SessionLost, SessionLost]
+    second = FakeLink()
     session.relink(second, ALICE)
     assert second.sent == [("join", b"grp")]
     session.frame_received(join_notice("grp", (ALICE,), ALICE))
-    assert events[1:] == [SessionBack(ALICE, 2.0, ALICE)]
+    assert events[2:] == [SessionBack(ALICE, 2.0, ALICE)]
 
 
 def test_late_news_of_an_earlier_link_is_ignored() -> None:
     session, old, _, events = reconnecting(membership=False)
     session.connection_lost(Failure(ConnectionLost()), link=old)
-    new = Link()
+    new = FakeLink()
     session.relink(new, ALICE)  # no groups, no notices: back at once
     assert isinstance(events[-1], SessionBack)
     session.connection_lost(Failure(ConnectionLost()), link=old)
@@ -212,7 +168,7 @@ def test_another_daemon_name_moves_the_private_group_listeners() -> None:
     session.add_listener(mine.append, ALICE)
     session.connection_lost(Failure(ConnectionLost()))
     with capturedLogs() as logs:
-        session.relink(Link(), "#alice#spread2")
+        session.relink(FakeLink(), "#alice#spread2")
     assert "reaches nobody" in " ".join(str(e.get("log_format")) for e in logs)
     assert (session.private_group, session.name, session.daemon_name) == (
         "#alice#spread2",
@@ -225,33 +181,18 @@ def test_another_daemon_name_moves_the_private_group_listeners() -> None:
     assert mine == [message]
 
 
-@implementer(IPushProducer)
-class Producer:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def pauseProducing(self) -> None:
-        self.calls.append("pause")
-
-    def resumeProducing(self) -> None:
-        self.calls.append("resume")
-
-    def stopProducing(self) -> None:
-        self.calls.append("stop")
-
-
 def test_producers_and_writability_wait_while_away() -> None:
     session, _, _, _ = reconnecting(membership=False)
-    producer = Producer()
+    producer = FakeProducer()
     session.register_producer(producer)
     session.connection_lost(Failure(ConnectionLost()))
-    assert producer.calls == ["pause"] and not session.writable
+    assert producer.events == ["pause"] and not session.writable
     writable = session.whenWritable()
     assert pending(writable)
     session.resume_writing()  # the dead link's late news changes nothing
     assert pending(writable)
-    session.relink(Link(), ALICE)
-    assert producer.calls == ["pause", "resume"] and result_of(writable) is None
+    session.relink(FakeLink(), ALICE)
+    assert producer.events == ["pause", "resume"] and result_of(writable) is None
 
 
 def test_disconnect_while_away_ends_it_for_good() -> None:
@@ -266,18 +207,18 @@ def test_disconnect_while_away_ends_it_for_good() -> None:
     assert failure_of(join).check(errors.SessionClosed)
     assert failure_of(receiving).check(errors.SessionClosed)
     with pytest.raises(errors.SessionClosed):
-        session.relink(Link(), ALICE)
+        session.relink(FakeLink(), ALICE)
 
 
 def test_a_session_that_does_not_reconnect_ends_when_lost() -> None:
-    link = Link()
+    link = FakeLink()
     session = SpreadSession(link, ALICE)
     events: list[Any] = []
     session.add_reconnect_listener(events.append)
     session.connection_lost(Failure(ConnectionLost()), link=link)
     assert result_of(session.whenDisconnected()) is None and events == []
     with pytest.raises(errors.SessionClosed):
-        session.relink(Link(), ALICE)
+        session.relink(FakeLink(), ALICE)
 
 
 # --------------------------------------------------------------------------- keep_session
@@ -417,6 +358,25 @@ def test_connect_with_reconnect_comes_back_under_the_same_name_over_tcp() -> Non
         wire.encode_to_client(join_notice("chat", (session.private_group,), session.private_group))
     )
     assert isinstance(events[-1], SessionBack) and events[-1].private_group == "#r17-1#localhost"
+
+
+def test_a_connection_lost_before_the_session_was_back_is_tried_again() -> None:
+    reactor = MemoryReactorClock()
+    d = connect(reactor, "tcp:host=127.0.0.1:port=4803", "alice", reconnect=True)
+    transport, proto = client_connection(reactor, 0)
+    accept(proto, transport, b"#alice#localhost")
+    session: SpreadSession = result_of(d)
+    session.join("chat")
+    proto.dataReceived(wire.encode_to_client(join_notice("chat", (ALICE,), ALICE)))
+    for attempt in (1, 2):
+        proto.connectionLost(Failure(ConnectionLost()))
+        reactor.advance(1.6)  # (0.2 s, then 0.4 s; up to half more each)
+        assert len(reactor.tcpClients) == attempt + 1
+        transport, proto = client_connection(reactor, attempt)
+        accept(proto, transport, b"#alice#localhost")
+        assert transport.value() == wire.encode_join(b"#alice#localhost", b"chat")
+    proto.dataReceived(wire.encode_to_client(join_notice("chat", (ALICE,), ALICE)))
+    assert session.connected and session.groups == {"chat"}
 
 
 def test_connect_with_reconnect_fails_at_once_when_the_first_attempt_fails() -> None:

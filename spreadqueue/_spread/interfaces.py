@@ -117,8 +117,9 @@ class ISpreadSession(Interface):
         back: ``event`` is a ``SessionLost`` (``private_group``, ``reason``) when its
         connection is lost and it starts reconnecting, then a ``SessionBack``
         (``private_group``, ``away`` seconds, ``previous_group``) once it is connected
-        again and a member again of every group it was in. A session that does not
-        reconnect never calls it. Adding a listener twice has no extra effect."""
+        again and a member again of every group it was in (a connection lost again
+        before that is another ``SessionLost``). A session that does not reconnect
+        never calls it. Adding a listener twice has no extra effect."""
 
     def remove_reconnect_listener(listener):  # type: ignore[no-untyped-def]
         """Stop calling ``listener`` (no error if it was not added)."""

@@ -936,8 +936,10 @@ class SpreadSession:
     def add_reconnect_listener(self, listener: ReconnectListener) -> None:
         """Call ``listener(event)`` with a :class:`SessionLost` when the session loses
         its daemon connection and reconnects, and with a :class:`SessionBack` once it
-        is connected again and back in all its groups. A session that does not
-        reconnect never calls it. Adding a listener twice has no extra effect."""
+        is connected again and back in all its groups. A connection lost again before
+        the session was back is another SessionLost (then one SessionBack). A session
+        that does not reconnect never calls it. Adding a listener twice has no extra
+        effect."""
         self._reconnect_listeners[listener] = None
 
     def remove_reconnect_listener(self, listener: ReconnectListener) -> None:
@@ -1000,14 +1002,15 @@ class SpreadSession:
                 reason=reason,
                 spread_event="lost",
             )
-            self._tell(SessionLost(self.private_group, reason))
         else:
-            # lost again before it was back: still the same outage for its users
+            # lost again before it was back: the same outage (SessionBack counts from
+            # its start), but its reconnector must hear of this connection's end too
             self._log.info(
                 "Spread session {private_group} lost again before it was back ({reason})",
                 private_group=self.private_group,
                 reason=reason,
             )
+        self._tell(SessionLost(self.private_group, reason))
         for d in done:
             d.callback(None)
 
