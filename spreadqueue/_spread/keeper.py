@@ -346,7 +346,7 @@ class _KeptSession:
             self._name = session.name
             session.survive_reconnects(self._reactor)
             session.whenDisconnected().addCallback(lambda _: self._stop())
-            self.keeper.who = f"Spread session {session.private_group}, reconnecting"
+            self.keeper.who = session.private_group  # "<who>: cannot open a Spread session ..."
         return session
 
     def _opened(self, session: ISpreadSession) -> None:
