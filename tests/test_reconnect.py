@@ -328,6 +328,15 @@ def accept(proto: Any, transport: StringTransport, private_group: bytes) -> None
     proto.dataReceived(wire.encode_accept(private_group))
 
 
+def reconnecting_over_tcp() -> tuple[MemoryReactorClock, SpreadSession, Any]:
+    """``connect(..., "alice", reconnect=True)`` over a memory reactor, accepted."""
+    reactor = MemoryReactorClock()
+    d = connect(reactor, "tcp:host=127.0.0.1:port=4803", "alice", reconnect=True)
+    transport, proto = client_connection(reactor, 0)
+    accept(proto, transport, ALICE.encode())
+    return reactor, result_of(d), proto
+
+
 def test_connect_with_reconnect_comes_back_under_the_same_name_over_tcp() -> None:
     reactor = MemoryReactorClock()
     d = connect(reactor, "tcp:host=127.0.0.1:port=4803", None, reconnect=True)
@@ -361,11 +370,7 @@ def test_connect_with_reconnect_comes_back_under_the_same_name_over_tcp() -> Non
 
 
 def test_a_connection_lost_before_the_session_was_back_is_tried_again() -> None:
-    reactor = MemoryReactorClock()
-    d = connect(reactor, "tcp:host=127.0.0.1:port=4803", "alice", reconnect=True)
-    transport, proto = client_connection(reactor, 0)
-    accept(proto, transport, b"#alice#localhost")
-    session: SpreadSession = result_of(d)
+    reactor, session, proto = reconnecting_over_tcp()
     session.join("chat")
     proto.dataReceived(wire.encode_to_client(join_notice("chat", (ALICE,), ALICE)))
     for attempt in (1, 2):
@@ -390,11 +395,7 @@ def test_connect_with_reconnect_fails_at_once_when_the_first_attempt_fails() -> 
 
 
 def test_a_refusal_for_good_when_reconnecting_over_tcp_ends_the_session() -> None:
-    reactor = MemoryReactorClock()
-    d = connect(reactor, "tcp:host=127.0.0.1:port=4803", "alice", reconnect=True)
-    transport, proto = client_connection(reactor, 0)
-    accept(proto, transport, b"#alice#localhost")
-    session: SpreadSession = result_of(d)
+    reactor, session, proto = reconnecting_over_tcp()
     proto.connectionLost(Failure(ConnectionLost()))
     reactor.advance(0.31)
     _, proto = client_connection(reactor, 1)
