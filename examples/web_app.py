@@ -82,7 +82,8 @@ class Double(Resource):
 
 
 async def main(reactor: Any) -> None:
-    session = await connect(reactor, SPREAD)  # one session for the worker and the sender
+    # one session for the worker and the sender, surviving a daemon restart
+    session = await connect(reactor, SPREAD, reconnect=True)
     # Every worker of a queue should serve the same functions (the manager hands any
     # task to any worker), so this one answers Spread::Queue's myfunc too.
     handlers = {"double": lambda n: 2 * n, "myfunc": lambda args: {"response": "I heard you!"}}

@@ -23,7 +23,7 @@ SPREAD = default_spread()
 
 
 async def main(reactor: Any) -> None:
-    session = await connect(reactor, SPREAD)
+    session = await connect(reactor, SPREAD, reconnect=True)  # survives a daemon restart
     worker = Worker(reactor, session, QUEUE)
 
     @worker.handler("myfunc", with_task=True)
@@ -41,7 +41,7 @@ async def main(reactor: Any) -> None:
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: defer.Deferred.fromCoroutine(shutdown())
     )
-    await session.whenDisconnected()  # runs until Ctrl-C or the daemon goes away
+    await session.whenDisconnected()  # runs until Ctrl-C (or the daemon refuses it for good)
 
 
 def run() -> None:

@@ -7,7 +7,10 @@ change without notice.
 
 - Spread sessions: :func:`connect` opens a :class:`SpreadSession` (join, leave,
   multicast, listeners). Listeners get :class:`RegularMessage`,
-  :class:`MembershipMessage` and :class:`RejectMessage` frames.
+  :class:`MembershipMessage` and :class:`RejectMessage` frames. With
+  ``reconnect=True`` the session survives its daemon's restart; reconnect listeners
+  get :class:`SessionLost` and :class:`SessionBack`, and sends while it is away raise
+  :class:`SessionReconnecting`.
 - The queue: :class:`Sender` (``submit`` / ``receive``, ``rpc``), :class:`Worker`
   (handlers by function name), :class:`ManagerService` (hands each task to exactly one
   worker), :class:`BlockingSender` (a Sender for plain scripts); :func:`run_in`
@@ -54,7 +57,13 @@ from ._spread.errors import (
     SpreadError,
     VersionRejected,
 )
-from ._spread.session import ReceiveOverflow, SpreadSession
+from ._spread.session import (
+    ReceiveOverflow,
+    SessionBack,
+    SessionLost,
+    SessionReconnecting,
+    SpreadSession,
+)
 from ._spread.wire import (
     AGREED_MESS,
     CAUSAL_MESS,
@@ -109,7 +118,10 @@ __all__ = [
     "Reply",
     "Sender",
     "SenderStopped",
+    "SessionBack",
     "SessionClosed",
+    "SessionLost",
+    "SessionReconnecting",
     "SpreadError",
     "SpreadSession",
     "Task",

@@ -246,15 +246,18 @@ class WorkerLifecycle(QueueCase):
 class DaemonRestart(QueueCase):
     @skip_if_external("it kills and restarts the Spread daemon")
     async def test_daemon_killed_and_restarted(self) -> None:
-        """kill -9 of the Spread daemon: a pending call fails at once with
-        SenderStopped (no hang); once a daemon runs again at the same address the
-        manager and worker processes reconnect by themselves and calls are answered."""
+        """kill -9 of the Spread daemon: a pending call of a session that does not
+        reconnect fails at once with SenderStopped (no hang); once a daemon runs again
+        at the same address the manager and worker processes reconnect by themselves
+        and calls are answered. The worker keeps running the task of the sender that
+        is gone (its session survives the restart: it cannot tell), so it needs a
+        second slot for the new call (test_e2e_reconnect: senders that come back)."""
         port = free_port()
         daemon_args = twist("spread-daemon", "--listen", f"tcp:{port}:interface=127.0.0.1")
         daemon = self.spawn(daemon_args, "daemon1")
         await all_ready(daemon)
         self.endpoint = f"tcp:host=127.0.0.1:port={port}"
-        worker = self.worker("worker")
+        worker = self.worker("worker", 2)
         manager = self.manager()
         await all_ready(manager, worker)
         sender = await self.sender()
@@ -269,6 +272,7 @@ class DaemonRestart(QueueCase):
         sender = await self.sender(ack_timeout=RUN_DEADLINE)
         assert await within(sender.rpc("pid", None), RUN_DEADLINE, "pid") == worker.pid
         assert manager.running and worker.running
+        assert self.run_counts() == Counter([1])  # not run again: the worker kept it
 
 
 @pytest.fixture(scope="class")

@@ -31,7 +31,8 @@ PUBLIC_NAMES = """
     IllegalName IllegalService JsonSerializer ManagerService MembershipMessage
     MessageTooLong MsgpackSerializer NameNotUnique NoManager PayloadTooLarge QueueError
     QueueFull QueueNameError QuotaExceeded ReceiveOverflow RegularMessage RejectMessage
-    RemoteError Reply Sender SenderStopped SessionClosed SpreadError SpreadSession Task
+    RemoteError Reply Sender SenderStopped SessionBack SessionClosed SessionLost
+    SessionReconnecting SpreadError SpreadSession Task
     TaskCancelled TaskError TaskTimeout UnknownFunction VersionRejected Worker WorkerLost
     __version__ connect default_queue default_spread run_in
 """.split()

@@ -59,7 +59,9 @@ class BlockingSender:
     unique one). ``reactor`` defaults to Twisted's global reactor, started in a
     background thread if it is not running. ``session_factory`` (called in the
     reactor thread) replaces connecting to ``spread``, e.g. for tests. The session is
-    the BlockingSender's own: :meth:`close` disconnects it.
+    the BlockingSender's own: :meth:`close` disconnects it. With ``reconnect`` (the
+    default) it survives the daemon's restart: calls in flight wait for it (each
+    within its own timeout) instead of failing.
 
     Do not use it from inside the reactor thread (use :class:`Sender` there).
     """
@@ -74,6 +76,7 @@ class BlockingSender:
         ack_timeout: float = 5.0,
         window: int = 256,
         connect_timeout: float = 10.0,
+        reconnect: bool = True,
         reactor: Any = None,
         session_factory: Callable[[], Deferred[ISpreadSession]] | None = None,
     ) -> None:
@@ -95,7 +98,9 @@ class BlockingSender:
             from .._spread.client import connect
 
             def session_factory() -> Deferred[ISpreadSession]:
-                return connect(reactor, spread, name, timeout=connect_timeout)  # type: ignore[return-value]
+                return connect(  # type: ignore[return-value]
+                    reactor, spread, name, timeout=connect_timeout, reconnect=reconnect
+                )
 
         self.session: ISpreadSession = self._call(session_factory)
 

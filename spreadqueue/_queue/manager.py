@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from .._spread.interfaces import ISpreadSession
 from .._spread.keeper import SessionKeeper
+from .._spread.session import SessionBack, SessionLost
 from .._spread.wire import SAFE_MESS, MembershipMessage, RegularMessage
 from .errors import MalformedMessage
 from .interfaces import IAssignmentPolicy
@@ -76,9 +77,12 @@ class ManagerService(Service):
 
     ``session`` is an :class:`~spreadqueue.interfaces.ISpreadSession` (shared with
     anything else; the service never closes it) or a session factory (a function
-    returning a Deferred that fires with a new session); with a factory the service
-    opens its own session, and opens a new one (with back-off)
-    whenever it is lost, as long as the service runs.
+    returning a Deferred that fires with a new session); with a
+    factory the service opens its own session, and opens a new one (with back-off)
+    whenever it is lost, as long as the service runs. A given session that reconnects
+    (``connect(..., reconnect=True)``) is treated alike: when it is lost the manager
+    lets it go, and once it is back it starts again on it, with the detached tasks and
+    dead letters it held.
 
     Start several for one queue (in other processes, or on other sessions) for
     standby: exactly one is active at a time (see :attr:`active`).
@@ -243,7 +247,9 @@ class ManagerService(Service):
             )
         super().startService()
         if self._given is not None:
-            self._attach(self._given)
+            self._given.add_reconnect_listener(self._reconnected)
+            if self._given.connected:
+                self._attach(self._given)  # (one that is away: once it is back)
         elif self._keeper is not None:
             self._keeper.startService()
 
@@ -252,6 +258,8 @@ class ManagerService(Service):
         super().stopService()
         session, keeper = self._session, self._keeper
         self._malformed.stop()
+        if self._given is not None:
+            self._given.remove_reconnect_listener(self._reconnected)
         if session is None:
             return succeed(None) if keeper is None else keeper.stopService()
         groups = self.groups
@@ -365,6 +373,19 @@ class ManagerService(Service):
             session=session.private_group,
         )
         self._detach(session)  # (a keeper opens the next session)
+
+    def _reconnected(self, event: SessionLost | SessionBack) -> None:
+        """The given session reconnects: lost, let it go as a lost session (giving its
+        groups back); back, attach afresh, as to a factory's new session."""
+        session = self._given
+        assert session is not None
+        if isinstance(event, SessionLost):
+            if self._session is session:
+                self._lost(session)
+                for group in (self.groups.manager, self.groups.senders, self.groups.workers):
+                    session.release(group)
+        elif self.running and self._session is None:
+            self._attach(session)
 
     # ------------------------------------------------------------------ frames
 

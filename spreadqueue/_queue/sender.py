@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._spread.interfaces import ISpreadSession
+from .._spread.session import SessionBack, SessionLost
 from .._spread.wire import SAFE_MESS, MembershipMessage, RegularMessage
 from .deadlines import Deadlines
 from .errors import (
@@ -134,6 +135,13 @@ class Sender:
     bury the manager. When the manager that acknowledged a task goes away, the task is
     submitted again to whichever manager is active then.
 
+    On a session that reconnects (``connect(..., reconnect=True)``), losing the daemon
+    fails nothing: pending tasks wait, each under its own timeout, and once the session
+    is back every unfinished one is submitted again with the same id (managers
+    acknowledge what they have, adopt what a worker still runs, queue the rest). The
+    acknowledgement timeout starts again at that resubmission. On a session that does
+    not, pending tasks fail with SenderStopped when it is lost.
+
     Any number of senders (and workers, managers) may share one session.
     """
 
@@ -189,6 +197,8 @@ class Sender:
         self._turn = Turn(reactor, self._flush, session)
         self._malformed = WarningThrottle(reactor, self.log)
         self._state = "new"  # new -> starting -> ready -> stopped
+        # the session is away (reconnecting): nothing goes out until it is back
+        self._away = False
         self._start_d: Deferred[None] | None = None
         self.stats: dict[str, int] = {
             "submitted": 0,
@@ -224,6 +234,7 @@ class Sender:
         session = self.session
         session.add_listener(self._on_private, session.private_group)
         session.add_listener(self._on_senders, self.groups.senders)
+        session.add_reconnect_listener(self._reconnect_event)
         session.whenDisconnected().addCallback(lambda _: self._session_lost())
         d = session.acquire(self.groups.senders)
 
@@ -265,6 +276,7 @@ class Sender:
         session = self.session
         session.remove_listener(self._on_private, session.private_group)
         session.remove_listener(self._on_senders, self.groups.senders)
+        session.remove_reconnect_listener(self._reconnect_event)
         return session.release(self.groups.senders)
 
     # ------------------------------------------------------------------ API
@@ -413,7 +425,8 @@ class Sender:
         if deadline is not None:
             self._deadlines.add(deadline, p)
         self.stats["submitted"] += 1
-        if state == "ready" and not self._backlog and self._unacked < self.window:
+        ready = state == "ready" and not self._away
+        if ready and not self._backlog and self._unacked < self.window:
             self._send(p, now)  # the usual case: straight into this turn's SUBMIT
         else:
             self._backlog.append(p)
@@ -450,7 +463,7 @@ class Sender:
     def _pump(self) -> None:
         """Send backlog tasks while the window allows."""
         backlog = self._backlog
-        if not backlog or self._state != "ready":
+        if not backlog or self._state != "ready" or self._away:
             return
         pending = self._pending
         now = self._reactor.seconds()
@@ -566,7 +579,57 @@ class Sender:
         if self._state != "stopped":
             self._state = "stopped"
             self._malformed.stop()
-            self._fail_all("the Spread session was lost")
+            why = "the Spread session was lost"
+            reason = getattr(self.session, "disconnect_reason", None)
+            if self._away and reason is not None:
+                why = f"the Spread session could not reconnect: {reason.getErrorMessage()}"
+            self._fail_all(why)
+
+    def _reconnect_event(self, event: SessionLost | SessionBack) -> None:
+        if self._state == "stopped":
+            return
+        if isinstance(event, SessionLost):
+            self._lost()
+        else:
+            self._back(event)
+
+    def _lost(self) -> None:
+        """The session is away: every unfinished task goes back to the backlog, to be
+        submitted again when it is back. Task timeouts keep running; acknowledgement
+        timeouts stop (no manager can answer now) and start again at the resubmission."""
+        self._away = True
+        timer, self._ack_timer = self._ack_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._acks.clear()
+        self._submits = []  # not sent: every pending task is resubmitted anyway
+        self._detached = []
+        self._unacked = 0
+        self._backlog = deque(self._pending.values())  # in the order submitted
+        for p in self._backlog:
+            p.state = _BACKLOG
+            p.acked_by = None
+        # Who is in Q-snd and who acknowledged us: unknown until we are back.
+        self._members = {}
+        self._ackers = {}
+
+    def _back(self, event: SessionBack) -> None:
+        """The session is back (in Q-snd again): resubmit every unfinished task."""
+        self._away = False
+        n = len(self._backlog)
+        if n:
+            self.stats["resubmitted"] += n
+            self.log.info(
+                "queue sender {queue}: Spread session {session} back after {away:.1f}s; "
+                "resubmitting {n} task(s)",
+                queue=self.groups.queue,
+                session=event.private_group,
+                away=event.away,
+                n=n,
+            )
+        self._pump()
+        if self._cancels:
+            self._turn.schedule()
 
     # ------------------------------------------------------------------ frames
 
@@ -581,8 +644,8 @@ class Sender:
         gone = [m for m in before if m not in members]
         came = [m for m in members if m not in before and m != self.session.private_group]
         self._members = members
-        if self._state != "ready":
-            return
+        if self._state != "ready" or self._away:
+            return  # (back from an outage: everything is resubmitted anyway)
         lost = frozenset(gone)
         # Unacknowledged tasks may be held by a manager that has gone: one that
         # acknowledged our session (managers hold ACKs back only after one), or, if we
@@ -707,8 +770,8 @@ class Sender:
 
     def _flush(self) -> None:
         submits, cancels, detached = self._submits, self._cancels, self._detached
-        if not (submits or cancels or detached):
-            return
+        if not (submits or cancels or detached) or self._away:
+            return  # (away: cancels wait until the session is back)
         self._submits, self._cancels, self._detached = [], [], []
         session = self.session
         if session.connected:

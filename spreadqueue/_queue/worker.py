@@ -19,6 +19,7 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 
 from .._spread.interfaces import ISpreadSession
+from .._spread.session import SessionBack, SessionLost
 from .._spread.wire import RegularMessage
 from .deadlines import Deadlines
 from .errors import MalformedMessage, PayloadTooLarge
@@ -221,6 +222,13 @@ class Worker(Service):
     its session (``self.manager``): active when the queue has no other manager, standing
     by otherwise, so that a queue of such workers needs no separate ``sqm``.
 
+    On a session that reconnects (``connect(..., reconnect=True)``), losing the daemon
+    stops nothing: running and prefetched tasks go on, their answers (and RELEASE,
+    RETIRE, done notices) wait, and once the session is back (in ``Q-wrk`` again) the
+    worker registers again listing every task it holds, so that the manager adopts
+    them instead of running them twice, and sends what waited. On a session that does
+    not, the worker stops when it is lost (the manager requeues its tasks).
+
     Any number of workers (and senders, managers) may share one session.
     """
 
@@ -291,6 +299,7 @@ class Worker(Service):
         self._control = Outbox()  # RELEASE / RETIRE to Q-mgr (REGISTER: _register_due)
         self._register_due = False  # a REGISTER goes out with the next flush
         self._hello: str | None = None  # the id of the last HELLO we read
+        self._away = False  # the session is reconnecting: what we send waits
         self._turn = Turn(reactor, self._flush, session)
         self._malformed = WarningThrottle(reactor, self.log)
         self._busy = Utilisation(reactor.seconds())
@@ -418,6 +427,7 @@ class Worker(Service):
             self.manager.startService()
         session.add_listener(self._on_private, session.private_group)
         session.add_listener(self._on_worker_group, groups.workers)
+        session.add_reconnect_listener(self._reconnect_event)
         session.whenDisconnected().addCallback(lambda _: self._session_lost())
         waits.append(session.acquire(groups.workers))
         d: Deferred[Any] = waits[0]
@@ -508,6 +518,7 @@ class Worker(Service):
         session = self.session
         session.remove_listener(self._on_private, session.private_group)
         session.remove_listener(self._on_worker_group, self.groups.workers)
+        session.remove_reconnect_listener(self._reconnect_event)
         await self._stop_pools()
         await session.release(self.groups.workers)
         if self.manager is not None and self.manager.running:
@@ -536,6 +547,29 @@ class Worker(Service):
         drained, self._drained = self._drained, []
         for d in drained:
             d.callback(None)
+
+    def _reconnect_event(self, event: SessionLost | SessionBack) -> None:
+        """The session is away (hold what we send), or back (register again, send)."""
+        if self._state in ("new", "stopped"):
+            return
+        if isinstance(event, SessionLost):
+            self._away = True
+            self._status_requests.clear()  # their requesters are away too
+            return
+        self._away = False
+        answers = sum(1 for batch in self._results.values() for r in batch if r.final)
+        self.log.info(
+            "queue worker {worker}: Spread session {session} back after {away:.1f}s; "
+            "registering again with {held} task(s) held, {answers} answer(s) to send",
+            worker=self.worker_id,
+            session=event.private_group,
+            away=event.away,
+            held=len(self._running) + len(self._waiting),
+            answers=answers,
+        )
+        if self._state in ("ready", "draining"):
+            self._register()
+        self._turn.schedule()
 
     # ------------------------------------------------------------------ frames
 
@@ -1016,6 +1050,8 @@ class Worker(Service):
 
     def _flush(self) -> None:
         session = self.session
+        if self._away:
+            return  # kept until the session is back
         results, self._results = self._results, {}
         sizes, self._result_bytes = self._result_bytes, {}
         if not session.connected:

@@ -4,18 +4,19 @@
   daemon; in ``embedded='auto'`` mode (what ``sqm`` does) it starts an embedded daemon
   in the same process when nothing answers at a local address, and then the manager
   is an in-process session of that daemon: same API, no socket, no encoding.
-- :class:`WorkerProcessService` keeps a :class:`Worker` on a session, opening a new
-  session (with back-off) whenever the daemon goes away.
+- :class:`WorkerProcessService` runs a :class:`Worker` on a session that survives the
+  daemon going away (:func:`~spreadqueue._spread.keeper.keep_session`): it reconnects
+  with back-off under the same private name, and the worker keeps its tasks meanwhile.
 Both write a readiness file when ready, for scripts and tests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import CannotListenError, ConnectionRefusedError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,39 +24,22 @@ from twisted.python.failure import Failure
 from .._queue.inspect import QueueInspector
 from .._queue.manager import ManagerService
 from .._queue.worker import Handler, Worker
-from .._spread.client import connect
+from .._spread.client import connect, link_opener
 from .._spread.daemon import SpreadDaemonService
 from .._spread.endpoints import spread_address
 from .._spread.interfaces import ISpreadSession
-from .._spread.keeper import SessionKeeper
+from .._spread.keeper import Backoff, keep_session, reconnect_delays
 from .._spread.local import local_session
+from .._spread.session import SpreadSession
 from .dashboard import QueueMonitor, dashboard_resource
 from .http import HTTPService
 from .metrics import metrics_resource, registry_of
 
-__all__ = ["ManagerProcessService", "WorkerProcessService", "reconnect_delays"]
+__all__ = ["Backoff", "ManagerProcessService", "WorkerProcessService", "reconnect_delays"]
 
 log = Logger()
 
 EMBEDDED_MODES = ("never", "auto", "always")
-
-
-class Backoff(NamedTuple):
-    """Seconds before the first reconnection attempt, the most between two, and the
-    random part of each delay (a fraction of it)."""
-
-    initial: float
-    maximum: float
-    jitter: float
-
-
-def reconnect_delays(spread: str) -> Backoff:
-    """The back-off for a session with the daemon at ``spread``: short for one on this
-    machine (it restarts in well under a second, and the clients of a queue must come
-    back quickly), longer for a remote one; jittered either way."""
-    if spread_address(spread).is_local:
-        return Backoff(0.2, 1.0, 0.5)
-    return Backoff(1.0, 30.0, 0.2)
 
 
 class ManagerProcessService(MultiService):
@@ -222,7 +206,12 @@ class ManagerProcessService(MultiService):
 
 
 class WorkerProcessService(MultiService):
-    """A worker process: one Worker kept on a Spread session across daemon restarts."""
+    """A worker process: one Worker on one Spread session that survives daemon restarts.
+
+    The session reconnects by itself (with back-off, under the same private name) and
+    the worker keeps its tasks meanwhile; only a refusal for good ends it, and then the
+    process (``on_failure``), as when it cannot start.
+    """
 
     def __init__(
         self,
@@ -250,17 +239,9 @@ class WorkerProcessService(MultiService):
         self._on_ready = on_ready
         self._on_failure = on_failure
         self._worker_options = worker_options
-        backoff = backoff or reconnect_delays(spread)
-        self._keeper = SessionKeeper(
-            reactor,
-            lambda: connect(reactor, spread, name),
-            self._attach,
-            who=f"worker of queue {queue}",
-            initial_delay=backoff.initial,
-            max_delay=backoff.maximum,
-            jitter=backoff.jitter,
-            on_permanent=self._cannot_open,
-        )
+        self._backoff = backoff or reconnect_delays(spread)
+        self._opening: Deferred[SpreadSession] | None = None
+        self._session: SpreadSession | None = None
         if metrics:
             registry = registry_of("worker", lambda: [self.worker.status()] if self.worker else [])
             http = HTTPService(reactor, metrics, metrics_resource(registry), "metrics", "/metrics")
@@ -269,14 +250,23 @@ class WorkerProcessService(MultiService):
 
     @property
     def session(self) -> ISpreadSession | None:
-        """The worker's session (None while reconnecting or stopped)."""
-        return self.worker.session if self.worker is not None else None
+        """The worker's session (None before it first connected, or once stopped)."""
+        return self._session
 
     def startService(self) -> None:
         super().startService()
-        self._keeper.startService()
+        self._opening = keep_session(
+            self.reactor,
+            link_opener(self.reactor, self.spread),
+            self.private_name,
+            who=f"worker of queue {self.queue}",
+            backoff=self._backoff,
+        )
+        self._opening.addCallbacks(self._attach, self._cannot_open)
 
-    def _attach(self, session: ISpreadSession) -> None:
+    def _attach(self, session: SpreadSession) -> None:
+        self._opening = None
+        self._session = session
         worker = Worker(
             self.reactor,
             session,
@@ -286,7 +276,7 @@ class WorkerProcessService(MultiService):
             **self._worker_options,
         )
         self.worker = worker
-        session.whenDisconnected().addCallback(lambda _: self._lost(worker))
+        session.whenDisconnected().addCallback(lambda _: self._ended(session))
         worker.start().addCallback(lambda _: self._registered(worker))
 
     def _registered(self, worker: Worker) -> None:
@@ -305,25 +295,34 @@ class WorkerProcessService(MultiService):
             ready()
 
     def _cannot_open(self, failure: Failure) -> None:
+        if failure.check(CancelledError) and not self.running:
+            return  # stopped before the first session
         if self._on_failure is not None:
             self._on_failure(failure)
 
-    def _lost(self, worker: Worker) -> None:
-        if self.worker is worker:
-            self.worker = None
-            if self.running:
-                log.warn("worker of queue {queue}: Spread session lost", queue=self.queue)
+    def _ended(self, session: SpreadSession) -> None:
+        """The session ended for good: refused when reconnecting (or we stopped)."""
+        if self.running and session.disconnect_reason is not None:
+            log.error(
+                "worker of queue {queue}: Spread session {group} ended for good: {why}",
+                queue=self.queue,
+                group=session.private_group,
+                why=session.disconnect_reason.getErrorMessage(),
+            )
+            self._cannot_open(session.disconnect_reason)
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """Stop taking work, finish what is in flight (bounded), then disconnect."""
         super().stopService()
-        worker, self.worker = self.worker, None
+        worker, session, opening = self.worker, self._session, self._opening
+        self._opening = None
 
         async def drain() -> None:
-            try:
-                if worker is not None:
-                    await worker.stop()
-            finally:
-                await self._keeper.stopService()
+            if opening is not None:
+                opening.cancel()  # not connected yet: stop trying
+            if worker is not None:
+                await worker.stop()
+            if session is not None:
+                await session.disconnect()
 
         return Deferred.fromCoroutine(drain())

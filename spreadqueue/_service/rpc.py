@@ -104,7 +104,8 @@ async def _call(reactor: Any, spread: str, queue: str, func: str, args: Any, tim
     from .._queue.sender import Sender
     from .._spread.client import connect
 
-    session = await connect(reactor, spread, None, timeout=min(timeout, 10.0))
+    # reconnect: a daemon restarted while the call runs costs latency, not the call
+    session = await connect(reactor, spread, None, timeout=min(timeout, 10.0), reconnect=True)
     # Acknowledgements come well before results: half the timeout names a missing manager.
     sender = Sender(reactor, session, queue, ack_timeout=min(timeout / 2, 5.0))
     try:

@@ -20,7 +20,10 @@ with ``session.register_producer`` are paused); when it drains, the reverse. Rea
 never paused: the real daemon drops a session that falls 1000 messages behind.
 
 :func:`connect` opens a session over any ``IStreamClientEndpoint`` or an endpoint string
-(Twisted's ``tcp:host=...:port=...`` or Spread's own ``4803@host`` / ``4803``).
+(Twisted's ``tcp:host=...:port=...`` or Spread's own ``4803@host`` / ``4803``). With
+``reconnect=True`` the session survives the loss of its connection: a new connection
+(:func:`~spreadqueue._spread.keeper.keep_session`, with back-off) asks for the same
+private name and carries the same :class:`SpreadSession` on (``resume``).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from .errors import (
     rejection_for,
 )
 from .interfaces import ISessionLink
+from .keeper import REMOTE_BACKOFF, LinkOpener, keep_session, reconnect_delays
 from .output import Output
 from .session import SpreadSession
 
@@ -64,6 +68,7 @@ __all__ = [
     "ConnectTimeout",
     "SpreadClientProtocol",
     "connect",
+    "link_opener",
 ]
 
 #: Spread's default daemon port.
@@ -93,7 +98,9 @@ class SpreadClientProtocol(Protocol):
     ``priority`` is sent as libspread 5.0.1 does (the daemon ignores it). ``clock``,
     when given, bounds :meth:`send_kill`: the connection is aborted if it has not
     closed ``disconnect_timeout`` seconds after KILL_MESS (a daemon that stopped
-    reading would otherwise keep it open forever).
+    reading would otherwise keep it open forever). ``resume`` is a reconnecting session
+    that is away: once accepted, this connection becomes its new link
+    (:meth:`SpreadSession.relink`) instead of a new session.
 
     :attr:`ready` fires with the :class:`SpreadSession` once the daemon accepts us, or
     fails with the typed rejection (:func:`~spreadqueue._spread.errors.rejection_for`),
@@ -111,6 +118,7 @@ class SpreadClientProtocol(Protocol):
         priority: int = 0,
         clock: IReactorTime | None = None,
         disconnect_timeout: float = 5.0,
+        resume: SpreadSession | None = None,
     ) -> None:
         if priority < 0:
             raise ValueError(f"priority must be >= 0, not {priority}")
@@ -128,6 +136,7 @@ class SpreadClientProtocol(Protocol):
         self._batch = DeliveryBatch(stages=2)
         self._out: Output | None = None
         self._sender_field = b""
+        self._resume = resume
         #: The session, once accepted.
         self.session: SpreadSession | None = None
         #: Fires with the session once the daemon accepts it (see the class docstring).
@@ -208,17 +217,31 @@ class SpreadClientProtocol(Protocol):
                 return
             self._private_group = wire.to_bytes(frame.private_group)
             self._sender_field = wire.pad_name(self._private_group)
-            session = SpreadSession(
-                self, frame.private_group, membership=self._membership, batch=self._batch
-            )
-            self.session = session
-            if self._paused:
-                session.pause_writing()
             self._log.info(
                 "Spread session {private_group} accepted by daemon version {version}",
                 private_group=frame.private_group,
                 version=".".join(map(str, frame.daemon_version)),
             )
+            session = self._resume
+            if session is None:
+                session = SpreadSession(
+                    self, frame.private_group, membership=self._membership, batch=self._batch
+                )
+                self.session = session
+            else:
+                self.session = session
+                try:
+                    # it joins its groups again (written once this read is handled)
+                    session.relink(self, frame.private_group, batch=self._batch)
+                except SessionClosed as e:
+                    # closed for good while we were connecting: drop this connection
+                    self.session = None
+                    self._broken = e
+                    self.ready.errback(Failure(e))
+                    transport.loseConnection()
+                    return
+            if self._paused:
+                session.pause_writing()
             if not self.ready.called:
                 self.ready.callback(session)
         elif isinstance(frame, wire.HandshakeRejected):
@@ -270,7 +293,7 @@ class SpreadClientProtocol(Protocol):
             # the real cause beats the transport's generic "connection lost"
             reason = Failure(self._broken)
         if self.session is not None:
-            self.session.connection_lost(reason)
+            self.session.connection_lost(reason, link=self)
         elif not self.ready.called:
             self.ready.errback(
                 Failure(
@@ -355,12 +378,18 @@ class _SpreadClientFactory(Factory):
     """Builds the one SpreadClientProtocol of a :func:`connect` call."""
 
     def __init__(
-        self, name: str | None, membership: bool, priority: int, clock: IReactorTime
+        self,
+        name: str | None,
+        membership: bool,
+        priority: int,
+        clock: IReactorTime,
+        resume: SpreadSession | None = None,
     ) -> None:
         self._kwargs: dict[str, Any] = {
             "membership": membership,
             "priority": priority,
             "clock": clock,
+            "resume": resume,
         }
         self._name = name
         self.protocol_instance: SpreadClientProtocol | None = None
@@ -390,6 +419,7 @@ def connect(
     membership: bool = True,
     priority: int = 0,
     timeout: float | None = 10.0,
+    reconnect: bool = False,
 ) -> Deferred[SpreadSession]:
     """Open a Spread session; the Deferred fires with a connected :class:`SpreadSession`.
 
@@ -408,6 +438,17 @@ def connect(
     limit), with the endpoint's error when the daemon cannot be reached, and with
     SessionClosed when the daemon closes the connection during the handshake.
     Cancelling it stops the attempt (CancelledError).
+
+    ``reconnect=True`` opens the session the same way, and then it survives its
+    daemon going away: it reconnects (at once, then with a jittered back-off: 0.2 s
+    doubling to 1 s for a daemon on this machine, 1 s to 30 s for another), asks for
+    the same private name (the one the daemon invented, if none was given), joins its
+    groups again and keeps its listeners; reconnect listeners
+    (:meth:`SpreadSession.add_reconnect_listener`) hear when it is lost and back,
+    and while it is away sends raise SessionReconnecting. It ends for good on
+    :meth:`SpreadSession.disconnect`, or when the daemon refuses it for good (an
+    illegal name, a version or authentication it refuses, the name still in use
+    after 5 attempts): then ``whenDisconnected()`` fires with that reason.
     """
     if endpoint is None:
         endpoint = default_spread()
@@ -415,10 +456,55 @@ def connect(
         wire.check_private_name(name)
     if priority < 0:
         raise ValueError(f"priority must be >= 0, not {priority}")
+    open_link = link_opener(
+        reactor, endpoint, membership=membership, priority=priority, timeout=timeout
+    )
+    if not reconnect:
+        return open_link(name, None)
+    backoff = reconnect_delays(endpoint) if isinstance(endpoint, str) else REMOTE_BACKOFF
+    return keep_session(
+        reactor,
+        open_link,
+        name,
+        who=f"Spread client of {endpoint}",
+        backoff=backoff,
+        retry_first=False,
+    )
+
+
+def link_opener(
+    reactor: Any,
+    endpoint: IStreamClientEndpoint | str,
+    *,
+    membership: bool = True,
+    priority: int = 0,
+    timeout: float | None = 10.0,
+) -> LinkOpener:
+    """How :func:`connect` opens each connection to the daemon at ``endpoint``, for
+    :func:`~spreadqueue._spread.keeper.keep_session`: ``open_link(name, resume)``
+    fires with a new session, or with ``resume`` carried on over the new connection
+    (errors as for :func:`connect`)."""
     where = endpoint if isinstance(endpoint, str) else repr(endpoint)
-    if isinstance(endpoint, str):
-        endpoint = parse_spread_endpoint(reactor, endpoint)
-    factory = _SpreadClientFactory(name, membership, priority, reactor)
+    target = parse_spread_endpoint(reactor, endpoint) if isinstance(endpoint, str) else endpoint
+
+    def open_link(name: str | None, resume: SpreadSession | None) -> Deferred[SpreadSession]:
+        return _connect_once(reactor, target, where, name, membership, priority, timeout, resume)
+
+    return open_link
+
+
+def _connect_once(
+    reactor: Any,
+    endpoint: IStreamClientEndpoint,
+    where: str,
+    name: str | None,
+    membership: bool,
+    priority: int,
+    timeout: float | None,
+    resume: SpreadSession | None = None,
+) -> Deferred[SpreadSession]:
+    """One connection attempt of :func:`connect` (``resume``: for that session)."""
+    factory = _SpreadClientFactory(name, membership, priority, reactor, resume)
     d = Deferred.fromCoroutine(_open(endpoint, factory))
     if timeout is not None:
 

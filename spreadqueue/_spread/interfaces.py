@@ -15,12 +15,25 @@ class ISpreadSession(Interface):
 
     Listeners are called with the decoded frames: :class:`~spreadqueue.RegularMessage`,
     :class:`~spreadqueue.MembershipMessage` and :class:`~spreadqueue.RejectMessage`.
+
+    A session that :attr:`reconnects` survives the loss of its daemon connection: it
+    is *away* (not :attr:`connected`; :meth:`multicast` raises SessionReconnecting;
+    joins, leaves, shares, listeners and waiters are kept) until a new connection has
+    the same private name and the same groups again; then it is *back*. Reconnect
+    listeners hear both; :meth:`whenDisconnected` means the session is gone for good.
     """
 
     private_group = Attribute("This session's private group, e.g. '#alice#localhost' (str).")
     name = Attribute("This session's private name, e.g. 'alice' (str).")
     daemon_name = Attribute("The name of the daemon the session is connected to (str).")
-    connected = Attribute("True until the session is closed or lost.")
+    connected = Attribute(
+        "True while the session is connected: False once it is closed or lost, and while "
+        "a reconnecting session is away."
+    )
+    reconnects = Attribute(
+        "True when the session survives the loss of its daemon connection (it reconnects "
+        "and tells its reconnect listeners); False for one that ends then."
+    )
 
     def join(group):  # type: ignore[no-untyped-def]
         """Join ``group``; return a Deferred that fires (with None) once we are a member.
@@ -68,7 +81,9 @@ class ISpreadSession(Interface):
         """Send ``data`` (bytes) to ``groups`` (a group name or a sequence of them).
 
         ``service`` defaults to SAFE. Raises MessageTooLong / IllegalGroupName before
-        anything is written, and SessionClosed when the session is gone.
+        anything is written, and SessionClosed when the session is gone
+        (SessionReconnecting, a SessionClosed, while a reconnecting session is away:
+        what must not be lost is the sender's to keep and send again once back).
         """
 
     def add_listener(listener, group=None):  # type: ignore[no-untyped-def]
@@ -88,10 +103,24 @@ class ISpreadSession(Interface):
         """
 
     def disconnect():  # type: ignore[no-untyped-def]
-        """Close the session politely (KILL_MESS); return a Deferred that fires when closed."""
+        """Close the session politely (KILL_MESS), for good (a reconnecting one stops
+        reconnecting); return a Deferred that fires when closed."""
 
     def whenDisconnected():  # type: ignore[no-untyped-def]
-        """A new Deferred that fires with None when the session ends for any reason."""
+        """A new Deferred that fires with None when the session ends for good: closed,
+        lost (one that does not reconnect), or refused for good when reconnecting."""
+
+    def add_reconnect_listener(listener):  # type: ignore[no-untyped-def]
+        """Call ``listener(event)`` when a reconnecting session is lost and when it is
+        back: ``event`` is a ``SessionLost`` (``private_group``, ``reason``) when its
+        connection is lost and it starts reconnecting, then a ``SessionBack``
+        (``private_group``, ``away`` seconds, ``previous_group``) once it is connected
+        again and a member again of every group it was in (a connection lost again
+        before that is another ``SessionLost``). A session that does not reconnect
+        never calls it. Adding a listener twice has no extra effect."""
+
+    def remove_reconnect_listener(listener):  # type: ignore[no-untyped-def]
+        """Stop calling ``listener`` (no error if it was not added)."""
 
 
 class ISessionLink(Interface):

@@ -112,13 +112,15 @@ class LocalInbox:
     """Hands an in-process session its frames, in order, as one batch per drain, in
     stage :data:`LOCAL_STAGE` of the daemon's ``batch`` (see the module doc)."""
 
-    __slots__ = ("_batch", "_queue", "_scheduled", "high_water", "session")
+    __slots__ = ("_batch", "_queue", "_scheduled", "high_water", "link", "session")
 
     def __init__(self, batch: DeliveryBatch) -> None:
         self._batch = batch
         self._queue: list[Any] = []
         self._scheduled = False  # a drain is due (at the batch's end or next turn)
         self.session: SpreadSession | None = None
+        #: the link it belongs to (a reconnecting session has one after the other)
+        self.link: LocalLink | None = None
         #: the most frames that ever waited to be handed over at once
         self.high_water = 0
 
@@ -150,7 +152,7 @@ class LocalInbox:
             session.deliver(queue)
             return
         session.deliver(queue[:end])
-        session.connection_lost(SessionClosed("disconnected"))
+        session.connection_lost(SessionClosed("disconnected"), link=self.link)
 
 
 @implementer(ISessionSink)
@@ -187,23 +189,38 @@ def local_session(
     name: str = "",
     *,
     membership: bool = True,
+    resume: SpreadSession | None = None,
     **session_options: Any,
 ) -> SpreadSession:
     """An in-process session of the embedded ``daemon`` (see the module doc).
 
     ``name`` is the private name ('' lets the daemon invent one). Raises
     QuotaExceeded, IllegalName or NameNotUnique. ``session_options`` go to
-    SpreadSession (e.g. ``receive_queue_size``).
+    SpreadSession (e.g. ``receive_queue_size``). ``resume`` is a reconnecting session
+    that is away: it goes on over this new link (:meth:`SpreadSession.relink`) and is
+    returned; SessionClosed if it has ended meanwhile.
     """
     inbox = LocalInbox(daemon.batch)
     core_session = daemon.core.connect(inbox, name, membership=membership)
-    link = LocalLink(daemon.core, core_session, on_closed=inbox.closed)
-    session = SpreadSession(
-        link, core_session.private_group, membership=membership, **session_options
-    )
+
+    def closed() -> None:
+        daemon.local_links.discard(link)
+        inbox.closed()
+
+    link = inbox.link = LocalLink(daemon.core, core_session, on_closed=closed)
+    if resume is None:
+        session = SpreadSession(
+            link, core_session.private_group, membership=membership, **session_options
+        )
+    else:
+        session = resume
+        try:
+            session.relink(link, core_session.private_group)
+        except SessionClosed:
+            link.send_kill()
+            raise
     inbox.session = session
     daemon.local_links.add(link)
-    session.whenDisconnected().addBoth(lambda _: daemon.local_links.discard(link))
     log.info(
         "Spread session {private_group} connected in process",
         spread_event="connect",

@@ -36,6 +36,18 @@ Delivery rules:
   added during a dispatch is called from the next frame on.
 - After :meth:`SpreadSession.disconnect` no further frame is dispatched.
 
+A session that **reconnects** (:func:`~spreadqueue.connect` with ``reconnect=True``, or
+any session after :meth:`SpreadSession.survive_reconnects`) outlives its link. When the
+link is lost the session is *away*: ``connected`` is False, :meth:`SpreadSession.multicast`
+raises :class:`SessionReconnecting`, joins, leaves, acquires and releases are remembered,
+and listeners, shares, ``receive()`` waiters and producers stay. Whoever reconnects gives
+it a new link with :meth:`SpreadSession.relink`; the session then joins every group it
+was in (or was joining) again, in the order it first joined them, and once the daemon
+has confirmed them all it is *back*. Reconnect listeners
+(:meth:`SpreadSession.add_reconnect_listener`) hear :class:`SessionLost` and
+:class:`SessionBack`; :meth:`SpreadSession.whenDisconnected` fires only when the session
+ends for good (:meth:`SpreadSession.disconnect`, or reconnecting failed for good).
+
 Several users of one session (queue senders, workers and managers, the application)
 may want the same group: :meth:`SpreadSession.acquire` and
 :meth:`SpreadSession.release` count them, so the session joins on the first acquire
@@ -49,9 +61,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -66,6 +79,10 @@ __all__ = [
     "Frame",
     "Listener",
     "ReceiveOverflow",
+    "ReconnectListener",
+    "SessionBack",
+    "SessionLost",
+    "SessionReconnecting",
     "SpreadSession",
 ]
 
@@ -97,6 +114,41 @@ class ReceiveOverflow(SpreadError):
             "(call receive() faster or use listeners)"
         )
         self.dropped = dropped
+
+
+class SessionReconnecting(SessionClosed):
+    """The session lost its daemon connection and is reconnecting: nothing can be sent
+    until it is back (a :class:`SessionClosed`, so code that handles a closed session
+    handles this too)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLost:
+    """What reconnect listeners hear when a reconnecting session loses its daemon
+    connection: it is away now, and reconnects."""
+
+    #: the session's private group
+    private_group: str
+    #: why the connection was lost
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionBack:
+    """What reconnect listeners hear when a reconnecting session is back: connected
+    again, and a member again of every group it was in."""
+
+    #: the session's private group now (normally the one it had)
+    private_group: str
+    #: seconds since it was lost
+    away: float
+    #: its private group before; differs only when the daemon that answered is another
+    #: one (messages addressed to the old name then reach nobody)
+    previous_group: str
+
+
+#: A reconnect listener: called with a SessionLost or a SessionBack.
+ReconnectListener = Callable[[SessionLost | SessionBack], object]
 
 
 class _Gap:
@@ -170,13 +222,19 @@ class SpreadSession:
         self.daemon_name: str = parts[1].decode("latin-1")
         #: Whether the daemon sends us membership notices.
         self.membership: bool = membership
-        #: True until the session is closed, lost, or :meth:`disconnect` is called.
+        #: True while the session has a link to its daemon: False once it is closed,
+        #: lost, :meth:`disconnect` was called, or while it is away reconnecting.
         self.connected: bool = True
         #: Why the session ended (a Failure), once it has.
         self.disconnect_reason: Failure | None = None
+        #: True when losing the link leaves the session away, reconnecting, instead of
+        #: closed (see :meth:`survive_reconnects`).
+        self.reconnects: bool = False
 
         self._link = link
-        self._closed = False  # connection_lost() has run
+        self._closed = False  # the session has ended for good
+        self._closing = False  # disconnect() was called: the link's loss is the end
+        self._away = False  # the link was lost; a new one will come (relink)
         # group (None = catch-all) -> listeners in registration order (dict as ordered set)
         self._listeners: dict[str | None, dict[Listener, None]] = {}
         # immutable snapshots of the above, rebuilt on change, iterated by dispatch
@@ -188,11 +246,21 @@ class SpreadSession:
         self._backlog: deque[Frame] = deque()
         # the batch each delivery runs in (the link's, when it writes at its end)
         self._batch = batch if batch is not None else DeliveryBatch()
+        # reconnecting: who hears lost / back, since when we are away (None: not), the
+        # groups to join again (with their waiters), those whose notice is still due
+        self._reconnect_listeners: dict[ReconnectListener, None] = {}
+        self._clock: IReactorTime | None = None
+        self._down_since: float | None = None
+        self._previous_group = self.private_group
+        self._rejoin: dict[str, _GroupOp] = {}
+        self._rejoining: set[str] = set()
+        self._back_due = False
         # acquire(): holders per group, and the latest regular notice of held groups
         self._holds: dict[str, int] = {}
         self._views: dict[str, wire.MembershipMessage | None] = {}
-        # groups our own notices say we are in, and the joins/leaves still in flight
-        self._joined: set[str] = set()
+        # groups our own notices say we are in (in the order joined), and the
+        # joins/leaves still in flight
+        self._joined: dict[str, None] = {}
         self._ops: dict[str, deque[_GroupOp]] = {}
         self._names: dict[str | bytes, bytes] = {}
         # receive()
@@ -208,7 +276,7 @@ class SpreadSession:
         self._producers: dict[IPushProducer, None] = {}
 
     def __repr__(self) -> str:
-        state = "connected" if self.connected else "closed"
+        state = "connected" if self.connected else "away" if self._away else "closed"
         return f"<SpreadSession {self.private_group} {state}>"
 
     # ------------------------------------------------------------------ names
@@ -223,7 +291,7 @@ class SpreadSession:
         return raw
 
     def _check_open(self) -> None:
-        if not self.connected:
+        if not self.connected and not self._away:
             raise SessionClosed(f"Spread session {self.private_group} is closed")
 
     def _joinable(self, group: str | bytes) -> tuple[bytes, str]:
@@ -242,7 +310,8 @@ class SpreadSession:
         written. Joining a group we are in (or are already joining) sends nothing and
         fires with the pending or confirmed join. Raises IllegalGroupName (also for a
         private group) and SessionClosed at once; the Deferred fails with
-        SessionClosed if the session ends first.
+        SessionClosed if the session ends first. While the session is away
+        (reconnecting) the join is remembered and made when it is back.
         """
         raw, key = self._joinable(group)
         self._check_open()
@@ -253,22 +322,25 @@ class SpreadSession:
 
         With membership notices on it fires on the daemon's self-leave notice;
         otherwise as soon as the leave is written. Leaving a group we are not in sends
-        nothing and fires at once (the daemon would stay silent). Errors as for
-        :meth:`join`.
+        nothing and fires at once (the daemon would stay silent); so does leaving while
+        the session is away (it is in no group then, and will not join this one again).
+        Errors as for :meth:`join`.
         """
         raw, key = self._joinable(group)
         self._check_open()
         return self._request(_LEAVE, raw, key)
 
     def _request(self, kind: int, raw: bytes, key: str) -> Deferred[None]:
+        if self._away:
+            return self._request_away(kind, key)
         if not self.membership:
             # No notices will come: what we asked for is what we believe.
             if kind == _JOIN:
                 self._link.send_join(raw)
-                self._joined.add(key)
+                self._joined[key] = None
             else:
                 self._link.send_leave(raw)
-                self._joined.discard(key)
+                self._joined.pop(key, None)
             return succeed(None)
         ops = self._ops.get(key)
         if ops:
@@ -289,6 +361,20 @@ class SpreadSession:
             self._link.send_leave(raw)
         return waiter
 
+    def _request_away(self, kind: int, key: str) -> Deferred[None]:
+        """A join or leave asked for while away: it changes what is joined again."""
+        if kind == _JOIN:
+            op = self._rejoin.get(key)
+            if op is None:
+                op = self._rejoin[key] = _GroupOp(_JOIN)
+            return op.wait()
+        left = self._rejoin.pop(key, None)
+        if left is not None:
+            # Joined and left again while away: both are done (we are not a member).
+            for d in left.waiters:
+                d.callback(None)
+        return succeed(None)
+
     def _complete(self, group: str, kind: int) -> list[Deferred[None]]:
         """Pop the in-flight op of ``kind`` at the head of ``group``'s queue."""
         ops = self._ops.get(group)
@@ -297,6 +383,10 @@ class SpreadSession:
         op = ops.popleft()
         if not ops:
             del self._ops[group]
+        if kind == _JOIN and group in self._rejoining:
+            self._rejoining.discard(group)
+            if not self._rejoining:
+                self._back_due = True  # announced once the notice is dispatched
         return op.waiters
 
     def _membership_changed(self, frame: wire.MembershipMessage) -> list[Deferred[None]]:
@@ -307,20 +397,20 @@ class SpreadSession:
         if group in views and not frame.is_transition:
             views[group] = None if frame.is_self_leave else frame
         if frame.is_self_leave:
-            self._joined.discard(group)
+            self._joined.pop(group, None)
             return self._complete(group, _LEAVE)
         if frame.is_transition:
             return []
         cause = frame.cause
         if cause == wire.CAUSED_BY_JOIN and frame.changed_member == me:
-            self._joined.add(group)
+            self._joined[group] = None
             return self._complete(group, _JOIN)
         if cause == wire.CAUSED_BY_NETWORK:
             # A join caught by a network change puts us in a CAUSED_BY_NETWORK notice
             # instead of our own CAUSED_BY_JOIN (docs/spread-protocol.md, section 8.4, [src]).
             ops = self._ops.get(group)
             if ops and ops[0].kind == _JOIN and me in frame.members:
-                self._joined.add(group)
+                self._joined[group] = None
                 return self._complete(group, _JOIN)
         return []
 
@@ -359,7 +449,7 @@ class SpreadSession:
             return succeed(None)
         holds.pop(key, None)
         self._views.pop(key, None)
-        if not self.connected:
+        if not self.connected and not self._away:
             return succeed(None)
         d = self.leave(key)
 
@@ -396,9 +486,15 @@ class SpreadSession:
         than 100 groups, or 48 + 32 * groups + len(data) > 143200, the most a real
         5.0.1 daemon carries without aborting), IllegalService (a ValueError: not one
         service level), ValueError (mess_type outside -32768..32767) and
-        SessionClosed. Returns None: Spread acknowledges nothing.
+        SessionClosed (SessionReconnecting while the session is away). Returns None:
+        Spread acknowledges nothing.
         """
         if not self.connected:
+            if self._away:
+                raise SessionReconnecting(
+                    f"Spread session {self.private_group} is reconnecting (its daemon "
+                    "connection was lost): nothing can be sent until it is back"
+                )
             raise SessionClosed(f"Spread session {self.private_group} is closed")
         if isinstance(groups, (str, bytes)):
             names = [self._group_bytes(groups)]
@@ -508,7 +604,6 @@ class SpreadSession:
         if not self.connected:
             return
         kind = type(frame)
-        done: list[Deferred[None]] = []
         if kind is wire.RegularMessage or kind is wire.RejectMessage:
             groups = frame.groups  # type: ignore[union-attr]
             if len(groups) == 1 and not self._catch_all:
@@ -521,13 +616,18 @@ class SpreadSession:
                 self._dispatch_many(frame, (frame.group,))  # type: ignore[union-attr]
             else:
                 self._dispatch(frame, frame.group)  # type: ignore[union-attr]
+            if self._receiving:
+                self._enqueue(frame)
+            for d in done:
+                d.callback(None)
+            if self._back_due:
+                self._back()  # the last group joined again: the session is back
+            return
         else:
             self._log.warn("Spread session ignores unexpected frame {frame!r}", frame=frame)
             return
         if self._receiving:
             self._enqueue(frame)
-        for d in done:
-            d.callback(None)
 
     def _dispatch(self, frame: Frame, group: str) -> None:
         """The common case, one group and no catch-all listener: nothing to merge or
@@ -698,7 +798,7 @@ class SpreadSession:
 
     def pause_writing(self) -> None:
         """The link's buffer is full: pause registered producers (called by the link)."""
-        if not self._writable or self._closed:
+        if not self._writable or self._closed or self._away:
             return
         self._writable = False
         for producer in list(self._producers):
@@ -707,7 +807,7 @@ class SpreadSession:
 
     def resume_writing(self) -> None:
         """The link's buffer drained: wake waiters and producers (called by the link)."""
-        if self._writable or self._closed:
+        if self._writable or self._closed or self._away:
             return
         self._writable = True
         while self._writable and self._writable_waiters:
@@ -721,7 +821,8 @@ class SpreadSession:
     # ------------------------------------------------------------------ end of session
 
     def disconnect(self) -> Deferred[None]:
-        """Send KILL_MESS and close; the Deferred fires with None once closed.
+        """Send KILL_MESS and close for good (a reconnecting session too: it stops
+        reconnecting); the Deferred fires with None once closed.
 
         No frame is dispatched after this call. Calling it again, or on a closed
         session, is harmless.
@@ -729,7 +830,10 @@ class SpreadSession:
         if self._closed:
             return succeed(None)
         d = self.whenDisconnected()
-        if self.connected:
+        self._closing = True
+        if self._away:
+            self.connection_lost(SessionClosed("disconnected while reconnecting"))
+        elif self.connected:
             self.connected = False
             self._log.info(
                 "Spread session {private_group} disconnecting", private_group=self.private_group
@@ -738,8 +842,10 @@ class SpreadSession:
         return d
 
     def whenDisconnected(self) -> Deferred[None]:
-        """A new Deferred that fires with None when the session ends for any reason
-        (at once if it has); :attr:`disconnect_reason` then says why."""
+        """A new Deferred that fires with None when the session ends for good (at once
+        if it has): closed, or lost without reconnecting; :attr:`disconnect_reason`
+        then says why. A reconnecting session's lost connections do not count (see
+        :meth:`add_reconnect_listener`)."""
         if self._closed:
             return succeed(None)
         d: Deferred[None] = Deferred(self._cancel_disconnect_waiter)
@@ -756,19 +862,29 @@ class SpreadSession:
             why = f": {self.disconnect_reason.getErrorMessage()}"
         return SessionClosed(f"Spread session {self.private_group} is closed{why}")
 
-    def connection_lost(self, reason: Failure | BaseException | None = None) -> None:
-        """The session ended (called once by the link; later calls are ignored).
+    def connection_lost(
+        self, reason: Failure | BaseException | None = None, link: ISessionLink | None = None
+    ) -> None:
+        """The link was lost (called by the link, once; ``link`` says which, so that
+        late news of an earlier link is ignored).
 
-        Pending join/leave/receive/whenWritable Deferreds fail with SessionClosed,
-        registered producers get stopProducing(), whenDisconnected() Deferreds fire.
+        A session that :attr:`reconnects` (and was not asked to :meth:`disconnect`) is
+        away now (see the module doc). Otherwise the session ends: pending
+        join/leave/receive/whenWritable Deferreds fail with SessionClosed, registered
+        producers get stopProducing(), whenDisconnected() Deferreds fire.
         """
-        if self._closed:
+        if self._closed or (link is not None and link is not self._link):
             return
-        self._closed = True
-        self.connected = False
         if reason is None:
             reason = SessionClosed("session closed")
-        self.disconnect_reason = reason if isinstance(reason, Failure) else Failure(reason)
+        failure = reason if isinstance(reason, Failure) else Failure(reason)
+        if self.reconnects and not self._closing:
+            self._link_lost(failure)
+            return
+        self._closed = True
+        self._away = False
+        self.connected = False
+        self.disconnect_reason = failure
         self._log.info(
             "Spread session {private_group} ended: {reason}",
             private_group=self.private_group,
@@ -779,8 +895,13 @@ class SpreadSession:
         for ops in self._ops.values():
             for op in ops:
                 pending.extend(op.waiters)
+        for op in self._rejoin.values():
+            pending.extend(op.waiters)
         self._ops.clear()
+        self._rejoin.clear()
+        self._rejoining.clear()
         self._joined.clear()
+        self._reconnect_listeners.clear()
         pending.extend(self._writable_waiters)
         self._writable_waiters.clear()
         receivers = list(self._receive_waiters)
@@ -799,6 +920,179 @@ class SpreadSession:
                 self._log.failure("stopProducing of {producer!r} failed", producer=producer)
         for d in waiters:
             d.callback(None)
+
+    # ------------------------------------------------------------------ reconnecting
+
+    def survive_reconnects(self, clock: IReactorTime) -> None:
+        """From now on a lost link leaves the session away, waiting for
+        :meth:`relink`, instead of ending it (see the module doc); ``clock`` times the
+        outages. Whoever reconnects the session calls this
+        (:func:`~spreadqueue._spread.keeper.keep_session`); to end such a session for
+        good, set :attr:`reconnects` to False and call :meth:`connection_lost`.
+        """
+        self.reconnects = True
+        self._clock = clock
+
+    def add_reconnect_listener(self, listener: ReconnectListener) -> None:
+        """Call ``listener(event)`` with a :class:`SessionLost` when the session loses
+        its daemon connection and reconnects, and with a :class:`SessionBack` once it
+        is connected again and back in all its groups. A connection lost again before
+        the session was back is another SessionLost (then one SessionBack). A session
+        that does not reconnect never calls it. Adding a listener twice has no extra
+        effect."""
+        self._reconnect_listeners[listener] = None
+
+    def remove_reconnect_listener(self, listener: ReconnectListener) -> None:
+        """Stop calling ``listener`` (no error if it was not added)."""
+        self._reconnect_listeners.pop(listener, None)
+
+    def _tell(self, event: SessionLost | SessionBack) -> None:
+        for listener in list(self._reconnect_listeners):
+            if listener not in self._reconnect_listeners:
+                continue  # removed by an earlier one
+            try:
+                listener(event)
+            except Exception:
+                self._log.failure(
+                    "Spread reconnect listener {listener!r} failed on {event!r}",
+                    listener=listener,
+                    event=event,
+                )
+
+    def _now(self) -> float:
+        return self._clock.seconds() if self._clock is not None else 0.0
+
+    def _link_lost(self, failure: Failure) -> None:
+        """The link is gone and another will come: be away until it does."""
+        if self._away:
+            return
+        self.connected = False
+        self._away = True
+        self._writable = False
+        self._back_due = False
+        # What to join again: the groups we are in and those we are joining, in the
+        # order first joined, unless the last thing asked of them was a leave.
+        order = dict.fromkeys(self._joined)
+        order.update(dict.fromkeys(self._ops))
+        rejoin = self._rejoin
+        done: list[Deferred[None]] = []
+        for group in order:
+            ops = self._ops.get(group)
+            if ops and ops[-1].kind == _LEAVE:
+                for op in ops:
+                    done.extend(op.waiters)  # we are out of every group now
+                continue
+            op = rejoin[group] = _GroupOp(_JOIN)
+            for earlier in ops or ():
+                (op.waiters if earlier.kind == _JOIN else done).extend(earlier.waiters)
+        self._ops.clear()
+        self._joined.clear()
+        self._rejoining.clear()
+        for group in self._views:
+            self._views[group] = None
+        for producer in list(self._producers):
+            producer.pauseProducing()
+        reason = failure.getErrorMessage()
+        if self._down_since is None:
+            self._down_since = self._now()
+            self._previous_group = self.private_group
+            self._log.warn(
+                "Spread session {private_group} lost ({reason}); reconnecting",
+                private_group=self.private_group,
+                reason=reason,
+                spread_event="lost",
+            )
+        else:
+            # lost again before it was back: the same outage (SessionBack counts from
+            # its start), but its reconnector must hear of this connection's end too
+            self._log.info(
+                "Spread session {private_group} lost again before it was back ({reason})",
+                private_group=self.private_group,
+                reason=reason,
+            )
+        self._tell(SessionLost(self.private_group, reason))
+        for d in done:
+            d.callback(None)
+
+    def relink(
+        self, link: ISessionLink, private_group: str | bytes, *, batch: DeliveryBatch | None = None
+    ) -> None:
+        """Go on over a new ``link`` (called by whoever reconnected it): join every
+        group again; the session is back (reconnect listeners hear
+        :class:`SessionBack`) once the daemon has confirmed them all.
+
+        ``private_group`` is the name the daemon gave this time: normally the same (the
+        session asks for its name again); if another daemon answered, listeners of the
+        old private group move to the new one. ``batch`` is the new link's
+        DeliveryBatch, as for the constructor. Raises SessionClosed if the session has
+        ended for good (the caller then drops the link), ValueError if it is not away.
+        """
+        if self._closed or self._closing:
+            raise SessionClosed(f"Spread session {self.private_group} is closed")
+        if not self._away:
+            raise ValueError(f"{self!r} is not away: it has a link")
+        raw = wire.to_bytes(private_group)
+        parts = wire.split_private_group(raw)
+        if parts is None:
+            raise ValueError(f"{private_group!r} is not a private group name ('#name#daemon')")
+        group = raw.decode("latin-1")
+        if group != self.private_group:
+            self._rename(group, parts)
+        self._link = link
+        self._batch = batch if batch is not None else DeliveryBatch()
+        self._away = False
+        self.connected = True
+        rejoin, self._rejoin = self._rejoin, {}
+        try:
+            for key, op in rejoin.items():
+                raw_group = self._group_bytes(key)
+                if self.membership:
+                    self._ops[key] = deque([op])
+                    self._rejoining.add(key)
+                    link.send_join(raw_group)
+                else:
+                    link.send_join(raw_group)
+                    self._joined[key] = None
+                    for d in op.waiters:
+                        d.callback(None)
+        except SpreadError as e:
+            # The new link died at once: its loss (connection_lost) is on its way.
+            self._log.info("Spread session {group}: rejoining failed: {e}", group=group, e=e)
+            return
+        self.resume_writing()
+        if not self._rejoining:
+            self._back()
+
+    def _rename(self, group: str, parts: tuple[bytes, bytes]) -> None:
+        """The daemon that answered gave another private group: move its listeners."""
+        old = self.private_group
+        self._log.warn(
+            "Spread session {old} came back as {new} (another daemon): what was "
+            "addressed to {old} reaches nobody",
+            old=old,
+            new=group,
+        )
+        self.private_group = group
+        self.name = parts[0].decode("latin-1")
+        self.daemon_name = parts[1].decode("latin-1")
+        moved = self._listeners.pop(old, None)
+        if moved:
+            self._listeners.setdefault(group, {}).update(moved)
+        self._snapshot(old)
+        self._snapshot(group)
+
+    def _back(self) -> None:
+        self._back_due = False
+        since, self._down_since = self._down_since, None
+        away = 0.0 if since is None else max(0.0, self._now() - since)
+        self._log.info(
+            "Spread session {private_group} back after {away:.1f}s, in {groups} group(s) again",
+            private_group=self.private_group,
+            away=away,
+            groups=len(self._joined),
+            spread_event="back",
+        )
+        self._tell(SessionBack(self.private_group, away, self._previous_group))
 
     # ------------------------------------------------------------------ misc
 
