@@ -26,7 +26,7 @@ real Spread 5.0.1 daemons does (docs/spread-protocol.md, sections 8 and 14)::
     alice = network.session("alice", daemon="d1")     # private group #alice#d1
     bob = network.session("bob", daemon="d2")
     alice.join("chat")
-bob.join("chat")
+    bob.join("chat")
     network.flush()
     network.partition(["d1"], ["d2", "d3"])
     network.flush()   # alice gets TRANSITION_MESS, then CAUSED_BY_NETWORK [#alice#d1]
