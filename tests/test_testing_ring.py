@@ -20,16 +20,15 @@ from typing import Any
 import pytest
 import spread_traces as st
 from spread_traces import DAEMON, Trace
+from test_daemon_core import Sink
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from zope.interface import implementer
 
 from spreadqueue import ManagerService, Sender, Worker
 from spreadqueue._spread import wire
-from spreadqueue._spread.core import DaemonCore, Envelope, daemon_id
+from spreadqueue._spread.core import DaemonCore, daemon_id
 from spreadqueue._spread.errors import SessionClosed
-from spreadqueue._spread.interfaces import ISessionSink
 from spreadqueue._spread.ring import DaemonNetwork
 from spreadqueue.testing import FakeSpreadNetwork
 
@@ -505,24 +504,6 @@ def test_the_readme_example_of_several_daemons_runs() -> None:
 # --------------------------------------------------------------------------- DaemonNetwork
 
 
-@implementer(ISessionSink)
-class Sink:
-    def __init__(self) -> None:
-        self.frames: list[Any] = []
-
-    def deliver(self, envelope: Envelope) -> None:
-        self.frames.append(envelope.frame)
-
-
-@implementer(ISessionSink)
-class EnvelopeSink:
-    def __init__(self) -> None:
-        self.envelopes: list[Envelope] = []
-
-    def deliver(self, envelope: Envelope) -> None:
-        self.envelopes.append(envelope)
-
-
 def test_relayed_bytes_are_routed_to_members_on_other_daemons() -> None:
     """The TCP daemon's relay path (raw destination fields) works across a ring too."""
     d1, d2 = DaemonCore("d1", time=5), DaemonCore("d2", time=5)
@@ -538,7 +519,7 @@ def test_relayed_bytes_are_routed_to_members_on_other_daemons() -> None:
     assert type(frame) is wire.Relay
     d1.relay(alice, frame)
     d1.relay(alice, to_bob)
-    assert [f.data for f in bob_sink.frames[1:]] == [b"x", b"y"]
+    assert [e.frame.data for e in bob_sink.envelopes[1:]] == [b"x", b"y"]  # type: ignore[union-attr]
     assert d1.session_count == 1 and d2.session_count == 1
     assert d1.members("g") == d2.members("g") == ("#bob#d2",)
 
@@ -548,7 +529,7 @@ def test_network_notices_encode_to_what_they_decode_as() -> None:
     the same, vs-sets and own-set offset included (sections 8.4, 8.5)."""
     cores = [DaemonCore(name, time=5) for name in ("d1", "d2", "d3")]
     network = DaemonNetwork(cores)
-    sinks = [EnvelopeSink() for _ in cores]
+    sinks = [Sink() for _ in cores]
     sessions = [core.connect(sink, "m") for core, sink in zip(cores, sinks, strict=True)]
     for core, session in zip(cores, sessions, strict=True):
         core.join(session, "g")
