@@ -14,7 +14,14 @@ One daemon gives every service type the same total order: messages and membershi
 changes are delivered in the order the core is asked to perform them. Calls made while
 the core is delivering (a sink that answers from inside ``deliver``, or drops its
 session) are queued and run right after the current operation, so every receiver sees
-the same order.
+the same order (:class:`Sequencer`).
+
+A daemon alone is a ring of its own. Several cores can form one :class:`Ring` (the
+daemon membership of section 14): they then share its groups and routing, so a member on
+any of them gets what a real ring delivers, and one :class:`Sequencer` orders them all.
+:mod:`.ring` changes rings (partitions, merges, a killed daemon); the notices those
+changes give are built here, with the others (:meth:`Group.notify_transition`,
+:meth:`Group.notify_network`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from .wire import (
     CAUSED_BY_DISCONNECT,
     CAUSED_BY_JOIN,
     CAUSED_BY_LEAVE,
+    CAUSED_BY_NETWORK,
     GROUP_FIELD,
     MAX_DAEMON_NAME,
     MAX_GROUP_NAME,
@@ -40,6 +48,7 @@ from .wire import (
     REG_MEMB_MESS,
     REGULAR_MESS,
     SELF_DISCARD,
+    TRANSITION_MESS,
     GroupId,
     MembershipMessage,
     RegularMessage,
@@ -55,6 +64,7 @@ from .wire import (
     pad_name,
 )
 from .wire.constants import U32_LE
+from .wire.encode import encode_transition
 
 __all__ = [
     "DEFAULT_MAX_SESSIONS",
@@ -64,8 +74,11 @@ __all__ = [
     "Group",
     "MembershipEnvelope",
     "RelayEnvelope",
+    "Ring",
     "SelfLeaveEnvelope",
+    "Sequencer",
     "Session",
+    "TransitionEnvelope",
     "WireEnvelope",
     "daemon_id",
 ]
@@ -215,13 +228,25 @@ class WireEnvelope(Envelope):
 
 
 class MembershipEnvelope(Envelope):
-    """A regular membership notice: REG_MEMB_MESS | ``cause`` with one vs-set holding
-    only ``changed`` (section 8: join, leave and disconnect on one daemon)."""
+    """A regular membership notice, REG_MEMB_MESS | ``cause`` (sections 8.2, 8.4).
 
-    __slots__ = ("cause", "changed", "group", "group_id", "members")
+    For a join, leave or disconnect the one vs-set holds only ``changed``. A network
+    change (CAUSED_BY_NETWORK, ``changed`` None) gives its ``vs_sets``, and
+    ``local_vs_set`` indexes the receiver's own set: the members of one set share one
+    envelope, each set has its own.
+    """
+
+    __slots__ = ("cause", "changed", "group", "group_id", "local_vs_set", "members", "vs_sets")
 
     def __init__(
-        self, cause: int, group: str, members: tuple[str, ...], group_id: GroupId, changed: str
+        self,
+        cause: int,
+        group: str,
+        members: tuple[str, ...],
+        group_id: GroupId,
+        changed: str | None,
+        vs_sets: tuple[tuple[str, ...], ...] | None = None,
+        local_vs_set: int = 0,
     ) -> None:
         self._wire = None
         self._frame = None
@@ -230,6 +255,11 @@ class MembershipEnvelope(Envelope):
         self.members = members
         self.group_id = group_id
         self.changed = changed
+        if vs_sets is None:
+            assert changed is not None
+            vs_sets = ((changed,),)
+        self.vs_sets = vs_sets
+        self.local_vs_set = local_vs_set
 
     def _encode(self) -> bytes:
         return encode_membership(
@@ -237,7 +267,8 @@ class MembershipEnvelope(Envelope):
             self.group,
             self.members,
             self.group_id,
-            ((self.changed,),),
+            self.vs_sets,
+            self.local_vs_set,
         )
 
     def _decode(self) -> ToClient:
@@ -247,10 +278,29 @@ class MembershipEnvelope(Envelope):
             self.cause,
             self.group_id,
             self.members,
-            ((self.changed,),),
-            0,
+            self.vs_sets,
+            self.local_vs_set,
             self.changed,
         )
+
+
+class TransitionEnvelope(Envelope):
+    """A transitional notice (section 8.5): TRANSITION_MESS, no members, the group's
+    previous id as its body."""
+
+    __slots__ = ("group", "group_id")
+
+    def __init__(self, group: str, group_id: GroupId) -> None:
+        self._wire = None
+        self._frame = None
+        self.group = group
+        self.group_id = group_id
+
+    def _encode(self) -> bytes:
+        return encode_transition(self.group, self.group_id)
+
+    def _decode(self) -> ToClient:
+        return MembershipMessage(TRANSITION_MESS, self.group, 0, self.group_id, is_transition=True)
 
 
 class SelfLeaveEnvelope(Envelope):
@@ -317,30 +367,162 @@ class Session:
 
 
 class Group:
-    """A group and its members, ordered by private group name (section 8)."""
+    """A group and its members, in the order notices list them (section 8.2).
 
-    __slots__ = ("counter", "field", "members", "name", "order")
+    ``ring_id`` is words 0 and 1 of the group's id: the id of the ring that last set it
+    (section 8.3). ``member_key`` orders the members: None for one daemon (by private
+    group name); a ring of several daemons orders them by daemon, in configuration
+    order, then by name.
+    """
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("counter", "field", "member_key", "members", "name", "order", "ring_id")
+
+    def __init__(
+        self,
+        name: str,
+        ring_id: tuple[int, int] = (0, 0),
+        member_key: Callable[[str], Any] | None = None,
+    ) -> None:
         self.name = name
         #: the name as a 32-byte wire field (the routing key of multicasts)
         self.field = pad_name(name)
         #: private group name -> session, in join order
         self.members: dict[str, Session] = {}
-        #: the members' private group names in byte order (notices list them so)
+        #: the members' private group names in notice order
         self.order: list[str] = []
         #: word [2] of the group id: 1 when created, +1 per join, leave or disconnect
         self.counter = 0
+        self.ring_id = ring_id
+        self.member_key = member_key
 
     def add(self, session: Session) -> None:
         self.members[session.private_group] = session
-        bisect.insort(self.order, session.private_group)
+        if self.member_key is None:
+            bisect.insort(self.order, session.private_group)
+        else:
+            bisect.insort(self.order, session.private_group, key=self.member_key)
         self.counter += 1
 
     def remove(self, session: Session) -> None:
         del self.members[session.private_group]
-        del self.order[bisect.bisect_left(self.order, session.private_group)]
+        key = self.member_key
+        if key is None:
+            del self.order[bisect.bisect_left(self.order, session.private_group)]
+        else:
+            del self.order[bisect.bisect_left(self.order, key(session.private_group), key=key)]
         self.counter += 1
+
+    def group_id(self) -> GroupId:
+        """The group's id now (section 8.3)."""
+        return GroupId(self.ring_id[0], self.ring_id[1], self.counter)
+
+    def _tell(self, envelope: Envelope, members: Iterable[str] | None = None) -> None:
+        # To the members (all of them, or those named) that get membership notices.
+        sessions = self.members
+        for member in sessions.values() if members is None else map(sessions.__getitem__, members):
+            if member.membership:
+                member.sink.deliver(envelope)
+
+    def notify(self, cause: int, changed: str) -> None:
+        """REG_MEMB_MESS | ``cause`` for the join, leave or disconnect of ``changed``
+        (sections 8.2, 8.4: one vs-set, holding only ``changed``)."""
+        self._tell(
+            MembershipEnvelope(cause, self.name, tuple(self.order), self.group_id(), changed)
+        )
+
+    def notify_transition(self, previous: GroupId) -> None:
+        """TRANSITION_MESS with the id of the view being left (section 8.5)."""
+        self._tell(TransitionEnvelope(self.name, previous))
+
+    def notify_network(self, vs_sets: tuple[tuple[str, ...], ...]) -> None:
+        """REG_MEMB_MESS | CAUSED_BY_NETWORK with ``vs_sets`` (section 8.4): every member
+        is in one set, and its notice's offset points at that set."""
+        members = tuple(self.order)
+        group_id = self.group_id()
+        for index, vs_set in enumerate(vs_sets):
+            envelope = MembershipEnvelope(
+                CAUSED_BY_NETWORK, self.name, members, group_id, None, vs_sets, index
+            )
+            self._tell(envelope, vs_set)
+
+
+class Ring:
+    """The daemons that reach each other now, a daemon membership (section 14), and what
+    they share: the groups, the routing of names to groups and sessions, and the ring's id
+    (section 8.3: the representative daemon's id and the ring's time stamp), which groups
+    created in it take. A daemon alone is a ring of its own.
+
+    ``member_key`` orders the members of its groups (see :class:`Group`).
+    """
+
+    __slots__ = ("by_group", "cores", "groups", "id", "member_key", "targets")
+
+    def __init__(
+        self, ring_id: tuple[int, int], member_key: Callable[[str], Any] | None = None
+    ) -> None:
+        self.id = ring_id
+        self.member_key = member_key
+        #: the daemons of the ring
+        self.cores: list[DaemonCore] = []
+        #: group name -> the group, for groups with members
+        self.groups: dict[str, Group] = {}
+        #: private group name -> the open session (routing of unicasts)
+        self.by_group: dict[str, Session] = {}
+        #: wire field (a name NUL-padded to 32 bytes) -> its group or private group's
+        #: session: routes a Relay without decoding a name
+        self.targets: dict[bytes, Group | Session] = {}
+
+    def new_group(self, name: str) -> Group:
+        """A new, empty group called ``name`` with this ring's id, routed by the ring."""
+        group = Group(name, self.id, self.member_key)
+        self.add_group(group)
+        return group
+
+    def add_group(self, group: Group) -> None:
+        """Route ``group`` (with its members) in this ring."""
+        self.groups[group.name] = group
+        self.targets[group.field] = group
+
+    def add_session(self, session: Session) -> None:
+        """Route ``session``'s private group in this ring."""
+        self.by_group[session.private_group] = session
+        self.targets[session.field] = session
+
+    def remove_session(self, session: Session) -> None:
+        """Stop routing to ``session``."""
+        self.by_group.pop(session.private_group, None)
+        if self.targets.get(session.field) is session:
+            del self.targets[session.field]
+
+
+class Sequencer:
+    """One total order for the operations of the daemons that share it.
+
+    :meth:`run` performs an operation at once, unless one is under way (a sink that
+    answers from inside ``deliver``, or drops its session): then it is queued and run
+    right after the current one, so every receiver sees the same order.
+    """
+
+    __slots__ = ("busy", "queued")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.queued: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+
+    def run(self, op: Callable[..., None], *args: Any) -> None:
+        """Perform ``op(*args)`` now, or after the operation under way."""
+        if self.busy:
+            self.queued.append((op, args))
+            return
+        self.busy = True
+        try:
+            op(*args)
+            queued = self.queued
+            while queued:
+                op, args = queued.popleft()
+                op(*args)
+        finally:
+            self.busy = False
 
 
 class Admission:
@@ -354,13 +536,23 @@ class Admission:
         self.settled = False
 
 
-class DaemonCore:
+class DaemonCore(Sequencer):
     """Sessions, groups and routing of one Spread daemon named ``name``.
 
     ``time`` is word [1] of every group id (the real daemon's membership time stamp,
     epoch seconds); ``max_sessions`` bounds sessions plus admissions in progress;
     ``randrange(n)`` returns a number in ``0..n-1`` for invented names.
+
+    The daemon starts as a ring of its own (:attr:`ring`, id ``(daemon id, time)``)
+    with its own :class:`Sequencer`; :mod:`.ring` puts it in rings with other daemons
+    (:meth:`enter`, :meth:`order_with`). Queries about groups answer for the whole ring;
+    queries about sessions, for this daemon's own.
     """
+
+    #: performs (or queues) each operation: the core's own :meth:`Sequencer.run`, or
+    #: what :meth:`order_with` gave (an instance attribute then shadows this; a class
+    #: attribute keeps the relay path's call as cheap as a plain method's)
+    _run: Callable[..., None] = Sequencer.run
 
     def __init__(
         self,
@@ -382,24 +574,62 @@ class DaemonCore:
         self._suffix = "#" + name
         #: private name -> Session, or the Admission that claimed it
         self._names: dict[str, Session | Admission] = {}
-        #: private group name -> Session (routing of unicasts)
-        self._by_group: dict[str, Session] = {}
-        self._groups: dict[str, Group] = {}
-        #: wire field (a name NUL-padded to 32 bytes) -> its group or private group's
-        #: session: routes a Relay without decoding a name
-        self._targets: dict[bytes, Group | Session] = {}
+        #: private group name -> Session, this daemon's own sessions
+        self._sessions: dict[str, Session] = {}
         self._admissions = 0
         self._slots_free: list[int] = []
         self._next_slot = 1
-        self._busy = False
-        self._queued: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        # Its own Sequencer until order_with() gives it a network's.
+        Sequencer.__init__(self)
+        self.ring = Ring((self.daemon_id, self.time))
+        self._bind(self.ring)
+        self.ring.cores.append(self)
+
+    # ----------------------------------------------------------------- rings
+
+    def _bind(self, ring: Ring) -> None:
+        # The ring's tables, held here too: the relay path reads them at every message.
+        #: private group name -> Session, every daemon of the ring (routing of unicasts)
+        self._by_group = ring.by_group
+        self._groups = ring.groups
+        self._targets = ring.targets
+
+    def enter(self, ring: Ring) -> None:
+        """Become one of the daemons of ``ring``: route by its tables, in which this
+        daemon's sessions are added. Groups are the ring's business (:mod:`.ring`)."""
+        self.ring = ring
+        ring.cores.append(self)
+        self._bind(ring)
+        for session in self._sessions.values():
+            ring.add_session(session)
+
+    def order_with(self, run: Callable[..., None]) -> None:
+        """Perform every operation through ``run`` from now on: the
+        :meth:`Sequencer.run` that the daemons of a network share, or a function that
+        holds operations while the ring is being changed."""
+        self._run = run  # type: ignore[method-assign]
+
+    def halt(self) -> tuple[Session, ...]:
+        """The daemon dies: every session ends at once and unannounced, its clients see
+        their connections close (sections 12, 14). Return those sessions.
+
+        Their memberships stay in the ring's groups: the other daemons have not noticed
+        yet, and the ring change that follows takes them out (:mod:`.ring`).
+        """
+        sessions = tuple(self._sessions.values())
+        for session in sessions:
+            session.is_open = False
+            self.ring.remove_session(session)
+        self._sessions.clear()
+        self._names.clear()
+        return sessions
 
     # ----------------------------------------------------------------- queries
 
     @property
     def session_count(self) -> int:
         """Open sessions."""
-        return len(self._by_group)
+        return len(self._sessions)
 
     @property
     def admissions(self) -> int:
@@ -413,11 +643,11 @@ class DaemonCore:
 
     def session(self, private_group: str) -> Session | None:
         """The open session whose private group is ``private_group``."""
-        return self._by_group.get(private_group)
+        return self._sessions.get(private_group)
 
     def sessions(self) -> tuple[Session, ...]:
         """Every open session."""
-        return tuple(self._by_group.values())
+        return tuple(self._sessions.values())
 
     def groups(self) -> tuple[str, ...]:
         """The names of the groups that have members, sorted."""
@@ -431,12 +661,12 @@ class DaemonCore:
     def group_id(self, group: str) -> GroupId | None:
         """``group``'s current id, or None when it has no members."""
         g = self._groups.get(group)
-        return None if g is None else GroupId(self.daemon_id, self.time, g.counter)
+        return None if g is None else g.group_id()
 
     def snapshot(self) -> tuple[frozenset[str], dict[str, tuple[str, ...]], int]:
         """(private groups, group -> members, admissions): compare to check for leaks."""
         return (
-            frozenset(self._by_group),
+            frozenset(self._sessions),
             {name: tuple(g.order) for name, g in self._groups.items()},
             self._admissions,
         )
@@ -454,7 +684,7 @@ class DaemonCore:
         Admissions in progress count: a client that never finishes its handshake still
         holds its slot until it is abandoned.
         """
-        if len(self._by_group) + self._admissions >= self.max_sessions:
+        if len(self._sessions) + self._admissions >= self.max_sessions:
             raise QuotaExceeded()
         self._admissions += 1
         if self._slots_free:
@@ -502,8 +732,8 @@ class DaemonCore:
             admission.name, self.private_group_of(admission.name), membership, sink, admission.slot
         )
         self._names[session.name] = session
-        self._by_group[session.private_group] = session
-        self._targets[session.field] = session
+        self._sessions[session.private_group] = session
+        self.ring.add_session(session)
         return session
 
     def abandon(self, admission: Admission) -> None:
@@ -614,23 +844,6 @@ class DaemonCore:
                 if receiver is not skip:
                     receiver.sink.deliver(envelope)
 
-    def _run(self, op: Callable[..., None], *args: Any) -> None:
-        # Serialise: a call made from inside a delivery (a sink answering at once, or
-        # dropping its session) runs after the current operation, so every receiver
-        # sees one total order of messages and membership changes.
-        if self._busy:
-            self._queued.append((op, args))
-            return
-        self._busy = True
-        try:
-            op(*args)
-            queued = self._queued
-            while queued:
-                op, args = queued.popleft()
-                op(*args)
-        finally:
-            self._busy = False
-
     def _join(self, session: Session, name: str) -> None:
         if not session.is_open or name in session.groups:
             return
@@ -638,11 +851,10 @@ class DaemonCore:
             return
         group = self._groups.get(name)
         if group is None:
-            group = self._groups[name] = Group(name)
-            self._targets[group.field] = group
+            group = self.ring.new_group(name)
         group.add(session)
         session.groups[name] = group
-        self._notify(group, CAUSED_BY_JOIN, session.private_group)
+        group.notify(CAUSED_BY_JOIN, session.private_group)
 
     def _leave(self, session: Session, name: str) -> None:
         group = session.groups.pop(name, None) if session.is_open else None
@@ -657,6 +869,7 @@ class DaemonCore:
         if not session.is_open:
             return
         session.is_open = False
+        del self._sessions[session.private_group]
         del self._by_group[session.private_group]
         del self._targets[session.field]
         del self._names[session.name]
@@ -671,22 +884,10 @@ class DaemonCore:
 
     def _after_departure(self, group: Group, cause: int, member: str) -> None:
         if group.members:
-            self._notify(group, cause, member)
+            group.notify(cause, member)
         else:
             del self._groups[group.name]
             del self._targets[group.field]
-
-    def _notify(self, group: Group, cause: int, changed: str) -> None:
-        envelope = MembershipEnvelope(
-            cause,
-            group.name,
-            tuple(group.order),
-            GroupId(self.daemon_id, self.time, group.counter),
-            changed,
-        )
-        for member in group.members.values():
-            if member.membership:
-                member.sink.deliver(envelope)
 
     def _multicast(
         self,
