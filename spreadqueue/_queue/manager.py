@@ -698,7 +698,8 @@ _EVENT_LOGS: Final = {
     "merged": (
         "info",
         "queue manager {queue} on {manager}: a healed partition brought back an older "
-        "manager; {handed_over} detached task(s) handed over, taking its state",
+        "manager; {handed_over} detached task(s) handed over, {ended} that ended here "
+        "named, taking its state",
     ),
     "quorum": (
         "warn",

@@ -181,6 +181,7 @@ _STATS: Final = (
     "syncs_sent",
     "syncs_loaded",
     "handed_over",
+    "ended_elsewhere",
 )
 
 
@@ -281,6 +282,9 @@ class QueueManager:
         self._buffer: list[tuple[Any, ...]] | None = None  # inputs after our request
         self._chunks: dict[int, bytes] = {}
         self._offer: list[Task] = []  # recovered detached tasks to hand over on joining
+        #: ids of tasks that ended since a partition split the manager group (None: not
+        #: split): a side that loses the merge tells the winner, which may still hold them
+        self._ended_since_split: list[str] | None = None
 
         # ---- the active manager's own state (never replicated)
         self._ready = Ready()
@@ -903,10 +907,15 @@ class QueueManager:
             for e in entries:
                 self._assigned(now, sender, session, e)
         elif kind is Kind.DECIDE:
-            if not self._from_manager(sender):
-                return
+            decides = self._from_manager(sender)
             for e in entries:
-                self._decided(now, sender, e)
+                if e.op == "ended":
+                    # Not a decision but news from a manager that lost a merge: any
+                    # manager of the group may tell it (section 10.6).
+                    if sender in self._mgr_members:
+                        self._ended_elsewhere(e.a)
+                elif decides:
+                    self._decided(now, sender, e)
         else:
             return
         if self._active:
@@ -940,6 +949,17 @@ class QueueManager:
         else:
             self._start(now, t, w)
         self._update_ready(w)
+
+    def _ended_elsewhere(self, tid: str) -> None:
+        """Task ``tid`` ended on the other side of a partition: drop it if it waits here
+        (a running copy finishes; at least once)."""
+        self._tombstones.add(tid)
+        t = self._tasks.get(tid)
+        if t is not None and t.worker is None and t.pending is None:
+            self._drop_queued(t)
+            self.stats["ended_elsewhere"] += 1
+            if t.detached and self.journaled:
+                self._journal.append(("end", tid))
 
     def _decided(self, now: float, sender: str, e: Decide) -> None:
         if e.op == "expire":
@@ -989,12 +1009,17 @@ class QueueManager:
                     if position.get(m, mine) < mine:
                         self._older[m] = None
                         beaten = True
+        if lost and msg.cause == CAUSED_BY_NETWORK and self._ended_since_split is None:
+            # A partition: from here each side goes its own way until a merge.
+            self._ended_since_split = []
         if me in lost:
             # We left the manager group (stopping): we no longer follow the queue.
             self._set_active(now, False)
             self._forget()
         elif beaten and me in members:
             self._merged_into_older(now)
+        elif new and msg.cause == CAUSED_BY_NETWORK:
+            self._ended_since_split = None  # we won the merge: the others tell us
         elif not self._synced and self._sync_id is not None:
             if any(m in lost for m in older_before):
                 # Whoever was to answer our request may have gone: ask again.
@@ -1025,7 +1050,16 @@ class QueueManager:
         if self._active:
             self._resubmit_calls()
         handed = self._hand_over(t for t in self._tasks.values() if t.detached)
-        self._event("merged", handed_over=handed)
+        # What ended on our side while we were apart: the winner may still hold it
+        # (queued), having lost the worker that ran it here.
+        ended, self._ended_since_split = self._ended_since_split or [], None
+        if ended:
+            self._emit_always(
+                (self.groups.manager,),
+                Kind.DECIDE,
+                [Decide("ended", tid, "", "", "") for tid in ended],
+            )
+        self._event("merged", handed_over=handed, ended=len(ended))
         self._set_active(now, False, stepping_down=False)
         self._synced = False
         self._sync_id = None
@@ -1541,6 +1575,10 @@ class QueueManager:
         (for a while: the tombstones are bounded) so that a stale copy submitted again
         does not run it twice."""
         self._tombstones.add(t.task_id)
+        if self._ended_since_split is not None and len(self._ended_since_split) < (
+            self._tombstones.limit
+        ):
+            self._ended_since_split.append(t.task_id)
         if t.detached and self.journaled:
             self._journal.append(("end", t.task_id))
 
