@@ -28,9 +28,11 @@ class RestartableDaemon:
     """One in-memory daemon named ``name`` on ``clock``, with reconnecting sessions."""
 
     def __init__(self, clock: Clock | None = None, name: str = "localhost") -> None:
-        # the first daemon is a FakeSpreadNetwork's; restart() gives it another
+        # the first daemon is a FakeSpreadNetwork's; restart() makes another (on the
+        # same clock: the network's flush runs everything of both)
         self.network = FakeSpreadNetwork(clock, name)
         self.clock = self.network.clock
+        self._daemon = self.network.daemon
         self.name = name
         self.starts = 1
         self.up = True
@@ -42,7 +44,7 @@ class RestartableDaemon:
     @property
     def daemon(self) -> SpreadDaemonFactory:
         """The daemon running now (or the dead one, between kill and restart)."""
-        return self.network.daemon
+        return self._daemon
 
     # ------------------------------------------------------------------ sessions
 
@@ -66,7 +68,7 @@ class RestartableDaemon:
         return local_session(self.daemon, name)
 
     def members(self, group: str) -> tuple[str, ...]:
-        return self.network.members(group)
+        return tuple(self._daemon.core.members(group))
 
     # ------------------------------------------------------------------ the daemon
 
@@ -87,7 +89,7 @@ class RestartableDaemon:
         """A new daemon of the same name at the same place: empty, accepting again."""
         self.starts += 1
         # seeded: the names it invents are the same on every run
-        self.network.daemon = SpreadDaemonFactory(
+        self._daemon = SpreadDaemonFactory(
             self.clock, self.name, time=self.starts, randrange=random.Random(self.starts).randrange
         )
         self.up = True

@@ -325,3 +325,32 @@ def test_an_answer_sent_before_its_sender_is_back_is_lost_and_the_task_runs_agai
     queue.advance(5.0)
     assert call.value == "q" and sender.stats["late_replies"] == 0
     assert worker.stats["completed"] == 2
+
+
+def test_after_a_restart_the_manager_waits_for_the_worker_that_still_runs_a_task(
+    queue: Queue,
+) -> None:
+    """The worker running a call comes back after another worker (sessions return in
+    name order: w1, then w2). The manager, starting again without the queue's state,
+    waits for the workers it knew, so that the call's resubmission is adopted where it
+    runs rather than started again on the worker that came back first."""
+    runs: list[Any] = []
+
+    def slow(n: Any) -> Deferred[Any]:
+        runs.append(n)
+        return deferLater(queue.clock, 3.0, lambda: n)
+
+    queue.manager()
+    # w2 tries again later than the others (1 s, not 0.2): it is back last.
+    w2 = Worker(queue.clock, queue.daemon.session("w2", Backoff(1.0, 1.0, 0.0)), Q, {"slow": slow})
+    w2.start()
+    sender = queue.sender()
+    call = Outcome(sender.rpc("slow", 1, timeout=60))
+    queue.advance(0.5)
+    assert runs == [1]
+    queue.worker("w1", {"slow": slow})
+    queue.daemon.kill()
+    queue.daemon.restart()
+    queue.advance(10.0)
+    assert call.value == 1
+    assert runs == [1]  # adopted at w2, not run again at w1

@@ -164,6 +164,7 @@ class ManagerService(Service):
         # What the next state machine starts from: the journal's content at start, then
         # what the previous session's state machine held (detached tasks, dead letters).
         self._carry: tuple[list[Task], list[DeadLetter], list[str]] | None = None
+        self._workers_before: list[str] = []  # worker sessions of the previous session
         self._tick_interval = tick_interval
         self._summary_interval = summary_interval
         self._next_summary = 0.0  # 0: not started (the first tick starts the count)
@@ -298,6 +299,9 @@ class ManagerService(Service):
         if self._carry is not None:
             self._state.recover(*self._carry)
             self._carry = None
+        if self._workers_before:
+            self._state.expect_workers(self._workers_before)
+            self._workers_before = []
         session.add_listener(self._on_manager_group, groups.manager)
         session.add_listener(self._on_worker_group, groups.workers)
         session.add_listener(self._on_sender_group, groups.senders)
@@ -367,6 +371,7 @@ class ManagerService(Service):
             # The detached tasks and dead letters go on with the next session's state
             # machine (the calls' senders resubmit theirs).
             self._carry = self._state.export()
+            self._workers_before = self._state.worker_sessions()
         self.log.warn(
             "queue manager {queue}: Spread session {session} lost",
             queue=self.groups.queue,

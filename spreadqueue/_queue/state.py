@@ -282,6 +282,7 @@ class QueueManager:
         self._buffer: list[tuple[Any, ...]] | None = None  # inputs after our request
         self._chunks: dict[int, bytes] = {}
         self._offer: list[Task] = []  # recovered detached tasks to hand over on joining
+        self._expected: dict[str, None] = {}  # worker sessions known before a reconnect
         #: ids of tasks that ended since a partition split the manager group (None: not
         #: split): a side that loses the merge tells the winner, which may still hold them
         self._ended_since_split: list[str] | None = None
@@ -493,6 +494,18 @@ class QueueManager:
             self._tasks[t.task_id] = t
             self._queued += 1
             self._offer.append(t)
+
+    def expect_workers(self, sessions: Iterable[str]) -> None:
+        """Worker sessions this manager knew before it opened a new session (they keep
+        their names when they reconnect): if it starts without the queue's state, its
+        grace waits for them too, so that what they still run is adopted, not started
+        again elsewhere."""
+        for session in sessions:
+            self._expected[session] = None
+
+    def worker_sessions(self) -> list[str]:
+        """The sessions of the registered workers."""
+        return list(self._by_session)
 
     def export(self) -> tuple[list[Task], list[DeadLetter], list[str]]:
         """What :meth:`recover` takes: the detached tasks held, the dead letters, and
@@ -1105,6 +1118,10 @@ class QueueManager:
             # Sessions that come with a merge never registered with us: ask them, and
             # wait for them before dispatching (they may run what we would start).
             self._hello(now, [m for m in new if m != self.me and m not in self._mgr_members])
+        elif any(m in self._awaiting for m in new) and self._hello_id is not None:
+            # A worker we wait for is back (its session reconnected): it missed our
+            # HELLO; say it again, so that its REGISTER answers this one.
+            self._emit((self.groups.workers,), Kind.HELLO, Hello(self._hello_id))
         self._dispatch(now)
 
     def _workers_lost(self, now: float, sessions: list[str]) -> None:
@@ -1240,7 +1257,9 @@ class QueueManager:
             # Workers answer HELLO with REGISTER and the tasks they still hold; until
             # they have, dispatch waits, so that nothing they run is started twice.
             me, managers = self.me, self._mgr_members
-            self._hello(now, [s for s in self._wrk_members if s != me and s not in managers])
+            sessions = dict.fromkeys([*self._wrk_members, *self._expected])
+            self._hello(now, [s for s in sessions if s != me and s not in managers])
+        self._expected = {}
         self._event("activated", hot=hot, tasks=len(self._tasks), awaiting=len(self._awaiting))
         self._check_quorum()
 
