@@ -6,6 +6,7 @@ daemon's own core, in-process sessions, a task.Clock), for the queue's unit test
 from __future__ import annotations
 
 import gc
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -135,3 +136,18 @@ def checked_net() -> Iterator[Net]:
 def echo(args: Any) -> Any:
     """A handler that answers its arguments."""
     return args
+
+
+class Runs:
+    """A handler that records every run of every task (by its argument), and raises
+    ValueError for the arguments in ``fail``."""
+
+    def __init__(self, fail: set[Any] | None = None) -> None:
+        self.count: Counter[Any] = Counter()
+        self.fail = fail or set()
+
+    def __call__(self, args: Any) -> Any:
+        self.count[args] += 1
+        if args in self.fail:
+            raise ValueError(f"no {args}")
+        return args

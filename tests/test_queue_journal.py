@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
-from queue_net import Net, fired
+from queue_net import Net, Runs, fired
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
@@ -17,18 +16,6 @@ from spreadqueue._queue.names import queue_groups
 from spreadqueue._queue.records import DeadLetter, Task
 from spreadqueue._queue.state import QueueManager
 from spreadqueue._spread.interfaces import ISpreadSession
-
-
-class Runs:
-    def __init__(self, fail: set[Any] | None = None) -> None:
-        self.count: Counter[Any] = Counter()
-        self.fail = fail or set()
-
-    def __call__(self, args: Any) -> Any:
-        self.count[args] += 1
-        if args in self.fail:
-            raise ValueError(f"no {args}")
-        return args
 
 
 def test_a_journal_keeps_tasks_dead_letters_and_ended_ids(tmp_path: Path) -> None:

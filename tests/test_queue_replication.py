@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from queue_net import Net, echo, failure_of, fired, pending
+from queue_net import Net, Runs, echo, failure_of, fired, pending
 from twisted.internet.defer import Deferred
 
 from spreadqueue._queue.errors import NoManager, QueueFull, WorkerLost
@@ -54,20 +54,6 @@ class Held:
         waiting, self.waiting = self.waiting, []
         for args, d in waiting:
             d.callback(args)
-
-
-class Runs:
-    """A handler that records every run of every task (by its argument)."""
-
-    def __init__(self, fail: set[Any] | None = None) -> None:
-        self.count: Counter[Any] = Counter()
-        self.fail = fail or set()
-
-    def __call__(self, args: Any) -> Any:
-        self.count[args] += 1
-        if args in self.fail:
-            raise ValueError(f"no {args}")
-        return args
 
 
 # --------------------------------------------------------------------------- joining
