@@ -179,6 +179,11 @@ def test_smoke_failover_manager_and_detached(tmp_path: Path) -> None:
         assert tasks["submitted"] == tasks["completed"] >= tasks["measured"] > 0
         assert run["acks_per_s"] > 0
         _check_latency(run["latency_us"])
+        # W=256 ran first: this case's manager holds the tasks of both (no worker)
+        earlier = detached[label.replace("W=1", "W=256")]["median"] if window == 1 else None
+        assert run["queued_after"] == tasks["completed"] + (
+            earlier["tasks"]["completed"] if earlier else 0
+        )
         assert ("standbys" in run["cpu_s"]) == standby
         if journaled:
             # every task of the run (its only one) went into the active manager's journal
@@ -465,6 +470,7 @@ def test_report_formats_every_kind_of_phase() -> None:
                     "acks_per_s": 12000.0,
                     "latency_us": lat,
                     "tasks": tasks,
+                    "queued_after": 30000,
                     "journal": {
                         "batches": 40,
                         "changes": 10240,
@@ -479,7 +485,7 @@ def test_report_formats_every_kind_of_phase() -> None:
     assert "7,000" in text and "RAN TWICE 1" in text and "assigned again after 10/10 kills" in text
     assert "5,000 us to the leave notice at the heir, 6,000 us to its activation" in text
     assert "60-70 queued at the kills" in text and "standbys" in text
-    assert "12,000 acks/s" in text
+    assert "12,000 acks/s" in text and "30,000 queued after" in text
     assert "journal: 40 commits of 256.0 changes, slowest 21.5 ms" in text
     skipped = format_report({"failover-manager": {"skipped": "not here\nwhy"}}, {"repeat": 1})
     assert "skipped" in skipped and "not here" in skipped and "why" not in skipped

@@ -250,7 +250,7 @@ def phase_failover_manager(cluster: Cluster, s: Settings) -> dict[str, Any]:
         "steady window before the first kill, with every manager running"
     )
     if cluster.colocate:
-        return {"description": description, "skipped": COLOCATE_SKIP, "cases": {}}
+        return {"description": description, "skipped": COLOCATE_SKIP}
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in LOAD_MODES}
     for _ in range(s.repeat):
         fleet = _Fleet(cluster, s)
@@ -294,14 +294,10 @@ class _Setup:
         return f"{journal}, " + (f"+{standbys} standby" if standbys else "1 manager")
 
 
-def _journal_stats(manager: Child) -> dict[str, float]:
-    return manager.request("stats")["journal"] or {}
-
-
 def _detached_run(cluster: Cluster, s: Settings, setup: _Setup, inflight: int) -> dict[str, Any]:
     """Every sender of ``setup`` keeps ``inflight`` enqueues unacknowledged."""
     active = setup.managers[0]
-    before = _journal_stats(active)
+    before = active.request("stats")["journal"] or {}
     t0, t1 = window(s.warmup, s.duration)
     loads = [
         (
@@ -321,7 +317,8 @@ def _detached_run(cluster: Cluster, s: Settings, setup: _Setup, inflight: int) -
     pids = _pids(cluster, setup.managers, senders=setup.senders)
     cpu, cpu_system = cpu_over(pids, t0, t1)
     results = [snd.reply(ident, timeout=seconds_left(t1) + 60.0) for snd, ident in loads]
-    after = _journal_stats(active)
+    stats = active.request("stats")
+    after = stats["journal"] or {}
     latencies = [v for r in results for v in r["latencies_ns"]]
     if not latencies:
         raise ChildError("no enqueue was acknowledged in the measured window")
@@ -339,6 +336,8 @@ def _detached_run(cluster: Cluster, s: Settings, setup: _Setup, inflight: int) -
             "measured": len(latencies),
         },
         "errors": dict(errors),
+        # no worker: every task this case enqueued so far waits at the manager
+        "queued_after": stats["queued"],
         "cpu_s": cpu,
         "cpu_system_s": cpu_system,
         "cpu_us_per_task": per(cpu, len(latencies)),

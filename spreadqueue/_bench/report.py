@@ -82,6 +82,8 @@ def _notes(phase: str, case: str, run: Mapping[str, Any]) -> str:
             f"{_num(activated.get('p50'))} us to its activation; "
             f"{queued.get('min')}-{queued.get('max')} queued at the kills"
         )
+    if "queued_after" in run:
+        notes.append(f"{run['queued_after']:,} queued after")
     journal = run.get("journal")
     if isinstance(journal, Mapping):
         notes.append(
