@@ -146,7 +146,13 @@ def test_smoke_failover_manager_and_detached(tmp_path: Path) -> None:
     )
     assert results["meta"]["phases"] == ["failover-manager", "detached"]
     cases = results["failover-manager"]["cases"]
-    assert set(cases) == {"rpc", "detached"}
+    assert set(cases) == {"no load", "rpc", "detached"}
+    idle = cases.pop("no load")["median"]
+    assert idle["kills"] == 2 and "tasks" not in idle
+    _check_latency(idle["activated_us"])
+    _check_latency(idle["detected_us"])
+    assert idle["detected_us"]["p50"] <= idle["activated_us"]["p50"]
+    assert "2 kills with no load, timed to the heir's activation" in stdout
     for label, case in cases.items():
         run = case["median"]
         assert case["params"]["load"] == label and case["params"]["managers"] == 3
@@ -463,6 +469,9 @@ def test_report_formats_every_kind_of_phase() -> None:
             )
         }
     }
+    results["failover-manager"]["cases"]["no load"] = case(
+        {"kills": 10, "detected_us": {**lat, "p50": 4000.0}, "activated_us": {**lat, "p50": 4500.0}}
+    )
     results["detached"] = {
         "cases": {
             "journal full, +1 standby": case(
@@ -485,6 +494,7 @@ def test_report_formats_every_kind_of_phase() -> None:
     assert "7,000" in text and "RAN TWICE 1" in text and "assigned again after 10/10 kills" in text
     assert "5,000 us to the leave notice at the heir, 6,000 us to its activation" in text
     assert "60-70 queued at the kills" in text and "standbys" in text
+    assert "4,500" in text and "10 kills with no load" in text
     assert "12,000 acks/s" in text and "30,000 queued after" in text
     assert "journal: 40 commits of 256.0 changes, slowest 21.5 ms" in text
     skipped = format_report({"failover-manager": {"skipped": "not here\nwhy"}}, {"repeat": 1})

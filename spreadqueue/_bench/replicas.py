@@ -39,6 +39,8 @@ __all__ = ["phase_detached", "phase_failover_manager"]
 #: The load kinds of failover-manager: rpc calls, and detached tasks (each answering a
 #: group its sender joins, so that the sender keeps a steady number unfinished).
 LOAD_MODES: Final = ("rpc", "detached")
+#: The case without load: for a like-for-like comparison with the failover phase.
+IDLE: Final = "no load"
 #: How long the load runs undisturbed after a new standby is synced, before a kill.
 SETTLE_S: Final = 0.3
 #: How long a kill may take to show at the workers before it counts as not failed over.
@@ -159,6 +161,47 @@ class _Fleet:
         self.cluster.retire([c for c in self.mine if c.alive()])
 
 
+@dataclass
+class _Kills:
+    """What the kills of one run showed, in nanoseconds from each kill."""
+
+    failovers: list[int] = field(default_factory=list)  # to the next ASSIGN at a worker
+    detections: list[int] = field(default_factory=list)  # to the leave notice at the heir
+    activations: list[int] = field(default_factory=list)  # to the heir's activation
+    queued: list[int] = field(default_factory=list)  # tasks waiting just before
+
+
+def _kill_active(fleet: _Fleet, s: Settings, *, assigned: bool) -> _Kills:
+    """Kill the active manager ``s.manager_kills`` times, each time once a new manager
+    is a synced standby; with ``assigned``, wait for the next assignment each time."""
+    managers, kills = fleet.managers, _Kills()
+    for _ in range(s.manager_kills):
+        time.sleep(SETTLE_S)
+        kills.queued.append(managers[0].request("stats")["queued"])
+        victim, heir = managers.pop(0), managers[0]
+        killed_at = time.monotonic_ns()
+        fleet.cluster.kill([victim])  # SIGKILL; reaping it delays nothing measured
+        activated = heir.wait_event("activated", FAILOVER_DEADLINE_S)
+        kills.activations.append(int(activated["t_ns"]) - killed_at)
+        kills.detections.append(int(activated["notice_ns"]) - killed_at)
+        if assigned:
+            first = _first_assign(fleet.workers, killed_at, victim.ready["private_group"])
+            if first is not None:
+                kills.failovers.append(first - killed_at)
+        managers.append(fleet.new_manager())  # a synced standby again before the next kill
+    return kills
+
+
+def _idle_run(fleet: _Fleet, s: Settings) -> dict[str, Any]:
+    """No load: the kills as the failover phase's, of idle processes."""
+    kills = _kill_active(fleet, s, assigned=False)
+    return {
+        "detected_us": latency_summary(kills.detections),
+        "activated_us": latency_summary(kills.activations),
+        "kills": s.manager_kills,
+    }
+
+
 def _failover_manager_run(fleet: _Fleet, s: Settings, mode: str) -> dict[str, Any]:
     """Under a ``mode`` load, kill the active manager ``s.manager_kills`` times."""
     managers, workers, sender = fleet.managers, fleet.workers, fleet.sender
@@ -178,26 +221,11 @@ def _failover_manager_run(fleet: _Fleet, s: Settings, mode: str) -> dict[str, An
     pids = _pids(fleet.cluster, managers, workers=workers, senders=[sender])
     cpu, cpu_system = cpu_over(pids, t0, t1)
 
-    failovers: list[int] = []
-    activations: list[int] = []
-    detections: list[int] = []
-    queued: list[int] = []
-    for _ in range(s.manager_kills):
-        time.sleep(SETTLE_S)
-        queued.append(managers[0].request("stats")["queued"])
-        victim, heir = managers.pop(0), managers[0]
-        killed_at = time.monotonic_ns()
-        fleet.cluster.kill([victim])  # SIGKILL; reaping it delays nothing measured
-        activated = heir.wait_event("activated", FAILOVER_DEADLINE_S)
-        activations.append(int(activated["t_ns"]) - killed_at)
-        detections.append(int(activated["notice_ns"]) - killed_at)
-        first = _first_assign(workers, killed_at, victim.ready["private_group"])
-        if first is not None:
-            failovers.append(first - killed_at)
-        managers.append(fleet.new_manager())  # a synced standby again before the next kill
+    kills = _kill_active(fleet, s, assigned=True)
     sender.send("load_stop")
     result = sender.reply(load, timeout=90.0)
     runs = _merge_tallies([w.request("tally") for w in workers])
+    failovers = kills.failovers
     if not failovers:
         raise ChildError("no task was assigned after any kill")
     measured = len(result["latencies_ns"])
@@ -222,12 +250,12 @@ def _failover_manager_run(fleet: _Fleet, s: Settings, mode: str) -> dict[str, An
     return {
         "tasks_per_s": measured / ((t1 - t0) / 1e9),
         "failover_us": latency_summary(failovers),
-        "detected_us": latency_summary(detections),
-        "activated_us": latency_summary(activations),
+        "detected_us": latency_summary(kills.detections),
+        "activated_us": latency_summary(kills.activations),
         "call_latency_us": latency_summary(result["latencies_ns"]),
         "kills": s.manager_kills,
         "failed_over": len(failovers),
-        "queued_at_kill": {"min": min(queued), "max": max(queued)},
+        "queued_at_kill": {"min": min(kills.queued), "max": max(kills.queued)},
         "tasks": tasks,
         "errors": result["errors"],
         "cpu_s": cpu,
@@ -246,26 +274,30 @@ def phase_failover_manager(cluster: Cluster, s: Settings) -> dict[str, Any]:
         f"active manager is killed with SIGKILL {s.manager_kills} times, each time after "
         "a new manager has become a synced standby; failover_us = from the kill (the "
         "parent's monotonic clock) to the first ASSIGN from another manager at any "
-        "worker; activated_us = to the heir's activation; the rate and CPU are of the "
-        "steady window before the first kill, with every manager running"
+        "worker; detected_us = to the leave notice at the heir, activated_us = to its "
+        "activation; the rate and CPU are of the steady window before the first kill, "
+        f"with every manager running; '{IDLE}': the same kills first, with no load (no "
+        "task to assign: timed to the heir's activation), like the failover phase's "
+        "kills of idle workers"
     )
     if cluster.colocate:
         return {"description": description, "skipped": COLOCATE_SKIP}
-    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in LOAD_MODES}
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in (IDLE, *LOAD_MODES)}
     for _ in range(s.repeat):
         fleet = _Fleet(cluster, s)
-        try:
-            for mode in LOAD_MODES:  # one after the other, on the same processes
+        try:  # one after the other, on the same processes
+            runs[IDLE].append(_idle_run(fleet, s))
+            for mode in LOAD_MODES:
                 runs[mode].append(_failover_manager_run(fleet, s, mode))
         finally:
             fleet.stop()
     cases = {}
-    for mode in LOAD_MODES:
+    for mode in (IDLE, *LOAD_MODES):
         params = {
             "load": mode,
             "managers": s.managers,
             "workers": s.failover_workers,
-            "inflight": s.failover_inflight,
+            "inflight": 0 if mode == IDLE else s.failover_inflight,
             "kills": s.manager_kills,
         }
         cases[mode] = case(params, runs[mode])

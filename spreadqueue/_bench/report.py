@@ -29,12 +29,18 @@ def _rate(phase: str, case: str, run: Mapping[str, Any]) -> tuple[float | None, 
     return run.get("tasks_per_s"), "tasks/s"
 
 
-#: The latencies a phase's table shows, when not the calls' (``latency_us``).
-_LATENCIES = {"failover": "reassign_us", "failover-manager": "failover_us"}
+#: The latencies a phase's table shows (the first a run has), when not the calls'.
+_LATENCIES = {
+    "failover": ("reassign_us",),
+    "failover-manager": ("failover_us", "activated_us"),  # (the latter: with no load)
+}
 
 
 def _latency(phase: str, run: Mapping[str, Any]) -> Mapping[str, Any]:
-    return run.get(_LATENCIES.get(phase, "latency_us")) or {}
+    for key in _LATENCIES.get(phase, ("latency_us",)):
+        if run.get(key):
+            return run[key]
+    return {}
 
 
 def _notes(phase: str, case: str, run: Mapping[str, Any]) -> str:
@@ -73,15 +79,20 @@ def _notes(phase: str, case: str, run: Mapping[str, Any]) -> str:
     if phase == "failover":
         notes.append(f"reassigned {run.get('reassigned')}/{run.get('kills')}")
     if phase == "failover-manager":
-        detected = run.get("detected_us") or {}
-        activated = run.get("activated_us") or {}
+        detected = _num((run.get("detected_us") or {}).get("p50"))
+        activated = _num((run.get("activated_us") or {}).get("p50"))
         queued = run.get("queued_at_kill") or {}
-        notes.append(
-            f"assigned again after {run.get('failed_over')}/{run.get('kills')} kills; p50 "
-            f"{_num(detected.get('p50'))} us to the leave notice at the heir, "
-            f"{_num(activated.get('p50'))} us to its activation; "
-            f"{queued.get('min')}-{queued.get('max')} queued at the kills"
-        )
+        if "failover_us" in run:
+            notes.append(
+                f"assigned again after {run.get('failed_over')}/{run.get('kills')} kills; p50 "
+                f"{detected} us to the leave notice at the heir, {activated} us to its "
+                f"activation; {queued.get('min')}-{queued.get('max')} queued at the kills"
+            )
+        else:
+            notes.append(
+                f"{run.get('kills')} kills with no load, timed to the heir's activation; "
+                f"p50 {detected} us to the leave notice at the heir"
+            )
     if "queued_after" in run:
         notes.append(f"{run['queued_after']:,} queued after")
     journal = run.get("journal")

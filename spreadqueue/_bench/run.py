@@ -61,8 +61,9 @@ phases (all of them unless --phase is given):
              (SIGKILL) 10 times (--manager-kills), each time once a new manager
              is a synced standby; time from the kill to the first assignment by
              another manager at any worker; tasks lost (must be 0) and run twice;
-             with rpc calls, and with detached tasks (not with --colocate: there
-             the kill takes the daemon with it)
+             with rpc calls, and with detached tasks; first the same kills with
+             no load, timed to the heir's activation, like failover's (not with
+             --colocate: there the kill takes the daemon with it)
   detached   one sender (--detached-senders) enqueueing detached tasks, keeping
              W = 256 (its window: a bulk enqueuer) and W = 1 (one after the other,
              as a web request) unacknowledged (--detached-window), no worker:
@@ -104,7 +105,7 @@ how to read the output:
   The machine is shared and noisy: compare medians of several runs.
 
 examples:
-  spreadqueue bench                              # everything, about 3 minutes
+  spreadqueue bench                              # everything, about 5 minutes
   spreadqueue bench --phase seq --phase raw --repeat 3 --json out.json
   spreadqueue bench --phase seq --profile prof/  # py-spy profiles (pip install py-spy)
   spreadqueue bench --combine a.json b.json c.json      # medians of 3 separate runs
