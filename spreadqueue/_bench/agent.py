@@ -38,7 +38,8 @@ import os
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Final, cast
 
 from twisted.internet.address import IPv4Address
@@ -57,9 +58,8 @@ from twisted.logger import (
 )
 from zope.interface import provider
 
-from .._queue.errors import MalformedMessage
 from .._queue.manager import ManagerService
-from .._queue.messages import Kind, Status, decode, mess_type
+from .._queue.messages import Kind, mess_type
 from .._queue.names import queue_groups
 from .._queue.sender import Sender
 from .._queue.worker import Task, Worker
@@ -70,7 +70,7 @@ from .._spread.session import SpreadSession
 from .._spread.wire import MembershipMessage, RegularMessage
 from . import handlers
 from .channel import ControlChannel
-from .load import RpcLoad
+from .load import AnsweredEnqueues, RpcLoad
 from .rawload import Echo, PingPong, RelayReceiver, RelaySender
 
 __all__ = ["main"]
@@ -78,7 +78,6 @@ __all__ = ["main"]
 ROLES = ("manager", "sqm", "worker", "sender", "raw", "aio-sender")
 
 _ASSIGN: Final = mess_type(Kind.ASSIGN)
-_RESULT: Final = mess_type(Kind.RESULT)
 #: ASSIGN arrivals a watching worker remembers (the newest).
 _ASSIGNS_KEPT: Final = 100_000
 
@@ -322,14 +321,9 @@ class SenderRole(_Role):
         self.sender = Sender(reactor, session, queue, window=window)
         self._holds: list[Deferred[Any]] = []
         self._load: RpcLoad | None = None
-        # detached mode: the group our tasks answer, and the calls waiting for answers
-        self._reply_group = f"{queue}-{session.private_group.split('#')[1]}"
-        self._joined: Deferred[Any] | None = None
-        self._awaiting: dict[str, Deferred[Any]] = {}
-        self._early: dict[str, int] = {}  # answers that came before their ACK: status
-        self._answered: set[str] = set()
-        self._acked: list[str] = []
-        self._answered_again = 0
+        # detached mode: tasks answering a group of this sender's own
+        group = f"{queue}-{session.private_group.split('#')[1]}"
+        self._answered = AnsweredEnqueues(self.sender, session, group)
 
     async def start(self) -> dict[str, Any]:
         await self.sender.start()
@@ -364,16 +358,14 @@ class SenderRole(_Role):
         func, data, inflight, t0, t1 = load_arguments(args)
         mode = args.get("mode", "rpc")
         end = args.get("end_ns")
-        call = None
+        call: Callable[[], Deferred[Any]] | None = None  # None: rpc
         if mode == "enqueue":
-            call = lambda: self.sender.enqueue(func, data)  # noqa: E731
+            call = partial(self.sender.enqueue, func, data)
         elif mode == "detached":
-            if self._joined is None:
-                self.session.add_listener(self._on_reply, self._reply_group)
-                self._joined = self.session.acquire(self._reply_group)
-            await self._joined
-            self._acked = []
-            call = lambda: self._detached(func, data)  # noqa: E731
+            answered = self._answered
+            await answered.start()
+            answered.acked = []
+            call = partial(answered.call, func, data)
         elif mode != "rpc":
             raise ValueError(f"unknown load mode {mode!r}")
         self._load = RpcLoad(
@@ -392,50 +384,9 @@ class SenderRole(_Role):
         finally:
             self._load = None
         if mode == "detached":
-            result["acked_ids"] = self._acked
-            result["answered_again"] = self._answered_again
+            result["acked_ids"] = self._answered.acked
+            result["answered_again"] = self._answered.answered_again
         return result
-
-    def _detached(self, func: str, data: bytes) -> Deferred[Any]:
-        """Enqueue a detached task answering our group; fires with its answer."""
-        done: Deferred[Any] = Deferred()
-
-        def held(task_id: str) -> None:
-            self._acked.append(task_id)
-            status = self._early.pop(task_id, None)
-            if status is None:
-                self._awaiting[task_id] = done
-            else:
-                self._answer(task_id, done, status)
-
-        self.sender.enqueue(func, data, reply_to=self._reply_group).addCallbacks(held, done.errback)
-        return done
-
-    def _on_reply(self, frame: object) -> None:
-        if type(frame) is not RegularMessage or frame.mess_type != _RESULT:
-            return
-        try:
-            entries = decode(frame.mess_type, frame.data).entries
-        except MalformedMessage:
-            return
-        for e in entries:
-            if not e.final:
-                continue
-            if e.task_id in self._answered:
-                self._answered_again += 1
-                continue
-            done = self._awaiting.pop(e.task_id, None)
-            if done is None:
-                self._early[e.task_id] = e.status  # its ACK is still on its way
-            else:
-                self._answer(e.task_id, done, e.status)
-
-    def _answer(self, task_id: str, done: Deferred[Any], status: int) -> None:
-        self._answered.add(task_id)
-        if status == Status.OK:
-            done.callback(None)
-        else:
-            done.errback(RuntimeError(f"detached task {task_id} ended with status {status}"))
 
     async def _hold_wait(self, timeout: float) -> dict[str, Any]:
         holds, self._holds = self._holds, []

@@ -15,15 +15,21 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from .._queue.errors import MalformedMessage
+from .._queue.messages import Kind, Status, decode, mess_type
 from .._queue.sender import Sender
+from .._spread.interfaces import ISpreadSession
+from .._spread.wire import RegularMessage
 
-__all__ = ["RpcLoad"]
+__all__ = ["AnsweredEnqueues", "RpcLoad"]
+
+_RESULT: Final = mess_type(Kind.RESULT)
 
 
 class RpcLoad:
@@ -150,3 +156,73 @@ class RpcLoad:
                 "finished_ns": time.monotonic_ns(),
             }
         )
+
+
+class AnsweredEnqueues:
+    """Detached tasks that answer ``group``, a group of ``session`` (the sender's): a
+    :class:`RpcLoad` ``call`` that ends at the task's answer, so that a load keeps a
+    steady number of detached tasks unfinished.
+
+    ``acked`` lists the ids of the tasks acknowledged (held); ``answered_again`` counts
+    final answers to a task already answered (a task run twice).
+    """
+
+    def __init__(self, sender: Sender, session: ISpreadSession, group: str) -> None:
+        self._sender = sender
+        self._session = session
+        self._group = group
+        self._joined: Deferred[Any] | None = None
+        self._awaiting: dict[str, Deferred[None]] = {}
+        self._early: dict[str, int] = {}  # answers that came before their ACK: status
+        self._answered: set[str] = set()
+        self.acked: list[str] = []
+        self.answered_again = 0
+
+    def start(self) -> Deferred[Any]:
+        """Join the group (once); fires when joined."""
+        if self._joined is None:
+            self._session.add_listener(self._on_reply, self._group)
+            self._joined = self._session.acquire(self._group)
+        return self._joined
+
+    def call(self, func: str, args: Any) -> Deferred[None]:
+        """Enqueue ``func(args)`` answering the group; fires with its answer (fails if
+        it is not held, or ends in an error)."""
+        done: Deferred[None] = Deferred()
+
+        def held(task_id: str) -> None:
+            self.acked.append(task_id)
+            status = self._early.pop(task_id, None)
+            if status is None:
+                self._awaiting[task_id] = done
+            else:
+                self._answer(task_id, done, status)
+
+        self._sender.enqueue(func, args, reply_to=self._group).addCallbacks(held, done.errback)
+        return done
+
+    def _on_reply(self, frame: object) -> None:
+        if type(frame) is not RegularMessage or frame.mess_type != _RESULT:
+            return
+        try:
+            entries = decode(frame.mess_type, frame.data).entries
+        except MalformedMessage:
+            return
+        for e in entries:
+            if not e.final:
+                continue
+            if e.task_id in self._answered:
+                self.answered_again += 1
+                continue
+            done = self._awaiting.pop(e.task_id, None)
+            if done is None:
+                self._early[e.task_id] = e.status  # its ACK is still on its way
+            else:
+                self._answer(e.task_id, done, e.status)
+
+    def _answer(self, task_id: str, done: Deferred[None], status: int) -> None:
+        self._answered.add(task_id)
+        if status == Status.OK:
+            done.callback(None)
+        else:
+            done.errback(RuntimeError(f"detached task {task_id} ended with status {status}"))

@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .procs import ChildError
 from .procstat import cpu_times_many, machine_busy_seconds
-from .stats import median_of_runs
+from .stats import latency_summary, median_of_runs
 
 __all__ = [
     "ARGS_BYTES",
@@ -26,6 +27,7 @@ __all__ = [
     "RoleCpu",
     "case",
     "cpu_over",
+    "load_totals",
     "per",
     "phase",
     "repeat",
@@ -111,6 +113,31 @@ def per(cpu: Mapping[str, float | None], count: int) -> dict[str, float | None]:
         k: (v * 1e6 / count if v is not None and count else None)
         for k, v in cpu.items()
         if k != "other"
+    }
+
+
+def load_totals(loads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the senders' loads (:class:`~spreadqueue._bench.load.RpcLoad` results) add up
+    to: ``latency_us`` of the calls completed in the window, ``tasks`` (submitted,
+    completed, errors, lost, measured: completed in the window) and ``errors`` by type.
+    ChildError if no call completed in the window."""
+    latencies = [v for r in loads for v in r["latencies_ns"]]
+    if not latencies:
+        raise ChildError("no call completed in the measured window")
+    errors: dict[str, int] = {}
+    for r in loads:
+        for name, n in r["errors"].items():
+            errors[name] = errors.get(name, 0) + n
+    return {
+        "latency_us": latency_summary(latencies),
+        "tasks": {
+            "submitted": sum(r["submitted"] for r in loads),
+            "completed": sum(r["completed"] for r in loads),
+            "errors": sum(errors.values()),
+            "lost": sum(r["lost"] for r in loads),
+            "measured": len(latencies),
+        },
+        "errors": errors,
     }
 
 

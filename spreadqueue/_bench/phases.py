@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from .cluster import Cluster
 from .floor import FloorProcesses
-from .measure import ARGS_BYTES, RoleCpu, repeat, window
+from .measure import ARGS_BYTES, RoleCpu, load_totals, repeat, window
 from .measure import CpuSample as _CpuSample
 from .measure import case as _case
 from .measure import cpu_over as _cpu_over
@@ -154,25 +154,11 @@ def _queue_run(
         profile.finish()
     wstats = [w.request("stats") for w in workers]
 
-    latencies = [v for r in loads for v in r["latencies_ns"]]
-    if not latencies:
-        raise ChildError("no task completed in the measured window")
-    measured = len(latencies)
-    errors: dict[str, int] = {}
-    for r in loads:
-        for name, n in r["errors"].items():
-            errors[name] = errors.get(name, 0) + n
+    totals = load_totals(loads)
+    measured = totals["tasks"]["measured"]
     run: dict[str, Any] = {
         "tasks_per_s": measured / ((t1 - t0) / 1e9),
-        "latency_us": latency_summary(latencies),
-        "tasks": {
-            "submitted": sum(r["submitted"] for r in loads),
-            "completed": sum(r["completed"] for r in loads),
-            "errors": sum(errors.values()),
-            "lost": sum(r["lost"] for r in loads),
-            "measured": measured,
-        },
-        "errors": errors,
+        **totals,
         "late_senders": sum(1 for r in loads if r["started_ns"] > t0),
         "cpu_s": cpu,
         "cpu_system_s": cpu_system,

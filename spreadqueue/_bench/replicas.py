@@ -27,7 +27,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from .cluster import Cluster
-from .measure import ARGS_BYTES, case, cpu_over, per, phase, seconds_left, window
+from .measure import (
+    ARGS_BYTES,
+    case,
+    cpu_over,
+    load_totals,
+    per,
+    phase,
+    seconds_left,
+    window,
+)
 from .procs import Child, ChildError
 from .stats import latency_summary
 
@@ -351,28 +360,16 @@ def _detached_run(cluster: Cluster, s: Settings, setup: _Setup, inflight: int) -
     results = [snd.reply(ident, timeout=seconds_left(t1) + 60.0) for snd, ident in loads]
     stats = active.request("stats")
     after = stats["journal"] or {}
-    latencies = [v for r in results for v in r["latencies_ns"]]
-    if not latencies:
-        raise ChildError("no enqueue was acknowledged in the measured window")
-    errors: Counter[str] = Counter()
-    for r in results:
-        errors.update(r["errors"])
+    totals = load_totals(results)
+    measured = totals["tasks"]["measured"]
     run: dict[str, Any] = {
-        "acks_per_s": len(latencies) / ((t1 - t0) / 1e9),
-        "latency_us": latency_summary(latencies),
-        "tasks": {
-            "submitted": sum(r["submitted"] for r in results),
-            "completed": sum(r["completed"] for r in results),
-            "errors": sum(errors.values()),
-            "lost": sum(r["lost"] for r in results),
-            "measured": len(latencies),
-        },
-        "errors": dict(errors),
+        "acks_per_s": measured / ((t1 - t0) / 1e9),
+        **totals,
         # no worker: every task this case enqueued so far waits at the manager
         "queued_after": stats["queued"],
         "cpu_s": cpu,
         "cpu_system_s": cpu_system,
-        "cpu_us_per_task": per(cpu, len(latencies)),
+        "cpu_us_per_task": per(cpu, measured),
     }
     if after:
         # over the whole run (warm-up and drain too): what a commit holds
