@@ -1,8 +1,8 @@
 """``spreadqueue bench``: a smoke run of the real thing, and its pure parts.
 
-The smoke test runs ``spreadqueue bench --quick --phase seq --phase raw --json F`` in a
-subprocess (against SPREADQUEUE_TEST_SPREAD when set) and checks the results are
-complete and consistent. It asserts no speed: the machine is shared and noisy.
+The smoke tests run ``spreadqueue bench --quick --phase ... --json F`` in a subprocess
+(against SPREADQUEUE_TEST_SPREAD when set) and check the results are complete and
+consistent. They assert no speed: the machine is shared and noisy.
 """
 
 from __future__ import annotations
@@ -123,6 +123,85 @@ def test_smoke_seq_raw_and_asyncio(tmp_path: Path) -> None:
     assert "asyncio sender vs the Twisted sender" in stdout
 
 
+#: The detached phase's cases: each journal mode, with one manager and with a standby,
+#: each with a full window and with one enqueue at a time: (journaled, standby, window).
+DETACHED_CASES = {
+    f"{journal}, {managers}, W={window}": (
+        journal != "no journal",
+        managers != "1 manager",
+        window,
+    )
+    for window in (256, 1)
+    for managers in ("1 manager", "+1 standby")
+    for journal in ("no journal", "journal full", "journal normal")
+}
+
+
+def test_smoke_failover_manager_and_detached(tmp_path: Path) -> None:
+    """The active manager killed twice under each load: every kill followed by an
+    assignment from the heir, nothing lost or run twice, the queue never empty at a
+    kill; and detached enqueues in every journal mode, each task in the journal."""
+    stdout, results = _quick_bench(
+        tmp_path, "--phase", "failover-manager", "--phase", "detached", "--manager-kills", "2"
+    )
+    assert results["meta"]["phases"] == ["failover-manager", "detached"]
+    cases = results["failover-manager"]["cases"]
+    assert set(cases) == {"no load", "rpc", "detached"}
+    idle = cases.pop("no load")["median"]
+    assert idle["kills"] == 2 and "tasks" not in idle
+    _check_latency(idle["activated_us"])
+    _check_latency(idle["detected_us"])
+    assert idle["detected_us"]["p50"] <= idle["activated_us"]["p50"]
+    assert "2 kills with no load, timed to the heir's activation" in stdout
+    for label, case in cases.items():
+        run = case["median"]
+        assert case["params"]["load"] == label and case["params"]["managers"] == 3
+        assert run["kills"] == run["failed_over"] == 2
+        for key in ("failover_us", "detected_us", "activated_us", "call_latency_us"):
+            _check_latency(run[key])
+        # each heir saw the leave notice before it became active
+        assert run["detected_us"]["p50"] <= run["activated_us"]["p50"]
+        assert run["queued_at_kill"]["min"] > 0  # tasks waited at every kill
+        tasks = run["tasks"]
+        assert tasks["lost"] == tasks["ran_twice"] == tasks["errors"] == 0, tasks
+        assert tasks["unanswered"] == 0
+        assert tasks["submitted"] == tasks["completed"] == tasks["run"] > tasks["measured"] > 0
+        if label == "detached":
+            assert tasks["acked"] == tasks["run"] and tasks["answered_twice"] == 0
+        assert run["tasks_per_s"] > 0
+        cpu = run["cpu_s"]
+        assert set(cpu) == {"daemon", "manager", "standbys", "workers", "senders", "other"}
+        assert cpu["manager"] is not None and cpu["standbys"] is not None
+    assert "assigned again after 2/2 kills" in stdout
+
+    detached = results["detached"]["cases"]
+    assert set(detached) == set(DETACHED_CASES)
+    for label, (journaled, standby, window) in DETACHED_CASES.items():
+        run = detached[label]["median"]
+        assert detached[label]["params"]["managers"] == (2 if standby else 1)
+        assert detached[label]["params"]["window"] == window
+        tasks = run["tasks"]
+        assert tasks["errors"] == tasks["lost"] == 0, (label, run["errors"])
+        assert tasks["submitted"] == tasks["completed"] >= tasks["measured"] > 0
+        assert run["acks_per_s"] > 0
+        _check_latency(run["latency_us"])
+        # W=256 ran first: this case's manager holds the tasks of both (no worker)
+        earlier = detached[label.replace("W=1", "W=256")]["median"] if window == 1 else None
+        assert run["queued_after"] == tasks["completed"] + (
+            earlier["tasks"]["completed"] if earlier else 0
+        )
+        assert ("standbys" in run["cpu_s"]) == standby
+        if journaled:
+            # every task of the run (its only one) went into the active manager's journal
+            journal = run["journal"]
+            assert journal["changes"] == tasks["completed"]
+            assert 0 < journal["batches"] <= journal["changes"]
+            assert journal["slowest_commit_ms"] > 0
+        else:
+            assert "journal" not in run
+    assert "acks/s" in stdout and "journal:" in stdout
+
+
 def test_smoke_blocking_and_cpu_and_the_process_pool_uses_both_cores(tmp_path: Path) -> None:
     """The pool phases run every case; with the process pool the CPU-bound handler keeps
     more than one core busy (the workers' CPU, their children's included, over the
@@ -198,7 +277,17 @@ def test_help_explains_the_output(capsys: pytest.CaptureFixture[str]) -> None:
         bench_main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for word in ("how to read the output", "failover", "--repeat", "--json", "microseconds"):
+    for word in (
+        "how to read the output",
+        "failover",
+        "failover-manager",
+        "--manager-kills",
+        "detached",
+        "--detached-window",
+        "--repeat",
+        "--json",
+        "microseconds",
+    ):
         assert word in text
 
 
@@ -363,7 +452,53 @@ def test_report_formats_every_kind_of_phase() -> None:
         },
         "ratios": {"uvloop C=1": {"rate": 1.05, "sender_cpu_per_task": 0.9}},
     }
+    results["failover-manager"] = {
+        "cases": {
+            "rpc": case(
+                {
+                    "tasks_per_s": 1000.0,
+                    "failover_us": {**lat, "p50": 7000.0},
+                    "detected_us": {**lat, "p50": 5000.0},
+                    "activated_us": {**lat, "p50": 6000.0},
+                    "kills": 10,
+                    "failed_over": 10,
+                    "queued_at_kill": {"min": 60, "max": 70},
+                    "tasks": {**tasks, "ran_twice": 1},
+                    "cpu_s": {**cpu, "standbys": 0.6},
+                }
+            )
+        }
+    }
+    results["failover-manager"]["cases"]["no load"] = case(
+        {"kills": 10, "detected_us": {**lat, "p50": 4000.0}, "activated_us": {**lat, "p50": 4500.0}}
+    )
+    results["detached"] = {
+        "cases": {
+            "journal full, +1 standby": case(
+                {
+                    "acks_per_s": 12000.0,
+                    "latency_us": lat,
+                    "tasks": tasks,
+                    "queued_after": 30000,
+                    "journal": {
+                        "batches": 40,
+                        "changes": 10240,
+                        "changes_per_batch": 256.0,
+                        "slowest_commit_ms": 21.5,
+                    },
+                }
+            )
+        }
+    }
     text = format_report(results, {"repeat": 1})
+    assert "7,000" in text and "RAN TWICE 1" in text and "assigned again after 10/10 kills" in text
+    assert "5,000 us to the leave notice at the heir, 6,000 us to its activation" in text
+    assert "60-70 queued at the kills" in text and "standbys" in text
+    assert "4,500" in text and "10 kills with no load" in text
+    assert "12,000 acks/s" in text and "30,000 queued after" in text
+    assert "journal: 40 commits of 256.0 changes, slowest 21.5 ms" in text
+    skipped = format_report({"failover-manager": {"skipped": "not here\nwhy"}}, {"repeat": 1})
+    assert "skipped" in skipped and "not here" in skipped and "why" not in skipped
     assert "uvloop C=1: rate 1.05x, sender CPU per task 0.90x" in text
     assert "2,500 rpc/s" in text and "5,000 rt/s" in text and "90,000 msg/s" in text
     assert "ERROR" in text and "boom" in text and "400 B/task" in text

@@ -1,8 +1,9 @@
 """Benchmarks of spreadqueue (measurements, not tests: nothing here asserts a speed).
 
 - ``spreadqueue bench`` (:mod:`.run`): the queue end to end, every role in its own
-  process over loopback TCP. The parent (:mod:`.run`, :mod:`.phases`,
-  :mod:`.cluster`; every child through :mod:`.procs`) starts and drives agents
+  process over loopback TCP. The parent (:mod:`.run`, :mod:`.phases` and
+  :mod:`.replicas` with what they share in :mod:`.measure`, :mod:`.cluster`; every
+  child through :mod:`.procs`) starts and drives agents
   (``python -m spreadqueue._bench.agent ROLE``: :mod:`.agent`, :mod:`.channel`,
   :mod:`.load`, :mod:`.rawload`) that build the product's own Sender, Worker and
   ManagerService objects, and the floor's bare Twisted processes (:mod:`.floor`);

@@ -71,11 +71,14 @@ class Cluster:
         self._all.append(agent)
         return agent
 
-    def spawn(self, role: str, *args: str, queue: str | None = None) -> Child:
-        """Start one agent (without waiting for it to be ready)."""
+    def spawn(
+        self, role: str, *args: str, queue: str | None = None, spread: str | None = None
+    ) -> Child:
+        """Start one agent (without waiting for it to be ready), on the cluster's daemon
+        or on ``spread``."""
         self._labels[role] += 1
         label = f"{role}{self._labels[role]}"
-        argv = ["--spread", self.endpoint, *args]
+        argv = ["--spread", spread or self.endpoint, *args]
         if role != "raw":
             argv += ["--queue", queue or self.queue]
         return self._agent(label, role, argv)

@@ -8,10 +8,9 @@ spent in the kernel, where loopback TCP is charged to the sending process; ``Non
 where the process is not ours to see, e.g. an external daemon; ``other`` is the CPU
 the rest of the machine used meanwhile: how quiet it was), task counts.
 
-Timing: each run gets an absolute monotonic window ``[t0, t1)``. Agents start their
-load at once (the warm-up) and count only what completes inside the window; the
-parent samples every process's CPU time at ``t0`` and ``t1``. CLOCK_MONOTONIC is
-system-wide on Linux, so all processes agree on the window.
+Timing: each run gets an absolute monotonic window ``[t0, t1)`` that all processes
+agree on (:mod:`.measure`). The phases of replicated managers (``failover-manager``,
+``detached``) are in :mod:`.replicas`.
 """
 
 from __future__ import annotations
@@ -25,23 +24,27 @@ from typing import Any, Final
 
 from .cluster import Cluster
 from .floor import FloorProcesses
+from .measure import ARGS_BYTES, RoleCpu, load_totals, repeat, window
+from .measure import CpuSample as _CpuSample
+from .measure import case as _case
+from .measure import cpu_over as _cpu_over
+from .measure import per as _per
+from .measure import phase as _phase
+from .measure import seconds_left as _seconds_left
 from .procs import Child, ChildError
-from .procstat import cpu_times_many, machine_busy_seconds, rss_bytes
+from .procstat import rss_bytes
 from .profiling import PySpy
-from .stats import latency_summary, median_of_runs, spread_summary
+from .replicas import phase_detached, phase_failover_manager
+from .stats import latency_summary, spread_summary
 
 __all__ = ["PHASES", "Settings"]
 
-#: Time for a command to reach every agent before the warm-up begins.
-LEAD_S = 0.1
 #: Relay pacing: the receiver acknowledges every ACK_EVERY messages; the sender stays
 #: at most WINDOW messages ahead of the last acknowledgement (daemon limit: 1000).
 RELAY_ACK_EVERY = 100
 RELAY_WINDOW = 500
 #: Pause before each kill of the failover phase.
 KILL_SPACING_S = 0.02
-#: Arguments of the queue phases (except ``payload``): 100 bytes once serialized.
-ARGS_BYTES = 100
 #: The floor's message: about what a 100-byte ping is on the wire with Spread's header.
 FLOOR_BYTES = 150
 
@@ -65,6 +68,15 @@ class Settings:
     asyncio_inflight: tuple[int, ...] = (1, 100)
     kills: int = 20
     memory_tasks: int = 100_000
+    #: failover-manager: active managers killed per run, managers kept running, workers,
+    #: tasks kept unfinished (more than the workers hold, so that some wait queued)
+    manager_kills: int = 10
+    managers: int = 3
+    failover_workers: int = 2
+    failover_inflight: int = 100
+    #: detached: each sender keeps W enqueues unacknowledged, for each W here
+    detached_senders: int = 1
+    detached_windows: tuple[int, ...] = (256, 1)
     profile: PySpy | None = None
 
     def quick(self) -> Settings:
@@ -78,6 +90,7 @@ class Settings:
             pool_concurrency=(1, 2),
             kills=3,
             memory_tasks=10_000,
+            manager_kills=3,
         )
 
 
@@ -85,85 +98,11 @@ class Settings:
 
 
 def _window(s: Settings) -> tuple[int, int]:
-    t0 = time.monotonic_ns() + int((LEAD_S + s.warmup) * 1e9)
-    return t0, t0 + int(s.duration * 1e9)
-
-
-def _sleep_until(t_ns: int) -> None:
-    delay = (t_ns - time.monotonic_ns()) / 1e9
-    if delay > 0:
-        time.sleep(delay)
-
-
-def _seconds_left(t_ns: int) -> float:
-    return max(0.0, (t_ns - time.monotonic_ns()) / 1e9)
-
-
-#: CPU seconds by role (None: a process we cannot see), total and system (kernel) part.
-RoleCpu = dict[str, float | None]
-
-
-class _CpuSample:
-    """The CPU times of some processes, and of the whole machine, at one moment."""
-
-    def __init__(self, pids: Mapping[str, Sequence[int]]) -> None:
-        self.pids = pids
-        self.machine = machine_busy_seconds()
-        self.times = cpu_times_many(p for ps in pids.values() for p in ps)
-
-    def until(self, later: _CpuSample) -> tuple[RoleCpu, RoleCpu]:
-        """CPU seconds by role from this sample to ``later``: (total, system part).
-
-        A role with no process of ours is None. ``other`` is what the rest of the
-        machine used meanwhile (other programs, the bench's parent, interrupts): a
-        measure of how quiet the machine was.
-        """
-        before, after = self.times, later.times
-        total: RoleCpu = {}
-        system: RoleCpu = {}
-        ours = 0.0
-        for role, ps in self.pids.items():
-            seen = [p for p in ps if p in before and p in after]
-            if not seen:
-                total[role] = system[role] = None
-                continue
-            user = sum(after[p][0] - before[p][0] for p in seen)
-            kernel = sum(after[p][1] - before[p][1] for p in seen)
-            total[role] = round(user + kernel, 3)
-            system[role] = round(kernel, 3)
-            ours += user + kernel
-        total["other"] = round(max(0.0, later.machine - self.machine - ours), 3)
-        return total, system
-
-
-def _cpu_over(pids: Mapping[str, Sequence[int]], t0: int, t1: int) -> tuple[RoleCpu, RoleCpu]:
-    """CPU seconds each role's processes used between ``t0`` and ``t1`` (sleeps until
-    then): see :meth:`_CpuSample.until`."""
-    _sleep_until(t0)
-    before = _CpuSample(pids)
-    _sleep_until(t1)
-    return before.until(_CpuSample(pids))
-
-
-def _per(cpu: Mapping[str, float | None], count: int) -> dict[str, float | None]:
-    """CPU microseconds per unit of work (task, message, round trip)."""
-    return {
-        k: (v * 1e6 / count if v is not None and count else None)
-        for k, v in cpu.items()
-        if k != "other"
-    }
+    return window(s.warmup, s.duration)
 
 
 def _daemon(cluster: Cluster) -> list[int]:
     return cluster.pids()["daemon"]
-
-
-def _case(params: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"params": params, "median": median_of_runs(runs), "runs": runs}
-
-
-def _phase(description: str, cases: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"description": description, "cases": cases, **extra}
 
 
 def _size_label(size: int) -> str:
@@ -215,25 +154,11 @@ def _queue_run(
         profile.finish()
     wstats = [w.request("stats") for w in workers]
 
-    latencies = [v for r in loads for v in r["latencies_ns"]]
-    if not latencies:
-        raise ChildError("no task completed in the measured window")
-    measured = len(latencies)
-    errors: dict[str, int] = {}
-    for r in loads:
-        for name, n in r["errors"].items():
-            errors[name] = errors.get(name, 0) + n
+    totals = load_totals(loads)
+    measured = totals["tasks"]["measured"]
     run: dict[str, Any] = {
         "tasks_per_s": measured / ((t1 - t0) / 1e9),
-        "latency_us": latency_summary(latencies),
-        "tasks": {
-            "submitted": sum(r["submitted"] for r in loads),
-            "completed": sum(r["completed"] for r in loads),
-            "errors": sum(errors.values()),
-            "lost": sum(r["lost"] for r in loads),
-            "measured": measured,
-        },
-        "errors": errors,
+        **totals,
         "late_senders": sum(1 for r in loads if r["started_ns"] > t0),
         "cpu_s": cpu,
         "cpu_system_s": cpu_system,
@@ -251,7 +176,7 @@ def _repeat(
     s: Settings, once: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any
 ) -> list[dict[str, Any]]:
     """``once(*args, **kwargs)`` run ``s.repeat`` times."""
-    return [once(*args, **kwargs) for _ in range(s.repeat)]
+    return repeat(s.repeat, once, *args, **kwargs)
 
 
 def phase_seq(cluster: Cluster, s: Settings) -> dict[str, Any]:
@@ -747,5 +672,7 @@ PHASES: dict[str, Callable[[Cluster, Settings], dict[str, Any]]] = {
     "blocking": phase_blocking,
     "cpu": phase_cpu,
     "failover": phase_failover,
+    "failover-manager": phase_failover_manager,
+    "detached": phase_detached,
     "memory": phase_memory,
 }

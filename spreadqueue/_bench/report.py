@@ -7,7 +7,7 @@ from typing import Any
 
 __all__ = ["format_report"]
 
-_ROLES = ("daemon", "manager", "workers", "senders", "clients", "other")
+_ROLES = ("daemon", "manager", "standbys", "workers", "senders", "clients", "other")
 
 
 def _num(v: Any, fmt: str = ",.0f") -> str:
@@ -24,11 +24,23 @@ def _rate(phase: str, case: str, run: Mapping[str, Any]) -> tuple[float | None, 
         return run.get("tasks_per_s"), "rpc/s"
     if phase == "memory":
         return run.get("submits_per_s"), "submit/s"
+    if phase == "detached":
+        return run.get("acks_per_s"), "acks/s"
     return run.get("tasks_per_s"), "tasks/s"
 
 
+#: The latencies a phase's table shows (the first a run has), when not the calls'.
+_LATENCIES = {
+    "failover": ("reassign_us",),
+    "failover-manager": ("failover_us", "activated_us"),  # (the latter: with no load)
+}
+
+
 def _latency(phase: str, run: Mapping[str, Any]) -> Mapping[str, Any]:
-    return run.get("reassign_us" if phase == "failover" else "latency_us") or {}
+    for key in _LATENCIES.get(phase, ("latency_us",)):
+        if run.get(key):
+            return run[key]
+    return {}
 
 
 def _notes(phase: str, case: str, run: Mapping[str, Any]) -> str:
@@ -39,7 +51,14 @@ def _notes(phase: str, case: str, run: Mapping[str, Any]) -> str:
         notes.append(f"lost {lost}" if not lost else f"LOST {lost}")
         if tasks.get("errors"):
             notes.append(f"{tasks['errors']} errors {run.get('errors')}")
-        if phase != "failover":
+        if "ran_twice" in tasks:
+            twice = tasks["ran_twice"]
+            notes.append(f"ran twice {twice}" if not twice else f"RAN TWICE {twice}")
+        if phase == "detached":
+            notes.append(f"{tasks.get('completed', 0):,}/{tasks.get('submitted', 0):,} acked")
+        elif "acked" in tasks:
+            notes.append(f"{tasks['run']:,} run of {tasks['acked']:,} held")
+        elif phase != "failover":
             notes.append(f"{tasks.get('completed', 0):,}/{tasks.get('submitted', 0):,} done")
     if phase == "raw":
         if "lost" in run:
@@ -59,6 +78,29 @@ def _notes(phase: str, case: str, run: Mapping[str, Any]) -> str:
         )
     if phase == "failover":
         notes.append(f"reassigned {run.get('reassigned')}/{run.get('kills')}")
+    if phase == "failover-manager":
+        detected = _num((run.get("detected_us") or {}).get("p50"))
+        activated = _num((run.get("activated_us") or {}).get("p50"))
+        queued = run.get("queued_at_kill") or {}
+        if "failover_us" in run:
+            notes.append(
+                f"assigned again after {run.get('failed_over')}/{run.get('kills')} kills; p50 "
+                f"{detected} us to the leave notice at the heir, {activated} us to its "
+                f"activation; {queued.get('min')}-{queued.get('max')} queued at the kills"
+            )
+        else:
+            notes.append(
+                f"{run.get('kills')} kills with no load, timed to the heir's activation; "
+                f"p50 {detected} us to the leave notice at the heir"
+            )
+    if "queued_after" in run:
+        notes.append(f"{run['queued_after']:,} queued after")
+    journal = run.get("journal")
+    if isinstance(journal, Mapping):
+        notes.append(
+            f"journal: {journal['batches']:,} commits of {journal['changes_per_batch']:,.1f} "
+            f"changes, slowest {journal['slowest_commit_ms']:,.1f} ms"
+        )
     if phase == "memory":
         notes.append(
             f"{run['bytes_per_task']:,.0f} B/task (RSS {run['rss_before_bytes'] / 1e6:.1f} -> "
@@ -121,18 +163,18 @@ def format_report(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     rows: list[list[str]] = []
     cpu_rows: list[list[str]] = []
     for phase, result in results.items():
-        if "error" in result:
+        if "error" in result or "skipped" in result:
             rows.append(
                 [
                     phase,
-                    "ERROR",
+                    "ERROR" if "error" in result else "skipped",
                     "",
                     "",
                     "",
                     "",
                     "",
                     *([""] if repeat > 1 else []),
-                    str(result["error"]).splitlines()[0],
+                    str(result.get("error") or result["skipped"]).splitlines()[0],
                 ]
             )
             continue

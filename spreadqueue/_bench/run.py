@@ -54,6 +54,24 @@ phases (all of them unless --phase is given):
              reactor, in threads (one core: the GIL) and in processes (every core)
   failover   workers holding a task are killed (SIGKILL) one by one: time from
              the kill to the task's arrival at another worker; tasks lost
+  failover-manager
+             3 managers of a queue (one active, two hot standbys), 2 workers, a
+             sender keeping 100 tasks unfinished (more than the workers hold, so
+             that tasks wait at the manager): the active manager is killed
+             (SIGKILL) 10 times (--manager-kills), each time once a new manager
+             is a synced standby; time from the kill to the first assignment by
+             another manager at any worker; tasks lost (must be 0) and run twice;
+             with rpc calls, and with detached tasks; first the same kills with
+             no load, timed to the heir's activation, like failover's (not with
+             --colocate: there the kill takes the daemon with it)
+  detached   one sender (--detached-senders) enqueueing detached tasks, keeping
+             W = 256 (its window: a bulk enqueuer) and W = 1 (one after the other,
+             as a web request) unacknowledged (--detached-window), no worker:
+             acknowledged tasks/s and the acknowledgement's latency without a
+             journal (SAFE delivery, then the ACK), with --journal (--journal-sync
+             full, then normal), with one manager and with a standby following
+             the queue; the journal's commits (how many tasks each held, the
+             slowest); the journals are in the --workdir (default: a temp dir)
   memory     a fresh manager with no worker: resident memory per queued task
              (100,000 tasks of 100-byte args)
 """
@@ -64,13 +82,18 @@ how to read the output:
   agree on (CLOCK_MONOTONIC). "rate" counts what completed in the window, per second.
   Latencies (p50/p90/p99/max, microseconds) are taken at the sender, from the call
   to its result, for calls completing in the window; for failover they are the
-  reassignment times; for raw ping-pong the round trips. "lost" counts calls that
-  never got an answer: it must be 0. "per worker a..b" is the fewest and most tasks
-  one worker completed in the window, and their ratio to the mean.
+  reassignment times; for failover-manager the times from each kill to the next
+  assignment; for detached from enqueue to the acknowledgement; for raw ping-pong
+  the round trips. "lost" counts calls that never got an answer (for detached
+  tasks in failover-manager: tasks acknowledged that never ran): it must be 0, and
+  so must "ran twice". "per worker a..b" is the fewest and most tasks one worker
+  completed in the window, and their ratio to the mean.
   The second table gives the CPU seconds each role's processes used in the window
   (/proc/<pid>/stat: exact totals in 10 ms units), the CPU microseconds per task, the share
   spent in the kernel (on loopback the sender's system time includes the TCP work of
-  delivering to the receiver): this is where the time goes. "-" means not measured
+  delivering to the receiver): this is where the time goes; "standbys" are the
+  managers standing by (failover-manager: the steady window before the first
+  kill, 2 standbys; detached: the '+1 standby' cases). "-" means not measured
   (e.g. an external daemon's CPU). "other" is the CPU the rest of the machine used
   in the same window (other programs, an external daemon here): well above 0, and
   the run was disturbed.
@@ -82,7 +105,7 @@ how to read the output:
   The machine is shared and noisy: compare medians of several runs.
 
 examples:
-  spreadqueue bench                              # everything, about 3 minutes
+  spreadqueue bench                              # everything, about 5 minutes
   spreadqueue bench --phase seq --phase raw --repeat 3 --json out.json
   spreadqueue bench --phase seq --profile prof/  # py-spy profiles (pip install py-spy)
   spreadqueue bench --combine a.json b.json c.json      # medians of 3 separate runs
@@ -129,6 +152,22 @@ def _parser() -> argparse.ArgumentParser:
         "manager's)",
     )
     p.add_argument("--kills", type=int, metavar="N", help="failover: workers killed (20)")
+    p.add_argument(
+        "--manager-kills",
+        type=int,
+        metavar="N",
+        help="failover-manager: active managers killed per run and load kind (10)",
+    )
+    p.add_argument(
+        "--detached-senders", type=int, metavar="N", help="detached: sender processes (1)"
+    )
+    p.add_argument(
+        "--detached-window",
+        type=int,
+        action="append",
+        metavar="N",
+        help="detached: enqueues each sender keeps unacknowledged (repeatable; 256 and 1)",
+    )
     p.add_argument("--memory-tasks", type=int, metavar="N", help="memory: tasks queued (100000)")
     p.add_argument(
         "--profile",
@@ -162,6 +201,16 @@ def _settings(options: argparse.Namespace, parser: argparse.ArgumentParser) -> S
         changes["kills"] = options.kills
     if options.memory_tasks is not None:
         changes["memory_tasks"] = options.memory_tasks
+    for name in ("manager_kills", "detached_senders"):
+        value = getattr(options, name)
+        if value is not None:
+            if value < 1:
+                parser.error(f"--{name.replace('_', '-')} must be at least 1")
+            changes[name] = value
+    if options.detached_window:
+        if min(options.detached_window) < 1:
+            parser.error("--detached-window must be at least 1")
+        changes["detached_windows"] = tuple(options.detached_window)
     if options.profile:
         exe = find_pyspy()
         if exe is None:
