@@ -195,7 +195,7 @@ def test_smoke_failover_manager_and_detached(tmp_path: Path) -> None:
             # every task of the run (its only one) went into the active manager's journal
             journal = run["journal"]
             assert journal["changes"] == tasks["completed"]
-            assert 0 < journal["batches"] <= journal["changes"]
+            assert 0 < journal["commits"] <= journal["batches"] <= journal["changes"]
             assert journal["slowest_commit_ms"] > 0
         else:
             assert "journal" not in run
@@ -481,9 +481,10 @@ def test_report_formats_every_kind_of_phase() -> None:
                     "tasks": tasks,
                     "queued_after": 30000,
                     "journal": {
-                        "batches": 40,
+                        "commits": 40,
+                        "batches": 50,
                         "changes": 10240,
-                        "changes_per_batch": 256.0,
+                        "changes_per_commit": 256.0,
                         "slowest_commit_ms": 21.5,
                     },
                 }
@@ -496,7 +497,7 @@ def test_report_formats_every_kind_of_phase() -> None:
     assert "60-70 queued at the kills" in text and "standbys" in text
     assert "4,500" in text and "10 kills with no load" in text
     assert "12,000 acks/s" in text and "30,000 queued after" in text
-    assert "journal: 40 commits of 256.0 changes, slowest 21.5 ms" in text
+    assert "journal: 40 commits (of 50 turns' batches) of 256.0 changes, slowest 21.5 ms" in text
     skipped = format_report({"failover-manager": {"skipped": "not here\nwhy"}}, {"repeat": 1})
     assert "skipped" in skipped and "not here" in skipped and "why" not in skipped
     assert "uvloop C=1: rate 1.05x, sender CPU per task 0.90x" in text

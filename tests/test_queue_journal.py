@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from queue_net import Net, Runs, fired
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides
 
 from spreadqueue._queue.journal import Journal, JournalError
 from spreadqueue._queue.manager import ManagerService
@@ -137,3 +141,60 @@ def test_dead_letters_survive_in_the_journal(net: Net, tmp_path: Path) -> None:
     [letter] = list(again.state.dead_letters)
     assert letter.reason == "failed" and "no bad" in letter.error
     assert again.status()["journal"]["path"] == journal
+
+
+class _Threads:
+    """A reactor and a thread pool that run the journal's commits only when told."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Any, Any, tuple[Any, ...]]] = []
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        f(*args)
+
+    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any) -> None:
+        self.jobs.append((on_result, f, args))
+
+    def stop(self) -> None:
+        """(What the journal calls on its pool when it closes.)"""
+
+    def run_one(self) -> None:
+        on_result, f, args = self.jobs.pop(0)
+        try:
+            result = f(*args)
+        except Exception:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+def test_batches_that_come_during_a_commit_go_together_into_the_next(tmp_path: Path) -> None:
+    """Group commit: while one transaction is written, the turns' batches wait, and the
+    next transaction writes them all (one fsync for many turns)."""
+
+    threads = _Threads()
+    directlyProvides(threads, IReactorThreads, IReactorFromThreads)
+    j = Journal(threads, str(tmp_path / "j"), "q")
+    j.load()
+    j._pool = threads  # type: ignore[assignment]  # (the commits wait for run_one)
+
+    def task(i: int) -> Task:
+        return Task(f"t{i}", "f", b"", "q-mgr", None, 0.0, detached=True)
+
+    first = j.write([("task", task(0))])
+    later = [j.write([("task", task(i))]) for i in (1, 2, 3)]
+    assert len(threads.jobs) == 1 and not first.called
+    threads.run_one()
+    assert first.called and not any(d.called for d in later)
+    assert len(threads.jobs) == 1  # the three waiting batches, in one transaction
+    threads.run_one()
+    assert all(d.called for d in later)
+    assert (j.stats["commits"], j.stats["batches"]) == (2, 4)
+    closed = j.close()
+    assert closed.called
+    assert [t.task_id for t in Journal(Clock(), str(tmp_path / "j"), "q").load()[0]] == [
+        "t0",
+        "t1",
+        "t2",
+        "t3",
+    ]

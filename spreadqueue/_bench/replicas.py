@@ -374,11 +374,13 @@ def _detached_run(cluster: Cluster, s: Settings, setup: _Setup, inflight: int) -
     if after:
         # over the whole run (warm-up and drain too): what a commit holds
         batches = after["batches"] - before.get("batches", 0)
+        commits = after.get("commits", batches) - before.get("commits", 0)
         changes = after["changes"] - before.get("changes", 0)
         run["journal"] = {
+            "commits": int(commits),
             "batches": int(batches),
             "changes": int(changes),
-            "changes_per_batch": changes / batches if batches else 0.0,
+            "changes_per_commit": changes / commits if commits else 0.0,
             "slowest_commit_ms": after["slowest_commit"] * 1000,
         }
     return run

@@ -98,8 +98,9 @@ def _notes(phase: str, case: str, run: Mapping[str, Any]) -> str:
     journal = run.get("journal")
     if isinstance(journal, Mapping):
         notes.append(
-            f"journal: {journal['batches']:,} commits of {journal['changes_per_batch']:,.1f} "
-            f"changes, slowest {journal['slowest_commit_ms']:,.1f} ms"
+            f"journal: {journal['commits']:,} commits (of {journal['batches']:,} turns' "
+            f"batches) of {journal['changes_per_commit']:,.1f} changes, slowest "
+            f"{journal['slowest_commit_ms']:,.1f} ms"
         )
     if phase == "memory":
         notes.append(

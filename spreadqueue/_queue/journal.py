@@ -6,8 +6,9 @@ already there). What is written, and when (docs/protocol.md, section 10.7):
 
 - The state machine says what changed (:meth:`QueueManager.take_journal`); the manager
   service hands each reactor turn's changes to :meth:`Journal.write` as one batch, and
-  one SQLite transaction writes it in the journal's own thread: the reactor never waits
-  for the disk.
+  SQLite transactions write them in the journal's own thread: the reactor never waits
+  for the disk. Batches that come in while a transaction is being written go together
+  into the next one (group commit: one fsync for many turns).
 - The ACK of a detached task goes out only once the batch that holds it is committed.
 - ``sync='full'`` (the default) makes each commit an fsync (``PRAGMA synchronous=FULL``
   in WAL mode): a task that was acknowledged survives a power cut. ``sync='normal'``
@@ -28,6 +29,7 @@ from typing import Any, Final
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from .records import DeadLetter, Task
@@ -81,9 +83,18 @@ class Journal:
         self._reactor = reactor
         self._db: sqlite3.Connection | None = None
         self._pool: ThreadPool | None = None
-        self._last: Deferred[None] = succeed(None)
-        #: batches and changes written, and the slowest commit (seconds)
-        self.stats: dict[str, float] = {"batches": 0, "changes": 0, "slowest_commit": 0.0}
+        # batches waiting for the next transaction, whether one is being written, and
+        # who waits for the journal to be idle (close)
+        self._waiting: list[tuple[list[Any], Deferred[None]]] = []
+        self._committing = False
+        self._idle: list[Deferred[None]] = []
+        #: transactions, the batches (turns) and changes they wrote, the slowest (seconds)
+        self.stats: dict[str, float] = {
+            "commits": 0,
+            "batches": 0,
+            "changes": 0,
+            "slowest_commit": 0.0,
+        }
 
     # ------------------------------------------------------------------ opening
 
@@ -147,24 +158,56 @@ class Journal:
     # ------------------------------------------------------------------ writing
 
     def write(self, ops: Sequence[tuple[str, Any]]) -> Deferred[None]:
-        """Record ``ops`` (from QueueManager.take_journal) in one transaction, after
-        every batch written before; the Deferred fires once it is committed."""
+        """Record ``ops`` (from QueueManager.take_journal), after every batch written
+        before; the Deferred fires once they are committed.
+
+        Group commit: while one transaction is being written, the batches that come in
+        wait, and the next transaction writes all of them at once (one fsync for many
+        turns, as many senders' turns come in while the disk syncs)."""
         rows = [row for op, value in ops for row in _rows(op, value)]
+        d: Deferred[None] = Deferred()
+        self._waiting.append((rows, d))
+        if not self._committing:
+            self._commit_waiting()
+        return d
+
+    def _commit_waiting(self) -> None:
+        batches, self._waiting = self._waiting, []
+        rows = [row for batch, _ in batches for row in batch]
+        self._committing = True
         if self._pool is None:
             if not IReactorThreads.providedBy(self._reactor):
                 # A reactor without threads (task.Clock in tests): write inline.
-                self._commit(rows)
-                return succeed(None)
+                try:
+                    self._commit(rows, len(batches))
+                except BaseException:
+                    self._committed(Failure(), batches)
+                else:
+                    self._committed(None, batches)
+                return
             self._pool = ThreadPool(1, 1, name=f"spreadqueue-journal-{self.queue}")
             self._pool.start()
-        pool = self._pool
-        reactor = self._reactor
-        assert IReactorFromThreads.providedBy(reactor)
-        d: Deferred[None] = deferToThreadPool(reactor, pool, self._commit, rows)
-        self._last = d
-        return d
+        assert IReactorFromThreads.providedBy(self._reactor)
+        d = deferToThreadPool(self._reactor, self._pool, self._commit, rows, len(batches))
+        d.addBoth(self._committed, batches)
 
-    def _commit(self, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
+    def _committed(
+        self, result: Failure | None, batches: list[tuple[list[Any], Deferred[None]]]
+    ) -> None:
+        self._committing = False
+        for _, d in batches:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
+        if self._waiting:
+            self._commit_waiting()
+        elif self._idle:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    def _commit(self, rows: list[tuple[str, tuple[Any, ...]]], batches: int) -> None:
         db = self._db
         if db is None:
             db = self._db = self._connect()
@@ -183,23 +226,27 @@ class Journal:
             db.execute("ROLLBACK")
             raise
         took = time.monotonic() - started
-        self.stats["batches"] += 1
+        self.stats["commits"] += 1
+        self.stats["batches"] += batches
         self.stats["changes"] += len(rows)
         self.stats["slowest_commit"] = max(self.stats["slowest_commit"], took)
 
     def close(self) -> Deferred[None]:
-        """Finish the writes under way, then close."""
-        pool, self._pool = self._pool, None
+        """Finish the writes under way and those waiting, then close."""
+        if self._committing or self._waiting:
+            d: Deferred[None] = Deferred()
+            self._idle.append(d)
+        else:
+            d = succeed(None)
 
         def done(_: object) -> None:
+            pool, self._pool = self._pool, None
             if pool is not None:
                 pool.stop()
             if self._db is not None:
                 self._db.close()
                 self._db = None
 
-        d = self._last
-        self._last = succeed(None)
         d.addBoth(done)
         return d
 
