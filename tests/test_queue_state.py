@@ -808,11 +808,22 @@ def run_ops(ops: list[tuple[str, int, int]], me: str = ME) -> tuple[H, list[Effe
     counter = 0
     for op, a, b in ops:
         if op == "submit":
-            ids = [f"s{a}.{counter + i}" for i in range(b)]
+            # calls of two functions, with priorities
+            entries = [
+                Submit(f"s{a}.{n}", "fg"[n % 2], b"args", 2000 if a == 2 else None)._replace(
+                    priority=n % 10
+                )
+                for n in range(counter, counter + b)
+            ]
             counter += b
-            h.submit(f"#s{a}#d", *ids, timeout_ms=2000 if a == 2 else None)
+            h.msg(f"#s{a}#d", Kind.SUBMIT, entries)
         elif op == "worker":
-            h.worker(f"#w{a}#d", capacity=a % 3 + 1)  # capacities never shrink here
+            # capacities never shrink here; the functions served change with b
+            session = f"#w{a}#d"
+            if session not in h.members[G.workers]:
+                h.join(G.workers, session)
+            functions = (None, ("f",), ("g",), ("g", "f"))[b % 4]
+            h.msg(session, Kind.REGISTER, [Register("w", a % 3 + 1, (), functions=functions)])
         elif op == "done":
             w = h.m._workers.get((f"#w{a}#d", "w"))
             if w is not None and w.held:
@@ -829,7 +840,13 @@ def run_ops(ops: list[tuple[str, int, int]], me: str = ME) -> tuple[H, list[Effe
             if f"#s{a}#d" not in h.members[G.senders]:
                 h.join(G.senders, f"#s{a}#d")
             h.disconnect(f"#s{a}#d")
-        out.extend(h.effects())
+        effects = h.effects()
+        for e in effects:
+            for a_ in e.entries if e.kind is Kind.ASSIGN else ():
+                w = h.m._workers.get((e.groups[0], a_.worker_id))
+                served = None if w is None else w.functions
+                assert served is None or a_.func in served, "a worker got a function it lacks"
+        out.extend(effects)
     return h, out
 
 
@@ -946,10 +963,18 @@ def test_lifecycle_events_for_the_log() -> None:
     h.worker("#w#d", "w", capacity=2)
     h.worker("#w#d", "w", capacity=2)  # a re-registration is no news
     h.worker("#v#d", "v", capacity=1)
+    everything = "every function"
     assert events(h) == [
-        ("worker_registered", {"worker": "w@#w#d", "capacity": 2}),
-        ("worker_registered", {"worker": "v@#v#d", "capacity": 1}),
+        ("worker_registered", {"worker": "w@#w#d", "capacity": 2, "serves": everything}),
+        ("worker_registered", {"worker": "v@#v#d", "capacity": 1, "serves": everything}),
     ]
+    h.join(G.workers, "#u#d")
+    h.msg("#u#d", Kind.REGISTER, [Register("u", 1, (), functions=("g", "f"))])
+    assert events(h) == [
+        ("worker_registered", {"worker": "u@#u#d", "capacity": 1, "serves": "f, g"}),
+    ]
+    h.msg("#u#d", Kind.RETIRE, [Retire("u")])
+    assert [name for name, _ in events(h)] == ["worker_retired"]
     h.submit("#s#d", "t1", "t2", "t3")
     h.effects()
     h.msg("#v#d", Kind.REGISTER, [Register("v", 0, ("t2",))])  # drains
