@@ -942,6 +942,35 @@ def test_a_queued_100_byte_task_costs_less_than_1kb() -> None:
     assert per_task < 1024, per_task
 
 
+def test_queued_tasks_of_several_functions_and_priorities_cost_less_than_1kb() -> None:
+    """The same with routing and priorities in play: ten functions (one of them served by
+    no worker, so that its tasks wait aside), every priority level."""
+    h = ready_manager()
+    h.join(G.workers, "#w#d")
+    h.msg("#w#d", Kind.REGISTER, [Register("w", 1, (), functions=("f0",))])
+    h.submit("#sender#d", "first")  # "f" is served by nobody: parked once dispatched
+    n = 20_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for j in range(0, n, 500):
+            entries = [
+                Submit(f"{'ab' * 8}.{i}", f"resize{i % 10}", os.urandom(100), None)._replace(
+                    priority=i % 10
+                )
+                for i in range(j, j + 500)
+            ]
+            h.msg("#sender#d", Kind.SUBMIT, entries)
+            h.effects()
+        del entries
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert h.m.queued == n + 1
+    per_task = (after - before) / n
+    assert per_task < 1024, per_task
+
+
 def test_counters_have_their_documented_names() -> None:
     names = set(QueueManager(G, ME).stats)
     assert {"submitted", "assigned", "completed", "requeued", "expired", "cancelled"} <= names
