@@ -870,6 +870,18 @@ def test_invariants_hold_for_any_sequence(ops: list[tuple[str, int, int]]) -> No
                 running_at[tid] = w
     # no task is both queued and running
     assert not set(m.queued_ids()) & set(running_at)
+    # the active manager's index of workers with credit is exact: every worker with
+    # credit is filed in its crew, once, and the count of those filed is right
+    credit = m._credit
+    filed = [w for c in credit.crews.values() for pool in (c.free, c.extra) for w in pool.values()]
+    assert credit.open == len(filed) == len({w.key for w in filed})
+    for w in m._workers.values():
+        has_credit = not w.drained and len(w.held) + w.pending < w.capacity
+        assert has_credit == (w in filed), (w.key, has_credit)
+        assert w.crew is credit.crews[w.functions]
+    # a queued task's function is parked only if no worker that serves it has credit
+    for func in m._ready.parked:
+        assert not any(c.free or c.extra for c in credit.crews_for(func))
     # every ASSIGN went to a registered session with credit at the time: replay check
     for e in effects:
         if e.kind is Kind.ASSIGN:
