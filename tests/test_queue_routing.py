@@ -365,7 +365,7 @@ def test_a_line_orders_by_rank_then_key() -> None:
         ready.add(t)
     line = ready.lines["f"]
     line.put_back(d, aging)  # key 4, rank 0.0: after a (rank 0.0, key 1)
-    assert line.head(aging) == (-5.0, 2)
+    assert line.head(aging) == (-5.0, 2, b)
     assert [line.pop(aging) for _ in range(5)] == [b, a, d, c, None]
     assert line.empty() and len(line) == 0
 

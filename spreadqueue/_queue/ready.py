@@ -62,7 +62,7 @@ def rank(t: Task, aging: float) -> float:
 class Line:
     """The ready tasks of one function, best first (possibly with stale entries)."""
 
-    __slots__ = ("crews", "func", "gen", "late", "levels", "mask", "parked", "stale")
+    __slots__ = ("crews", "func", "gen", "late", "levels", "mask", "parked", "stale", "tops")
 
     def __init__(self, func: str) -> None:
         self.func = func
@@ -70,6 +70,9 @@ class Line:
         self.levels: list[deque[Task] | None] = [None] * _LEVELS
         #: bit ``p`` set: ``levels[p]`` holds tasks
         self.mask = 0
+        #: (rank, key, task) of a level's first task as last seen (valid while that
+        #: task is still first): levels are compared without ranking each head again
+        self.tops: list[tuple[float, int, Task] | None] = [None] * _LEVELS
         #: tasks that came back out of key order: a heap by (rank, key)
         self.late: list[tuple[float, int, Task]] = []
         self.parked = False
@@ -99,21 +102,36 @@ class Line:
         """``t`` in its rank's place, wherever that is."""
         heapq.heappush(self.late, (rank(t, aging), t.key, t))
 
-    def head(self, aging: float) -> tuple[float, int] | None:
-        """(rank, key) of the task :meth:`pop` would give, None when empty."""
-        best: tuple[float, int] | None = None
-        mask, p, levels = self.mask, 0, self.levels
+    def _best_level(self, aging: float) -> tuple[tuple[float, int, Task] | None, int]:
+        """(rank, key, task) of the best first task of the levels, and its level (-1:
+        none)."""
+        best: tuple[float, int, Task] | None = None
+        level = -1
+        mask, p, levels, tops = self.mask, 0, self.levels, self.tops
         while mask:
             if mask & 1:
                 t = levels[p][0]  # type: ignore[index]
-                r = (rank(t, aging), t.key)
-                if best is None or r < best:
-                    best = r
+                top = tops[p]
+                if top is None or top[2] is not t:
+                    top = tops[p] = (rank(t, aging), t.key, t)
+                if best is None or top[0] < best[0] or (top[0] == best[0] and top[1] < best[1]):
+                    best, level = top, p
             mask >>= 1
             p += 1
+        return best, level
+
+    def head(self, aging: float) -> tuple[float, int, Task] | None:
+        """(rank, key, task) of the task :meth:`pop` would give, None when empty."""
         late = self.late
-        if late and (best is None or (late[0][0], late[0][1]) < best):
-            best = (late[0][0], late[0][1])
+        if self.mask == 1 and not late:
+            t = self.levels[0][0]  # type: ignore[index]
+            top = self.tops[0]
+            if top is None or top[2] is not t:
+                top = self.tops[0] = (rank(t, aging), t.key, t)
+            return top
+        best, _ = self._best_level(aging)
+        if late and (best is None or (late[0][0], late[0][1]) < (best[0], best[1])):
+            return late[0]
         return best
 
     def pop(self, aging: float) -> Task | None:
@@ -124,27 +142,19 @@ class Line:
             t = d.popleft()
             if not d:
                 self.mask = 0
+                self.tops[0] = None
             return t
-        best: tuple[float, int] | None = None
-        level = -1
-        mask, p, levels = self.mask, 0, self.levels
-        while mask:
-            if mask & 1:
-                t = levels[p][0]  # type: ignore[index]
-                r = (rank(t, aging), t.key)
-                if best is None or r < best:
-                    best, level = r, p
-            mask >>= 1
-            p += 1
+        best, level = self._best_level(aging)
         late = self.late
-        if late and (best is None or (late[0][0], late[0][1]) < best):
+        if late and (best is None or (late[0][0], late[0][1]) < (best[0], best[1])):
             return heapq.heappop(late)[2]
         if level < 0:
             return None
-        d = levels[level]  # type: ignore[assignment]
+        d = self.levels[level]  # type: ignore[assignment]
         t = d.popleft()
         if not d:
             self.mask &= ~(1 << level)
+            self.tops[level] = None  # (holds no task that left)
         return t
 
     def compact(self, alive: Callable[[Task], bool]) -> None:
@@ -157,6 +167,7 @@ class Line:
                     self.mask &= ~(1 << p)
         self.late = [item for item in self.late if alive(item[2])]
         heapq.heapify(self.late)
+        self.tops = [None] * _LEVELS
         self.stale = 0
 
 
@@ -266,14 +277,14 @@ class Ready:
         all empty). Empty lines are dropped on the way, as long as another is left."""
         aging = self.aging
         top: Line | None = None
-        top_rank: tuple[float, int] | None = None
+        r, k = 0.0, 0  # the best head's rank and key
         empty = False
         for line in self.order:
             h = line.head(aging)
             if h is None:
                 empty = True
-            elif top_rank is None or h < top_rank:
-                top, top_rank = line, h
+            elif top is None or h[0] < r or (h[0] == r and h[1] < k):
+                top, r, k = line, h[0], h[1]
         if empty and len(self.order) > 1:
             lines = self.lines
             kept = []

@@ -1910,6 +1910,7 @@ class QueueManager:
                 t = level.popleft()  # type: ignore[union-attr]
                 if not level:
                     line.mask = 0
+                    line.tops[0] = None
             else:
                 t = line.pop(aging)
             if t is None:
