@@ -4,13 +4,10 @@ gets which task, in which order (docs/protocol.md, "Dispatching")."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
-from test_queue_state import G, H, assigned, of, ready_manager
-from zope.interface import implementer
+from test_queue_state import G, H, Newest, assigned, of, ready_manager
 
-from spreadqueue._queue.interfaces import IAssignmentPolicy
 from spreadqueue._queue.messages import Cancel, Done, Kind, Register, Submit
 from spreadqueue._queue.ready import Line, Ready, rank
 from spreadqueue._queue.records import Task
@@ -51,6 +48,18 @@ def where(h: H) -> list[tuple[str, str]]:
 
 def done(h: H, session: str, *ids: str) -> None:
     h.msg(session, Kind.DONE, [Done("w", i) for i in ids])
+
+
+def one_at_a_time(h: H, n: int) -> list[str]:
+    """Register a worker of capacity 1 and let it run ``n`` tasks, one after the other:
+    the order the manager chose."""
+    register(h, "#w#d", None)
+    order = []
+    for _ in range(n):
+        [(_session, tid)] = where(h)
+        order.append(tid)
+        done(h, "#w#d", tid)
+    return order
 
 
 # --------------------------------------------------------------------------- routing
@@ -169,15 +178,6 @@ def test_a_burst_goes_on_among_several_crews() -> None:
 
 
 def test_a_custom_policy_chooses_among_the_workers_that_serve_the_function() -> None:
-    @implementer(IAssignmentPolicy)
-    class Newest:
-        def __init__(self) -> None:
-            self.calls: list[list[Any]] = []
-
-        def choose(self, candidates: Sequence[Any]) -> Any:
-            self.calls.append(list(candidates))
-            return candidates[-1]
-
     policy = Newest()
     h = ready_manager(policy=policy)
     register(h, "#a#d", None)
@@ -256,13 +256,7 @@ def test_higher_priorities_go_first_and_each_level_is_fifo() -> None:
     h = ready_manager()
     for tid, p in [("a0", 0), ("a5", 5), ("a9", 9), ("b5", 5), ("b0", 0), ("b9", 9), ("c5", 5)]:
         call(h, tid, priority=p)
-    register(h, "#w#d", None)
-    order = []
-    for _ in range(7):
-        [(_session, tid)] = where(h)
-        order.append(tid)
-        done(h, "#w#d", tid)
-    assert order == ["a9", "b9", "a5", "b5", "c5", "a0", "b0"]
+    assert one_at_a_time(h, 7) == ["a9", "b9", "a5", "b5", "c5", "a0", "b0"]
 
 
 def test_priorities_order_the_tasks_across_functions() -> None:
@@ -271,13 +265,7 @@ def test_priorities_order_the_tasks_across_functions() -> None:
     call(h, "g0", func="g", priority=0)
     call(h, "g7", func="g", priority=7)
     call(h, "f7", priority=7)
-    register(h, "#w#d", None)
-    order = []
-    for _ in range(4):
-        [(_session, tid)] = where(h)
-        order.append(tid)
-        done(h, "#w#d", tid)
-    assert order == ["g7", "f7", "f0", "g0"]
+    assert one_at_a_time(h, 4) == ["g7", "f7", "f0", "g0"]
 
 
 def test_aging_keeps_a_low_task_from_starving_under_a_flood_of_high_ones() -> None:

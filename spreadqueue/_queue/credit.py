@@ -120,23 +120,20 @@ class Credit:
         """The pool (a crew's free or prefetch dict) whose first worker is the least
         recently used one a task may go to now; None when no worker of ``crews`` has
         credit."""
-        best: dict[WorkerKey, Worker] | None = None
-        used = 0
-        for c in crews:
-            pool = c.free
-            if pool:
-                first = next(iter(pool.values())).used
-                if best is None or first < used:
-                    best, used = pool, first
-        if best is not None:
-            return best
-        for c in crews:
-            pool = c.extra
-            if pool:
-                first = next(iter(pool.values())).used
-                if best is None or first < used:
-                    best, used = pool, first
-        return best
+        return _least_recent([c.free for c in crews]) or _least_recent([c.extra for c in crews])
+
+
+def _least_recent(pools: list[dict[WorkerKey, Worker]]) -> dict[WorkerKey, Worker] | None:
+    """Of ``pools`` (each least recently used first), the one whose first worker is the
+    least recently used; None when they are all empty."""
+    best: dict[WorkerKey, Worker] | None = None
+    used = 0
+    for pool in pools:
+        if pool:
+            first = next(iter(pool.values())).used
+            if best is None or first < used:
+                best, used = pool, first
+    return best
 
 
 def _used(w: Worker) -> int:

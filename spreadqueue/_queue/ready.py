@@ -89,14 +89,13 @@ class Line:
     def empty(self) -> bool:
         return not (self.mask or self.late)
 
-    def add_head(self, t: Task) -> None:
-        """``t`` at the head of its level (its key is the lowest so far)."""
-        p = t.priority
+    def level(self, p: int) -> deque[Task]:
+        """The FIFO of priority level ``p``, counted as holding tasks (``t`` goes in)."""
         d = self.levels[p]
         if d is None:
             d = self.levels[p] = deque()
-        d.appendleft(t)
         self.mask |= 1 << p
+        return d
 
     def put_back(self, t: Task, aging: float) -> None:
         """``t`` in its rank's place, wherever that is."""
@@ -224,16 +223,11 @@ class Ready:
         line = self.lines.get(t.func)
         if line is None:
             line = self._line(t.func)
-        p = t.priority
-        d = line.levels[p]
-        if d is None:
-            d = line.levels[p] = deque()
-        d.append(t)
-        line.mask |= 1 << p
+        line.level(t.priority).append(t)
 
     def add_head(self, t: Task) -> None:
         """A task at the head (its key is the lowest so far)."""
-        self._line(t.func).add_head(t)
+        self._line(t.func).level(t.priority).appendleft(t)
 
     def put_back(self, t: Task) -> None:
         """A task that was taken and must be tried again, in its rank's place."""
