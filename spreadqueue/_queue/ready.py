@@ -223,7 +223,11 @@ class Ready:
         line = self.lines.get(t.func)
         if line is None:
             line = self._line(t.func)
-        line.level(t.priority).append(t)
+        p = t.priority
+        if line.mask >> p & 1:
+            line.levels[p].append(t)  # type: ignore[union-attr]  # (it holds tasks)
+        else:
+            line.level(p).append(t)
 
     def add_head(self, t: Task) -> None:
         """A task at the head (its key is the lowest so far)."""

@@ -1738,19 +1738,28 @@ class QueueManager:
         if crew is None:
             crew = credit.join(w)
         n, key = len(w.held) + w.pending, w.key
+        free, extra = crew.free, crew.extra
         if w.drained or n >= w.capacity:
-            if crew.free.pop(key, None) is not None or crew.extra.pop(key, None) is not None:
+            if free.pop(key, None) is not None or extra.pop(key, None) is not None:
                 credit.open -= 1
-            return
-        into, other = (crew.free, crew.extra) if n < w.slots else (crew.extra, crew.free)
-        if key not in into:
-            if other.pop(key, None) is None:
-                # It had no credit: the functions it serves may wait for it.
-                credit.open += 1
-                if self._ready.parked:
-                    self._ready.unpark(crew.functions)
+        elif n < w.slots:
+            if key not in free:
+                if extra.pop(key, None) is None:
+                    self._opened(crew)
+                credit.stamp = w.used = credit.stamp + 1
+                free[key] = w
+        elif key not in extra:
+            if free.pop(key, None) is None:
+                self._opened(crew)
             credit.stamp = w.used = credit.stamp + 1
-            into[key] = w
+            extra[key] = w
+
+    def _opened(self, crew: Crew) -> None:
+        """A worker of ``crew`` that had no credit has some: the functions it serves
+        may wait for it."""
+        self._credit.open += 1
+        if self._ready.parked:
+            self._ready.unpark(crew.functions)
 
     def _lose_session(self, session: str) -> list[Task]:
         workers = self._by_session.get(session)
