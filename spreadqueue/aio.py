@@ -282,17 +282,23 @@ class Sender(_Member):
         """Cancel every pending call (telling the manager) and leave the queue."""
         await self._wait(self._sender.stop())
 
-    async def rpc(self, func: str, args: Any = None, *, timeout: float | None = 30.0) -> Any:
+    async def rpc(
+        self, func: str, args: Any = None, *, timeout: float | None = 30.0, priority: int = 0
+    ) -> Any:
         """Call ``func(args)`` on a worker; return its answer or raise its failure.
+        ``priority``: 0 (the default) to 9, higher first.
 
         Cancelling the awaiting task (``task.cancel()``, ``asyncio.wait_for``, ...)
         cancels the call: the manager is told to drop it.
         """
-        return await self._wait(self._sender.rpc(func, args, timeout=timeout))
+        return await self._wait(self._sender.rpc(func, args, timeout=timeout, priority=priority))
 
-    def submit(self, func: str, args: Any = None, *, timeout: float | None = None) -> str:
-        """Queue ``func(args)``; return its task id at once (answers: :meth:`receive`)."""
-        return self._sender.submit(func, args, timeout=timeout)
+    def submit(
+        self, func: str, args: Any = None, *, timeout: float | None = None, priority: int = 0
+    ) -> str:
+        """Queue ``func(args)``; return its task id at once (answers: :meth:`receive`).
+        ``priority``: 0 (the default) to 9, higher first."""
+        return self._sender.submit(func, args, timeout=timeout, priority=priority)
 
     async def receive(self) -> Reply:
         """The next answer to a :meth:`submit` ted call: a :class:`~spreadqueue.Reply`,

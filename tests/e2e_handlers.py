@@ -95,3 +95,7 @@ HANDLERS = {
     "blob": blob,
     "block": block,
 }
+
+#: Workers that serve one function each (routing tests)
+PID_ONLY = {"pid": pid}
+ECHO_ONLY = {"echo": echo}

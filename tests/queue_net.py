@@ -97,9 +97,15 @@ class Net:
         self,
         handlers: dict[str, Callable[..., Any]] | None = None,
         session: SpreadSession | None = None,
+        *,
+        declares: bool = True,
         **options: Any,
     ) -> Worker:
+        """A started worker; ``declares=False``: one that registers without saying which
+        functions it serves (as workers before routing did): it gets every function."""
         w = Worker(self.clock, session or self.session(), Q, handlers, **options)
+        if not declares:
+            w._declared = None
         self.components.append(w)
         w.start()
         self.pump()

@@ -117,6 +117,7 @@ def one_shot_commands() -> dict[str, list[str]]:
         "help-plugin-worker": twist("spreadqueue-worker", "--help"),
         "demo": spreadqueue("demo", "--workers", "2", "--tasks", "40"),
         "rpc-bad-json": spreadqueue("rpc", "--queue", "q", "myfunc", "{not json"),
+        "rpc-bad-priority": spreadqueue("rpc", "--queue", "q", "--priority", "10", "myfunc"),
         "long-queue-rpc": spreadqueue("rpc", "--queue", LONG_QUEUE, "myfunc"),
         "long-queue-sqm": sqm(LONG_QUEUE),
         "long-queue-manager": spreadqueue("manager", "--queue", LONG_QUEUE),
@@ -163,7 +164,8 @@ def ran(tmp_path_factory: Any) -> Iterator[dict[str, Ran]]:
                     child_env(SPREAD_DAEMON=endpoint, SPREAD_QUEUE_NAME=queue, SPREAD_QUEUE=""),
                 )
                 batch.start("rpc-fail", rpc("fail", '{"x": 1}'))
-                batch.start("rpc-unknown", rpc("no_such_function", "1"))
+                batch.start("rpc-unknown", rpc("--timeout", "1", "no_such_function", "1"))
+                batch.start("rpc-priority", rpc("--priority", "9", "echo", "[9]"))
                 batch.start("rpc-timeout", rpc("--timeout", "1", "slow", '{"i": 1, "delay": 60}'))
                 for label, args in one_shot_commands().items():
                     batch.start(label, args)
@@ -192,7 +194,11 @@ HELP = {
         *("--metrics", "--web", "--control-allow"),
     ],
     "help-daemon": ["Usage: spreadqueue daemon [options]", "--listen", "--allow", "--max-sessions"],
-    "help-manager": ["Usage: spreadqueue manager [options] [QUEUE]", "--embedded-daemon"],
+    "help-manager": [
+        "Usage: spreadqueue manager [options] [QUEUE]",
+        "--embedded-daemon",
+        "--priority-aging",
+    ],
     "help-worker": [
         "Usage: spreadqueue worker --handlers module:object",
         "--concurrency",
@@ -204,7 +210,10 @@ HELP = {
     ],
     "help-status": ["usage: spreadqueue status", "QUEUE", "--watch", "--json", "--timeout"],
     "help-control": ["usage: spreadqueue control", "QUEUE ACTION [TARGET]", "pause, resume, purge"],
-    "help-rpc": ["usage: spreadqueue rpc", "--queue", "--spread", "--timeout", "FUNC", "JSON"],
+    "help-rpc": [
+        "usage: spreadqueue rpc",
+        *("--queue", "--spread", "--timeout", "--priority", "FUNC", "JSON"),
+    ],
     "help-demo": [
         "usage: spreadqueue demo",
         "--workers",
@@ -261,15 +270,31 @@ def test_rpc_prints_the_result_as_json(ran: dict[str, Ran]) -> None:
 
 def test_rpc_remote_error_exits_1_with_the_message(ran: dict[str, Ran]) -> None:
     """A handler that raises: exit 1, the exception and the worker's traceback on
-    stderr, nothing on stdout; an unknown function: exit 1 too."""
+    stderr, nothing on stdout."""
     r = ran["rpc-fail"]
     assert r.returncode == 1, r
     assert "the worker raised ValueError: bad value: {'x': 1}" in r.stderr, r
     assert "Traceback" in r.stderr and "e2e_handlers.py" in r.stderr
     assert r.stdout == ""
+
+
+def test_rpc_of_a_function_no_worker_serves_exits_3_naming_it(ran: dict[str, Ran]) -> None:
+    """The task waits for a worker that serves the function; none comes: exit 3 at the
+    timeout, and the message names the function."""
     unknown = ran["rpc-unknown"]
-    assert unknown.returncode == 1, unknown
-    assert "no handler for 'no_such_function'" in unknown.stderr
+    assert unknown.returncode == 3, unknown
+    assert "no result within 1s" in unknown.stderr
+    assert "no worker serving function 'no_such_function'" in unknown.stderr, unknown
+
+
+def test_rpc_priority(ran: dict[str, Ran]) -> None:
+    """``--priority`` 0..9: a call with one is answered as any other; out of range is a
+    usage error (exit 2)."""
+    r = ran["rpc-priority"]
+    assert (r.returncode, json.loads(r.stdout)) == (0, [9]), r
+    bad = ran["rpc-bad-priority"]
+    assert bad.returncode == 2, bad
+    assert "--priority must be from 0 to 9" in bad.stderr
 
 
 def test_rpc_unanswered_exits_3(ran: dict[str, Ran]) -> None:

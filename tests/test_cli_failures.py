@@ -246,7 +246,7 @@ def test_rpc_says_the_queue_has_a_manager_but_no_worker_and_prints_bytes_as_json
             manager.wait_ready()
             status, output = run(spreadqueue("rpc", *queue, "-t", "2", "echo", "1"), tmp_path)
             assert status == 3, output
-            assert "queue 'lonely' has a manager, but no worker was registered" in output
+            assert "queue 'lonely' has a manager, but no worker serving function 'echo'" in output
             worker = Proc(
                 spreadqueue("worker", *queue, "-H", HANDLERS), tmp_path, "w", env=child_env([TESTS])
             )

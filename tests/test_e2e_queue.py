@@ -55,7 +55,6 @@ from spreadqueue._queue.errors import (
     RemoteError,
     SenderStopped,
     TaskTimeout,
-    UnknownFunction,
     WorkerLost,
 )
 from spreadqueue._queue.messages import MESS_TYPE_BASE, Kind, Reason, decode
@@ -313,19 +312,18 @@ class CallOutcomes(QueueCase):
         super().setUp()
         self.queue = self.shared_queue  # served by the class's manager and worker
 
-    async def test_handler_exception_and_unknown_function(self) -> None:
+    async def test_handler_exception_and_a_function_no_worker_serves(self) -> None:
         """A handler that raises gives RemoteError with the exception's type, message and
-        the worker's traceback; an unregistered function gives UnknownFunction; the
-        worker keeps serving."""
+        the worker's traceback; a function no worker has waits for one, and its
+        TaskTimeout names it; the worker keeps serving."""
         sender = await self.sender()
         err = await failure_of(sender.rpc("fail", {"x": 1}), RemoteError)
         assert err.type_name == "ValueError"
         assert err.remote_message == "bad value: {'x': 1}"
         assert err.traceback.startswith("Traceback")
         assert "e2e_handlers.py" in err.traceback and "raise ValueError" in err.traceback
-        missing = await failure_of(sender.rpc("no_such_function", 1), UnknownFunction)
-        assert missing.func == "no_such_function"
-        assert "no handler for 'no_such_function'" in str(missing)
+        missing = await failure_of(sender.rpc("no_such_function", 1, timeout=1), TaskTimeout)
+        assert "no worker serving function 'no_such_function'" in str(missing)
         assert await within(sender.rpc("echo", [1, "two"]), 30, "echo") == [1, "two"]
 
     async def test_timeout_of_a_running_task_frees_the_worker(self) -> None:

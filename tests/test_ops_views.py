@@ -117,6 +117,34 @@ def test_the_status_table_shows_the_same_numbers() -> None:
     assert echo[1:4] == ["7", "0", "-"]
 
 
+def test_the_status_table_shows_what_waits_for_a_function_nobody_serves() -> None:
+    net = Net()
+    net.manager()
+    net.worker({"echo": echo, "hold": lambda _: Deferred()})
+    sender = net.sender()
+    sender.rpc("hold", 1, timeout=None)
+    sender.rpc("nobody", 1, timeout=None)
+    sender.rpc("echo", 2, timeout=None)  # behind "hold": its only worker is busy
+    net.advance(2)
+    d = QueueInspector(net.clock, net.session("ops"), "q").status()
+    net.pump()
+    status = fired(d)
+    console = Console(record=True, width=200)
+    console.print(render(status))
+    text = console.export_text()
+    assert "waiting for function nobody: no worker serves it (1 task(s), the oldest for" in text
+    rows = [[cell.strip() for cell in line.split("\u2502")[1:-1]] for line in text.splitlines()]
+    waiting = {row[0]: row[1:] for row in rows if row and row[0] in ("nobody", "echo")}
+    assert waiting["nobody"][0] == "1" and waiting["nobody"][2] == "none: no worker serves it"
+    assert waiting["echo"][0] == "1" and waiting["echo"][2] == "1"
+    worker_row = next(row for row in rows if row and row[0].startswith("w"))
+    assert worker_row[-1] == "echo, hold"
+    assert [w["func"] for w in snapshot_of(status, None, 1.0)["status"]["active"]["waiting"]] == [
+        "echo",
+        "nobody",
+    ]
+
+
 def test_the_dashboard_s_latencies_are_those_of_the_tasks_since_its_baseline() -> None:
     net = Net()
     net.manager()

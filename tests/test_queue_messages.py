@@ -64,6 +64,8 @@ SAMPLES = {
         Register("w1", 4, ("p.1", "p.2")),
         Register("w2", 0, ()),
         Register("w3", 2, (), 1, None, "#m1#fake.3"),
+        Register("w4", 2, (), None, None, None, ("resize", "thumbnail")),
+        Register("w5", 2, (), None, None, None, ()),
     ],
     Kind.HELLO: [Hello("#m1#fake.3")],
     Kind.ASSIGN: [
@@ -188,6 +190,28 @@ def test_optional_trailing_fields() -> None:
     assert decode(hello, envelope([["w", 1, [], 1, 1, "#m#d.1"]])).entries == [
         Register("w", 1, (), 1, 1, "#m#d.1")
     ]
+
+
+def test_register_says_which_functions_a_worker_serves() -> None:
+    """REGISTER's seventh field: the functions (None: every function). Names no task
+    can have are left out; anything but an array of at most MAX_FUNCTIONS is ignored,
+    as an unknown trailing field is: the worker then serves everything, as one that
+    predates the field does."""
+    register = mess_type(Kind.REGISTER)
+    entries = [
+        ["w1", 1, [], None, None, None, ["f", "g"]],
+        ["w2", 1, []],  # an older worker: no field
+        ["w3", 1, [], 1, 1, "#m#d.1", None, "a later field"],
+        ["w4", 1, [], None, None, None, ["f", "", "x" * 201, 7, "g"]],
+        ["w5", 1, [], None, None, None, "f"],
+        ["w6", 1, [], None, None, None, ["f"] * 1001],
+        ["w7", 1, [], None, None, None, []],
+    ]
+    got = decode(register, envelope(entries)).entries
+    assert [e.functions for e in got] == [("f", "g"), None, None, ("f", "g"), None, None, ()]
+    # what the Python worker sends, as an old manager reads it: the first six fields
+    [data] = encode(Kind.REGISTER, [Register("w", 2, ("t",), 1, None, None, ("f",))])
+    assert msgpack.unpackb(data) == [1, [["w", 2, ["t"], 1, None, None, ["f"]]]]
 
 
 def test_fast_and_general_decoders_agree() -> None:

@@ -161,6 +161,89 @@ def test_killing_the_active_manager_at_any_point_loses_no_task(steps: int, tasks
     assert max(runs.count.values()) == 1, runs.count
 
 
+def test_managers_agree_with_functions_and_priorities_in_play(net: Net) -> None:
+    """Workers that serve different functions, calls and detached tasks of several
+    priorities, a function nobody serves: every manager holds the same records (the
+    functions each worker serves, the tasks' priorities), and a standby that takes
+    over routes as the first did."""
+    first_session = net.session()
+    managers = [net.manager(first_session), net.manager(), net.manager()]
+    f_runs, g_runs = Held(), Held()
+    net.worker({"f": f_runs}, concurrency=2)
+    net.worker({"g": g_runs})
+    sender = net.sender()
+    calls = [sender.rpc(func, i, priority=i % 10, timeout=60) for i in range(12) for func in "fg"]
+    jobs = [sender.enqueue("g", f"d{i}", priority=9 - i) for i in range(3)]
+    orphan = sender.rpc("nobody", 1, timeout=60, priority=4)
+    net.pump()
+    same_state(*managers)
+    state = managers[1].state
+    assert state is not None
+    assert sorted(sorted(w.functions or ()) for w in state._workers.values()) == [["f"], ["g"]]
+    assert {t.func: t.priority for t in state._tasks.values() if t.func == "nobody"} == {
+        "nobody": 4
+    }
+    net.crash(first_session)  # the standby takes over with the same routing
+    net.pump()
+    assert managers[1].active
+    for _ in range(20):
+        f_runs.release()
+        g_runs.release()
+        net.advance(0.1)
+    assert [fired(d) for d in calls] == [i for i in range(12) for _ in "fg"]
+    assert len({fired(d) for d in jobs}) == 3
+    assert set(f_runs.count) == set(range(12))  # f's worker ran f's tasks only
+    assert set(g_runs.count) == set(range(12)) | {"d0", "d1", "d2"}
+    assert max([*f_runs.count.values(), *g_runs.count.values()]) == 1
+    assert pending(orphan)
+    same_state(*managers[1:])
+    assert [w["func"] for w in managers[1].status()["waiting"]] == ["nobody"]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.integers(min_value=0, max_value=60), tasks=st.integers(min_value=1, max_value=8))
+def test_killing_the_active_manager_loses_no_task_with_routing_and_priorities(
+    steps: int, tasks: int
+) -> None:
+    """As the test above, with two functions served by different workers, one that
+    serves both, and priorities: every task runs once, at a worker that serves it."""
+    net = Net()
+    first_session = net.session()
+    net.manager(first_session)
+    second = net.manager()
+    runs = {"f": Held(), "g": Held(), "any": Held()}
+    net.worker({"f": runs["f"]}, concurrency=2)
+    net.worker({"g": runs["g"]})
+    net.worker({"f": runs["any"], "g": runs["any"]})
+    sender = net.sender()
+    calls = [sender.rpc("fg"[i % 2], i, timeout=60, priority=i % 10) for i in range(tasks)]
+    enqueued = [sender.enqueue("fg"[i % 2], f"d{i}", priority=9 - i % 10) for i in range(tasks)]
+    for step in range(steps):
+        net.clock.advance(0)
+        if step % 7 == 3:
+            for held in runs.values():
+                held.release()
+    net.crash(first_session)
+    for _ in range(4 * tasks):
+        for held in runs.values():
+            held.release()
+        net.advance(0.1)
+    assert second.active
+    assert [fired(d) for d in calls] == list(range(tasks))
+    assert [isinstance(fired(d), str) for d in enqueued] == [True] * tasks
+    ran: Counter[Any] = Counter()
+    for held in runs.values():
+        ran.update(held.count)
+    assert ran == Counter([*range(tasks), *(f"d{i}" for i in range(tasks))])
+
+    def func_of(arg: Any) -> str:
+        return "fg"[(int(arg[1:]) if isinstance(arg, str) else arg) % 2]
+
+    # each specialised worker ran only the tasks of its function
+    assert {func_of(a) for a in runs["f"].count} <= {"f"}
+    assert {func_of(a) for a in runs["g"].count} <= {"g"}
+
+
 def test_pause_and_drain_carry_over_to_the_standby(net: Net) -> None:
     first_session = net.session()
     first = net.manager(first_session)
@@ -235,7 +318,9 @@ def fired_later(net: Net, d: Deferred[Any]) -> Any:
 def test_failed_detached_tasks_are_dead_letters_that_an_operator_requeues(net: Net) -> None:
     m = net.manager()
     runs = Runs(fail={"bad", "worse"})
-    net.worker({"f": runs})
+    # declaring nothing, it gets "missing" too (a worker that declares its functions
+    # would not: that task would wait for a worker that serves it)
+    net.worker({"f": runs}, declares=False)
     sender = net.sender()
     for arg in ("ok", "bad", "worse"):
         sender.enqueue("f", arg)

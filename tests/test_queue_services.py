@@ -249,9 +249,28 @@ def test_a_handler_exception_becomes_remote_error(net: Net) -> None:
     assert failure_of(r, RemoteError).task_id == tid
 
 
-def test_an_unknown_function_is_a_clear_error(net: Net) -> None:
-    net.manager()
+def test_a_call_no_worker_serves_waits_and_its_timeout_names_the_function(net: Net) -> None:
+    m = net.manager()
     net.worker({"echo": echo})
+    sender = net.sender()
+    d = sender.rpc("nope", 1, timeout=2)
+    net.advance(1)
+    assert pending(d)  # it waits for a worker that serves "nope" (none comes)
+    status = m.status()
+    assert status["waiting"] == [
+        {"func": "nope", "queued": 1, "oldest_for": pytest.approx(1.0, abs=0.1), "workers": 0}
+    ]
+    net.advance(1.1)
+    err = failure_of(d, TaskTimeout)
+    assert "no worker serving function 'nope' was registered" in str(err)
+    assert m.status()["waiting"] == []  # dropped at its timeout, never run
+
+
+def test_a_worker_that_declares_nothing_serves_everything_and_answers_unknown_function(
+    net: Net,
+) -> None:
+    net.manager()
+    net.worker({"echo": echo}, declares=False)  # as a worker from before routing
     sender = net.sender()
     d = sender.rpc("nope", 1)
     net.pump()
@@ -286,6 +305,57 @@ def test_json_on_both_sides(net: Net) -> None:
     d = sender.rpc("echo", {"a": [1, "b"]})
     net.pump()
     assert fired(d) == {"a": [1, "b"]}
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def test_workers_get_only_the_functions_they_have(net: Net) -> None:
+    m = net.manager()
+    resized: list[Any] = []
+    net.worker({"resize": lambda a: resized.append(a) or "resized"}, concurrency=2)
+    net.worker({"mail": lambda a: f"mailed {a}"})
+    sender = net.sender()
+    calls = [sender.rpc("resize", i) for i in range(4)] + [sender.rpc("mail", "x")]
+    net.pump()
+    assert [fired(d) for d in calls] == ["resized"] * 4 + ["mailed x"]
+    assert resized == [0, 1, 2, 3]
+    assert m.state is not None
+    served = sorted(sorted(w.functions or ()) for w in m.state._workers.values())
+    assert served == [["mail"], ["resize"]]
+    report = m.status()
+    assert sorted(w["functions"] for w in report["workers"]) == [["mail"], ["resize"]]
+
+
+def test_a_handler_added_to_a_running_worker_is_served_from_then_on(net: Net) -> None:
+    m = net.manager()
+    worker = net.worker({"echo": echo})
+    sender = net.sender()
+    d = sender.rpc("upper", "abc", timeout=10)
+    net.advance(1)
+    assert pending(d)
+    assert [w["func"] for w in m.status()["waiting"]] == ["upper"]
+    worker.add_handler("upper", str.upper)
+    net.pump()
+    assert fired(d) == "ABC"
+
+
+def test_priorities_of_calls_reach_the_manager_and_order_the_queue(net: Net) -> None:
+    net.manager()
+    order: list[Any] = []
+    sender = net.sender()
+    calls = [sender.rpc("f", n, priority=p) for n, p in [(1, 0), (2, 9), (3, 5), (4, 9)]]
+    tid = sender.submit("f", 5, priority=7)
+    net.pump()
+    net.worker({"f": lambda n: order.append(n) or n})
+    net.pump()
+    assert [fired(d) for d in calls] == [1, 2, 3, 4]
+    assert order == [2, 4, 5, 3, 1]
+    assert fired(sender.receive()).task_id == tid
+    for bad in (10, -1, True, 1.5):
+        with pytest.raises(ValueError, match="priority"):
+            sender.submit("f", priority=bad)
+        failure_of(sender.rpc("f", priority=bad), ValueError)
 
 
 # --------------------------------------------------------------------------- timeouts
@@ -1108,13 +1178,17 @@ def test_a_timeout_says_when_the_queue_had_a_manager_but_no_worker(net: Net) -> 
     d = sender.rpc("echo", 1, timeout=2)
     net.advance(2.1)
     error = failure_of(d, TaskTimeout)
-    assert "no result within 2s: queue 'q' has a manager, but no worker was registered" in str(
-        error
-    )
+    assert (
+        "no result within 2s: queue 'q' has a manager, but no worker serving function 'echo' "
+        "was registered when it queued the task"
+    ) in str(error)
     net.worker({"slow": lambda _: Deferred()})
     d = sender.rpc("slow", 1, timeout=2)
     net.advance(2.1)
     assert "no worker" not in str(failure_of(d, TaskTimeout))  # a worker had it
+    d = sender.rpc("echo", 1, timeout=2)  # a worker is there, but it does not serve echo
+    net.advance(2.1)
+    assert "no worker serving function 'echo'" in str(failure_of(d, TaskTimeout))
 
 
 def test_the_manager_logs_lifecycle_failures_and_a_periodic_summary(net: Net) -> None:
@@ -1138,8 +1212,9 @@ def test_the_manager_logs_lifecycle_failures_and_a_periodic_summary(net: Net) ->
         for t in text
     ), text
     assert any(
-        re.fullmatch(r"queue q: worker w\w+@#\S+ registered \(capacity 1\)", t) for t in text
-    )
+        re.fullmatch(r"queue q: worker w\w+@#\S+ registered \(capacity 1; serves boom, echo\)", t)
+        for t in text
+    ), text
     assert any(
         re.fullmatch(r"queue q: 0 queued, 0 in flight, 1 workers, 0\.\d tasks/s done .*", t)
         for t in text
@@ -1151,7 +1226,7 @@ def test_the_manager_logs_lifecycle_failures_and_a_periodic_summary(net: Net) ->
 
 def test_a_worker_logs_a_failing_handler_with_task_function_and_worker(net: Net) -> None:
     net.manager()
-    worker = net.worker({"boom": lambda _: 1 / 0})
+    worker = net.worker({"boom": lambda _: 1 / 0}, declares=False)  # it gets "nope" too
     sender = net.sender()
     with capturedLogs() as events:
         d = sender.rpc("nope", 1)

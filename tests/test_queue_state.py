@@ -355,16 +355,19 @@ def test_done_from_the_wrong_session_or_worker_is_ignored() -> None:
     assert h.m.running == 1 and h.m.stats["unknown_done"] == 3
 
 
+@implementer(IAssignmentPolicy)
+class Newest:
+    """A policy that chooses the most recently used candidate, and notes what it saw."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[Any]] = []
+
+    def choose(self, candidates: Sequence[Any]) -> Any:
+        self.calls.append(list(candidates))
+        return candidates[-1]
+
+
 def test_a_custom_policy_is_consulted() -> None:
-    @implementer(IAssignmentPolicy)
-    class Newest:
-        def __init__(self) -> None:
-            self.calls: list[list[Any]] = []
-
-        def choose(self, candidates: Sequence[Any]) -> Any:
-            self.calls.append(list(candidates))
-            return candidates[-1]
-
     policy = Newest()
     h = ready_manager(policy=policy)
     h.worker("#w1#d")
@@ -808,11 +811,22 @@ def run_ops(ops: list[tuple[str, int, int]], me: str = ME) -> tuple[H, list[Effe
     counter = 0
     for op, a, b in ops:
         if op == "submit":
-            ids = [f"s{a}.{counter + i}" for i in range(b)]
+            # calls of two functions, with priorities
+            entries = [
+                Submit(f"s{a}.{n}", "fg"[n % 2], b"args", 2000 if a == 2 else None)._replace(
+                    priority=n % 10
+                )
+                for n in range(counter, counter + b)
+            ]
             counter += b
-            h.submit(f"#s{a}#d", *ids, timeout_ms=2000 if a == 2 else None)
+            h.msg(f"#s{a}#d", Kind.SUBMIT, entries)
         elif op == "worker":
-            h.worker(f"#w{a}#d", capacity=a % 3 + 1)  # capacities never shrink here
+            # capacities never shrink here; the functions served change with b
+            session = f"#w{a}#d"
+            if session not in h.members[G.workers]:
+                h.join(G.workers, session)
+            functions = (None, ("f",), ("g",), ("g", "f"))[b % 4]
+            h.msg(session, Kind.REGISTER, [Register("w", a % 3 + 1, (), functions=functions)])
         elif op == "done":
             w = h.m._workers.get((f"#w{a}#d", "w"))
             if w is not None and w.held:
@@ -829,7 +843,13 @@ def run_ops(ops: list[tuple[str, int, int]], me: str = ME) -> tuple[H, list[Effe
             if f"#s{a}#d" not in h.members[G.senders]:
                 h.join(G.senders, f"#s{a}#d")
             h.disconnect(f"#s{a}#d")
-        out.extend(h.effects())
+        effects = h.effects()
+        for e in effects:
+            for a_ in e.entries if e.kind is Kind.ASSIGN else ():
+                w = h.m._workers.get((e.groups[0], a_.worker_id))
+                served = None if w is None else w.functions
+                assert served is None or a_.func in served, "a worker got a function it lacks"
+        out.extend(effects)
     return h, out
 
 
@@ -853,6 +873,18 @@ def test_invariants_hold_for_any_sequence(ops: list[tuple[str, int, int]]) -> No
                 running_at[tid] = w
     # no task is both queued and running
     assert not set(m.queued_ids()) & set(running_at)
+    # the active manager's index of workers with credit is exact: every worker with
+    # credit is filed in its crew, once, and the count of those filed is right
+    credit = m._credit
+    filed = [w for c in credit.crews.values() for pool in (c.free, c.extra) for w in pool.values()]
+    assert credit.open == len(filed) == len({w.key for w in filed})
+    for w in m._workers.values():
+        has_credit = not w.drained and len(w.held) + w.pending < w.capacity
+        assert has_credit == (w in filed), (w.key, has_credit)
+        assert w.crew is credit.crews[w.functions]
+    # a queued task's function is parked only if no worker that serves it has credit
+    for func in m._ready.parked:
+        assert not any(c.free or c.extra for c in credit.crews_for(func))
     # every ASSIGN went to a registered session with credit at the time: replay check
     for e in effects:
         if e.kind is Kind.ASSIGN:
@@ -902,16 +934,19 @@ def test_decisions_do_not_depend_on_hash_randomisation() -> None:
 # --------------------------------------------------------------------------- memory
 
 
-def test_a_queued_100_byte_task_costs_less_than_1kb() -> None:
-    h = ready_manager()
-    n = 20_000
+def bytes_per_queued_task(h: H, func: Any, priority: Any, n: int = 20_000) -> float:
+    """What the manager keeps per queued task of 100-byte arguments: ``n`` tasks, task
+    ``i`` of function ``func(i)`` and priority ``priority(i)``, in SUBMITs of 500."""
+    queued = h.m.queued
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for j in range(0, n, 500):
             # decoded the way the service gets them: fresh strings and bytes per task
             entries = [
-                Submit(f"{'ab' * 8}.{i}", "resize", os.urandom(100), None)
+                Submit(f"{'ab' * 8}.{i}", func(i), os.urandom(100), None)._replace(
+                    priority=priority(i)
+                )
                 for i in range(j, j + 500)
             ]
             h.msg("#sender#d", Kind.SUBMIT, entries)
@@ -920,9 +955,24 @@ def test_a_queued_100_byte_task_costs_less_than_1kb() -> None:
         after = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
-    assert h.m.queued == n
-    per_task = (after - before) / n
+    assert h.m.queued == queued + n
+    return (after - before) / n
+
+
+def test_a_queued_100_byte_task_costs_less_than_1kb() -> None:
+    per_task = bytes_per_queued_task(ready_manager(), lambda _: "resize", lambda _: None)
     assert per_task < 1024, per_task
+
+
+def test_queued_tasks_of_several_functions_and_priorities_cost_less_than_1kb() -> None:
+    """The same with routing and priorities in play: ten functions that the one
+    registered worker does not serve (their tasks wait aside), every priority level."""
+    h = ready_manager()
+    h.join(G.workers, "#w#d")
+    h.msg("#w#d", Kind.REGISTER, [Register("w", 1, (), functions=("other",))])
+    per_task = bytes_per_queued_task(h, lambda i: f"resize{i % 10}", lambda i: i % 10)
+    assert per_task < 1024, per_task
+    assert len(h.m._ready.parked) == 10
 
 
 def test_counters_have_their_documented_names() -> None:
@@ -946,10 +996,18 @@ def test_lifecycle_events_for_the_log() -> None:
     h.worker("#w#d", "w", capacity=2)
     h.worker("#w#d", "w", capacity=2)  # a re-registration is no news
     h.worker("#v#d", "v", capacity=1)
+    everything = "every function"
     assert events(h) == [
-        ("worker_registered", {"worker": "w@#w#d", "capacity": 2}),
-        ("worker_registered", {"worker": "v@#v#d", "capacity": 1}),
+        ("worker_registered", {"worker": "w@#w#d", "capacity": 2, "serves": everything}),
+        ("worker_registered", {"worker": "v@#v#d", "capacity": 1, "serves": everything}),
     ]
+    h.join(G.workers, "#u#d")
+    h.msg("#u#d", Kind.REGISTER, [Register("u", 1, (), functions=("g", "f"))])
+    assert events(h) == [
+        ("worker_registered", {"worker": "u@#u#d", "capacity": 1, "serves": "f, g"}),
+    ]
+    h.msg("#u#d", Kind.RETIRE, [Retire("u")])
+    assert [name for name, _ in events(h)] == ["worker_retired"]
     h.submit("#s#d", "t1", "t2", "t3")
     h.effects()
     h.msg("#v#d", Kind.REGISTER, [Register("v", 0, ("t2",))])  # drains

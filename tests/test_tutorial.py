@@ -41,9 +41,9 @@ def test_the_calc_queue_of_the_tutorial(tmp_path: Path) -> None:
             divided = rpc("divide", '{"a": 1, "b": 0}')
             assert divided.returncode == 1
             assert "the worker raised ZeroDivisionError: division by zero" in divided.stderr
-            unknown = rpc("sqrt", "2")
-            assert unknown.returncode == 1
-            assert "has no handler for 'sqrt'" in unknown.stderr
+            unknown = rpc("--timeout", "2", "sqrt", "2")
+            assert unknown.returncode == 3
+            assert "no worker serving function 'sqrt' was registered" in unknown.stderr
             slow = rpc("--timeout", "1", "slow", "3")
             assert slow.returncode == 3
             assert "no result within 1s" in slow.stderr

@@ -123,9 +123,14 @@ class BlockingSender:
 
     # ------------------------------------------------------------------ API
 
-    def submit(self, func: str, args: Any = None, *, timeout: float | None = None) -> str:
-        """Queue ``func(args)``; return its task id (see :meth:`Sender.submit`)."""
-        return self._call(self._sender.submit, func, args, timeout=timeout)  # type: ignore[no-any-return]
+    def submit(
+        self, func: str, args: Any = None, *, timeout: float | None = None, priority: int = 0
+    ) -> str:
+        """Queue ``func(args)``; return its task id (see :meth:`Sender.submit`).
+        ``priority``: 0 (the default) to 9, higher first."""
+        return self._call(  # type: ignore[no-any-return]
+            self._sender.submit, func, args, timeout=timeout, priority=priority
+        )
 
     def enqueue(
         self,
@@ -172,9 +177,12 @@ class BlockingSender:
         except DeferredTimeout:
             raise TimeoutError(f"no answer within {timeout:g}s") from None
 
-    def rpc(self, func: str, args: Any = None, *, timeout: float | None = 30.0) -> Any:
-        """Call ``func(args)`` on a worker and return its final answer (or raise)."""
-        return self._call(self._sender.rpc, func, args, timeout=timeout)
+    def rpc(
+        self, func: str, args: Any = None, *, timeout: float | None = 30.0, priority: int = 0
+    ) -> Any:
+        """Call ``func(args)`` on a worker and return its final answer (or raise).
+        ``priority``: 0 (the default) to 9, higher first."""
+        return self._call(self._sender.rpc, func, args, timeout=timeout, priority=priority)
 
     @property
     def pending(self) -> int:

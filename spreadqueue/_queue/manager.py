@@ -39,6 +39,7 @@ from .messages import (
 )
 from .names import queue_groups
 from .outbox import SERVICE, Turn, send
+from .ready import DEFAULT_AGING
 from .records import DeadLetter, Task
 from .state import Effect, Event, QueueManager
 from .stats import process_info
@@ -96,7 +97,8 @@ class ManagerService(Service):
     the active one goes. ``quorum`` is how many managers must be together for detached
     tasks to be dispatched (a majority of those you run across daemons, so that two
     sides of a partition never both run them); ``max_dead_letters`` bounds the dead
-    letters kept.
+    letters kept. ``priority_aging`` (seconds) is what one priority level is worth
+    in waiting time (docs/protocol.md, "Priorities"): the active manager's choice.
 
     It logs what an operator needs at 3 am: managers becoming active or standing by,
     workers registering, draining, leaving and being lost (info; a lost worker at
@@ -127,6 +129,7 @@ class ManagerService(Service):
         max_dead_letters: int = 10_000,
         journal: str | None = None,
         journal_sync: str = "full",
+        priority_aging: float = DEFAULT_AGING,
     ) -> None:
         self.groups = queue_groups(queue)
         self.name = f"spreadqueue-manager-{queue}"  # type: ignore[assignment]
@@ -157,6 +160,7 @@ class ManagerService(Service):
             "quorum": quorum,
             "max_dead_letters": max_dead_letters,
             "journaled": journal is not None,
+            "priority_aging": priority_aging,
         }
         self._journal = (
             None if journal is None else Journal(reactor, journal, queue, sync=journal_sync)
@@ -724,7 +728,7 @@ _EVENT_LOGS: Final = {
     ),
     "worker_registered": (
         "info",
-        "queue {queue}: worker {worker} registered (capacity {capacity})",
+        "queue {queue}: worker {worker} registered (capacity {capacity}; serves {serves})",
     ),
     "worker_draining": ("info", "queue {queue}: worker {worker} drains ({held} task(s) to finish)"),
     "worker_retired": ("info", "queue {queue}: worker {worker} left ({requeued} task(s) requeued)"),
@@ -744,4 +748,9 @@ _EVENT_LOGS: Final = {
         "(max_queued)",
     ),
     "no_workers": ("warn", "queue {queue}: {queued} task(s) queued and no worker registered"),
+    "unserved": (
+        "warn",
+        "queue {queue}: tasks of function {func} wait: none of the {workers} worker(s) that "
+        "take tasks serves it",
+    ),
 }

@@ -197,6 +197,8 @@ class Register(NamedTuple):
     ``hello`` (optional) is the id of the last HELLO the worker answered: a REGISTER
     that carries the id of a manager's HELLO lists every task the worker held when it
     read that HELLO, which makes its ``held`` list exact for that manager.
+    ``functions`` (optional) are the names of the functions it serves: the manager
+    gives it tasks of these functions only. None: every function.
     """
 
     worker_id: str
@@ -205,6 +207,7 @@ class Register(NamedTuple):
     slots: int | None = None
     burst: int | None = None
     hello: str | None = None
+    functions: tuple[str, ...] | None = None
 
 
 class Hello(NamedTuple):
@@ -585,17 +588,17 @@ def _opt_group(v: Any) -> str | None:
 
 
 def _functions(v: Any) -> tuple[str, ...] | None:
-    """The functions a worker serves (None: all of them)."""
+    """The functions a worker serves (None: all of them). A name that is no function
+    name (no task can have it) is left out, not the worker's whole declaration."""
     if v is None:
         return None
     if type(v) is not list or len(v) > MAX_FUNCTIONS:
         raise _Bad(f"expected an array of at most {MAX_FUNCTIONS} function names, got {_show(v)}")
-    return tuple(_func(f) for f in v)
+    return tuple(f for f in v if type(f) is str and 0 < len(f) <= MAX_FUNC)
 
 
 _task_id = _ident(MAX_TASK_ID)
 _worker_id = _ident(MAX_WORKER_ID)
-_func = _ident(MAX_FUNC)
 
 
 def _task_ids(v: Any) -> tuple[str, ...]:
@@ -674,6 +677,7 @@ _OPTIONAL: dict[Kind, tuple[Callable[[Any], Any], ...]] = {
         _opt_uint(MAX_CAPACITY),
         _opt_uint(MAX_CAPACITY),
         lambda v: None if v is None else _ident(MAX_TASK_ID)(v),
+        _functions,
     ),
     Kind.CANCEL: (_opt_bool,),
     Kind.RELEASE: (_opt_bool,),

@@ -12,9 +12,14 @@ Pure data and functions: no clock (times come in as arguments), no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
+
+from .messages import MAX_PRIORITY
+
+if TYPE_CHECKING:
+    from .credit import Crew
 
 __all__ = [
     "DeadLetter",
@@ -126,12 +131,15 @@ class Worker:
 
     ``pending`` (the active manager's own count, never replicated) is how many tasks it
     has proposed to this worker whose ASSIGN has not come back through the total
-    order yet: they use credit too.
+    order yet: they use credit too. ``crew`` and ``used`` are the active manager's
+    notes too: the workers it files with it (same functions) and when it was last
+    filed (:mod:`.credit`).
     """
 
     __slots__ = (
         "burst",
         "capacity",
+        "crew",
         "drained",
         "functions",
         "held",
@@ -141,6 +149,7 @@ class Worker:
         "registered_at",
         "session",
         "slots",
+        "used",
         "worker_id",
     )
 
@@ -160,6 +169,8 @@ class Worker:
         #: the functions it serves (None: every function)
         self.functions: frozenset[str] | None = None
         self.pending = 0
+        self.crew: Crew | None = None
+        self.used = 0
 
     @property
     def load(self) -> int:
@@ -425,6 +436,8 @@ def restore(data: bytes, now: float) -> Restored:
         for f in raw["tasks"]:
             (tid, func, args, reply_to, origin, detached, run_ms, deadline, expires) = f[:9]
             (not_before, priority, key, attempt, at, cancelled) = f[9:15]
+            if type(priority) is not int or not 0 <= priority <= MAX_PRIORITY:
+                raise ValueError(f"task {tid!r} has priority {priority!r}, not 0..{MAX_PRIORITY}")
             t = Task(
                 tid,
                 func,

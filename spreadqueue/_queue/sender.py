@@ -91,6 +91,7 @@ class _Pending:
         "deferred",
         "detached",
         "func",
+        "priority",
         "state",
         "task_id",
         "timeout",
@@ -112,6 +113,7 @@ class _Pending:
         self.timeout = timeout
         self.deadline = deadline
         self.deferred = deferred
+        self.priority = 0
         self.state = _BACKLOG
         self.acked_by: str | None = None
         self.ack_deadline = 0.0
@@ -281,26 +283,34 @@ class Sender:
 
     # ------------------------------------------------------------------ API
 
-    def submit(self, func: str, args: Any = None, *, timeout: float | None = None) -> str:
+    def submit(
+        self, func: str, args: Any = None, *, timeout: float | None = None, priority: int = 0
+    ) -> str:
         """Queue ``func(args)``; return its task id at once.
 
         The answer comes from :meth:`receive`. With ``timeout`` (seconds) the task
         fails with TaskTimeout if no final answer came by then, and the manager is
-        told to drop it. Raises TypeError (unserializable args), PayloadTooLarge,
-        ValueError (bad function name or timeout) and QueueError once stopped.
+        told to drop it. ``priority``: 0 (the default) to 9, higher first (FIFO within
+        a level; docs/protocol.md, "Dispatching"). Raises TypeError (unserializable
+        args), PayloadTooLarge, ValueError (bad function name, timeout or priority) and
+        QueueError once stopped.
         """
-        return self._submit(func, args, timeout, None)
+        return self._submit(func, args, timeout, None, priority=priority)
 
-    def rpc(self, func: str, args: Any = None, *, timeout: float | None = 30.0) -> Deferred[Any]:
+    def rpc(
+        self, func: str, args: Any = None, *, timeout: float | None = 30.0, priority: int = 0
+    ) -> Deferred[Any]:
         """Call ``func(args)`` on a worker; the Deferred fires with the final answer.
 
-        It fails with RemoteError, UnknownFunction, TaskTimeout, WorkerLost,
-        NoManager..., and can be cancelled (the manager is told to drop the task).
+        ``priority``: 0 (the default) to 9, higher first. It fails with RemoteError,
+        UnknownFunction, TaskTimeout (which says when no worker serves ``func``),
+        WorkerLost, NoManager..., and can be cancelled (the manager is told to drop the
+        task).
         """
         cell: list[str] = []
         d: Deferred[Any] = Deferred(lambda _: self._withdraw(cell[0]) if cell else None)
         try:
-            cell.append(self._submit(func, args, timeout, d))
+            cell.append(self._submit(func, args, timeout, d, priority=priority))
         except Exception:
             return fail()
         return d
@@ -403,6 +413,7 @@ class Sender:
         *,
         detached: tuple[Any, ...] | None = None,
         run_ms: int | None = None,
+        priority: int = 0,
     ) -> str:
         state = self._state
         if state == "stopped":
@@ -411,6 +422,8 @@ class Sender:
             raise ValueError(f"the function name must be a str of 1..{MAX_FUNC} characters")
         if timeout is not None and not 0 < timeout * 1000 <= MAX_TIMEOUT_MS:
             raise ValueError(f"timeout must be positive and at most {MAX_TIMEOUT_MS} ms")
+        if priority and not (type(priority) is int and 0 < priority <= MAX_PRIORITY):
+            raise ValueError(f"priority must be an int from 0 to {MAX_PRIORITY}")
         data = self._serializer.dumps(args)
         if len(data) > MAX_PAYLOAD:
             raise PayloadTooLarge(f"arguments of {len(data)} bytes; at most {MAX_PAYLOAD} fit")
@@ -418,6 +431,8 @@ class Sender:
         now = self._reactor.seconds()
         deadline = None if timeout is None else now + timeout
         p = _Pending(task_id, func, data, timeout, deadline, deferred)
+        if priority:
+            p.priority = priority
         if detached is not None:
             p.detached = detached
             p.timeout = None if run_ms is None else run_ms / 1000.0
@@ -450,7 +465,12 @@ class Sender:
         else:
             remaining = None if deadline is None else max(1, int((deadline - now) * 1000))
             submits = self._submits
-            submits.append(new_entry(Submit, (p.task_id, p.func, p.args, remaining, self._ack_ms)))
+            if p.priority:
+                fields = (p.task_id, p.func, p.args, remaining, self._ack_ms, None, None, None)
+                submits.append(new_entry(Submit, (*fields, None, p.priority)))
+            else:
+                entry = (p.task_id, p.func, p.args, remaining, self._ack_ms)
+                submits.append(new_entry(Submit, entry))
         ack_deadline = p.ack_deadline = now + self.ack_timeout
         self._acks.append((ack_deadline, p))
         if self._ack_timer is None:
@@ -515,8 +535,8 @@ class Sender:
         why = f"no result within {p.timeout:g}s"
         if p.workerless and p.state == _ACKED:
             why += (
-                f": queue {self.groups.queue!r} has a manager, but no worker was registered "
-                "when it queued the task"
+                f": queue {self.groups.queue!r} has a manager, but no worker serving "
+                f"function {p.func!r} was registered when it queued the task"
             )
         self._remove(p, cancel=True, timed_out=True)
         self._deliver(p, TaskTimeout(p.task_id, why))

@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .._spread.wire import CAUSED_BY_NETWORK, MembershipMessage, split_private_group
+from .credit import Credit, Crew
 from .interfaces import IAssignmentPolicy
 from .messages import (
     MAX_PAYLOAD,
+    MAX_PRIORITY,
     Ack,
     Assign,
     Cancel,
@@ -49,7 +51,7 @@ from .messages import (
 )
 from .names import QueueGroups
 from .policy import LeastRecentlyUsed
-from .ready import Ready
+from .ready import DEFAULT_AGING, Line, Ready
 from .records import (
     EXPIRING,
     DeadLetter,
@@ -102,9 +104,10 @@ class Event:
     ``activated`` (``hot``, ``tasks``, ``awaiting``), ``standby`` (``older``),
     ``synced`` (``tasks``, ``workers``, ``replayed``), ``stepped_down``
     (``resubmitted``), ``merged`` (``handed_over``), ``quorum`` (``managers``,
-    ``needed``, ``dispatching``); ``worker_registered`` (``worker``, ``capacity``),
+    ``needed``, ``dispatching``); ``worker_registered`` (``worker``, ``capacity``, ``serves``),
     ``worker_draining``, ``worker_retired`` and ``worker_lost`` (``worker``,
-    ``requeued``); ``task_failed`` (``task_id``, ``func``, ``worker``, ``reason``);
+    ``requeued``); ``unserved`` (``func``, ``workers``): tasks of a function no
+    registered worker serves; ``task_failed`` (``task_id``, ``func``, ``worker``, ``reason``);
     ``dead_letter`` (``task_id``, ``func``, ``reason``, ``error``); ``queue_full``
     (``refused``, ``limit``); ``no_workers`` (``queued``); ``control`` (``requester``,
     ``action``, ``target``, ``ok``, ``result``).
@@ -123,6 +126,17 @@ def _private_name(session: str) -> str:
     """The name part of a private group ``#name#daemon`` (the session itself if not one)."""
     parts = split_private_group(session.encode())
     return parts[0].decode() if parts else session
+
+
+def _serves(functions: frozenset[str] | None, most: int = 10) -> str:
+    """What a worker serves, for the log."""
+    if functions is None:
+        return "every function"
+    if not functions:
+        return "no function"
+    names = sorted(functions)
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _error_text(status: int, payload: Any) -> str:
@@ -149,6 +163,10 @@ _ROLE_EVENTS: Final = frozenset(
 _READ_ONLY: Final = frozenset({"dead-letters"})
 #: Dead letters a ``dead-letters`` control reply lists, at most.
 _DEAD_LIST_MAX: Final = 200
+#: Functions a status report lists under ``waiting``, at most (the most queued first).
+_WAITING_MAX: Final = 100
+#: Functions remembered as "said nobody serves it" (for the log), at most.
+_UNSERVED_MAX: Final = 1000
 
 _STATS: Final = (
     "submitted",
@@ -200,11 +218,16 @@ class QueueManager:
     joins asks the active one for the queue's state (SYNC_REQUEST, SYNC), then applies
     the same ordered input, so that it holds the same tasks and workers.
 
-    Dispatching prefers workers with a free slot (``slots``) over workers that would
-    only prefetch the task; among equals the least recently used one (or the
-    ``policy``'s choice among those candidates). A worker chosen takes up to its
-    ``burst`` tasks in a row (while it keeps a free slot, or, when no worker has one,
-    credit).
+    Dispatching takes the queued tasks by rank: priority first (0 to 9, higher first),
+    FIFO within a level, and each level worth ``priority_aging`` seconds of waiting, so
+    that low levels never starve (:mod:`.ready`). A task goes only to a worker that
+    serves its function (it declared the function when it registered, or declared
+    nothing); a task no such worker can take now waits without holding up the tasks
+    of other functions behind it. Among the workers that may take it, those with a
+    free slot (``slots``) come before those that would only prefetch it; among equals
+    the least recently used one (or the ``policy``'s choice among those candidates). A
+    worker chosen takes up to its ``burst`` tasks in a row (while it keeps a free
+    slot, or, when no worker has one, credit).
 
     ``ack_delay``: a SUBMIT that says how long its sender waits for the ACK
     (``ack_ms``) and that is assigned at once has its ACK held back for up to
@@ -235,9 +258,12 @@ class QueueManager:
         max_dead_letters: int = 10_000,
         max_tombstones: int = 100_000,
         journaled: bool = False,
+        priority_aging: float = DEFAULT_AGING,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if not 0 < priority_aging < math.inf:
+            raise ValueError("priority_aging must be a positive number of seconds")
         if quorum < 1:
             raise ValueError("quorum must be at least 1")
         self.groups = groups
@@ -265,7 +291,11 @@ class QueueManager:
         self._tasks: dict[str, Task] = {}
         self._queued = 0  # tasks not running anywhere
         self._workers: dict[WorkerKey, Worker] = {}
-        self._available = 0  # workers with a capacity above 0 (kept as they change)
+        # Workers with a capacity above 0 (kept as they change): all of them, those that
+        # serve every function, and by function those that declared it.
+        self._available = 0
+        self._available_all = 0
+        self._serving: dict[str, int] = {}
         self._by_session: dict[str, dict[WorkerKey, Worker]] = {}
         self._foreign: dict[str, Worker] = {}  # unknown task id -> worker holding it
         self._dead = DeadLetters(max_dead_letters)
@@ -288,9 +318,8 @@ class QueueManager:
         self._ended_since_split: list[str] | None = None
 
         # ---- the active manager's own state (never replicated)
-        self._ready = Ready()
-        self._free: dict[WorkerKey, Worker] = {}  # with a free slot, LRU first
-        self._extra: dict[WorkerKey, Worker] = {}  # with prefetch credit only, LRU first
+        self._ready = Ready(priority_aging)  # queued tasks, by function and rank
+        self._credit = Credit()  # workers with credit, by the functions they serve
         self._proposed: dict[WorkerKey, dict[str, Task]] = {}  # ASSIGNs on their way
         self._awaiting: dict[str, None] = {}  # worker sessions not yet re-registered
         self._grace_until = 0.0
@@ -311,6 +340,7 @@ class QueueManager:
         self._ever: dict[WorkerKey, None] = {}  # every worker registered (bounded)
         self._standby_for: str | None = None  # the active manager we last said we wait for
         self._said_no_workers = False
+        self._said_unserved: dict[str, None] = {}  # functions logged as served by nobody
 
     # ------------------------------------------------------------------ introspection
 
@@ -362,8 +392,18 @@ class QueueManager:
 
     @property
     def available_workers(self) -> int:
-        """Registered workers that take tasks (not draining): what ACKs tell senders."""
+        """Registered workers that take tasks (not draining)."""
         return self._available
+
+    def serving(self, func: str) -> int:
+        """Registered workers that take tasks (not draining) and serve ``func``: what
+        the ACK of a task of ``func`` tells its sender."""
+        return self._available_all + self._serving.get(func, 0)
+
+    @property
+    def priority_aging(self) -> float:
+        """Seconds of waiting one priority level is worth (docs/protocol.md)."""
+        return self._ready.aging
 
     def workers(self) -> list[tuple[WorkerKey, int, int]]:
         """``(key, capacity, held)`` of every registered worker, in registration order."""
@@ -447,10 +487,12 @@ class QueueManager:
         self._workers = got.workers
         self._foreign = got.foreign
         self._queued = sum(1 for t in got.tasks.values() if t.worker is None)
-        self._available = sum(1 for w in got.workers.values() if w.capacity)
         self._by_session = {}
+        self._available = self._available_all = 0
+        self._serving = {}
         for w in got.workers.values():
             self._by_session.setdefault(w.session, {})[w.key] = w
+            self._count(w, 1)
         self._dead = DeadLetters(self._dead.limit)
         for letter in got.dead:
             self._dead.add(letter)
@@ -692,9 +734,21 @@ class QueueManager:
     def status(self, now: float) -> dict[str, Any]:
         """What this manager knows, as plain data (docs/protocol.md, "Status")."""
         oldest = None
+        by_priority = [0] * (MAX_PRIORITY + 1)
+        waiting: dict[str, list[Any]] = {}  # function -> [queued, queued since]
         for t in self._tasks.values():
-            if t.worker is None and (oldest is None or t.queued_at < oldest):
-                oldest = t.queued_at
+            if t.worker is None:
+                queued_at = t.queued_at
+                if oldest is None or queued_at < oldest:
+                    oldest = queued_at
+                by_priority[t.priority] += 1
+                seen = waiting.get(t.func)
+                if seen is None:
+                    waiting[t.func] = [1, queued_at]
+                else:
+                    seen[0] += 1
+                    if queued_at < seen[1]:
+                        seen[1] = queued_at
         workers = []
         for w in self._workers.values():
             workers.append(
@@ -703,6 +757,7 @@ class QueueManager:
                     "session": w.session,
                     "capacity": w.capacity,
                     "slots": w.slots,
+                    "functions": None if w.functions is None else sorted(w.functions),
                     "held": len(w.held),
                     "drained": w.drained,
                     "registered_for": now - w.registered_at,
@@ -726,6 +781,17 @@ class QueueManager:
             "in_flight": self.running,
             "detached": held,
             "oldest_queued_for": None if oldest is None else now - oldest,
+            "queued_by_priority": by_priority,
+            "priority_aging": self._ready.aging,
+            "waiting": [
+                {
+                    "func": f,
+                    "queued": waiting[f][0],
+                    "oldest_for": now - waiting[f][1],
+                    "workers": self.serving(f),
+                }
+                for f in sorted(waiting, key=lambda f: (-waiting[f][0], f))[:_WAITING_MAX]
+            ],
             "max_queued": self.max_queued,
             "workers": workers,
             "workers_ever": len(self._ever),
@@ -1048,7 +1114,8 @@ class QueueManager:
         self._tasks = {}
         self._queued = 0
         self._workers = {}
-        self._available = 0
+        self._available = self._available_all = 0
+        self._serving = {}
         self._by_session = {}
         self._foreign = {}
         self._synced = False
@@ -1225,8 +1292,7 @@ class QueueManager:
             held = sum(1 for t in self._tasks.values() if t.detached)
             self._event("stepped_down", resubmitted=resubmitted, detached=held)
         self._ready.clear()
-        self._free.clear()
-        self._extra.clear()
+        self._credit.clear(self._workers)
         self._awaiting.clear()
         self._late_acks.clear()
         self._acked_senders.clear()
@@ -1245,6 +1311,7 @@ class QueueManager:
         self._sync_id = None
         self.stats["activations"] += 1
         self._said_no_workers = False
+        self._said_unserved.clear()
         self._next_sweep = now + self.sweep_interval
         self._ready.rebuild(t for t in self._tasks.values() if t.worker is None)
         for w in self._workers.values():
@@ -1316,7 +1383,8 @@ class QueueManager:
         detached_acks: list[Ack] = []
         hold: list[tuple[Task, float]] | None = None
         refused = 0
-        workers = self.available_workers
+        # ACKs say how many workers take tasks of the function (docs/protocol.md, ACK)
+        serve_all, serving = self._available_all, self._serving
         may_hold = self._active and self.ack_delay > 0 and sender in self._acked_senders
         tasks = self._tasks
         for e in entries:
@@ -1326,6 +1394,7 @@ class QueueManager:
             if known is not None:
                 if known.origin == sender or known.detached:
                     # A resubmission (after a manager change) of what we have: ack again.
+                    workers = serve_all + serving.get(e.func, 0)
                     (detached_acks if detached else acks).append(new_entry(Ack, (tid, workers)))
                     self.stats["duplicate_submits"] += 1
                 else:
@@ -1335,6 +1404,7 @@ class QueueManager:
                 # It ended already: resubmitted by a sender whose answer was on its way
                 # when its manager went, or handed over again by a manager that did not
                 # see it end. Acknowledge; do not run it twice.
+                workers = serve_all + serving.get(e.func, 0)
                 (detached_acks if detached else acks).append(new_entry(Ack, (tid, workers)))
                 self.stats["ended_before"] += 1
                 continue
@@ -1387,6 +1457,7 @@ class QueueManager:
                     t.priority = e.priority
             tasks[tid] = t
             self.stats["submitted"] += 1
+            workers = serve_all + serving.get(func, 0) if serving else serve_all
             if owner is not None:
                 # A worker told us it already runs this task (it was assigned by the
                 # manager before us): record it there instead of running it twice.
@@ -1395,6 +1466,8 @@ class QueueManager:
                 owner.held[tid] = t
             else:
                 self._add_queued(t)
+                if not workers and self._available:
+                    self._unserved(func)
                 if may_hold and not detached and e.ack_ms is not None:
                     delay = min(self.ack_delay, e.ack_ms / 4000.0)
                     if delay >= _MIN_ACK_HOLD:
@@ -1435,12 +1508,27 @@ class QueueManager:
         pending = t.pending
         if pending is not None and pending != EXPIRING and self._active:
             self._emit((pending[0],), Kind.CANCEL, Cancel(t.task_id))
+        if self._ready.parked:
+            self._ready.dropped(t, self._is_queued)
+
+    def _is_queued(self, t: Task) -> bool:
+        """``t`` is still queued (not dropped, not running, not on its way to a worker)."""
+        return t.worker is None and t.pending is None and self._tasks.get(t.task_id) is t
+
+    def _unserved(self, func: str) -> None:
+        """Say once (until the workers change) that tasks of ``func`` wait and no worker
+        that takes tasks serves it."""
+        said = self._said_unserved
+        if func not in said:
+            if len(said) >= _UNSERVED_MAX:
+                said.clear()
+            said[func] = None
+            self._event("unserved", func=func, workers=self._available)
 
     def _hold_acks(self, now: float, sender: str, hold: list[tuple[Task, float]]) -> None:
         """After dispatching: hold back the ACKs of the tasks now running somewhere
         (their results will do), send those of the tasks still queued."""
         acks: list[Ack] = []
-        workers = self.available_workers
         late = self._late_acks
         last = late[-1][0] if late else 0.0
         ordered = True
@@ -1452,7 +1540,7 @@ class QueueManager:
                 last = due
                 late.append((due, t))
             else:
-                acks.append(new_entry(Ack, (t.task_id, workers)))
+                acks.append(new_entry(Ack, (t.task_id, self.serving(t.func))))
         self.stats["acks_held"] += len(hold) - len(acks)
         if not ordered:
             # Senders wait for ACKs for different times: keep the list in due order.
@@ -1462,7 +1550,6 @@ class QueueManager:
 
     def _send_late_acks(self, now: float) -> None:
         late, tasks = self._late_acks, self._tasks
-        workers = self.available_workers
         saved = 0
         n = 0
         for due, t in late:
@@ -1470,7 +1557,8 @@ class QueueManager:
                 break
             n += 1
             if tasks.get(t.task_id) is t:
-                self._emit((t.reply_to,), Kind.ACK, new_entry(Ack, (t.task_id, workers)))
+                ack = new_entry(Ack, (t.task_id, self.serving(t.func)))
+                self._emit((t.reply_to,), Kind.ACK, ack)
             else:
                 saved += 1  # done (or failed, cancelled) first: no ACK needed
         del late[:n]
@@ -1501,17 +1589,30 @@ class QueueManager:
                 # (A REGISTER answering an older HELLO may miss what we assigned since.)
                 self._awaiting.pop(session, None)
             key = (session, e.worker_id)
+            functions = None if e.functions is None else frozenset(e.functions)
             w = self._workers.get(key)
             if w is None:
                 w = self._workers[key] = Worker(session, e.worker_id, now)
                 self._by_session.setdefault(session, {})[key] = w
                 if len(self._ever) < _EVER_MAX:
                     self._ever[key] = None
-                self._event("worker_registered", worker=_name(w), capacity=e.capacity)
+                self._event(
+                    "worker_registered",
+                    worker=_name(w),
+                    capacity=e.capacity,
+                    serves=_serves(functions),
+                )
                 self._said_no_workers = False
             elif w.capacity and not e.capacity:
                 self._event("worker_draining", worker=_name(w), held=len(w.held))
-            self._available += bool(e.capacity) - bool(w.capacity)
+            if bool(w.capacity) != bool(e.capacity) or functions != w.functions:
+                self._count(w, -1)
+                if functions != w.functions:
+                    self._credit.leave(w)  # (filed again below, with its new crew)
+                    w.functions = functions
+                    self._said_unserved.clear()
+                w.capacity = e.capacity
+                self._count(w, 1)
             w.capacity = e.capacity
             w.slots = e.capacity if e.slots is None else min(e.slots, e.capacity)
             w.burst = max(1, e.burst or 1)
@@ -1520,6 +1621,23 @@ class QueueManager:
             for tid in e.held:
                 self._adopt(w, tid)
             self._update_ready(w)
+
+    def _count(self, w: Worker, sign: int) -> None:
+        """Count ``w`` (``sign`` 1) among the workers that take tasks, or stop counting
+        it (-1): in all, and by the functions it serves."""
+        if not w.capacity:
+            return
+        self._available += sign
+        if w.functions is None:
+            self._available_all += sign
+            return
+        serving = self._serving
+        for f in sorted(w.functions):  # (sorted: the dict's order never follows hashes)
+            n = serving.get(f, 0) + sign
+            if n:
+                serving[f] = n
+            else:
+                del serving[f]
 
     def _adopt(self, w: Worker, tid: str) -> None:
         if tid in w.held:
@@ -1666,26 +1784,39 @@ class QueueManager:
     # ------------------------------------------------------------------ workers
 
     def _update_ready(self, w: Worker) -> None:
-        """File ``w`` with the workers that have a free slot, or prefetch credit only,
-        or neither (active manager only). A worker that changes list goes to its end
-        (least recently used first); one that stays keeps its place."""
+        """File ``w`` in its crew with the workers that have a free slot, or prefetch
+        credit only, or neither (active manager only). A worker that changes list goes
+        to its end (least recently used first); one that stays keeps its place. A
+        worker that gets credit brings back the waiting functions it serves."""
         if not self._active:
             return
+        credit = self._credit
+        crew = w.crew
+        if crew is None:
+            crew = credit.join(w)
         n, key = len(w.held) + w.pending, w.key
-        if w.drained:
-            self._free.pop(key, None)
-            self._extra.pop(key, None)
+        free, extra = crew.free, crew.extra
+        if w.drained or n >= w.capacity:
+            if free.pop(key, None) is not None or extra.pop(key, None) is not None:
+                credit.open -= 1
         elif n < w.slots:
-            if key not in self._free:
-                self._extra.pop(key, None)
-                self._free[key] = w
-        elif n < w.capacity:
-            if key not in self._extra:
-                self._free.pop(key, None)
-                self._extra[key] = w
-        else:
-            self._free.pop(key, None)
-            self._extra.pop(key, None)
+            if key not in free:
+                if extra.pop(key, None) is None:
+                    self._opened(crew)
+                credit.stamp = w.used = credit.stamp + 1
+                free[key] = w
+        elif key not in extra:
+            if free.pop(key, None) is None:
+                self._opened(crew)
+            credit.stamp = w.used = credit.stamp + 1
+            extra[key] = w
+
+    def _opened(self, crew: Crew) -> None:
+        """A worker of ``crew`` that had no credit has some: the functions it serves
+        may wait for it."""
+        self._credit.open += 1
+        if self._ready.parked:
+            self._ready.unpark(crew.functions)
 
     def _lose_session(self, session: str) -> list[Task]:
         workers = self._by_session.get(session)
@@ -1701,9 +1832,8 @@ class QueueManager:
 
     def _remove_worker(self, w: Worker) -> list[Task]:
         del self._workers[w.key]
-        self._available -= bool(w.capacity)
-        self._free.pop(w.key, None)
-        self._extra.pop(w.key, None)
+        self._count(w, -1)
+        self._credit.leave(w)
         for t in self._proposed.pop(w.key, {}).values():
             # Its ASSIGN will find no worker: the task is still queued everywhere.
             t.pending = None
@@ -1776,26 +1906,74 @@ class QueueManager:
     # ------------------------------------------------------------------ dispatch
 
     def _dispatch(self, now: float) -> None:
-        free, extra = self._free, self._extra
-        if not (self._active and self._queued and (free or extra)) or self.paused:
+        credit = self._credit
+        if not (self._active and self._queued and credit.open) or self.paused:
             return
+        ready = self._ready
+        order = ready.order
+        if not order:
+            return  # every function that has tasks waiting is served by no worker with credit
         if self._awaiting:
             if now < self._grace_until:
                 # After a takeover, wait for the workers to say what they still run,
                 # so resubmitted tasks are not started twice.
                 return
             self._awaiting.clear()
-        ready, tasks = self._ready, self._tasks
+        tasks = self._tasks
         detached_ok = self.has_quorum
+        if detached_ok and ready.held:
+            ready.unhold()
         replicating = self.replicating
         lru = self._lru
+        aging = ready.aging
+        gen = credit.gen
+        stamp = credit.stamp
         assigned = 0
         chosen: Worker | None = None  # the worker taking a burst, and how many more
         more = 0
-        while free or extra:
-            t = ready.pop(detached_ok)
+        # The function whose first task ranks best, and the crews of workers that serve
+        # it: chosen again for every task when several functions have tasks waiting,
+        # once when only one has (the common case), or when it is set aside.
+        line: Line | None = None
+        several = len(order) > 1
+        while credit.open:
+            if several or line is None:
+                if not order:
+                    break
+                line = order[0] if len(order) == 1 else ready.best()
+                if line is None:
+                    break
+                if line.gen != gen:
+                    line.crews = credit.crews_for(line.func)
+                    line.gen = gen
+                crews = line.crews
+                crew = crews[0] if len(crews) == 1 else None
+            if crew is not None:
+                # A worker with a free slot starts the task now; prefetch credit only
+                # when every slot is busy.
+                pool = crew.free or crew.extra
+                if not pool:
+                    ready.park(line)
+                    line, several = None, len(order) > 1
+                    continue
+            elif not any(c.free or c.extra for c in crews):
+                # No worker with credit serves it: it waits aside, and the functions
+                # behind it go on.
+                ready.park(line)
+                line, several = None, len(order) > 1
+                continue
+            t: Task | None
+            if line.mask == 1 and not line.late:
+                # The common case (Line.pop's first lines): priority 0 only, in key order.
+                level = line.levels[0]
+                t = level.popleft()  # type: ignore[union-attr]
+                if not level:
+                    line.mask = 0
+                    line.tops[0] = None
+            else:
+                t = line.pop(aging)
             if t is None:
-                break
+                break  # (the last line, empty: best() drops the others)
             if t.worker is not None or t.pending is not None or tasks.get(t.task_id) is not t:
                 continue  # cancelled, adopted or assigned since it was queued
             deadline = t.deadline
@@ -1808,10 +1986,14 @@ class QueueManager:
             if t.not_before is not None and t.not_before > now:
                 ready.delay(t, t.not_before)
                 continue
-            # A worker with a free slot starts the task now; prefetch credit only
-            # when every slot is busy.
-            pool = free if free else extra
-            if more and chosen is not None and chosen.key in pool:
+            if t.detached and not detached_ok:
+                ready.hold(t)
+                continue
+            if crew is None:
+                pool, key, burst = self._choose_among(crews, chosen if more else None)
+                if burst:
+                    more -= 1
+            elif more and chosen is not None and chosen.key in pool:
                 key = chosen.key  # the rest of its burst
                 more -= 1
             elif lru:
@@ -1851,18 +2033,53 @@ class QueueManager:
             else:
                 self._start(now, t, w)
                 okey = ((w.session,), Kind.ASSIGN, False, False)
+            # Filed again at the end of its list (least recently used first), or not.
             n = len(w.held) + w.pending
             if n < w.slots:
-                free[key] = w  # back at the end: least recently used first
+                stamp += 1
+                w.used = stamp
+                w.crew.free[key] = w
             elif n < w.capacity:
-                extra[key] = w
+                stamp += 1
+                w.used = stamp
+                w.crew.extra[key] = w
+            else:
+                credit.open -= 1
             batch = self._out.get(okey)
             if batch is None:
                 self._out[okey] = [entry]
             else:
                 batch.append(entry)
             assigned += 1
+        credit.stamp = stamp
         self.stats["assigned"] += assigned
+
+    def _choose_among(
+        self, crews: tuple[Crew, ...], chosen: Worker | None
+    ) -> tuple[dict[WorkerKey, Worker], WorkerKey, bool]:
+        """The worker of ``crews`` (several, one with credit at least) for the next task:
+        ``chosen`` if it is taking a burst and still qualifies, else the least recently
+        used one with a free slot, or with prefetch credit when none has a free slot
+        (or the policy's choice among those). Its pool, its key, and whether it was
+        the burst's."""
+        credit = self._credit
+        slot = any(c.free for c in crews)
+        if chosen is not None and chosen.crew in crews:
+            pool = chosen.crew.free if slot else chosen.crew.extra
+            if chosen.key in pool:
+                return pool, chosen.key, True
+        if self._lru:
+            least = credit.least_recent(crews)
+            assert least is not None
+            return least, next(iter(least)), False
+        candidates = credit.candidates(crews)
+        key = self._policy.choose([w.key for w in candidates])
+        for w in candidates:
+            if w.key == key:
+                crew = w.crew
+                assert crew is not None  # (a candidate is filed in its crew)
+                return (crew.free if key in crew.free else crew.extra), key, False
+        raise ValueError(f"assignment policy chose {key!r}, not a candidate")
 
     def _unpropose(self, key: WorkerKey, tid: str) -> None:
         """Our own assignment of task ``tid`` to worker ``key`` came back through the

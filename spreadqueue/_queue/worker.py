@@ -27,6 +27,8 @@ from .interfaces import ISerializer
 from .manager import ManagerService
 from .messages import (
     MAX_CAPACITY,
+    MAX_FUNC,
+    MAX_FUNCTIONS,
     MAX_PAYLOAD,
     MAX_TEXT,
     MESS_TYPE_BASE,
@@ -88,6 +90,10 @@ _NO_PREFETCH: Final = 0
 _PREFETCH: Final = 1
 _BURST: Final = 2
 _MAX_TRACEBACK: Final = 16 * 1024
+#: A worker lists the functions it serves in its REGISTER while their names take at
+#: most this many characters in all (and are at most MAX_FUNCTIONS); past that it
+#: declares nothing, which serves every function.
+_MAX_DECLARED: Final = 32 * 1024
 #: Seconds a worker lets a task run past its sender's timeout before it stops it: the
 #: sender gives up first and says so (TaskTimeout), instead of racing our CANCELLED.
 EXPIRY_GRACE: Final = 0.25
@@ -229,6 +235,10 @@ class Worker(Service):
     them instead of running them twice, and sends what waited. On a session that does
     not, the worker stops when it is lost (the manager requeues its tasks).
 
+    It tells the manager the names of its handlers when it registers (again whenever a
+    handler is added): the manager gives it tasks of those functions only
+    (docs/protocol.md, "Dispatching").
+
     Any number of workers (and senders, managers) may share one session.
     """
 
@@ -285,6 +295,7 @@ class Worker(Service):
         self._auto_manager = auto_manager
         self._pools: dict[str, ThreadPool | ProcessPool] = {}
         self._handlers: dict[str, tuple[Handler, bool, str]] = {}
+        self._declared: Any = _NOTHING  # what REGISTER says we serve (see _functions)
         self._running: dict[str, Task] = {}
         # prefetched tasks, not started yet: ids -> ASSIGN entry, and their FIFO
         # (entries whose id is no longer in _waiting are skipped)
@@ -340,9 +351,15 @@ class Worker(Service):
             _check_process_handler(name, fn, with_task)
         if not can_run(self._reactor, where):
             where = "reactor"  # e.g. task.Clock in tests: run inline, deterministically
+        new = name not in self._handlers
         self._handlers[name] = (fn, with_task, where)
         if where == "processes" and self._state in ("ready", "starting"):
             self._pool_of(where).start()
+        if new:
+            self._declared = _NOTHING  # listed anew at the next REGISTER
+            if self._state == "ready":
+                self._register()  # the manager learns that we serve it
+                self._turn.schedule()
 
     def handler(
         self, name: str, *, with_task: bool = False, pool: str | None = None
@@ -1031,21 +1048,36 @@ class Worker(Service):
         a REGISTER still listing it would make the manager count a credit for ever."""
         self._register_due = True
 
+    def _functions(self) -> tuple[str, ...] | None:
+        """The functions REGISTER says we serve: our handlers' names (those a task can
+        have), or None (every function) when they are too many to list."""
+        declared = self._declared
+        if declared is _NOTHING:
+            names = sorted(n for n in self._handlers if len(n) <= MAX_FUNC)
+            if len(names) > MAX_FUNCTIONS or sum(map(len, names)) > _MAX_DECLARED:
+                declared = None
+            else:
+                declared = tuple(names)
+            self._declared = declared
+        return declared  # type: ignore[no-any-return]
+
     def _registration(self) -> Register:
         held = (*self._running, *self._waiting)
         level, concurrency, hello = self._level, self.concurrency, self._hello
+        functions = self._functions()
+        wid = self.worker_id
         if self._state != "ready":
-            entry = Register(self.worker_id, 0, held, 0, None, hello)
+            entry = Register(wid, 0, held, 0, None, hello, functions)
         elif level == _NO_PREFETCH:
-            entry = Register(self.worker_id, concurrency, held, concurrency, None, hello)
+            entry = Register(wid, concurrency, held, concurrency, None, hello, functions)
         elif level == _PREFETCH:
             capacity = concurrency + self.prefetch
-            entry = Register(self.worker_id, capacity, held, concurrency, None, hello)
+            entry = Register(wid, capacity, held, concurrency, None, hello, functions)
         else:
             # Tasks so short that running a whole batch in a row delays none of them
             # noticeably: take bursts (fewer, fuller messages; fewer wake-ups).
             capacity = concurrency + self.prefetch
-            entry = Register(self.worker_id, capacity, held, capacity, capacity, hello)
+            entry = Register(wid, capacity, held, capacity, capacity, hello, functions)
         return entry
 
     def _flush(self) -> None:

@@ -10,6 +10,7 @@ from twisted.python import usage
 from .._defaults import default_queue, default_spread
 from .._queue.journal import SYNC_MODES
 from .._queue.names import validate_queue_name
+from .._queue.ready import DEFAULT_AGING
 from .common import (
     ExitOnSecondSignal,
     ReadyFileService,
@@ -115,6 +116,14 @@ def _parameters(embedded_default: str) -> list[list[Any]]:
             "Dead letters (detached tasks that failed for good) kept; the oldest go first.",
             int,
         ],
+        [
+            "priority-aging",
+            None,
+            DEFAULT_AGING,
+            "Seconds of waiting one priority level is worth: a task of priority p counts "
+            "as queued p times this earlier, so low levels are never starved.",
+            float,
+        ],
         ["ready-file", None, None, "Write this file once the manager is active."],
     ]
 
@@ -186,6 +195,8 @@ class _ManagerOptions(ServiceOptions):
             raise usage.UsageError(f"--journal-sync must be one of {', '.join(SYNC_MODES)}")
         if self["max-dead-letters"] < 1:
             raise usage.UsageError("--max-dead-letters must be at least 1")
+        if not 0 < self["priority-aging"] < float("inf"):
+            raise usage.UsageError("--priority-aging must be a number of seconds above 0")
 
 
 class Options(_ManagerOptions):
@@ -225,6 +236,7 @@ def makeService(options: dict[str, Any]) -> IService:
         journal=options["journal"],
         journal_sync=options["journal-sync"],
         max_dead_letters=options["max-dead-letters"],
+        priority_aging=options["priority-aging"],
         metrics=options["metrics"],
         web=options["web"],
         on_ready=ready,

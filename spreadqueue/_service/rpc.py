@@ -37,11 +37,25 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def _base_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """What rpc and submit share: FUNC, JSON, --queue, --spread."""
+    """What rpc and submit share: FUNC, JSON, --queue, --priority, --spread."""
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("func", metavar="FUNC", help="function name registered by the workers")
+    p.add_argument(
+        "func",
+        metavar="FUNC",
+        help="function name: only workers that serve it get the task (it waits until one "
+        "has room; spreadqueue status lists functions that no worker serves)",
+    )
     p.add_argument("args", metavar="JSON", nargs="?", default="null", help="arguments, as JSON")
     p.add_argument("--queue", "-q", default=None, help="queue [default: $SPREAD_QUEUE_NAME]")
+    p.add_argument(
+        "--priority",
+        "-p",
+        type=int,
+        default=0,
+        help=f"0 (default) to {MAX_PRIORITY}: higher levels run first, FIFO within a level; "
+        "each level counts as the manager's --priority-aging seconds (10) of waiting, so "
+        "low levels are never starved",
+    )
     p.add_argument(
         "--spread",
         "-s",
@@ -90,7 +104,6 @@ def _submit_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", "-t", type=float, default=None, help="cancel each run after this long"
     )
-    p.add_argument("--priority", "-p", type=int, default=0, help="0 (default) to 9, higher first")
     p.add_argument(
         "--wait",
         type=float,
@@ -100,7 +113,9 @@ def _submit_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _call(reactor: Any, spread: str, queue: str, func: str, args: Any, timeout: float) -> Any:
+async def _call(
+    reactor: Any, spread: str, queue: str, func: str, args: Any, timeout: float, priority: int
+) -> Any:
     from .._queue.sender import Sender
     from .._spread.client import connect
 
@@ -109,7 +124,7 @@ async def _call(reactor: Any, spread: str, queue: str, func: str, args: Any, tim
     # Acknowledgements come well before results: half the timeout names a missing manager.
     sender = Sender(reactor, session, queue, ack_timeout=min(timeout / 2, 5.0))
     try:
-        return await sender.rpc(func, args, timeout=timeout)
+        return await sender.rpc(func, args, timeout=timeout, priority=priority)
     finally:
         await sender.stop()
         await session.disconnect()
@@ -157,6 +172,8 @@ def _checked(options: argparse.Namespace, prog: str) -> tuple[str, Any, str] | i
         args = json.loads(options.args)
     except ValueError as e:
         return usage_error(f"ARGS is not JSON: {e}")
+    if not 0 <= options.priority <= MAX_PRIORITY:
+        return usage_error(f"--priority must be from 0 to {MAX_PRIORITY}")
     for name in ("timeout", "ttl", "delay", "wait"):
         value = getattr(options, name, None)
         if value is not None and not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_MS / 1000):
@@ -238,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog,
         spread,
         lambda reactor: Deferred.fromCoroutine(
-            _call(reactor, spread, queue, options.func, args, options.timeout)
+            _call(reactor, spread, queue, options.func, args, options.timeout, options.priority)
         ),
         lambda result: print(to_json(result)),
     )
@@ -274,9 +291,6 @@ def submit_main(argv: Sequence[str] | None = None) -> int:
     if isinstance(checked, int):
         return checked
     queue, _args, spread = checked
-    if not 0 <= options.priority <= MAX_PRIORITY:
-        print(f"{prog}: --priority must be from 0 to {MAX_PRIORITY}", file=sys.stderr)
-        return EXIT_USAGE
     return _run(
         prog,
         spread,

@@ -60,13 +60,17 @@ def _percent(value: float | None) -> str:
 
 
 def render(status: dict[str, Any]) -> Group:
-    """The tables of one queue's status: summary, managers, workers, functions."""
+    """The tables of one queue's status: summary, managers, workers, the functions
+    tasks wait for, functions."""
     active = status["active"]
     parts: list[Any] = [
         _headline(status),
         _managers_table(status["managers"]),
         _workers_table(status["workers"]),
     ]
+    waiting = (active or {}).get("waiting") or []
+    if waiting:
+        parts.append(_waiting_table(waiting))
     functions = (active or {}).get("functions") or {}
     if functions:
         parts.append(_functions_table(functions))
@@ -129,6 +133,13 @@ def _headline(status: dict[str, Any]) -> Text:
             f"\n  {active.get('detached', 0)} detached task(s) held, "
             f"{dead.get('count', 0)} dead letter(s)"
         )
+    for w in (active.get("waiting") or [])[:5]:
+        if not w["workers"]:
+            title.append(
+                f"\n  waiting for function {w['func']}: no worker serves it "
+                f"({w['queued']} task(s), the oldest for {_seconds(w['oldest_for'])})",
+                style="bold red",
+            )
     quorum = active.get("quorum") or {}
     if quorum and not quorum.get("dispatching_detached", True):
         title.append(
@@ -177,6 +188,7 @@ def _workers_table(workers: list[dict[str, Any]]) -> Table:
         "pool",
         "host:pid",
         "RSS",
+        "serves",
         title="workers",
         title_justify="left",
     )
@@ -201,7 +213,42 @@ def _workers_table(workers: list[dict[str, Any]]) -> Table:
             _pools(report),
             f"{proc.get('host', '?')}:{proc.get('pid', '?')}",
             _bytes(proc.get("rss_bytes")),
+            _serves(w),
         )
+    return table
+
+
+def _serves(worker: dict[str, Any]) -> str:
+    """The functions a worker serves, as the manager routes to it (its own report when
+    the manager's says nothing: an older manager, or a worker it does not know)."""
+    if "functions" in worker:
+        functions = worker["functions"]
+    else:
+        functions = (worker.get("report") or {}).get("functions")
+        if functions is None:
+            return "?"
+    if functions is None:
+        return "all"
+    shown = ", ".join(functions[:4])
+    return f"{shown} +{len(functions) - 4}" if len(functions) > 4 else shown or "none"
+
+
+def _waiting_table(waiting: list[dict[str, Any]]) -> Table:
+    table = Table(
+        "function",
+        "queued",
+        "oldest",
+        "workers serving it",
+        title="waiting (queued tasks by function)",
+        title_justify="left",
+    )
+    for w in waiting:
+        served = (
+            Text(str(w["workers"]))
+            if w["workers"]
+            else Text("none: no worker serves it", style="bold red")
+        )
+        table.add_row(w["func"], str(w["queued"]), _seconds(w["oldest_for"]), served)
     return table
 
 

@@ -159,6 +159,11 @@ function render(s) {
   fill("failures", failures.map(f => [
     seconds(f.ago) + " ago", [f.task_id, "mono"], f.func, [f.worker, "mono"], [f.error, "error"],
   ]), "none");
+  const waiting = active ? (active.waiting || []) : [];
+  fill("waiting", waiting.map(w => [
+    [w.func, "mono"], w.queued, seconds(w.oldest_for),
+    w.workers ? w.workers : ["none: no worker serves it", "error"],
+  ]), "nothing waits");
 
   plot("plot-depth", [{key: "depth", name: "queued"}, {key: "inflight", name: "in flight"}], {fmt: v => v.toFixed(0)});
   plot("plot-rate", [{key: "done", name: "done/s"}, {key: "failed", name: "failed/s", cls: "bad"}], {fmt: v => v.toFixed(0)});
