@@ -300,6 +300,35 @@ class Sender(_Member):
         ``priority``: 0 (the default) to 9, higher first."""
         return self._sender.submit(func, args, timeout=timeout, priority=priority)
 
+    async def enqueue(
+        self,
+        func: str,
+        args: Any = None,
+        *,
+        reply_to: str | None = None,
+        ttl: float | None = None,
+        delay: float | None = None,
+        run_at: float | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> str:
+        """Queue ``func(args)`` as a detached task; return its id once the queue's
+        managers hold it: it runs even after this program has ended (see
+        :meth:`spreadqueue.Sender.enqueue` for the options and what "held" means)."""
+        task_id: str = await self._wait(
+            self._sender.enqueue(
+                func,
+                args,
+                reply_to=reply_to,
+                ttl=ttl,
+                delay=delay,
+                run_at=run_at,
+                timeout=timeout,
+                priority=priority,
+            )
+        )
+        return task_id
+
     async def receive(self) -> Reply:
         """The next answer to a :meth:`submit` ted call: a :class:`~spreadqueue.Reply`,
         or the call's failure raised (its ``task_id`` says which call)."""

@@ -225,6 +225,24 @@ def test_rpc_submit_and_receive_with_coroutine_and_thread_handlers(run: Any) -> 
     run(main())
 
 
+def test_enqueue_holds_a_detached_task_that_runs_later(run: Any) -> None:
+    async def main() -> None:
+        async with fake_queue() as session:
+            ran = asyncio.Event()
+
+            async def job(n: int) -> None:
+                assert n == 7
+                ran.set()
+
+            sender = session.sender("q")
+            task_id = await sender.enqueue("job", 7, ttl=60)  # held: no worker yet
+            assert isinstance(task_id, str) and sender.pending == 0
+            await session.worker("q", {"job": job}).start()
+            await asyncio.wait_for(ran.wait(), 5)
+
+    run(main())
+
+
 def test_failures_are_the_queue_s_own_exceptions(run: Any) -> None:
     async def main() -> None:
         async with fake_queue() as session:
