@@ -177,7 +177,7 @@ class Ready:
     by function.
     """
 
-    __slots__ = ("_delayed", "aging", "held", "lines", "order", "parked")
+    __slots__ = ("aging", "delayed", "held", "lines", "order", "parked")
 
     def __init__(self, aging: float = DEFAULT_AGING) -> None:
         if not aging > 0:
@@ -192,7 +192,7 @@ class Ready:
         #: detached tasks met while the manager had no quorum, in the order met
         self.held: list[Task] = []
         # tasks whose start time is still ahead: a heap by that time
-        self._delayed: list[tuple[float, int, Task]] = []
+        self.delayed: list[tuple[float, int, Task]] = []
 
     def __len__(self) -> int:
         """Entries (stale ones included) that :meth:`pop` may give, held ones too."""
@@ -203,7 +203,7 @@ class Ready:
         self.order.clear()
         self.parked.clear()
         self.held.clear()
-        self._delayed.clear()
+        self.delayed.clear()
 
     def rebuild(self, tasks: Iterable[Task]) -> None:
         """Start again from ``tasks`` (the queued ones, any order)."""
@@ -249,15 +249,11 @@ class Ready:
 
     def delay(self, t: Task, until: float) -> None:
         """Keep ``t`` out of the order until ``until`` (its start time)."""
-        heapq.heappush(self._delayed, (until, id(t), t))
-
-    def next_delayed(self) -> float | None:
-        """When the next delayed task is due (None: none waits)."""
-        return self._delayed[0][0] if self._delayed else None
+        heapq.heappush(self.delayed, (until, id(t), t))
 
     def release_due(self, now: float) -> int:
         """Put the delayed tasks whose time has come back in order; how many."""
-        delayed, n = self._delayed, 0
+        delayed, n = self.delayed, 0
         while delayed and delayed[0][0] <= now:
             _, _, t = heapq.heappop(delayed)
             self.put_back(t)
@@ -266,7 +262,7 @@ class Ready:
 
     def waiting(self) -> int:
         """Tasks whose start time is still ahead (stale entries included)."""
-        return len(self._delayed)
+        return len(self.delayed)
 
     # ------------------------------------------------------------------ lines
 

@@ -836,9 +836,9 @@ class QueueManager:
             return None
         late = self._late_acks
         due = late[0][0] if late else None
-        delayed = self._ready.next_delayed()
-        if delayed is not None and (due is None or delayed < due):
-            due = delayed
+        delayed = self._ready.delayed
+        if delayed and (due is None or delayed[0][0] < due):
+            due = delayed[0][0]
         return due
 
     # ------------------------------------------------------------------ inputs
@@ -881,73 +881,6 @@ class QueueManager:
             else:
                 self.stats["ignored_unsynced"] += 1
             return
-        self._apply(now, sender, kind, entries, groups)
-
-    def on_sync(self, now: float, sender: str, entries: Sequence[Any]) -> None:
-        """SYNC entries delivered to our private group: the queue's state, in parts."""
-        self._last_now = now
-        if self._synced or self._sync_id is None or sender not in self._older:
-            return
-        count = None
-        for e in entries:
-            if e.request_id == self._sync_id:
-                self._chunks[e.part] = e.chunk
-                count = e.parts
-        if count is None or len(self._chunks) < count:
-            return
-        data = b"".join(self._chunks.get(i, b"") for i in range(count))
-        buffered, self._buffer = self._buffer or [], None
-        self._chunks = {}
-        self._sync_id = None
-        try:
-            self._load(now, data)
-        except ValueError as e:
-            self._event("sync_refused", source=sender, error=str(e))
-            return  # we ask again when the manager group changes
-        self._synced = True
-        self._offer = []
-        self.stats["syncs_loaded"] += 1
-        for item in buffered:
-            self._replay(now, item)
-        self._event(
-            "synced",
-            tasks=len(self._tasks),
-            workers=len(self._workers),
-            replayed=len(buffered),
-            source=sender,
-        )
-        self._update_activity(now)
-
-    def _replay(self, now: float, item: tuple[Any, ...]) -> None:
-        what = item[0]
-        if what == "message":
-            self._apply(now, *item[1:])
-        elif what == "workers_lost":
-            self._workers_lost(now, item[1])
-        elif what == "senders_lost":
-            self._senders_lost(item[1])
-
-    def tick(self, now: float) -> None:
-        """Let time pass: end the re-registration grace, expire queued tasks whose time
-        ran out, start delayed tasks that are due, send the held acknowledgements."""
-        self._last_now = now
-        if not self._active:
-            return
-        late = self._late_acks
-        if late and late[0][0] <= now:
-            self._send_late_acks(now)
-        self._ready.release_due(now)
-        if now >= self._next_sweep:
-            self._next_sweep = now + self.sweep_interval
-            self._sweep(now)
-        self._dispatch(now)
-
-    # ------------------------------------------------------------------ applying
-
-    def _apply(
-        self, now: float, sender: str, kind: Kind, entries: Sequence[Any], groups: Sequence[str]
-    ) -> None:
-        """One message, at its place in the total order (every synced manager)."""
         if kind is Kind.SUBMIT:
             hold = self._submit(now, sender, entries)
             if self._active:
@@ -999,6 +932,67 @@ class QueueManager:
             return
         if self._active:
             self._dispatch(now)
+
+    def on_sync(self, now: float, sender: str, entries: Sequence[Any]) -> None:
+        """SYNC entries delivered to our private group: the queue's state, in parts."""
+        self._last_now = now
+        if self._synced or self._sync_id is None or sender not in self._older:
+            return
+        count = None
+        for e in entries:
+            if e.request_id == self._sync_id:
+                self._chunks[e.part] = e.chunk
+                count = e.parts
+        if count is None or len(self._chunks) < count:
+            return
+        data = b"".join(self._chunks.get(i, b"") for i in range(count))
+        buffered, self._buffer = self._buffer or [], None
+        self._chunks = {}
+        self._sync_id = None
+        try:
+            self._load(now, data)
+        except ValueError as e:
+            self._event("sync_refused", source=sender, error=str(e))
+            return  # we ask again when the manager group changes
+        self._synced = True
+        self._offer = []
+        self.stats["syncs_loaded"] += 1
+        for item in buffered:
+            self._replay(now, item)
+        self._event(
+            "synced",
+            tasks=len(self._tasks),
+            workers=len(self._workers),
+            replayed=len(buffered),
+            source=sender,
+        )
+        self._update_activity(now)
+
+    def _replay(self, now: float, item: tuple[Any, ...]) -> None:
+        what = item[0]
+        if what == "message":
+            self.on_message(now, *item[1:])  # (synced by now: it applies)
+        elif what == "workers_lost":
+            self._workers_lost(now, item[1])
+        elif what == "senders_lost":
+            self._senders_lost(item[1])
+
+    def tick(self, now: float) -> None:
+        """Let time pass: end the re-registration grace, expire queued tasks whose time
+        ran out, start delayed tasks that are due, send the held acknowledgements."""
+        self._last_now = now
+        if not self._active:
+            return
+        late = self._late_acks
+        if late and late[0][0] <= now:
+            self._send_late_acks(now)
+        self._ready.release_due(now)
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.sweep_interval
+            self._sweep(now)
+        self._dispatch(now)
+
+    # ------------------------------------------------------------------ applying
 
     def _from_manager(self, sender: str) -> bool:
         """Decisions count from this manager or an older one (an active manager)."""
@@ -1465,7 +1459,15 @@ class QueueManager:
                 t.attempt = 1
                 owner.held[tid] = t
             else:
-                self._add_queued(t)
+                # (as _add_queued, inline: once per task)
+                tasks[tid] = t
+                self._queued += 1
+                if self._active:
+                    nb = t.not_before
+                    if nb is not None and nb > now:
+                        self._ready.delay(t, nb)
+                    else:
+                        self._ready.add(t)
                 if not workers and self._available:
                     self._unserved(func)
                 if may_hold and not detached and e.ack_ms is not None:
@@ -1695,7 +1697,14 @@ class QueueManager:
                 if t.detached:
                     reason = "unknown_function" if result.status != Status.ERROR else "failed"
                     self._dead_letter(t, reason, error)
-            self._ended(t)
+            if t.detached or self._ended_since_split is not None:
+                self._ended(t)
+            else:
+                # _ended's common case, inline (once per task)
+                ended = self._tombstones
+                if len(ended) >= ended.limit:
+                    del ended[next(iter(ended))]
+                ended[tid] = None
         else:
             if self._foreign.get(tid) is w:
                 del self._foreign[tid]
@@ -1802,21 +1811,19 @@ class QueueManager:
         elif n < w.slots:
             if key not in free:
                 if extra.pop(key, None) is None:
-                    self._opened(crew)
+                    # it had no credit: the functions it serves may wait for it
+                    credit.open += 1
+                    if self._ready.parked:
+                        self._ready.unpark(crew.functions)
                 credit.stamp = w.used = credit.stamp + 1
                 free[key] = w
         elif key not in extra:
             if free.pop(key, None) is None:
-                self._opened(crew)
+                credit.open += 1
+                if self._ready.parked:
+                    self._ready.unpark(crew.functions)
             credit.stamp = w.used = credit.stamp + 1
             extra[key] = w
-
-    def _opened(self, crew: Crew) -> None:
-        """A worker of ``crew`` that had no credit has some: the functions it serves
-        may wait for it."""
-        self._credit.open += 1
-        if self._ready.parked:
-            self._ready.unpark(crew.functions)
 
     def _lose_session(self, session: str) -> list[Task]:
         workers = self._by_session.get(session)
@@ -1920,10 +1927,11 @@ class QueueManager:
                 return
             self._awaiting.clear()
         tasks = self._tasks
-        detached_ok = self.has_quorum
+        managers = len(self._mgr_members)
+        detached_ok = managers >= self.quorum
         if detached_ok and ready.held:
             ready.unhold()
-        replicating = self.replicating
+        replicating = managers > 1
         lru = self._lru
         aging = ready.aging
         gen = credit.gen
@@ -2031,7 +2039,17 @@ class QueueManager:
                     False,
                 )
             else:
-                self._start(now, t, w)
+                # Alone: applied now (as _start does; inline: this is the hot path).
+                t.worker = w
+                t.attempt += 1
+                t.assigned_at = now
+                w.idle_since = None
+                w.held[t.task_id] = t
+                self._queued -= 1
+                fstats = self._functions.get(t.func)
+                if fstats is None:
+                    fstats = self._function(t.func)
+                fstats.wait.add(now - t.queued_at)
                 okey = ((w.session,), Kind.ASSIGN, False, False)
             # Filed again at the end of its list (least recently used first), or not.
             n = len(w.held) + w.pending
