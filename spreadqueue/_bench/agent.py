@@ -51,6 +51,8 @@ from .._queue.worker import Task, Worker
 from .._spread.client import connect
 from .._spread.daemon import SpreadDaemonService
 from .._spread.local import local_session
+from .._service.reactors import DEFAULT as DEFAULT_REACTOR
+from .._service.reactors import REACTORS, install_reactor
 from .._spread.session import SpreadSession
 from . import handlers
 from .channel import ControlChannel
@@ -318,6 +320,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--victim", action="store_true", help="worker: hold 'hold' tasks")
     p.add_argument("--pool", default="threads", help="worker: where block and spin run")
     p.add_argument("--loop", default="asyncio", help="aio-sender: asyncio or uvloop")
+    p.add_argument(
+        "--reactor", default=DEFAULT_REACTOR, choices=list(REACTORS), help="the Twisted reactor"
+    )
     return p
 
 
@@ -384,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .aio_agent import run  # no Twisted reactor in this one
 
         return run(options)
+    install_reactor(options.reactor)
     # Logs to stderr (the parent keeps them in a file); stdout is the control channel.
     globalLogBeginner.beginLoggingTo(
         [

@@ -17,7 +17,16 @@ from twisted.application.service import IService
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.python import usage
 
+from .reactors import DEFAULT as DEFAULT_REACTOR
+from .reactors import REACTORS, install_reactor
+
 EXIT_USAGE = 2
+
+_REACTOR_HELP = (
+    "      --reactor=     the Twisted reactor: "
+    + ", ".join(REACTORS)
+    + f" [default: {DEFAULT_REACTOR}]"
+)
 
 #: What a tap module gives: its Options class and makeService.
 MakeService = Callable[[Any], IService]
@@ -29,6 +38,7 @@ def parse(options: usage.Options, args: Sequence[str], prog: str) -> int | None:
     options.synopsis = f"Usage: {prog} {getattr(options, 'synopsis', '[options]')}"  # type: ignore[attr-defined]
     if any(a in ("-h", "--help") for a in args):
         print(str(options).rstrip())
+        print(_REACTOR_HELP)
         return 0
     try:
         options.parseOptions(list(args))
@@ -46,9 +56,19 @@ def run(
 ) -> int:
     """Parse ``args``, build the service, run it until it is stopped; the exit status."""
     options = options_class()
+    try:
+        name, args = take_reactor(args)
+    except ValueError as e:
+        print(f"{prog}: {e}\n{prog} --help lists the options.", file=sys.stderr)
+        return EXIT_USAGE
     done = parse(options, args, prog)
     if done is not None:
         return done
+    try:
+        install_reactor(name)
+    except ImportError as e:
+        print(f"{prog}: --reactor {name} needs {e.name or 'a module'} installed", file=sys.stderr)
+        return EXIT_USAGE
     from twisted.internet import reactor
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
@@ -58,3 +78,24 @@ def run(
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     return 0
+
+
+def take_reactor(args: Sequence[str]) -> tuple[str, list[str]]:
+    """``--reactor NAME`` (or ``--reactor=NAME``) taken out of ``args``: ``(NAME, the
+    other arguments)``, NAME the default when absent; ValueError for an unknown name."""
+    name = DEFAULT_REACTOR
+    rest: list[str] = []
+    it = iter(args)
+    for arg in it:
+        if arg == "--":
+            rest.append(arg)
+            rest.extend(it)
+        elif arg == "--reactor":
+            name = next(it, "")
+        elif arg.startswith("--reactor="):
+            name = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+    if name not in REACTORS:
+        raise ValueError(f"--reactor must be one of {', '.join(REACTORS)}, not {name!r}")
+    return name, rest
