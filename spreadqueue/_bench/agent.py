@@ -48,11 +48,11 @@ from twisted.logger import (
 from .._queue.manager import ManagerService
 from .._queue.sender import Sender
 from .._queue.worker import Task, Worker
+from .._service.reactors import DEFAULT as DEFAULT_REACTOR
+from .._service.reactors import REACTORS, install_reactor
 from .._spread.client import connect
 from .._spread.daemon import SpreadDaemonService
 from .._spread.local import local_session
-from .._service.reactors import DEFAULT as DEFAULT_REACTOR
-from .._service.reactors import REACTORS, install_reactor
 from .._spread.session import SpreadSession
 from . import handlers
 from .channel import ControlChannel

@@ -38,8 +38,8 @@ __all__ = [
     "TWIST_REACTOR_ARGS",
     "install",
     "install_reactor",
-    "uvloop_installer",
     "lean_available",
+    "uvloop_installer",
 ]
 
 #: The names ``--reactor`` takes, with what each is.
