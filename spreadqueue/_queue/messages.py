@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, overload
 
 import msgpack
@@ -336,9 +335,12 @@ class Decide(NamedTuple):
     d: str
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A decoded queue message."""
+class Message(NamedTuple):
+    """A decoded queue message.
+
+    (A NamedTuple, not a frozen dataclass: one is built per message received, and a
+    frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per field.)
+    """
 
     kind: Kind
     entries: list[Any]
@@ -944,5 +946,6 @@ def decode(mess_type: int, data: bytes) -> Message:
     if fast is not None:
         parsed = fast(entries)
         if parsed is not None:
-            return Message(kind, parsed)
-    return Message(kind, _parse_entries(kind, entries))
+            # tuple.__new__, as new_entry: no Python frame per message decoded
+            return tuple.__new__(Message, (kind, parsed))
+    return tuple.__new__(Message, (kind, _parse_entries(kind, entries)))

@@ -18,7 +18,9 @@ calls made during the read their ``system`` prefix; :class:`twisted.logger.Logge
 events (all of spreadqueue's) never read it. So ``lean`` calls ``doRead`` directly, with
 the same checks (a descriptor whose ``fileno()`` is -1 is dropped, an exception is
 logged and disconnects it, a true result disconnects it), and leaves every other event
-(writable, hang-up, error) to Twisted's own code, unchanged.
+(writable, hang-up, error) to Twisted's own code, unchanged. It also lets the embedded
+daemon bracket the events of one wake-up (:meth:`add_poll_bracket`): with many clients
+readable at once, each connection then gets one write for all of them.
 
 :func:`install_reactor` is what the commands call. For twistd and twist, two reactor
 plugins: ``twistd --reactor spreadqueue-lean ...`` (this module's :func:`install`) and
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from collections.abc import Callable
 from typing import Any, Final
 
 __all__ = [
@@ -84,6 +87,23 @@ def _lean_class() -> type[Any]:
         """Twisted's epoll reactor; a plain read event calls ``doRead`` directly
         (see the module doc)."""
 
+        def __init__(self) -> None:
+            self._brackets: list[tuple[Callable[[], object], Callable[[], object]]] = []
+            super().__init__()
+
+        def add_poll_bracket(self, begin: Callable[[], object], end: Callable[[], object]) -> None:
+            """Call ``begin()`` before and ``end()`` after the events of each wake-up
+            that has several (the embedded daemon holds its writes until all the reads
+            of one wake-up are handled: one write per connection per wake-up)."""
+            self._brackets.append((begin, end))
+
+        def remove_poll_bracket(
+            self, begin: Callable[[], object], end: Callable[[], object]
+        ) -> None:
+            """Stop calling what :meth:`add_poll_bracket` added."""
+            if (begin, end) in self._brackets:
+                self._brackets.remove((begin, end))
+
         def doPoll(self, timeout: float | None) -> None:
             if timeout is None:
                 timeout = -1
@@ -93,6 +113,19 @@ def _lean_class() -> type[Any]:
                 if err.errno == errno.EINTR:
                     return
                 raise
+            if len(events) > 1 and self._brackets:
+                brackets = list(self._brackets)
+                for begin, _ in brackets:
+                    begin()
+                try:
+                    self._handle(events)
+                finally:
+                    for _, end in reversed(brackets):
+                        end()
+            else:
+                self._handle(events)
+
+        def _handle(self, events: list[tuple[int, int]]) -> None:
             selectables = self._selectables
             general = self._doReadOrWrite
             for fd, event in events:
