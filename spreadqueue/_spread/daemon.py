@@ -28,8 +28,9 @@ Writes are coalesced: every read is one :class:`~spreadqueue._spread.batch.Deliv
 wake-up with several readable connections is one), and what it produces for a
 connection goes out in one write when it has been handled, straight to the socket
 when Twisted has nothing buffered for it (:mod:`.output`: no extra reactor turn per
-write); then in-process sessions (:mod:`.local`) get their frames. Deliveries outside a read (an in-process
-session sending from a timer) are coalesced the same way on the next reactor turn.
+write); then in-process sessions (:mod:`.local`) get their frames. Deliveries
+outside a read (an in-process session sending from a timer) are coalesced the same
+way on the next reactor turn.
 Data messages in libspread's own form (little-endian, canonical names) are routed by
 their raw destination fields and forwarded as the very bytes received
 (:class:`~spreadqueue._spread.wire.Relay`): no frame is built and nothing re-encoded.
