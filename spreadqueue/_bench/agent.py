@@ -50,6 +50,7 @@ from .._queue.sender import Sender
 from .._queue.worker import Task, Worker
 from .._service.reactors import DEFAULT as DEFAULT_REACTOR
 from .._service.reactors import REACTORS, install_reactor
+from .._service.runner import freeze_startup_objects
 from .._spread.client import connect
 from .._spread.daemon import SpreadDaemonService
 from .._spread.local import local_session
@@ -369,6 +370,7 @@ async def _serve(reactor: Any, options: argparse.Namespace) -> None:
     else:
         role = RawRole(reactor, session, channel)
     extra = await role.start()
+    freeze_startup_objects()  # as the commands do (spreadqueue._service.runner)
     channel.emit(
         "ready", pid=os.getpid(), private_group=session.private_group, **extra, **colocated
     )

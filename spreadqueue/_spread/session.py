@@ -572,8 +572,21 @@ class SpreadSession:
         batch = self._batch
         batch.begin()
         try:
-            for frame in frames:
-                self.frame_received(frame)
+            if self._delivering:
+                # re-entrant (an in-process link delivering from inside a listener):
+                # after the frame being dispatched, as frame_received does
+                self._backlog.extend(frames)
+                return
+            # frame_received() per frame, inlined: this runs once per read
+            self._delivering = True
+            backlog = self._backlog
+            try:
+                for frame in frames:
+                    self._deliver(frame)
+                    while backlog:
+                        self._deliver(backlog.popleft())
+            finally:
+                self._delivering = False
         finally:
             batch.end()
 

@@ -610,6 +610,9 @@ class ClientDecoder:
             return None, 0
         group = bytes(buf[2 + nver : 2 + nver + glen]).decode("latin-1")
         self._state = "messages"
+        # From now on feed() only hands each read to the message stream: let it be
+        # that stream's feed (one call less per read; the state never changes again).
+        self.feed = self._messages.feed  # type: ignore[method-assign]
         self._messages.offset = self._offset + 2 + nver + glen
         return Accepted(version, group), 2 + nver + glen
 
@@ -871,6 +874,7 @@ class DaemonDecoder:
         self._sender_str = self._sender.decode("latin-1")
         self._sender_field = pad_name(self._sender)
         self._state = "messages"
+        self.feed = self._messages.feed  # type: ignore[method-assign]  (see ClientDecoder)
         if self._scan is not None:
             self._messages.scan = self._scan
             self._messages.scan_args = (self._sender_field, self._strict_size)
