@@ -112,3 +112,16 @@ def test_the_lean_reactor_behaves_as_twisteds_epoll_reactor() -> None:
     assert lean["echo"] == ["hello", "world"] and lean["split"] == "parted"
     assert lean["errors"] == ["boom in dataReceived"]
     assert lean["brackets_balanced"] is True
+
+
+def test_twistd_can_install_our_reactors_by_name() -> None:
+    """``twistd --reactor spreadqueue-lean`` / ``spreadqueue-uvloop``: the plugins are
+    found, and what each names has the ``install`` twistd calls."""
+    from twisted.application.reactors import getReactorTypes
+    from twisted.python.reflect import namedAny
+
+    ours = {r.shortName: r for r in getReactorTypes() if r.shortName.startswith("spreadqueue")}
+    assert set(ours) == {"spreadqueue-lean", "spreadqueue-uvloop"}
+    for installer in ours.values():
+        assert callable(namedAny(installer.moduleName).install)  # type: ignore[attr-defined]
+    assert namedAny(ours["spreadqueue-uvloop"].moduleName).name == "uvloop"  # type: ignore[attr-defined]

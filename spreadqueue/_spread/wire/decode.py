@@ -874,7 +874,8 @@ class DaemonDecoder:
         self._sender_str = self._sender.decode("latin-1")
         self._sender_field = pad_name(self._sender)
         self._state = "messages"
-        self.feed = self._messages.feed  # type: ignore[method-assign]  (see ClientDecoder)
+        # (as in ClientDecoder: feed() is the message stream's from now on)
+        self.feed = self._messages.feed  # type: ignore[method-assign]
         if self._scan is not None:
             self._messages.scan = self._scan
             self._messages.scan_args = (self._sender_field, self._strict_size)
