@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.error import ReactorAlreadyInstalledError
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.python import usage
 
@@ -57,19 +58,29 @@ def run(
 ) -> int:
     """Parse ``args``, build the service, run it until it is stopped; the exit status."""
     options = options_class()
+    explicit = any(a == "--reactor" or a.startswith("--reactor=") for a in args)
     try:
         name, args = take_reactor(args)
     except ValueError as e:
         print(f"{prog}: {e}\n{prog} --help lists the options.", file=sys.stderr)
         return EXIT_USAGE
+    if not any(a in ("-h", "--help") for a in args):
+        # Before the options are parsed: parsing imports the handlers' modules, which
+        # may import twisted.internet.reactor (installing the default one).
+        try:
+            install_reactor(name)
+        except ImportError as e:
+            print(f"{prog}: --reactor {name} needs {e.name or 'a module'}", file=sys.stderr)
+            return EXIT_USAGE
+        except ReactorAlreadyInstalledError:
+            # Something imported twisted.internet.reactor first (e.g. sitecustomize):
+            # keep that reactor, unless one was asked for by name.
+            if explicit:
+                print(f"{prog}: --reactor {name}: a reactor is installed already", file=sys.stderr)
+                return EXIT_USAGE
     done = parse(options, args, prog)
     if done is not None:
         return done
-    try:
-        install_reactor(name)
-    except ImportError as e:
-        print(f"{prog}: --reactor {name} needs {e.name or 'a module'} installed", file=sys.stderr)
-        return EXIT_USAGE
     from twisted.internet import reactor
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
