@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,25 @@ def test_twistd_can_install_our_reactors_by_name() -> None:
     for installer in ours.values():
         assert callable(namedAny(installer.moduleName).install)  # type: ignore[attr-defined]
     assert namedAny(ours["spreadqueue-uvloop"].moduleName).name == "uvloop"  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind (callgrind)")
+def test_percall_counts_a_roles_instructions_per_rpc() -> None:
+    """``python -m spreadqueue._bench.percall sender``: the three processes run, the
+    sender under callgrind twice, and the difference is printed per rpc."""
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "spreadqueue._bench.percall", "sender", "--small", "5"]
+        + ["--large", "15"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    words = proc.stdout.split()
+    assert words[0] == "sender:" and words[2:5] == ["instructions", "per", "rpc"]
+    assert 10_000 < int(words[1].replace(",", "")) < 10_000_000
