@@ -136,8 +136,7 @@ def test_percall_counts_a_roles_instructions_per_rpc() -> None:
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "spreadqueue._bench.percall", "sender", "--small", "5"]
-        + ["--large", "15"],
+        [sys.executable, "-m", "spreadqueue._bench.percall", "sender", "--small=5", "--large=15"],
         capture_output=True,
         text=True,
         timeout=600,
