@@ -745,3 +745,50 @@ def test_one_group_dispatch_agrees_with_the_general_dispatch(
         return calls
 
     assert run(general=False) == run(general=True)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    registrations=st.lists(
+        st.tuples(st.sampled_from(["g1", "g2", "g3"]), st.integers(0, 2)), max_size=8
+    ),
+    frames=st.lists(
+        st.lists(st.sampled_from(["g1", "g2", "g3", "g4"]), min_size=1, max_size=3),
+        max_size=6,
+    ),
+)
+def test_several_group_frames_dispatch_as_the_general_dispatch(
+    registrations: list[tuple[str, int]], frames: list[list[str]]
+) -> None:
+    """A frame to several groups of which only one has listeners takes the one-group
+    path: the same listeners in the same order, with the same removals taking effect,
+    as the general path (which every other frame takes anyway)."""
+
+    def run(general: bool) -> list[tuple[int, bytes]]:
+        session, _ = make()
+        calls: list[tuple[int, bytes]] = []
+        listeners: list[Any] = []
+
+        def listener_of(i: int, group: str, action: int) -> Any:
+            def listener(frame: Any) -> None:
+                calls.append((i, frame.data))
+                if action == 1:
+                    raise RuntimeError("boom")
+                if action == 2:
+                    session.remove_listener(listeners[(i + 1) % len(listeners)], group)
+
+            return listener
+
+        for i, (group, action) in enumerate(registrations):
+            listeners.append(listener_of(i, group, action))
+            session.add_listener(listeners[-1], group)
+        with capturedLogs():
+            for i, groups in enumerate(frames):
+                frame = regular(tuple(groups), str(i).encode())
+                if general:
+                    session._dispatch_many(frame, frame.groups)
+                else:
+                    session.frame_received(frame)
+        return calls
+
+    assert run(general=False) == run(general=True)
