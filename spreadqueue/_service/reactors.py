@@ -146,7 +146,12 @@ def _lean_class() -> type[Any]:
                     why = sys.exc_info()[1]
                     log.err()
                 if why:
-                    self._disconnectSelectable(selectable, why, True)
+                    try:
+                        self._disconnectSelectable(selectable, why, True)
+                    except KeyboardInterrupt:
+                        raise
+                    except BaseException:
+                        log.err()  # as callWithLogger does around the general path
 
         doIteration = doPoll
 
