@@ -137,17 +137,19 @@ def _lean_class() -> type[Any]:
                     log.callWithLogger(selectable, general, selectable, fd, event)
                     continue
                 # What _doReadOrWrite does for a read event, without the log context.
+                in_read = False
                 try:
                     if selectable.fileno() == -1:
                         why: Any = fd_lost
                     else:
                         why = selectable.doRead()
+                        in_read = True
                 except BaseException:
                     why = sys.exc_info()[1]
                     log.err()
                 if why:
                     try:
-                        self._disconnectSelectable(selectable, why, True)
+                        self._disconnectSelectable(selectable, why, in_read)
                     except KeyboardInterrupt:
                         raise
                     except BaseException:
