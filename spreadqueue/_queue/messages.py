@@ -13,6 +13,7 @@ wrong types, unknown kind or version, oversized claims) it raises
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, overload
 
@@ -912,6 +913,42 @@ _FAST: dict[Kind, Callable[[list[Any]], list[Any] | None]] = {
 _KINDS: Final = {int(k): k for k in Kind}
 
 
+def _load_entries() -> Any:
+    """The compiled entry checks (``_entries.c``), or None: not built, or
+    SPREADQUEUE_PURE set (as for the Spread decoders)."""
+    if os.environ.get("SPREADQUEUE_PURE", "") not in ("", "0"):
+        return None
+    try:
+        from . import _entries  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    _entries.setup(
+        Submit,
+        Ack,
+        Assign,
+        Result,
+        Done,
+        _good_groups,
+        (
+            MAX_TASK_ID,
+            MAX_WORKER_ID,
+            MAX_FUNC,
+            MAX_PAYLOAD,
+            MAX_TIMEOUT_MS,
+            MAX_ATTEMPT,
+            MAX_WORKERS,
+        ),
+    )
+    return _entries
+
+
+_compiled = _load_entries()
+#: The kinds the compiled checks take (the same as _fast_*, which are the reference).
+_COMPILED_KINDS: Final = frozenset(
+    int(k) for k in (Kind.SUBMIT, Kind.ACK, Kind.ASSIGN, Kind.RESULT, Kind.DONE)
+)
+
+
 def decode(mess_type: int, data: bytes) -> Message:
     """Decode one queue message; raise MalformedMessage for anything off-protocol."""
     raw = mess_type - MESS_TYPE_BASE
@@ -942,6 +979,11 @@ def decode(mess_type: int, data: bytes) -> Message:
         )
     if type(entries) is not list:
         raise MalformedMessage(f"{kind.name} entries are not an array: {_show(entries)}")
+    if _compiled is not None and raw in _COMPILED_KINDS:
+        # the same entries _fast_* build, or None: they decide (and name any problem)
+        parsed = _compiled.parse(raw, entries)
+        if parsed is not None:
+            return tuple.__new__(Message, (kind, parsed))
     fast = _FAST.get(kind)
     if fast is not None:
         parsed = fast(entries)
