@@ -13,13 +13,13 @@ wrong types, unknown kind or version, oversized claims) it raises
 from __future__ import annotations
 
 import enum
-import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, overload
 
 import msgpack
 
 from .._spread import wire
+from .._spread.wire.decode import pure_requested
 from .errors import MalformedMessage, PayloadTooLarge
 
 __all__ = [
@@ -916,7 +916,7 @@ _KINDS: Final = {int(k): k for k in Kind}
 def _load_entries() -> Any:
     """The compiled entry checks (``_entries.c``), or None: not built, or
     SPREADQUEUE_PURE set (as for the Spread decoders)."""
-    if os.environ.get("SPREADQUEUE_PURE", "") not in ("", "0"):
+    if pure_requested():
         return None
     try:
         from . import _entries  # type: ignore[attr-defined]

@@ -96,10 +96,16 @@ from .names import (
 )
 
 
+def pure_requested() -> bool:
+    """True when SPREADQUEUE_PURE is set to anything but ``""`` or ``0``: compiled fast
+    paths (this module's, the queue messages') stay unused."""
+    return os.environ.get("SPREADQUEUE_PURE", "") not in ("", "0")
+
+
 def _load_speedups() -> Any:
-    """The compiled scanners (``_speedups.c``), or None: not built, or SPREADQUEUE_PURE
-    set to anything but ``""`` or ``0``."""
-    if os.environ.get("SPREADQUEUE_PURE", "") not in ("", "0"):
+    """The compiled scanners (``_speedups.c``), or None: not built, or
+    :func:`pure_requested`."""
+    if pure_requested():
         return None
     try:
         from . import _speedups  # type: ignore[attr-defined]
