@@ -72,3 +72,28 @@ def test_clear_forgets_everything_and_stops_the_timer() -> None:
     assert clock.getDelayedCalls() == [] and len(deadlines) == 0
     clock.advance(2.0)
     assert due == []
+
+
+def test_items_finished_in_deadline_order_leave_the_heap_at_once() -> None:
+    """The usual case (one timeout for every call): a finished item at the top is
+    dropped when it is done, so the heap holds no finished item for long (nor what
+    it references)."""
+    clock, due, deadlines = make()
+    items = [Item(str(i)) for i in range(10)]
+    for i, item in enumerate(items):
+        deadlines.add(100.0 + i, item)
+    for item in items[:6]:
+        item.finished = True
+        deadlines.done()
+    assert [entry[2] for entry in sorted(deadlines._heap)] == items[6:]
+    # one finished out of order stays until the items before it are done
+    items[8].finished = True
+    deadlines.done()
+    assert len(deadlines._heap) == 4 and len(deadlines) == 3
+    items[6].finished = True
+    items[7].finished = True
+    deadlines.done()
+    deadlines.done()
+    assert [entry[2] for entry in deadlines._heap] == [items[9]]
+    clock.advance(200.0)
+    assert due == ["9"]

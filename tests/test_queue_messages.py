@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zope.interface.verify import verifyObject
 
+from spreadqueue._queue import messages
 from spreadqueue._queue.errors import MalformedMessage, PayloadTooLarge, QueueNameError
 from spreadqueue._queue.interfaces import IAssignmentPolicy, ISerializer
 from spreadqueue._queue.messages import (
@@ -415,6 +416,50 @@ def test_fast_paths_agree_with_the_general_parser_on_random_entries(
     if fast is not None:
         assert fast == general
         assert [type(e) for e in fast] == [type(e) for e in general]
+
+
+@pytest.mark.skipif(messages._compiled is None, reason="the compiled entry checks are not built")
+@settings(max_examples=3000, deadline=None, derandomize=True)
+@given(kind=st.sampled_from(sorted(_FAST, key=int)), entries=_hot_entries)
+def test_the_compiled_checks_agree_with_the_fast_paths(
+    kind: Kind, entries: list[list[object]]
+) -> None:
+    """_entries.c builds what the Python fast path builds (the same values, of the same
+    types), and gives up wherever the Python fast path does (it may give up more
+    often: then the Python code decides)."""
+    python = _FAST[kind](entries)  # first: an ASSIGN's reply_to is checked and remembered
+    compiled = messages._compiled.parse(int(kind), entries)
+    if int(kind) not in messages._COMPILED_KINDS:
+        assert compiled is None
+        return
+    if python is None:
+        assert compiled is None
+        return
+    if compiled is not None:
+        assert compiled == python
+        assert [type(e) for e in compiled] == [type(e) for e in python]
+        for c, p in zip(compiled, python, strict=True):
+            assert [type(v) for v in c] == [type(v) for v in p]
+
+
+def test_the_compiled_checks_take_the_usual_messages() -> None:
+    """Not a test that passes with the Python path twice: the hot kinds' usual entries
+    come back from the compiled checks, which decode then uses."""
+    if messages._compiled is None:
+        pytest.skip("the compiled entry checks are not built")
+    usual = {
+        Kind.SUBMIT: [["s.1", "f", b"a", 30000, 5000], ["s.2", "f", b"", None]],
+        Kind.ACK: [["s.1", 2], ["s.2"]],
+        Kind.RESULT: [["s.1", "w1", True, 0, b"r"], ["s.2", "w1", False, 3, None]],
+        Kind.DONE: [["w1", "s.1"]],
+    }
+    for kind, entries in usual.items():
+        built = messages._compiled.parse(int(kind), entries)
+        assert built is not None and built == _FAST[kind](entries)
+        assert decode(mess_type(kind), envelope(entries)).entries == built
+    assign = [["w1", "s.1", "f", b"a", "#snd#host", 1, None]]
+    _FAST[Kind.ASSIGN](assign)  # the reply_to is checked once, by the Python path
+    assert messages._compiled.parse(int(Kind.ASSIGN), assign) == _FAST[Kind.ASSIGN](assign)
 
 
 def test_an_ack_of_the_first_revision_says_nothing_of_workers() -> None:

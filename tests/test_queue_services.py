@@ -805,6 +805,29 @@ def test_finished_tasks_do_not_pile_up_in_the_timeout_heap(net: Net) -> None:
     assert len(sender._deadlines) <= 1024
 
 
+def test_the_ack_timer_does_not_come_due_per_call(net: Net) -> None:
+    """Calls answered long before their acknowledgement deadline leave the deadlines
+    as they are answered: past the first deadline, the timer does not come due once
+    per call to find each one answered (it used to, with sequential calls)."""
+    net.manager()
+    net.worker({"echo": echo})
+    sender = net.sender(ack_timeout=1.0)
+    checks = []
+    check_acks = sender._check_acks
+
+    def counted() -> None:
+        checks.append(net.clock.seconds())
+        check_acks()
+
+    sender._check_acks = counted  # type: ignore[method-assign]
+    for i in range(300):  # sequential calls, 3 seconds of them
+        d = sender.rpc("echo", i)
+        net.advance(0.01)
+        assert fired(d) == i
+    assert len(checks) <= 6, checks
+    assert len(sender._acks) <= 1
+
+
 # --------------------------------------------------------------------------- found end to end
 # Regressions for bugs the process-level tests (tests/test_e2e_queue.py) found.
 

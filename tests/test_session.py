@@ -7,6 +7,7 @@ the very same class.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -701,47 +702,84 @@ def test_whenwritable_cancel() -> None:
     session.resume_writing()
 
 
+def _listeners_called(
+    registrations: list[tuple[str, int]],
+    frames: list[tuple[str, ...]],
+    deliver: Callable[[SpreadSession, Any], None],
+) -> list[tuple[int, bytes]]:
+    """The calls of listeners registered as ``registrations`` say, each frame (to the
+    groups of ``frames``) given to ``deliver(session, frame)``.
+
+    Listener ``i`` records its calls; with action 1 it raises, with action 2 it removes
+    listener ``i + 1`` from its own group.
+    """
+    session, _ = make()
+    calls: list[tuple[int, bytes]] = []
+    listeners: list[Any] = []
+
+    def listener_of(i: int, group: str, action: int) -> Any:
+        def listener(frame: Any) -> None:
+            calls.append((i, frame.data))
+            if action == 1:
+                raise RuntimeError("boom")
+            if action == 2:
+                session.remove_listener(listeners[(i + 1) % len(listeners)], group)
+
+        return listener
+
+    for i, (group, action) in enumerate(registrations):
+        listeners.append(listener_of(i, group, action))
+        session.add_listener(listeners[-1], group)
+    with capturedLogs():
+        for i, groups in enumerate(frames):
+            deliver(session, regular(groups, str(i).encode()))
+    return calls
+
+
+def _received(session: SpreadSession, frame: Any) -> None:
+    session.frame_received(frame)
+
+
+def _general(session: SpreadSession, frame: Any) -> None:
+    session._dispatch_many(frame, frame.groups)
+
+
+_REGISTRATIONS = st.lists(
+    st.tuples(st.sampled_from(["g1", "g2", "g3"]), st.integers(0, 2)), max_size=8
+)
+
+
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(
-    registrations=st.lists(
-        st.tuples(st.sampled_from(["g1", "g2", "g3"]), st.integers(0, 2)), max_size=8
-    ),
+    registrations=_REGISTRATIONS,
     frames=st.lists(st.sampled_from(["g1", "g2", "g3", "g4"]), max_size=6),
 )
 def test_one_group_dispatch_agrees_with_the_general_dispatch(
     registrations: list[tuple[str, int]], frames: list[str]
 ) -> None:
     """The one-group fast path calls the same listeners in the same order, with the
-    same removals taking effect, as the general path does for the same frames.
+    same removals taking effect, as the general path does for the same frames."""
+    one = [(group,) for group in frames]
+    assert _listeners_called(registrations, one, _received) == _listeners_called(
+        registrations, one, _general
+    )
 
-    Listener ``i`` records its calls; with action 1 it raises, with action 2 it removes
-    listener ``i + 1`` from its own group.
-    """
 
-    def run(general: bool) -> list[tuple[int, bytes]]:
-        session, _ = make()
-        calls: list[tuple[int, bytes]] = []
-        listeners: list[Any] = []
-
-        def listener_of(i: int, group: str, action: int) -> Any:
-            def listener(frame: Any) -> None:
-                calls.append((i, frame.data))
-                if action == 1:
-                    raise RuntimeError("boom")
-                if action == 2:
-                    session.remove_listener(listeners[(i + 1) % len(listeners)], group)
-
-            return listener
-
-        for i, (group, action) in enumerate(registrations):
-            listeners.append(listener_of(i, group, action))
-            session.add_listener(listeners[-1], group)
-        if general:
-            many = session._dispatch_many
-            session._dispatch = lambda frame, group: many(frame, (group,))  # type: ignore[method-assign]
-        with capturedLogs():
-            for i, group in enumerate(frames):
-                session.frame_received(regular((group,), str(i).encode()))
-        return calls
-
-    assert run(general=False) == run(general=True)
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    registrations=_REGISTRATIONS,
+    frames=st.lists(
+        st.lists(st.sampled_from(["g1", "g2", "g3", "g4"]), min_size=1, max_size=3),
+        max_size=6,
+    ),
+)
+def test_several_group_frames_dispatch_as_the_general_dispatch(
+    registrations: list[tuple[str, int]], frames: list[list[str]]
+) -> None:
+    """A frame to several groups of which only one has listeners takes the one-group
+    path: the same listeners in the same order, with the same removals taking effect,
+    as the general path (which every other frame takes anyway)."""
+    several = [tuple(groups) for groups in frames]
+    assert _listeners_called(registrations, several, _received) == _listeners_called(
+        registrations, several, _general
+    )

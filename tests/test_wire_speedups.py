@@ -186,6 +186,48 @@ def test_the_fast_path_is_taken() -> None:
     assert [type(f) for f in frames] == [wire.Relay] * 3 and "_relay" not in calls
 
 
+@SETTINGS
+@given(hs.data())
+def test_decode_relay_paths_agree(data: Any) -> None:
+    """decode_relay takes the compiled scanner's frame when it takes the message whole,
+    else the reference path decides: the same frame, or the same error."""
+    units = data.draw(hs.lists(messages(sender=None), min_size=1, max_size=2))
+    buf = b"".join(units)
+    try:
+        expected: Any = decode._decode_relay(buf)
+    except Exception as e:  # WireError, or struct.error for less than a header
+        expected = (type(e), str(e))
+    try:
+        got: Any = wire.decode_relay(buf)
+    except Exception as e:
+        got = (type(e), str(e))
+    assert got == expected
+
+
+def test_several_groups_come_from_the_cache_and_stay_right() -> None:
+    """Destination lists of several groups are remembered by their bytes (the last
+    one, and a dict): the same tuple object again, and different fields never get the
+    remembered tuple of others."""
+    client = _client_decoder(True, 10_000)
+    a = wire.encode_to_client(wire.RegularMessage(0x10, ME, (ME, "Q-mgr"), 1, b"x"))
+    b = wire.encode_to_client(wire.RegularMessage(0x10, ME, ("grp", "Q-mgr"), 1, b"y"))
+    c = wire.encode_to_client(wire.RegularMessage(0x10, ME, ("grp", "Q-mgr", ME), 1, b"z"))
+    frames = client.feed(a + a + b + a + c + c + b)
+    assert [f.groups for f in frames] == [
+        (ME, "Q-mgr"),
+        (ME, "Q-mgr"),
+        ("grp", "Q-mgr"),
+        (ME, "Q-mgr"),
+        ("grp", "Q-mgr", ME),
+        ("grp", "Q-mgr", ME),
+        ("grp", "Q-mgr"),
+    ]
+    assert frames[0].groups is frames[1].groups is frames[3].groups
+    assert frames[2].groups is frames[6].groups
+    pure = _client_decoder(False, 10_000).feed(a + a + b + a + c + c + b)
+    assert frames == pure
+
+
 def test_pure_can_be_forced() -> None:
     """accelerated=False never calls the compiled scanner."""
     assert wire.ClientDecoder(accelerated=False)._messages.scan is None

@@ -63,6 +63,9 @@ from .._queue.messages import Kind, mess_type
 from .._queue.names import queue_groups
 from .._queue.sender import Sender
 from .._queue.worker import Task, Worker
+from .._service.reactors import DEFAULT as DEFAULT_REACTOR
+from .._service.reactors import REACTORS, install_reactor
+from .._service.runner import freeze_startup_objects
 from .._spread.client import connect
 from .._spread.daemon import SpreadDaemonService
 from .._spread.local import local_session
@@ -485,6 +488,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--journal-sync", default="full", help="manager: full or normal")
     p.add_argument("--pool", default="threads", help="worker: where block and spin run")
     p.add_argument("--loop", default="asyncio", help="aio-sender: asyncio or uvloop")
+    p.add_argument(
+        "--reactor", default=DEFAULT_REACTOR, choices=list(REACTORS), help="the Twisted reactor"
+    )
     return p
 
 
@@ -534,6 +540,7 @@ async def _serve(reactor: Any, options: argparse.Namespace) -> None:
     else:
         role = RawRole(reactor, session, channel)
     extra = await role.start()
+    freeze_startup_objects()  # as the commands do (spreadqueue._service.runner)
     channel.emit(
         "ready", pid=os.getpid(), private_group=session.private_group, **extra, **colocated
     )
@@ -554,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .aio_agent import run  # no Twisted reactor in this one
 
         return run(options)
+    install_reactor(options.reactor)
     # Logs to stderr (the parent keeps them in a file); stdout is the control channel.
     globalLogBeginner.beginLoggingTo(
         [

@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .._service.reactors import DEFAULT as DEFAULT_REACTOR
+from .._service.reactors import TWIST_REACTOR_ARGS
 from .procs import Child, ChildError, python_module, stop_all
 
 __all__ = ["Cluster"]
@@ -35,8 +37,11 @@ class Cluster:
         *,
         concurrency: int = 1,
         colocate: bool = False,
+        reactor: str = DEFAULT_REACTOR,
     ) -> None:
         self.workdir = workdir
+        #: the reactor every agent runs on (``--reactor``)
+        self.reactor = reactor
         self.external = spread is not None
         self.colocate = colocate and spread is None
         self.endpoint = spread or ""
@@ -62,11 +67,12 @@ class Cluster:
             self.manager = sqm
             self.endpoint = _loopback(sqm.ready["port"])
         elif not self.external:
-            self.daemon = _start_daemon(self.workdir)
+            self.daemon = _start_daemon(self.workdir, self.reactor)
             self.endpoint = _loopback(int(self.daemon.wait_ready()["text"]))
 
     def _agent(self, label: str, role: str, argv: Sequence[str]) -> Child:
         """Start agent ``role`` (without waiting for it), to be stopped by :meth:`close`."""
+        argv = [*argv, "--reactor", self.reactor]
         agent = Child(label, python_module("spreadqueue._bench.agent", role, *argv), self.workdir)
         self._all.append(agent)
         return agent
@@ -197,12 +203,13 @@ class Cluster:
                 self.daemon = None
 
 
-def _start_daemon(workdir: Path) -> Child:
+def _start_daemon(workdir: Path, reactor: str) -> Child:
     """The embedded Spread daemon, as users run it, on a free loopback port (which it
-    writes to its ready file)."""
+    writes to its ready file), on ``reactor`` (a ``--reactor`` name)."""
     ready = workdir / "daemon.ready"
     argv = python_module(
         "twisted",
+        *TWIST_REACTOR_ARGS[reactor],
         "--log-format",
         "text",
         "spread-daemon",

@@ -152,6 +152,7 @@ def format_report(results: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         f"spreadqueue bench: {meta.get('daemon')} daemon, {meta.get('cores')} cores, "
         f"Python {meta.get('python')}"
         + (f" ({meta['codec']} codec)" if meta.get("codec") else "")
+        + (f", {meta['reactor']} reactor" if meta.get("reactor") else "")
         + f"; {meta.get('duration_s')} s measured per run after "
         f"{meta.get('warmup_s')} s warm-up; "
         + (f"median of {repeat} runs" if repeat > 1 else "1 run per figure"),

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._service.reactors import DEFAULT as DEFAULT_REACTOR
+from .._service.reactors import REACTORS
 from .._spread import wire
 from .cluster import Cluster
 from .combine import combine
@@ -151,6 +153,13 @@ def _parser() -> argparse.ArgumentParser:
         "session, as sqm does when it starts the daemon itself (its CPU shows as the "
         "manager's)",
     )
+    p.add_argument(
+        "--reactor",
+        choices=list(REACTORS),
+        default=DEFAULT_REACTOR,
+        help=f"the Twisted reactor of every process: {', '.join(REACTORS)} "
+        f"(default: {DEFAULT_REACTOR}; see README, Benchmark)",
+    )
     p.add_argument("--kills", type=int, metavar="N", help="failover: workers killed (20)")
     p.add_argument(
         "--manager-kills",
@@ -241,6 +250,7 @@ def _meta(options: argparse.Namespace, s: Settings, phases: list[str]) -> dict[s
         # the agents inherit the environment: SPREADQUEUE_PURE=1 makes them all pure
         "codec": "compiled" if wire.ACCELERATED else "pure-Python",
         "daemon": options.spread or "embedded",
+        "reactor": options.reactor,
         "manager": "in the daemon's process"
         if options.colocate and not options.spread
         else "a process of its own",
@@ -263,7 +273,13 @@ def run(options: argparse.Namespace, s: Settings, workdir: Path) -> tuple[dict[s
     chosen = [name for name in PHASES if not options.phase or name in options.phase]
     results: dict[str, Any] = {}
     ok = True
-    cluster = Cluster(workdir, options.spread, concurrency=s.concurrency, colocate=options.colocate)
+    cluster = Cluster(
+        workdir,
+        options.spread,
+        concurrency=s.concurrency,
+        colocate=options.colocate,
+        reactor=options.reactor,
+    )
     try:
         cluster.start()
         for name in chosen:

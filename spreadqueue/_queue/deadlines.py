@@ -67,11 +67,17 @@ class Deadlines(Generic[T]):
             self._arm()
 
     def done(self) -> None:
-        """An item added earlier has finished."""
+        """An item added earlier has finished (``is_live`` says so already)."""
         self._live -= 1
         heap = self._heap
+        is_live = self._is_live
+        # Items mostly finish in the order of their deadlines (one timeout for all
+        # calls): drop the finished ones at the top now. Kept until the next rebuild,
+        # they would hold their tasks (and Deferreds) alive long enough for the
+        # garbage collector to promote and walk them again and again.
+        while heap and not is_live(heap[0][2]):
+            heapq.heappop(heap)
         if len(heap) > 2 * self._live + _SLACK:
-            is_live = self._is_live
             self._heap = [entry for entry in heap if is_live(entry[2])]
             heapq.heapify(self._heap)
 

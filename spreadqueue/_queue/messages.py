@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, overload
 
 import msgpack
 
 from .._spread import wire
+from .._spread.wire.decode import pure_requested
 from .errors import MalformedMessage, PayloadTooLarge
 
 __all__ = [
@@ -339,9 +339,12 @@ class Decide(NamedTuple):
     d: str
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A decoded queue message."""
+class Message(NamedTuple):
+    """A decoded queue message.
+
+    (A NamedTuple, not a frozen dataclass: one is built per message received, and a
+    frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per field.)
+    """
 
     kind: Kind
     entries: list[Any]
@@ -914,6 +917,42 @@ _FAST: dict[Kind, Callable[[list[Any]], list[Any] | None]] = {
 _KINDS: Final = {int(k): k for k in Kind}
 
 
+def _load_entries() -> Any:
+    """The compiled entry checks (``_entries.c``), or None: not built, or
+    SPREADQUEUE_PURE set (as for the Spread decoders)."""
+    if pure_requested():
+        return None
+    try:
+        from . import _entries  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    _entries.setup(
+        Submit,
+        Ack,
+        Assign,
+        Result,
+        Done,
+        _good_groups,
+        (
+            MAX_TASK_ID,
+            MAX_WORKER_ID,
+            MAX_FUNC,
+            MAX_PAYLOAD,
+            MAX_TIMEOUT_MS,
+            MAX_ATTEMPT,
+            MAX_WORKERS,
+        ),
+    )
+    return _entries
+
+
+_compiled = _load_entries()
+#: The kinds the compiled checks take (the same as _fast_*, which are the reference).
+_COMPILED_KINDS: Final = frozenset(
+    int(k) for k in (Kind.SUBMIT, Kind.ACK, Kind.ASSIGN, Kind.RESULT, Kind.DONE)
+)
+
+
 def decode(mess_type: int, data: bytes) -> Message:
     """Decode one queue message; raise MalformedMessage for anything off-protocol."""
     raw = mess_type - MESS_TYPE_BASE
@@ -944,9 +983,15 @@ def decode(mess_type: int, data: bytes) -> Message:
         )
     if type(entries) is not list:
         raise MalformedMessage(f"{kind.name} entries are not an array: {_show(entries)}")
+    if _compiled is not None and raw in _COMPILED_KINDS:
+        # the same entries _fast_* build, or None: they decide (and name any problem)
+        parsed = _compiled.parse(raw, entries)
+        if parsed is not None:
+            return tuple.__new__(Message, (kind, parsed))
     fast = _FAST.get(kind)
     if fast is not None:
         parsed = fast(entries)
         if parsed is not None:
-            return Message(kind, parsed)
-    return Message(kind, _parse_entries(kind, entries))
+            # tuple.__new__, as new_entry: no Python frame per message decoded
+            return tuple.__new__(Message, (kind, parsed))
+    return tuple.__new__(Message, (kind, _parse_entries(kind, entries)))

@@ -27,6 +27,7 @@ __all__ = ["SERVICE", "Outbox", "Turn", "send"]
 SERVICE = AGREED_MESS
 
 _log = Logger()
+_MESS_TYPE = {kind: mess_type(kind) for kind in Kind}
 
 
 def send(
@@ -44,16 +45,17 @@ def send(
     owner learns that through ``whenDisconnected``); the entries are dropped and 0 is
     returned.
     """
-    dest = list(groups)
+    # a tuple: sessions remember the destination tuples they have checked
+    dest = groups if type(groups) is tuple else tuple(groups)
     n = 0
     for data in encode(kind, entries, max_bytes=max_data(len(dest))):
         try:
-            session.multicast(dest, data, service=service, mess_type=mess_type(kind))
+            session.multicast(dest, data, service=service, mess_type=_MESS_TYPE[kind])
         except SpreadError as e:
             _log.warn(
                 "queue: could not send {kind} to {groups}: {error}",
                 kind=kind.name,
-                groups=dest,
+                groups=list(dest),
                 error=e,
             )
             return n

@@ -69,6 +69,14 @@ _MINE: Final = frozenset(MESS_TYPE_BASE + k for k in (Kind.ACK, Kind.RESULT, Kin
 _OK: Final = int(Status.OK)
 
 
+def _awaits_ack(entry: tuple[float, _Pending]) -> bool:
+    """Whether an entry of the acknowledgement deadlines still counts: its task was
+    sent with that deadline and is not acknowledged (nor finished: then it is
+    _BACKLOG)."""
+    deadline, p = entry
+    return p.state == _UNACKED and p.ack_deadline == deadline
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """One answer to a submitted task, as :meth:`Sender.receive` returns it.
@@ -472,7 +480,13 @@ class Sender:
                 entry = (p.task_id, p.func, p.args, remaining, self._ack_ms)
                 submits.append(new_entry(Submit, entry))
         ack_deadline = p.ack_deadline = now + self.ack_timeout
-        self._acks.append((ack_deadline, p))
+        acks = self._acks
+        # Drop the entries of tasks acknowledged or answered meanwhile from the front:
+        # otherwise, once the first deadline has passed, the timer would come due for
+        # nearly every call (one entry each, in order) just to find it answered.
+        while acks and not _awaits_ack(acks[0]):
+            acks.popleft()
+        acks.append((ack_deadline, p))
         if self._ack_timer is None:
             self._ack_timer = self._reactor.callLater(
                 max(0.0, self._acks[0][0] - now), self._check_acks
@@ -513,6 +527,8 @@ class Sender:
                     ),
                     cancel=True,
                 )
+        while acks and not _awaits_ack(acks[0]):
+            acks.popleft()
         if acks:
             self._ack_timer = self._reactor.callLater(acks[0][0] - now, self._check_acks)
         self._pump()

@@ -29,6 +29,7 @@ private name and carries the same :class:`SpreadSession` on (``resume``).
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -78,6 +79,8 @@ DEFAULT_PORT = 4803
 #: so the payload is not copied once more.
 _SINGLE_WRITE_LIMIT = 16384
 _HEADER_LE = struct.Struct("<I32siIi")
+#: Destination lists whose padded group fields a connection keeps (see send_multicast).
+_GROUP_FIELDS_CACHE = 1024
 _ENDIAN_MARKER = wire.ENDIAN_MARKER
 # The stages of a read's batch: listeners' work first, then the one write.
 _WORK = 0
@@ -136,6 +139,7 @@ class SpreadClientProtocol(Protocol):
         self._batch = DeliveryBatch(stages=2)
         self._out: Output | None = None
         self._sender_field = b""
+        self._group_fields: dict[tuple[bytes, ...], bytes] = {}
         self._resume = resume
         #: The session, once accepted.
         self.session: SpreadSession | None = None
@@ -314,7 +318,7 @@ class SpreadClientProtocol(Protocol):
         return out
 
     def send_multicast(
-        self, service_type: int, groups: list[bytes], mess_type: int, data: bytes
+        self, service_type: int, groups: Sequence[bytes], mess_type: int, data: bytes
     ) -> None:
         """Write one data message (header + groups + data) in one write."""
         out = self._output()
@@ -330,7 +334,14 @@ class SpreadClientProtocol(Protocol):
         if len(groups) == 1:
             names = wire.pad_name(groups[0])
         else:
-            names = b"".join(map(wire.pad_name, groups))
+            # (a session passes the same tuples again and again: see its multicast)
+            key = groups if type(groups) is tuple else tuple(groups)
+            fields = self._group_fields.get(key)
+            if fields is None:
+                fields = b"".join(map(wire.pad_name, groups))
+                if len(self._group_fields) < _GROUP_FIELDS_CACHE:
+                    self._group_fields[key] = fields
+            names = fields
         if len(data) <= _SINGLE_WRITE_LIMIT:
             out.write(b"".join((head, names, data)))
         else:

@@ -24,11 +24,13 @@ Where this daemon knowingly differs from the real one:
   ``close_timeout`` seconds instead of holding its buffer for ever.
 
 Writes are coalesced: every read is one :class:`~spreadqueue._spread.batch.DeliveryBatch`
-(shared by all connections), and what it produces for a connection goes out in one
-write when it has been handled, straight to the socket when Twisted has nothing
-buffered for it (:mod:`.output`: no extra reactor turn per write); then in-process
-sessions (:mod:`.local`) get their frames. Deliveries outside a read (an in-process
-session sending from a timer) are coalesced the same way on the next reactor turn.
+(shared by all connections; on a reactor that offers ``add_poll_bracket``, every
+wake-up with several readable connections is one), and what it produces for a
+connection goes out in one write when it has been handled, straight to the socket
+when Twisted has nothing buffered for it (:mod:`.output`: no extra reactor turn per
+write); then in-process sessions (:mod:`.local`) get their frames. Deliveries
+outside a read (an in-process session sending from a timer) are coalesced the same
+way on the next reactor turn.
 Data messages in libspread's own form (little-endian, canonical names) are routed by
 their raw destination fields and forwarded as the very bytes received
 (:class:`~spreadqueue._spread.wire.Relay`): no frame is built and nothing re-encoded.
@@ -577,6 +579,19 @@ class SpreadDaemonFactory(Factory):
         protocol = SpreadDaemonProtocol(self, peer)
         protocol.factory = self
         return protocol
+
+    def startFactory(self) -> None:
+        """Ask the reactor, if it can, to run each wake-up's reads in one batch (the
+        lean reactor of :mod:`spreadqueue._service.reactors`)."""
+        add = getattr(self.reactor, "add_poll_bracket", None)
+        if add is not None and self._coalesce:
+            add(self.batch.begin, self.batch.end)
+
+    def stopFactory(self) -> None:
+        """Stop batching per wake-up (see :meth:`startFactory`)."""
+        remove = getattr(self.reactor, "remove_poll_bracket", None)
+        if remove is not None:
+            remove(self.batch.begin, self.batch.end)
 
     @property
     def coalescing(self) -> bool:

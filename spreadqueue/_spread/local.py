@@ -112,12 +112,15 @@ class LocalInbox:
     """Hands an in-process session its frames, in order, as one batch per drain, in
     stage :data:`LOCAL_STAGE` of the daemon's ``batch`` (see the module doc)."""
 
-    __slots__ = ("_batch", "_queue", "_scheduled", "high_water", "link", "session")
+    __slots__ = ("_batch", "_end", "_queue", "_scheduled", "high_water", "link", "session")
 
     def __init__(self, batch: DeliveryBatch) -> None:
         self._batch = batch
         self._queue: list[Any] = []
         self._scheduled = False  # a drain is due (at the batch's end or next turn)
+        # where in _queue the session ends (None: not closed); an index, not a search
+        # for the mark, which would compare every frame with it (__eq__ of each)
+        self._end: int | None = None
         self.session: SpreadSession | None = None
         #: the link it belongs to (a reconnecting session has one after the other)
         self.link: LocalLink | None = None
@@ -130,6 +133,8 @@ class LocalInbox:
 
     def closed(self) -> None:
         """The session was disconnected: end it after the frames already queued."""
+        if self._end is None:
+            self._end = len(self._queue)
         self._push(_CLOSED_MARK)
 
     def _push(self, item: object) -> None:
@@ -146,9 +151,8 @@ class LocalInbox:
         queue, self._queue = self._queue, []
         if len(queue) > self.high_water:
             self.high_water = len(queue)
-        try:
-            end = queue.index(_CLOSED_MARK)
-        except ValueError:
+        end, self._end = self._end, None
+        if end is None:
             session.deliver(queue)
             return
         session.deliver(queue[:end])

@@ -263,6 +263,8 @@ class SpreadSession:
         self._joined: dict[str, None] = {}
         self._ops: dict[str, deque[_GroupOp]] = {}
         self._names: dict[str | bytes, bytes] = {}
+        # destination tuples already checked -> their names (see multicast)
+        self._dests: dict[tuple[str | bytes, ...], tuple[bytes, ...]] = {}
         # receive()
         self._receiving = False
         self._receive_limit = receive_queue_size
@@ -496,12 +498,18 @@ class SpreadSession:
                     "connection was lost): nothing can be sent until it is back"
                 )
             raise SessionClosed(f"Spread session {self.private_group} is closed")
+        names: tuple[bytes, ...] | None
         if isinstance(groups, (str, bytes)):
-            names = [self._group_bytes(groups)]
+            names = (self._group_bytes(groups),)
         else:
-            names = [self._group_bytes(g) for g in groups]
-            if not names:
-                raise IllegalGroupName("a multicast needs at least one destination group")
+            # the queue sends to the same few destination tuples over and over
+            names = self._dests.get(groups) if type(groups) is tuple else None
+            if names is None:
+                names = tuple([self._group_bytes(g) for g in groups])
+                if not names:
+                    raise IllegalGroupName("a multicast needs at least one destination group")
+                if type(groups) is tuple and len(self._dests) < _NAME_CACHE_MAX:
+                    self._dests[groups] = names
         payload = data if type(data) is bytes else bytes(data)
         wire.check_message_size(len(names), len(payload))
         if service is None:
@@ -564,8 +572,21 @@ class SpreadSession:
         batch = self._batch
         batch.begin()
         try:
-            for frame in frames:
-                self.frame_received(frame)
+            if self._delivering:
+                # re-entrant (an in-process link delivering from inside a listener):
+                # after the frame being dispatched, as frame_received does
+                self._backlog.extend(frames)
+                return
+            # frame_received() per frame, inlined: this runs once per read
+            self._delivering = True
+            backlog = self._backlog
+            try:
+                for frame in frames:
+                    self._deliver(frame)
+                    while backlog:
+                        self._deliver(backlog.popleft())
+            finally:
+                self._delivering = False
         finally:
             batch.end()
 
@@ -606,10 +627,19 @@ class SpreadSession:
         kind = type(frame)
         if kind is wire.RegularMessage or kind is wire.RejectMessage:
             groups = frame.groups  # type: ignore[union-attr]
-            if len(groups) == 1 and not self._catch_all:
+            if self._catch_all:
+                self._dispatch_many(frame, groups)
+            elif len(groups) == 1:
                 self._dispatch(frame, groups[0])
             else:
-                self._dispatch_many(frame, groups)
+                # Several groups (a RESULT goes to [sender, Q-mgr]), usually only one
+                # of them ours: then there is nothing to merge either.
+                snapshots = self._snapshots
+                ours = [group for group in groups if group in snapshots]
+                if len(ours) == 1:
+                    self._dispatch(frame, ours[0])
+                elif ours:
+                    self._dispatch_many(frame, groups)
         elif kind is wire.MembershipMessage:
             done = self._membership_changed(frame)  # type: ignore[arg-type]
             if self._catch_all:

@@ -4,6 +4,7 @@ Run them as ``twistd -n spread-daemon``, ``twistd -n spreadqueue-manager --queue
 ``twistd -n spreadqueue-worker --queue Q --handlers module:object`` (or with ``twist``).
 """
 
+from twisted.application.reactors import Reactor
 from twisted.application.service import ServiceMaker
 
 spreadDaemon = ServiceMaker(
@@ -23,4 +24,14 @@ spreadqueueWorker = ServiceMaker(
     "spreadqueue._service.worker_tap",
     "A spreadqueue worker running the handlers of module:object.",
     "spreadqueue-worker",
+)
+spreadqueueLean = Reactor(
+    "spreadqueue-lean",
+    "spreadqueue._service.reactors",
+    "epoll with a shorter path for readable descriptors (spreadqueue's default)",
+)
+spreadqueueUvloop = Reactor(
+    "spreadqueue-uvloop",
+    "spreadqueue._service.reactors.uvloop_installer",
+    "asyncio reactor on uvloop",
 )

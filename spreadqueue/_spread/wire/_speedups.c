@@ -56,6 +56,16 @@ typedef struct {
     PyObject *value; /* NULL: nothing remembered */
 } last_t;
 static last_t last_sender, last_dests;
+/* Destination lists of several groups: the tuple group_names gives for the fields,
+ * by their bytes (group_names is a pure function of them), and the last one seen. A
+ * RESULT goes to [sender, Q-mgr] message after message: without this, a Python call
+ * building the same tuple per message. */
+#define MULTI_CACHE_MAX 4096
+#define LAST_MULTI_GROUPS 4
+static PyObject *multi_cache; /* dict: fields (32 * n bytes) -> tuple of str */
+static char last_multi_field[GROUP_FIELD * LAST_MULTI_GROUPS];
+static Py_ssize_t last_multi_len;
+static PyObject *last_multi_value;
 /* The last destination field found canonical (see scan_daemon). */
 static char last_canonical[GROUP_FIELD];
 static int have_last_canonical;
@@ -106,6 +116,40 @@ static PyObject *remembered(last_t *last, PyObject *cache, PyObject *fill, const
     return v;
 }
 
+/* The destination tuple of the ``num_groups`` fields at buf[goff:] (a new reference). */
+static PyObject *multi_groups(PyObject *data, const char *buf, Py_ssize_t goff,
+                              Py_ssize_t num_groups) {
+    Py_ssize_t len = (Py_ssize_t)GROUP_FIELD * num_groups;
+    if (last_multi_value != NULL && last_multi_len == len &&
+        memcmp(last_multi_field, buf + goff, (size_t)len) == 0) {
+        Py_INCREF(last_multi_value);
+        return last_multi_value;
+    }
+    PyObject *key = PyBytes_FromStringAndSize(buf + goff, len);
+    if (key == NULL) return NULL;
+    PyObject *v = PyDict_GetItemWithError(multi_cache, key);
+    if (v != NULL) {
+        Py_INCREF(v);
+    } else if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return NULL;
+    } else {
+        v = PyObject_CallFunction(group_names, "Onn", data, goff, num_groups);
+        if (v != NULL && PyDict_GET_SIZE(multi_cache) < MULTI_CACHE_MAX &&
+            PyDict_SetItem(multi_cache, key, v) < 0) {
+            Py_CLEAR(v);
+        }
+    }
+    Py_DECREF(key);
+    if (v != NULL && len <= (Py_ssize_t)sizeof(last_multi_field)) {
+        memcpy(last_multi_field, buf + goff, (size_t)len);
+        last_multi_len = len;
+        Py_INCREF(v);
+        Py_XSETREF(last_multi_value, v);
+    }
+    return v;
+}
+
 static PyObject *sp_setup(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 8) {
         PyErr_SetString(PyExc_TypeError, "setup takes 8 arguments");
@@ -127,6 +171,9 @@ static PyObject *sp_setup(PyObject *Py_UNUSED(self), PyObject *const *args, Py_s
     }
     Py_CLEAR(last_sender.value);
     Py_CLEAR(last_dests.value);
+    Py_CLEAR(last_multi_value);
+    Py_XSETREF(multi_cache, PyDict_New());
+    if (multi_cache == NULL) return NULL;
     have_last_canonical = 0;
     Py_RETURN_NONE;
 }
@@ -186,7 +233,7 @@ static PyObject *sp_scan_client(PyObject *Py_UNUSED(self), PyObject *const *args
         if (num_groups == 1) {
             items[2] = remembered(&last_dests, one_group_cache, one_group_of, buf + goff);
         } else {
-            items[2] = PyObject_CallFunction(group_names, "Onn", data, goff, (Py_ssize_t)num_groups);
+            items[2] = multi_groups(data, buf, goff, (Py_ssize_t)num_groups);
         }
         if (items[2] == NULL) goto fail;
         /* the hint keeps its writer's byte order (hint_mess_type) */

@@ -96,10 +96,16 @@ from .names import (
 )
 
 
+def pure_requested() -> bool:
+    """True when SPREADQUEUE_PURE is set to anything but ``""`` or ``0``: compiled fast
+    paths (this module's, the queue messages') stay unused."""
+    return os.environ.get("SPREADQUEUE_PURE", "") not in ("", "0")
+
+
 def _load_speedups() -> Any:
-    """The compiled scanners (``_speedups.c``), or None: not built, or SPREADQUEUE_PURE
-    set to anything but ``""`` or ``0``."""
-    if os.environ.get("SPREADQUEUE_PURE", "") not in ("", "0"):
+    """The compiled scanners (``_speedups.c``), or None: not built, or
+    :func:`pure_requested`."""
+    if pure_requested():
         return None
     try:
         from . import _speedups  # type: ignore[attr-defined]
@@ -147,6 +153,19 @@ def decode_relay(buf: bytes) -> RegularMessage:
     """The frame a client decodes from ``buf``, one whole daemon -> client data message
     with a little-endian header (what :func:`encode_relay` makes, or a :class:`Relay`'s
     ``wire``): the decoding of :class:`ClientDecoder`, without a decoder."""
+    if _speedups is not None:
+        # The compiled scanner of ClientDecoder: the same frame, when it takes the
+        # message whole (else the code below decides, and raises what it raises).
+        out: list[Any] = []
+        if _speedups.scan_client(buf, 0, out, len(buf)) == len(buf) and len(out) == 1:
+            frame = out[0]
+            if len(frame.groups) <= MAX_GROUPS:
+                return frame  # type: ignore[no-any-return]
+    return _decode_relay(buf)
+
+
+def _decode_relay(buf: bytes) -> RegularMessage:
+    """:func:`decode_relay`, the reference (pure Python) path."""
     stype, sender, num_groups, _hint, data_len = HEADER_LE.unpack_from(buf)
     if not stype & REGULAR_MESS or stype & REJECT_MESS or not 0 <= num_groups <= MAX_GROUPS:
         raise WireError(f"not a relayed data message (type 0x{stype:08x})", 0)
@@ -597,6 +616,9 @@ class ClientDecoder:
             return None, 0
         group = bytes(buf[2 + nver : 2 + nver + glen]).decode("latin-1")
         self._state = "messages"
+        # From now on feed() only hands each read to the message stream: let it be
+        # that stream's feed (one call less per read; the state never changes again).
+        self.feed = self._messages.feed  # type: ignore[method-assign]
         self._messages.offset = self._offset + 2 + nver + glen
         return Accepted(version, group), 2 + nver + glen
 
@@ -858,6 +880,8 @@ class DaemonDecoder:
         self._sender_str = self._sender.decode("latin-1")
         self._sender_field = pad_name(self._sender)
         self._state = "messages"
+        # (as in ClientDecoder: feed() is the message stream's from now on)
+        self.feed = self._messages.feed  # type: ignore[method-assign]
         if self._scan is not None:
             self._messages.scan = self._scan
             self._messages.scan_args = (self._sender_field, self._strict_size)
