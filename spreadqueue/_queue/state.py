@@ -889,19 +889,25 @@ class QueueManager:
                     self._hold_acks(now, sender, hold)
                 self._no_workers_check()
             return
-        if kind is Kind.DONE:
-            for e in entries:
-                self._done(now, sender, e.worker_id, e.task_id, "done", None)
-        elif kind is Kind.RESULT:
-            for e in entries:
-                if e.final:
-                    status = e.status
-                    if status == _OK:
-                        self._done(now, sender, e.worker_id, e.task_id, "done", None)
-                    else:
-                        self._done(
-                            now, sender, e.worker_id, e.task_id, _OUTCOMES.get(status, "failed"), e
-                        )
+        if kind is Kind.DONE or kind is Kind.RESULT:
+            # The workers whose credit changed are filed again once per message, not per
+            # task (a message carries many of one worker's answers).
+            touched: dict[WorkerKey, Worker] = {}
+            done = self._done
+            if kind is Kind.DONE:
+                for e in entries:
+                    done(now, sender, e.worker_id, e.task_id, "done", None, touched)
+            else:
+                for e in entries:
+                    if e.final:
+                        status = e.status
+                        if status == _OK:
+                            done(now, sender, e.worker_id, e.task_id, "done", None, touched)
+                        else:
+                            outcome = _OUTCOMES.get(status, "failed")
+                            done(now, sender, e.worker_id, e.task_id, outcome, e, touched)
+            for w in touched.values():
+                self._update_ready(w)
         elif kind is Kind.CANCEL:
             self._cancel(sender, entries)
         elif kind is Kind.REGISTER:
@@ -1672,8 +1678,17 @@ class QueueManager:
             stats.wait.add(now - t.queued_at)
 
     def _done(
-        self, now: float, session: str, worker_id: str, tid: str, outcome: str, result: Any
+        self,
+        now: float,
+        session: str,
+        worker_id: str,
+        tid: str,
+        outcome: str,
+        result: Any,
+        touched: dict[WorkerKey, Worker],
     ) -> None:
+        """Worker ``worker_id`` of ``session`` finished task ``tid``; the worker goes in
+        ``touched`` (to be filed again by its new credit)."""
         w = self._workers.get((session, worker_id))
         if w is None or tid not in w.held:
             self.stats["unknown_done"] += 1
@@ -1688,8 +1703,11 @@ class QueueManager:
                 # ran out), else the worker itself: its expiry at the task's deadline.
                 timed_out = t.deadline is not None and now >= t.deadline
                 outcome = t.cancelled or ("timed_out" if timed_out else outcome)
-            stats = self._function(t.func)
-            stats.count(outcome)
+            stats = self._functions.get(t.func)
+            if stats is None:
+                stats = self._function(t.func)
+            outcomes = stats.outcomes
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
             stats.run_time.add(now - t.assigned_at)
             if result is not None and outcome == "failed":
                 error = _error_text(result.status, result.payload)
@@ -1714,7 +1732,7 @@ class QueueManager:
                 )
         if not w.held:
             w.idle_since = now
-        self._update_ready(w)
+        touched[w.key] = w
 
     def _ended(self, t: Task) -> None:
         """A task is over (done, failed, cancelled, expired, dropped): remember its id
