@@ -64,6 +64,39 @@ def test_the_manager_s_metrics_count_what_ran() -> None:
     assert any(name == "process_resident_memory_bytes" for name, _ in got)
 
 
+def test_the_manager_s_metrics_say_what_waits_for_whom_and_what_died() -> None:
+    net = Net()
+    manager = net.manager()
+    net.worker({"hold": lambda _: Deferred()})
+    net.worker({"bad": lambda _: 1 / 0})
+    sender = net.sender()
+    sender.rpc("hold", 1, timeout=None)
+    sender.rpc("hold", 2, timeout=None, priority=7)  # ahead of the first: one slot
+    sender.rpc("nobody", 3, timeout=None, priority=2)
+    sender.enqueue("bad", 4)
+    sender.enqueue("nobody", 5)
+    net.advance(0.5)
+    got = samples(generate_latest(registry_of("manager", lambda: [manager.status()])).decode())
+    q = ("queue", "q")
+
+    def by(label: str, value: str) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted([q, (label, value)]))
+
+    assert got[("spreadqueue_queue_depth", (q,))] == 3
+    assert got[("spreadqueue_queue_depth_by_function", by("function", "nobody"))] == 2
+    assert got[("spreadqueue_queue_depth_by_function", by("function", "hold"))] == 1
+    assert got[("spreadqueue_function_workers", by("function", "nobody"))] == 0
+    assert got[("spreadqueue_function_workers", by("function", "hold"))] == 1
+    levels = {
+        p: got[("spreadqueue_queue_depth_by_priority", by("priority", str(p)))] for p in range(10)
+    }
+    assert levels == {0: 2, 1: 0, 2: 1, 3: 0, 4: 0, 5: 0, 6: 0, 7: 0, 8: 0, 9: 0}
+    assert got[("spreadqueue_detached_tasks", (q,))] == 1  # "nobody"'s; "bad" is a dead letter
+    assert got[("spreadqueue_detached_dispatching", (q,))] == 1
+    assert got[("spreadqueue_dead_letters", (q,))] == 1
+    assert got[("spreadqueue_dead_letters_dropped_total", (q,))] == 0
+
+
 def test_a_worker_s_metrics_say_how_busy_it_is() -> None:
     net = Net()
     _, worker, _ = busy_queue(net)
@@ -199,6 +232,8 @@ def test_the_readme_lists_every_metric_with_its_type_and_labels() -> None:
     """The README's metrics table is the exposition's own list, no more, no less."""
     net = Net()
     manager, worker, _ = busy_queue(net)
+    net.sender().rpc("nobody", 1, timeout=None)  # the per-function gauges list waiting ones
+    net.advance(0.1)
 
     def worker_status() -> dict[str, Any]:
         # On a Clock handlers run inline; a worker with both pools reports these too.

@@ -76,6 +76,19 @@ def _manager_families(reports: list[dict[str, Any]]) -> Iterator[Metric]:
     redelivered = _counter("tasks_redelivered", "Tasks put back in the queue (worker lost)", q)
     lost = _counter("workers_lost", "Workers lost (their session went) while registered", q)
     started = _gauge("manager_start_time_seconds", "When the manager started (epoch)", q)
+    by_priority = _gauge("queue_depth_by_priority", "Tasks waiting, by priority", q, "priority")
+    by_function = _gauge(
+        "queue_depth_by_function", "Tasks waiting, by function (the most queued)", q, "function"
+    )
+    serving = _gauge(
+        "function_workers", "Workers serving a function tasks wait for (0: none)", q, "function"
+    )
+    detached = _gauge("detached_tasks", "Detached tasks held (queued or running)", q)
+    dispatching = _gauge(
+        "detached_dispatching", "1 while this side has the quorum to run detached tasks", q
+    )
+    dead = _gauge("dead_letters", "Dead letters kept", q)
+    dead_dropped = _counter("dead_letters_dropped", "Dead letters dropped over the limit", q)
     tasks = _counter("tasks", "Tasks by function and outcome", q, "function", "outcome")
     wait = _histogram("task_queue_wait_seconds", "Time from queued to assigned", q, "function")
     run = _histogram(
@@ -96,13 +109,23 @@ def _manager_families(reports: list[dict[str, Any]]) -> Iterator[Metric]:
         paused.add_metric(labels, 1.0 if r["paused"] else 0.0)
         redelivered.add_metric(labels, r["counts"]["redelivered"])
         lost.add_metric(labels, r["workers_lost"])
+        for level, n in enumerate(r["queued_by_priority"]):
+            by_priority.add_metric([r["queue"], str(level)], n)
+        for w in r["waiting"]:
+            by_function.add_metric([r["queue"], w["func"]], w["queued"])
+            serving.add_metric([r["queue"], w["func"]], w["workers"])
+        detached.add_metric(labels, r["detached"])
+        dispatching.add_metric(labels, 1.0 if r["quorum"]["dispatching_detached"] else 0.0)
+        dead.add_metric(labels, r["dead_letters"]["count"])
+        dead_dropped.add_metric(labels, r["dead_letters"]["dropped"])
         for func, f in r["functions"].items():
             for outcome, n in f["outcomes"].items():
                 tasks.add_metric([r["queue"], func, outcome], n)
             wait.add_metric([r["queue"], func], _buckets(f["queue_wait"]), f["queue_wait"]["sum"])
             run.add_metric([r["queue"], func], _buckets(f["run_time"]), f["run_time"]["sum"])
     yield from (active, started, depth, in_flight, oldest, workers, ever, senders, paused)
-    yield from (redelivered, lost)
+    yield from (redelivered, lost, by_priority, by_function, serving)
+    yield from (detached, dispatching, dead, dead_dropped)
     yield from (tasks, wait, run)
 
 
