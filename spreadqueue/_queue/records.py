@@ -11,6 +11,7 @@ Pure data and functions: no clock (times come in as arguments), no I/O.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -259,7 +260,8 @@ class DeadLetters:
         if limit < 1:
             raise ValueError("the dead-letter limit must be at least 1")
         self.limit = limit
-        self._items: dict[str, DeadLetter] = {}
+        # ordered by a linked list: dropping the oldest is O(1) (see Tombstones)
+        self._items: OrderedDict[str, DeadLetter] = OrderedDict()
         #: dead letters dropped because the list was full
         self.dropped = 0
 
@@ -277,7 +279,7 @@ class DeadLetters:
         items = self._items
         items.pop(letter.task_id, None)
         while len(items) >= self.limit:
-            del items[next(iter(items))]
+            items.popitem(last=False)
             self.dropped += 1
         items[letter.task_id] = letter
 
@@ -300,12 +302,15 @@ class DeadLetters:
         return out
 
 
-class Tombstones(dict[str, None]):
+class Tombstones(OrderedDict[str, None]):
     """Ids of tasks that ended, so that one submitted or handed over again (by a sender
     whose answer crossed its resubmission, a manager coming back with a journal, or the
     other side of a healed partition) is not run again. Bounded: the oldest are
-    forgotten first. A dict (insertion ordered) of ids to None, so that ``id in``
-    costs no Python call on the manager's hot path."""
+    forgotten first. A mapping of ids to None, so that ``id in`` costs no Python call
+    on the manager's hot path; an OrderedDict, not a dict, because a full one forgets
+    its oldest id on every add: a plain dict finds its first live entry by scanning
+    past the ones deleted before it (17 us per add at 100,000 ids, measured), an
+    OrderedDict unlinks it."""
 
     __slots__ = ("limit",)
 
@@ -317,7 +322,7 @@ class Tombstones(dict[str, None]):
         if task_id in self:
             return
         if len(self) >= self.limit:
-            del self[next(iter(self))]
+            self.popitem(last=False)
         self[task_id] = None
 
     def discard(self, task_id: str) -> None:

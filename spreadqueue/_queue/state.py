@@ -1721,7 +1721,7 @@ class QueueManager:
                 # _ended's common case, inline (once per task)
                 ended = self._tombstones
                 if len(ended) >= ended.limit:
-                    del ended[next(iter(ended))]
+                    ended.popitem(last=False)
                 ended[tid] = None
         else:
             if self._foreign.get(tid) is w:
