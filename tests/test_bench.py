@@ -202,10 +202,11 @@ def test_smoke_failover_manager_and_detached(tmp_path: Path) -> None:
     assert "acks/s" in stdout and "journal:" in stdout
 
 
-def test_smoke_blocking_and_cpu_and_the_process_pool_uses_both_cores(tmp_path: Path) -> None:
-    """The pool phases run every case; with the process pool the CPU-bound handler keeps
-    more than one core busy (the workers' CPU, their children's included, over the
-    window), which no single GIL-bound process can."""
+def test_smoke_blocking_and_cpu_and_the_process_pool_shares_the_work(tmp_path: Path) -> None:
+    """The pool phases run every case; with the process pool the CPU-bound handler runs
+    in two processes that share the work about evenly, each with a GIL of its own, so
+    that both cores can work. (How many cores they got depends on what else the machine
+    runs: that is printed, not asserted.)"""
     _, results = _quick_bench(tmp_path, "--duration", "1", "--phase", "blocking", "--phase", "cpu")
     for phase, labels in (
         ("blocking", ("async no-op", "async sleep", "threads", "processes")),
@@ -219,9 +220,15 @@ def test_smoke_blocking_and_cpu_and_the_process_pool_uses_both_cores(tmp_path: P
             assert run["tasks_per_s"] > 0
     processes = results["cpu"]["cases"]["processes C=2"]["median"]
     window = results["meta"]["duration_s"]
-    cores = processes["cpu_s"]["workers"] / window
-    print(f"cpu phase, processes C=2: the worker used {cores:.2f} cores")
-    assert cores > 1.05, processes["cpu_s"]
+    worker_cpu = processes["cpu_s"]["workers"]
+    children = processes["cpu_s_pool_children"]
+    print(f"cpu phase, processes C=2: {worker_cpu / window:.2f} cores, children {children}")
+    assert len(children) == 2 and None not in children, children
+    # the handler's work is done in the children, not in the worker's own process ...
+    assert sum(children) > 0.5 * worker_cpu, (children, worker_cpu)
+    # ... and by both of them
+    assert min(children) > 0.3 * sum(children), children
+    assert "cpu_s_pool_children" not in results["cpu"]["cases"]["threads C=2"]["median"]
 
 
 # A child of ours in miniature: ready event, one command, exit when stdin closes.

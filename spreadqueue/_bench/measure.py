@@ -97,14 +97,30 @@ class CpuSample:
         total["other"] = round(max(0.0, later.machine - self.machine - ours), 3)
         return total, system
 
+    def of(self, later: CpuSample, pid: int) -> float | None:
+        """CPU seconds process ``pid`` used from this sample to ``later`` (None: not
+        seen in both)."""
+        if pid not in self.times or pid not in later.times:
+            return None
+        (u0, k0), (u1, k1) = self.times[pid], later.times[pid]
+        return round(u1 - u0 + k1 - k0, 3)
+
+
+def samples_over(
+    pids: Mapping[str, Sequence[int]], t0: int, t1: int
+) -> tuple[CpuSample, CpuSample]:
+    """The CPU samples of ``pids`` at ``t0`` and at ``t1`` (sleeps until then)."""
+    sleep_until(t0)
+    before = CpuSample(pids)
+    sleep_until(t1)
+    return before, CpuSample(pids)
+
 
 def cpu_over(pids: Mapping[str, Sequence[int]], t0: int, t1: int) -> tuple[RoleCpu, RoleCpu]:
     """CPU seconds each role's processes used between ``t0`` and ``t1`` (sleeps until
     then): see :meth:`CpuSample.until`."""
-    sleep_until(t0)
-    before = CpuSample(pids)
-    sleep_until(t1)
-    return before.until(CpuSample(pids))
+    before, after = samples_over(pids, t0, t1)
+    return before.until(after)
 
 
 def per(cpu: Mapping[str, float | None], count: int) -> dict[str, float | None]:

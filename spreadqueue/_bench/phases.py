@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from .cluster import Cluster
 from .floor import FloorProcesses
-from .measure import ARGS_BYTES, RoleCpu, load_totals, repeat, window
+from .measure import ARGS_BYTES, RoleCpu, load_totals, repeat, samples_over, window
 from .measure import CpuSample as _CpuSample
 from .measure import case as _case
 from .measure import cpu_over as _cpu_over
@@ -147,8 +147,10 @@ def _queue_run(
         }
         profile.start({k: v[0] for k, v in targets.items() if v}, _seconds_left(t1))
     pids = cluster.pids()
-    pids["workers"] += [c for w in workers for c in w.request("stats")["children"]]
-    cpu, cpu_system = _cpu_over(pids, t0, t1)
+    children = [c for w in workers for c in w.request("stats")["children"]]
+    pids["workers"] += children
+    before, after = samples_over(pids, t0, t1)
+    cpu, cpu_system = before.until(after)
     loads = [snd.reply(ident, timeout=_seconds_left(t1) + 60.0) for snd, ident in load_ids]
     if profile is not None:
         profile.finish()
@@ -165,6 +167,9 @@ def _queue_run(
         "cpu_us_per_task": _per(cpu, measured),
         "per_worker": spread_summary([w["in_window"] for w in wstats]),
     }
+    if children:
+        # each handler process's own share: how evenly a process pool used its children
+        run["cpu_s_pool_children"] = [before.of(after, c) for c in children]
     if len(senders) > 1:
         run["worst_sender_p99_us"] = max(
             latency_summary(r["latencies_ns"])["p99"] for r in loads if r["latencies_ns"]
