@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from collections import Counter
 from typing import Any
 
 from e2e_case import QueueCase, unique_name
-from procs import TESTS, all_ready, child_env, free_port, poll_until, skip_if_external
+from procs import (
+    TESTS,
+    all_ready,
+    child_env,
+    free_port,
+    poll_until,
+    skip_if_external,
+    spreadqueue_cli,
+)
 from twisted.internet.defer import Deferred
 
 from spreadqueue._queue.sender import Sender
@@ -32,10 +39,6 @@ RUN_TIME = 0.2
 TIMEOUT = 30.0
 #: the whole run, restart included, on a loaded 2-core machine
 DEADLINE = 120.0
-
-
-def spreadqueue_cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "spreadqueue._service.cli", *args]
 
 
 class DaemonRestartUnderLoad(QueueCase):
