@@ -123,11 +123,12 @@ LIFECYCLE = textwrap.dedent(
     import asyncio, signal, sys, threading
     from spreadqueue import RemoteError, TaskTimeout, aio
 
-    QUEUE, SPREAD, LOOP = sys.argv[1:4]
+    QUEUE, SPREAD, LOOP, RECONNECT = sys.argv[1:5]
     SIGNALS = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)}
 
     async def main():
-        async with aio.connect(SPREAD) as session:
+        async with aio.connect(SPREAD, reconnect=RECONNECT == "reconnect") as session:
+            assert session.reconnects == (RECONNECT == "reconnect")
             async def slow(n):
                 await asyncio.sleep(n)
                 return n
@@ -181,9 +182,11 @@ LIFECYCLE = textwrap.dedent(
 )
 
 
+@pytest.mark.parametrize("reconnect", ["plain", "reconnect"])
 @pytest.mark.parametrize("loop", LOOPS)
-def test_an_asyncio_program_ends_cleanly(loop: str, tmp_path: object) -> None:
-    """No warning, no pending task, no thread, no signal handler left behind."""
+def test_an_asyncio_program_ends_cleanly(loop: str, reconnect: str, tmp_path: object) -> None:
+    """No warning, no pending task, no thread, no signal handler left behind (on a
+    session that reconnects too)."""
     if loop == "uvloop":
         pytest.importorskip("uvloop")
     from pathlib import Path
@@ -209,7 +212,7 @@ def test_an_asyncio_program_ends_cleanly(loop: str, tmp_path: object) -> None:
         try:
             manager.wait_ready()
             done = subprocess.run(
-                [sys.executable, "-c", LIFECYCLE, queue, endpoint, loop],
+                [sys.executable, "-c", LIFECYCLE, queue, endpoint, loop, reconnect],
                 env=child_env(**STRICT),
                 capture_output=True,
                 text=True,
