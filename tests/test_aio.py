@@ -584,6 +584,16 @@ async def _until(condition: Callable[[], object]) -> None:
         await asyncio.sleep(0.005)
 
 
+async def _restart_into_silence(daemon: _ScriptedDaemon, lost: asyncio.Event) -> None:
+    """Kill ``daemon`` under its one session; once ``lost`` is set, start a new one whose
+    handshake never answers, and return when the session's attempt hangs in it."""
+    await daemon.stop()
+    await lost.wait()
+    daemon.silent = True
+    await daemon.start()
+    await _until(lambda: len(daemon.names) == 2)
+
+
 def _tasks_beside(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
     """The tasks running now that did not run ``before`` (taken at the test's start)."""
     return asyncio.all_tasks() - before
@@ -625,11 +635,7 @@ def test_closing_a_session_while_it_reconnects_stops_trying(run: Any) -> None:
         session = await aio.connect(daemon.endpoint, "alice", reconnect=True)
         lost = asyncio.Event()
         session.add_reconnect_listener(lambda e: lost.set())
-        daemon.silent = True  # the next attempt hangs in its handshake
-        await daemon.stop()
-        await lost.wait()
-        await daemon.start()
-        await _until(lambda: len(daemon.names) == 2)
+        await _restart_into_silence(daemon, lost)
         await session.close()
         assert not session.connected and not _tasks_beside(before)
         await asyncio.gather(*daemon.ended)  # the attempt's connection was closed
@@ -660,11 +666,7 @@ def test_cancelling_async_with_while_reconnecting_ends_cleanly(run: Any) -> None
 
         running = asyncio.ensure_future(app())
         await _until(lambda: sessions and sessions[0].spread.groups)
-        await daemon.stop()
-        await lost.wait()
-        daemon.silent = True  # the next attempt hangs in its handshake
-        await daemon.start()
-        await _until(lambda: len(daemon.names) == 2)
+        await _restart_into_silence(daemon, lost)
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running

@@ -37,7 +37,6 @@ from procs import (
     log_match,
     poll_until,
     skip_if_external,
-    spreadqueue_cli,
 )
 
 #: Python's development mode with warnings as errors: a pending task destroyed, an
@@ -242,11 +241,7 @@ class AsyncioDaemonRestart(QueueCase):
     """An asyncio sender and asyncio workers ride out a restart of their daemon."""
 
     async def restart_under_load(self, loop: str) -> None:
-        port = free_port()
-        daemon_args = spreadqueue_cli("daemon", "--listen", f"tcp:{port}:interface=127.0.0.1")
-        daemon = self.spawn(daemon_args, "daemon1")
-        await all_ready(daemon)
-        self.endpoint = f"tcp:host=127.0.0.1:port={port}"
+        daemon, daemon_args = await self.own_daemon()
         manager = self.manager()
         strict = child_env([TESTS], **STRICT)
         workers = [

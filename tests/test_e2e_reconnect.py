@@ -20,7 +20,6 @@ from procs import (
     TESTS,
     all_ready,
     child_env,
-    free_port,
     poll_until,
     skip_if_external,
     spreadqueue_cli,
@@ -46,11 +45,7 @@ class DaemonRestartUnderLoad(QueueCase):
     async def test_the_daemon_restarts_under_load_and_no_call_fails(self) -> None:
         from twisted.internet import reactor
 
-        port = free_port()
-        daemon_args = spreadqueue_cli("daemon", "--listen", f"tcp:{port}:interface=127.0.0.1")
-        daemon = self.spawn(daemon_args, "daemon1")
-        await all_ready(daemon)
-        self.endpoint = f"tcp:host=127.0.0.1:port={port}"
+        daemon, daemon_args = await self.own_daemon()
         manager = self.manager()
         workers = [self.worker(f"worker{i}", 4) for i in (1, 2)]
         await all_ready(manager, *workers)
