@@ -76,7 +76,9 @@ class Session:
     away: it is *away* (``connected`` False, ``spread.multicast`` raises
     :class:`~spreadqueue.SessionReconnecting`) until it has reconnected under the same
     name and joined its groups again; reconnect listeners hear
-    :class:`~spreadqueue.SessionLost` and :class:`~spreadqueue.SessionBack`.
+    :class:`~spreadqueue.SessionLost` and :class:`~spreadqueue.SessionBack`. (``opener``
+    is such a session's way of connecting, given by :func:`connect`: closing waits until
+    its attempt under way, if any, has ended.)
     """
 
     def __init__(

@@ -191,10 +191,8 @@ class LinkOpener:
         self._attempts: set[asyncio.Task[SpreadSession]] = set()
 
     def __call__(self, name: str | None, resume: SpreadSession | None) -> Deferred[SpreadSession]:
-        loop = self._clock.loop
         coro = open_session(self._clock, self._endpoint, name, resume=resume, **self._options)
-        d = as_deferred(coro, loop, tasks=self._attempts)
-        return d
+        return as_deferred(coro, self._clock.loop, tasks=self._attempts)
 
     async def settled(self) -> None:
         """Return once no connection attempt is running (cancelled ones included)."""
