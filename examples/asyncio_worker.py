@@ -9,7 +9,9 @@ Run it next to ``sqm myqueue``::
 
 The queue is $SPREAD_QUEUE_NAME (default ``myqueue``); the Spread daemon is
 $SPREAD_DAEMON (default ``4803@localhost``). Ctrl-C (or SIGTERM) stops it gracefully:
-it takes no new work, finishes what it holds and leaves the queue.
+it takes no new work, finishes what it holds and leaves the queue. Its session
+reconnects: it rides out a restart of the Spread daemon (its tasks keep running, their
+answers go out once it is back).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ async def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        session = await aio.connect(SPREAD)
+        session = await aio.connect(SPREAD, reconnect=True)  # survives a daemon restart
     except OSError:
         print(f"cannot reach the Spread daemon at {SPREAD} (is 'sqm {QUEUE}' running?)")
         return 1
@@ -45,7 +47,7 @@ async def main() -> int:
         worker = session.worker(QUEUE, {"myfunc": myfunc})
         await worker.start()
         print(f"worker ready on queue {QUEUE!r} (Spread {SPREAD}); Ctrl-C to stop", flush=True)
-        # runs until Ctrl-C or SIGTERM, or until the daemon goes away
+        # runs until Ctrl-C or SIGTERM, or until the daemon refuses the session for good
         stopped = asyncio.ensure_future(stop.wait())
         lost = asyncio.ensure_future(session.wait_closed())
         await asyncio.wait([stopped, lost], return_when=asyncio.FIRST_COMPLETED)

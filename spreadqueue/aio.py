@@ -15,7 +15,8 @@ asyncio or uvloop)::
 
 - :func:`connect` opens a :class:`Session` (``await aio.connect()`` or
   ``async with aio.connect() as session``); one session carries any number of
-  senders and workers, and the application's own Spread traffic.
+  senders and workers, and the application's own Spread traffic. With
+  ``reconnect=True`` it survives a restart of its daemon, senders and workers with it.
 - :class:`Sender`: ``await rpc(func, args)``; ``submit`` then ``await receive()``;
   cancelling the task that awaits an rpc cancels the call (the manager drops it).
 - :class:`Worker`: handlers by function name; ``async def`` handlers run as asyncio
@@ -40,15 +41,16 @@ from twisted.internet.defer import Deferred
 
 from ._aio.bridge import as_deferred, wait
 from ._aio.clock import LoopClock
-from ._aio.link import open_session
+from ._aio.link import LinkOpener, open_session
 from ._aio.logs import forward_to_logging
-from ._defaults import default_queue
+from ._defaults import default_queue, default_spread
 from ._queue.interfaces import ISerializer
 from ._queue.sender import Reply
 from ._queue.sender import Sender as _TwistedSender
 from ._queue.worker import DEFAULT_PREFETCH, Handler, Task
 from ._queue.worker import Worker as _TwistedWorker
-from ._spread.session import Frame, Listener, SpreadSession
+from ._spread.keeper import keep_session, reconnect_delays
+from ._spread.session import Frame, Listener, ReconnectListener, SpreadSession
 
 __all__ = ["Sender", "Session", "Worker", "connect"]
 
@@ -69,12 +71,23 @@ class Session:
     ``async with`` closes it, as :meth:`close` does: senders and workers made with
     :meth:`sender` and :meth:`worker` are stopped first. ``spread`` is the underlying
     :class:`~spreadqueue.SpreadSession`, for listeners and ``multicast``.
+
+    A session opened with ``connect(..., reconnect=True)`` survives its daemon going
+    away: it is *away* (``connected`` False, ``spread.multicast`` raises
+    :class:`~spreadqueue.SessionReconnecting`) until it has reconnected under the same
+    name and joined its groups again; reconnect listeners hear
+    :class:`~spreadqueue.SessionLost` and :class:`~spreadqueue.SessionBack`. (``opener``
+    is such a session's way of connecting, given by :func:`connect`: closing waits until
+    its attempt under way, if any, has ended.)
     """
 
-    def __init__(self, spread: SpreadSession, clock: LoopClock) -> None:
+    def __init__(
+        self, spread: SpreadSession, clock: LoopClock, opener: LinkOpener | None = None
+    ) -> None:
         #: the Spread session itself (listeners, multicast, groups)
         self.spread = spread
         self._clock = clock
+        self._opener = opener  # a reconnecting session's: its attempts end with it
         self._members: list[Sender | Worker] = []
 
     def __repr__(self) -> str:
@@ -87,8 +100,25 @@ class Session:
 
     @property
     def connected(self) -> bool:
-        """True until the session is closed or lost."""
+        """True until the session is closed or lost; a reconnecting session's is False
+        while it is away (until it is back in its groups)."""
         return self.spread.connected
+
+    @property
+    def reconnects(self) -> bool:
+        """True for a session that survives its daemon going away (``reconnect=True``)."""
+        return self.spread.reconnects
+
+    def add_reconnect_listener(self, listener: ReconnectListener) -> None:
+        """Call ``listener(event)`` (on the loop) with a :class:`~spreadqueue.SessionLost`
+        when a reconnecting session loses its daemon, and a
+        :class:`~spreadqueue.SessionBack` once it is back in all its groups (see
+        :meth:`spreadqueue.SpreadSession.add_reconnect_listener`)."""
+        self.spread.add_reconnect_listener(listener)
+
+    def remove_reconnect_listener(self, listener: ReconnectListener) -> None:
+        """Stop calling ``listener`` (no error if it was not added)."""
+        self.spread.remove_reconnect_listener(listener)
 
     # ------------------------------------------------------------------ queue
 
@@ -134,15 +164,20 @@ class Session:
     # ------------------------------------------------------------------ ending
 
     async def wait_closed(self) -> None:
-        """Return once the session has ended (closed, or the daemon went away)."""
+        """Return once the session has ended: closed, or the daemon went away (for a
+        reconnecting session: reconnecting failed for good, which
+        ``spread.disconnect_reason`` says)."""
         await wait(self.spread.whenDisconnected(), self._clock.loop)
 
     async def close(self) -> None:
-        """Stop this session's senders and workers, then disconnect (idempotent)."""
+        """Stop this session's senders and workers, then disconnect (idempotent); a
+        reconnecting session stops reconnecting (an attempt under way is abandoned)."""
         members, self._members = self._members, []
         for member in reversed(members):
             await member.stop()
         await wait(self.spread.disconnect(), self._clock.loop)
+        if self._opener is not None:
+            await self._opener.settled()
 
     async def __aenter__(self) -> Session:
         return self
@@ -154,9 +189,12 @@ class Session:
 class _Connecting:
     """What :func:`connect` returns: await it, or use it with ``async with``."""
 
-    def __init__(self, endpoint: str | None, name: str | None, options: dict[str, Any]) -> None:
+    def __init__(
+        self, endpoint: str | None, name: str | None, reconnect: bool, options: dict[str, Any]
+    ) -> None:
         self._endpoint = endpoint
         self._name = name
+        self._reconnect = reconnect
         self._options = options
         self._session: Session | None = None
 
@@ -164,8 +202,27 @@ class _Connecting:
         forward_to_logging()
         loop = asyncio.get_running_loop()
         clock = LoopClock(loop, threading.get_ident())
-        spread = await open_session(clock, self._endpoint, self._name, **self._options)
-        return Session(spread, clock)
+        if not self._reconnect:
+            spread = await open_session(clock, self._endpoint, self._name, **self._options)
+            return Session(spread, clock)
+        # The Twisted API's reconnection (keep_session), on the loop: each connection
+        # is opened by the asyncio transport.
+        endpoint = default_spread() if self._endpoint is None else self._endpoint
+        opener = LinkOpener(clock, endpoint, **self._options)
+        kept = keep_session(
+            clock,
+            opener,
+            self._name,
+            who=f"Spread client of {endpoint}",
+            backoff=reconnect_delays(endpoint),
+            retry_first=False,
+        )
+        try:
+            spread = await wait(kept, loop)
+        except BaseException:
+            await opener.settled()  # (a cancelled first attempt: its task ends first)
+            raise
+        return Session(spread, clock, opener)
 
     def __await__(self) -> Generator[Any, None, Session]:
         return self._open().__await__()
@@ -187,6 +244,7 @@ def connect(
     membership: bool = True,
     priority: int = 0,
     timeout: float | None = 10.0,
+    reconnect: bool = False,
 ) -> _Connecting:
     """Open a Spread session on the running loop: ``await connect()`` gives a
     :class:`Session`; ``async with connect() as session`` closes it at the end.
@@ -197,9 +255,19 @@ def connect(
     the daemon picks one). Raises OSError when nothing answers there,
     :class:`~spreadqueue.ConnectTimeout` after ``timeout`` seconds without a session,
     and the daemon's typed refusals (:class:`~spreadqueue.NameNotUnique`, ...).
+
+    ``reconnect=True`` connects the same way (a first failure is raised), and then
+    the session survives its daemon going away, as :func:`spreadqueue.connect`'s does:
+    it reconnects by itself with a jittered back-off (0.2 s doubling to 1 s for a
+    daemon on this machine, 1 s to 30 s for another; each attempt bounded by
+    ``timeout``), under the same private name, and joins its groups again; its
+    senders keep their pending calls and submit them again once it is back, its
+    workers keep running their tasks and register again. It ends on
+    :meth:`Session.close`, or when the daemon refuses it for good (then
+    :meth:`Session.wait_closed` returns).
     """
     options = {"membership": membership, "priority": priority, "timeout": timeout}
-    return _Connecting(endpoint, name, options)
+    return _Connecting(endpoint, name, reconnect, options)
 
 
 class _Member:

@@ -17,7 +17,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from procs import READY_DEADLINE, ROOT, TESTS, Proc, child_env, twist
+from procs import (
+    READY_DEADLINE,
+    ROOT,
+    TESTS,
+    Proc,
+    all_ready,
+    child_env,
+    free_port,
+    spreadqueue_cli,
+    twist,
+)
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
@@ -100,6 +110,18 @@ class QueueCase(unittest.TestCase):
         proc = Proc(args, self.workdir, label, env=env, ready_file=ready_file)
         self.procs.append(proc)
         return proc
+
+    async def own_daemon(self, label: str = "daemon1") -> tuple[Proc, list[str]]:
+        """Start our daemon (``spreadqueue daemon``) on a free loopback port and make it
+        this test's endpoint, whatever SPREADQUEUE_TEST_SPREAD says (for tests that
+        kill it); return it once ready, and its command line (to start another daemon
+        on the same port)."""
+        port = free_port()
+        args = spreadqueue_cli("daemon", "--listen", f"tcp:{port}:interface=127.0.0.1")
+        daemon = self.spawn(args, label)
+        await all_ready(daemon)
+        self.endpoint = f"tcp:host=127.0.0.1:port={port}"
+        return daemon, args
 
     def manager(self, label: str = "manager", *extra: str) -> Proc:
         """``twist spreadqueue-manager`` for this test's queue (ready = active)."""

@@ -178,6 +178,11 @@ def twist(plugin: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "twisted", "--log-format", "text", plugin, *args]
 
 
+def spreadqueue_cli(*args: str) -> list[str]:
+    """The command line ``spreadqueue ARGS`` (from the source tree)."""
+    return [sys.executable, "-m", "spreadqueue._service.cli", *args]
+
+
 @contextmanager
 def spread_daemon(workdir: Path) -> Iterator[str]:
     """A Spread daemon endpoint for the duration of the block.

@@ -3,8 +3,10 @@
 The queue's objects run on a real loop here, over FakeSpreadNetwork (the daemon's own
 core with in-process sessions, driven by the loop's timers): no sockets, and no timer
 longer than a call's own timeout. Connecting over TCP is checked against asyncio
-servers on free loopback ports; the examples and a whole program against a real
-daemon are in tests/test_e2e_aio.py.
+servers on free loopback ports, and reconnecting (``reconnect=True``) against a
+scripted daemon's handshake there, stopped and started again on its port; the examples,
+a whole program and a daemon restart under load against a real daemon are in
+tests/test_e2e_aio.py.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from spreadqueue import (
     QueueError,
     RemoteError,
     Reply,
+    SessionBack,
+    SessionLost,
+    SessionReconnecting,
     Task,
     TaskTimeout,
     aio,
@@ -38,6 +43,8 @@ from spreadqueue._aio.bridge import as_deferred, wait
 from spreadqueue._aio.clock import LoopClock
 from spreadqueue._aio.link import daemon_address
 from spreadqueue._aio.logs import forward_to_logging
+from spreadqueue._spread import wire
+from spreadqueue._spread.errors import VersionRejected
 from spreadqueue.testing import FakeSpreadNetwork
 
 T = TypeVar("T")
@@ -441,16 +448,21 @@ def test_connect_times_out_waiting_for_the_handshake_and_closes(run: Any) -> Non
     assert "waiting for the daemon's handshake" in run(main())
 
 
-def test_cancelling_connect_closes_the_connection(run: Any) -> None:
+@pytest.mark.parametrize("reconnect", [False, True])
+def test_cancelling_connect_closes_the_connection(run: Any, reconnect: bool) -> None:
     async def main() -> None:
+        before = asyncio.all_tasks()
         server, port, ends = await _silent_server()
         async with server:
-            connecting = asyncio.ensure_future(aio.connect(f"tcp:host=127.0.0.1:port={port}"))
+            connecting = asyncio.ensure_future(
+                aio.connect(f"tcp:host=127.0.0.1:port={port}", reconnect=reconnect)
+            )
             while not ends:
                 await asyncio.sleep(0.001)
             connecting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await connecting
+            assert not asyncio.all_tasks() - before  # the attempt has ended too
             await asyncio.gather(*ends)
 
     run(main())
@@ -471,6 +483,230 @@ def test_a_bad_private_name_is_refused_before_connecting(run: Any) -> None:
     async def main() -> None:
         with pytest.raises(ValueError):
             await aio.connect("1@127.0.0.1", name="far-too-long-a-name")
+
+    run(main())
+
+
+# ----------------------------------------------------------------------------- reconnect
+
+
+class _ScriptedDaemon:
+    """A Spread daemon's handshake and join notices, on a loopback asyncio server
+    (enough for a session that reconnects; no messages are routed).
+
+    ``names`` is the private name each connection asked for; ``silent`` makes new
+    connections get no answer; ``refuse`` (a reject code) refuses the next one.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.connections: list[asyncio.Transport] = []
+        self.ended: list[asyncio.Future[None]] = []
+        self.silent = False
+        self.refuse: int | None = None
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ScriptedConnection(self, loop), "127.0.0.1", self.port
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """kill -9: stop listening and drop every connection at once."""
+        assert self._server is not None
+        self._server.close()
+        for transport in self.connections:
+            transport.abort()
+        await self._server.wait_closed()
+        await asyncio.gather(*self.ended)
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp:host=127.0.0.1:port={self.port}"
+
+
+class _ScriptedConnection(asyncio.Protocol):
+    def __init__(self, daemon: _ScriptedDaemon, loop: asyncio.AbstractEventLoop) -> None:
+        self.daemon = daemon
+        self.decoder = wire.DaemonDecoder()
+        self.private_group = ""
+        self.end = loop.create_future()
+        daemon.ended.append(self.end)
+
+    def connection_made(self, transport: Any) -> None:  # (uvloop's is no asyncio.Transport)
+        self.transport: asyncio.Transport = transport
+        self.daemon.connections.append(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.end.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        daemon, write = self.daemon, self.transport.write
+        for frame in self.decoder.feed(data):
+            if isinstance(frame, wire.ConnectRequest):
+                daemon.names.append(frame.name)
+                if daemon.silent:
+                    return
+                if daemon.refuse is not None:
+                    write(wire.encode_reject(daemon.refuse))
+                    daemon.refuse = None
+                    self.transport.close()
+                    return
+                self.private_group = f"#{frame.name or 'r1'}#scripted"
+                write(wire.encode_auth_list(("NULL",)))
+                self.decoder.expect_auth()
+            elif isinstance(frame, wire.AuthChoice):
+                self.decoder.accepted(self.private_group)
+                write(wire.encode_accept(self.private_group))
+            elif isinstance(frame, wire.Join):
+                me = self.private_group
+                notice = wire.MembershipMessage(
+                    wire.REG_MEMB_MESS | wire.CAUSED_BY_JOIN,
+                    frame.group,
+                    wire.CAUSED_BY_JOIN,
+                    wire.GroupId(1, 1, 1),
+                    (me,),
+                    ((me,),),
+                    0,
+                    me,
+                )
+                write(wire.encode_to_client(notice))
+            elif isinstance(frame, wire.Kill):
+                self.transport.close()
+
+
+async def _until(condition: Callable[[], object]) -> None:
+    """Let the loop run until ``condition()`` (the test's DEADLINE bounds the wait)."""
+    while not condition():
+        await asyncio.sleep(0.005)
+
+
+async def _restart_into_silence(daemon: _ScriptedDaemon, lost: asyncio.Event) -> None:
+    """Kill ``daemon`` under its one session; once ``lost`` is set, start a new one whose
+    handshake never answers, and return when the session's attempt hangs in it."""
+    await daemon.stop()
+    await lost.wait()
+    daemon.silent = True
+    await daemon.start()
+    await _until(lambda: len(daemon.names) == 2)
+
+
+def _tasks_beside(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    """The tasks running now that did not run ``before`` (taken at the test's start)."""
+    return asyncio.all_tasks() - before
+
+
+def test_a_reconnecting_session_comes_back_under_its_name_in_its_groups(run: Any) -> None:
+    async def main() -> None:
+        before = asyncio.all_tasks()
+        daemon = _ScriptedDaemon()
+        await daemon.start()
+        events: list[Any] = []
+        async with aio.connect(daemon.endpoint, reconnect=True) as session:
+            assert session.reconnects and session.connected
+            session.add_reconnect_listener(events.append)
+            await session.join("chat")
+            invented = session.private_group  # the daemon picked the name: asked again
+            await daemon.stop()
+            await _until(lambda: events)
+            assert events == [SessionLost(invented, events[0].reason)]
+            assert not session.connected
+            with pytest.raises(SessionReconnecting):
+                session.spread.multicast("chat", b"away", wire.AGREED_MESS)
+            await daemon.start()  # a new daemon on the same port
+            await _until(lambda: len(events) == 2)
+            assert isinstance(events[1], SessionBack) and events[1].private_group == invented
+            assert session.connected and session.spread.groups == {"chat"}
+            assert daemon.names == ["", "r1"]
+        await daemon.stop()
+        assert not _tasks_beside(before)
+
+    run(main())
+
+
+def test_closing_a_session_while_it_reconnects_stops_trying(run: Any) -> None:
+    async def main() -> None:
+        before = asyncio.all_tasks()
+        daemon = _ScriptedDaemon()
+        await daemon.start()
+        session = await aio.connect(daemon.endpoint, "alice", reconnect=True)
+        lost = asyncio.Event()
+        session.add_reconnect_listener(lambda e: lost.set())
+        await _restart_into_silence(daemon, lost)
+        await session.close()
+        assert not session.connected and not _tasks_beside(before)
+        await asyncio.gather(*daemon.ended)  # the attempt's connection was closed
+        await daemon.stop()
+        assert daemon.names == ["alice", "alice"]  # (and no attempt after the close)
+
+    run(main())
+
+
+def test_cancelling_async_with_while_reconnecting_ends_cleanly(run: Any) -> None:
+    async def main() -> None:
+        before = asyncio.all_tasks()
+        daemon = _ScriptedDaemon()
+        await daemon.start()
+        lost, stopped = asyncio.Event(), asyncio.Event()
+        sessions: list[aio.Session] = []
+
+        async def app() -> None:
+            async with aio.connect(daemon.endpoint, "bob", reconnect=True) as session:
+                sessions.append(session)
+                session.add_reconnect_listener(lambda e: lost.set())
+                async with session.worker("q", {"f": lambda _: 1}, pool="loop"):
+                    async with session.sender("q"):
+                        try:
+                            await asyncio.sleep(3600)
+                        finally:
+                            stopped.set()
+
+        running = asyncio.ensure_future(app())
+        await _until(lambda: sessions and sessions[0].spread.groups)
+        await _restart_into_silence(daemon, lost)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert stopped.is_set() and not sessions[0].connected
+        assert sessions[0].spread.disconnect_reason is not None
+        assert not _tasks_beside(before)
+        await asyncio.gather(*daemon.ended)  # the attempt's connection was closed
+        await daemon.stop()
+
+    run(main())
+
+
+def test_a_refusal_for_good_ends_a_reconnecting_session(run: Any) -> None:
+    async def main() -> None:
+        before = asyncio.all_tasks()
+        daemon = _ScriptedDaemon()
+        await daemon.start()
+        session = await aio.connect(daemon.endpoint, "carol", reconnect=True)
+        await daemon.stop()
+        daemon.refuse = wire.RejectCode.REJECT_VERSION
+        await daemon.start()
+        await asyncio.wait_for(session.wait_closed(), DEADLINE)
+        reason = session.spread.disconnect_reason
+        assert reason is not None and reason.check(VersionRejected)
+        await session.close()
+        await daemon.stop()
+        assert daemon.names == ["carol", "carol"] and not _tasks_beside(before)
+
+    run(main())
+
+
+def test_a_reconnecting_connect_raises_the_first_failure(run: Any) -> None:
+    async def main() -> None:
+        before = asyncio.all_tasks()
+        daemon = _ScriptedDaemon()
+        await daemon.start()
+        await daemon.stop()  # nothing listens at its port now
+        with pytest.raises(OSError):
+            await aio.connect(daemon.endpoint, reconnect=True)
+        assert not _tasks_beside(before)
 
     run(main())
 

@@ -5,18 +5,39 @@ The asyncio examples run next to ``sqm QUEUE`` exactly as the Twisted ones do
 whole cycle (connect, a worker with coroutine and thread handlers, rpc, submit,
 cancel, errors) checks that it ends cleanly: in Python's development mode with every
 warning an error, nothing printed, no thread left, no signal handler installed.
+
+The daemon restarts under load (as tests/test_e2e_reconnect.py does it for the
+Twisted API): an asyncio sender and two asyncio workers on sessions opened with
+``reconnect=True`` (tests/e2e_aio_apps.py) ride out a kill -9 of the daemon and a new
+one on the same port; every call is answered once, the workers register again and
+serve on, and the programs still end cleanly.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 import textwrap
+import time
+from collections import Counter
+from typing import Any
 
 import pytest
 from e2e_case import RUN_DEADLINE, SQM, QueueCase
-from procs import ROOT, Proc, all_ready, child_env, external_spread, free_port, log_match
+from procs import (
+    ROOT,
+    TESTS,
+    Proc,
+    all_ready,
+    child_env,
+    external_spread,
+    free_port,
+    log_match,
+    poll_until,
+    skip_if_external,
+)
 
 #: Python's development mode with warnings as errors: a pending task destroyed, an
 #: unclosed transport or socket, an exception ignored in __del__ all show on stderr.
@@ -101,11 +122,12 @@ LIFECYCLE = textwrap.dedent(
     import asyncio, signal, sys, threading
     from spreadqueue import RemoteError, TaskTimeout, aio
 
-    QUEUE, SPREAD, LOOP = sys.argv[1:4]
+    QUEUE, SPREAD, LOOP, RECONNECT = sys.argv[1:5]
     SIGNALS = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)}
 
     async def main():
-        async with aio.connect(SPREAD) as session:
+        async with aio.connect(SPREAD, reconnect=RECONNECT == "reconnect") as session:
+            assert session.reconnects == (RECONNECT == "reconnect")
             async def slow(n):
                 await asyncio.sleep(n)
                 return n
@@ -159,9 +181,11 @@ LIFECYCLE = textwrap.dedent(
 )
 
 
+@pytest.mark.parametrize("reconnect", ["plain", "reconnect"])
 @pytest.mark.parametrize("loop", LOOPS)
-def test_an_asyncio_program_ends_cleanly(loop: str, tmp_path: object) -> None:
-    """No warning, no pending task, no thread, no signal handler left behind."""
+def test_an_asyncio_program_ends_cleanly(loop: str, reconnect: str, tmp_path: object) -> None:
+    """No warning, no pending task, no thread, no signal handler left behind (on a
+    session that reconnects too)."""
     if loop == "uvloop":
         pytest.importorskip("uvloop")
     from pathlib import Path
@@ -187,7 +211,7 @@ def test_an_asyncio_program_ends_cleanly(loop: str, tmp_path: object) -> None:
         try:
             manager.wait_ready()
             done = subprocess.run(
-                [sys.executable, "-c", LIFECYCLE, queue, endpoint, loop],
+                [sys.executable, "-c", LIFECYCLE, queue, endpoint, loop, reconnect],
                 env=child_env(**STRICT),
                 capture_output=True,
                 text=True,
@@ -198,3 +222,104 @@ def test_an_asyncio_program_ends_cleanly(loop: str, tmp_path: object) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.split() == ["done", "clean"], done.stdout + done.stderr
     assert not UNCLEAN.search(done.stderr), done.stderr
+
+
+#: calls in all, calls kept in flight, how long each runs at a worker (seconds)
+TOTAL = 300
+IN_FLIGHT = 40
+RUN_TIME = 0.2
+#: the whole run, restart included, on a loaded 2-core machine
+RESTART_DEADLINE = 120.0
+
+
+def aio_app(*args: str) -> list[str]:
+    """The command line of tests/e2e_aio_apps.py with ``args``."""
+    return [sys.executable, str(TESTS / "e2e_aio_apps.py"), *args]
+
+
+class AsyncioDaemonRestart(QueueCase):
+    """An asyncio sender and asyncio workers ride out a restart of their daemon."""
+
+    async def restart_under_load(self, loop: str) -> None:
+        daemon, daemon_args = await self.own_daemon()
+        manager = self.manager()
+        strict = child_env([TESTS], **STRICT)
+        workers = [
+            self.spawn(aio_app("worker", self.queue, self.endpoint, loop, "4"), f"w{i}", env=strict)
+            for i in (1, 2)
+        ]
+        await all_ready(manager, *workers)
+        args = (str(self.runs), str(TOTAL), str(IN_FLIGHT), str(RUN_TIME))
+        sender = self.spawn(
+            aio_app("sender", self.queue, self.endpoint, loop, *args),
+            "sender",
+            env=strict,
+            ready_file=False,
+        )
+        await log_match(sender, r"(?m)^a third answered$", RESTART_DEADLINE)
+
+        started_at_kill = sum(self.run_counts().values())
+        daemon.kill()
+        killed = time.monotonic()
+        await log_match(sender, r"(?m)^SessionLost$")
+        again = self.spawn(daemon_args, "daemon2")
+        await all_ready(again)
+        restarted = time.monotonic()
+        await poll_until(
+            lambda: not sender.running,
+            "the sender's end",
+            RESTART_DEADLINE,
+            alive=[manager, *workers, again],
+        )
+
+        out = sender.log()
+        assert sender.popen.returncode == 0, out
+        assert out.splitlines()[-1] == "clean", out
+        assert not UNCLEAN.search(out), out
+        (line,) = [x for x in out.splitlines() if x.startswith("{")]
+        summary: dict[str, Any] = json.loads(line)
+        answers = {int(i): a for i, a in summary["answers"].items()}
+        assert summary["failures"] == [], summary["failures"][:5]
+        assert sorted(answers) == list(range(1, TOTAL + 1))
+        assert all(len(a) == 1 for a in answers.values()), "answered twice"
+        assert all(a[0][0][0] == i for i, a in answers.items())
+        kinds = [kind for _, kind, _ in summary["events"]]
+        assert kinds == ["SessionLost", "SessionBack"], summary["events"]
+        back = summary["events"][1][0]
+
+        # The workers came back, registered again and served on: answers after the
+        # restart came from each of them.
+        pids = {w.pid for w in workers}
+        served_after = {a[0][0][1] for a in answers.values() if a[0][1] > back}
+        assert served_after == pids, (served_after, pids)
+        for worker in workers:
+            assert worker.count(r"Spread session \S+ lost \(") == 1, worker.log()
+            assert worker.count(r"back after [\d.]+s; registering again with") == 1, worker.log()
+            assert worker.stop(timeout=RUN_DEADLINE) == 0, worker.log()
+            log = worker.log_path.read_text()
+            assert log.splitlines()[-1] == "clean" and not UNCLEAN.search(log), log
+
+        first_after = min(a[0][1] for a in answers.values() if a[0][1] > killed)
+        runs = Counter(self.run_counts())
+        answered_before = sum(1 for a in answers.values() if a[0][1] < killed)
+        print(
+            f"\n[{loop}] {summary['events'][0][2]} call(s) in flight at the kill, "
+            f"{started_at_kill - answered_before} running at the workers; "
+            f"daemon down {restarted - killed:.2f} s (kill to ready); "
+            f"sender back {back - restarted:.2f} s after the new daemon was ready, "
+            f"first answer {first_after - restarted:.2f} s after it "
+            f"({first_after - killed:.2f} s after the kill); "
+            f"{len(answers)} of {TOTAL} answered, once each, 0 failed; "
+            f"{sum(1 for n in runs.values() if n > 1)} task(s) ran twice; "
+            f"{summary['stats']['late_replies']} late replies dropped; "
+            f"{summary['stats']['resubmitted']} resubmissions"
+        )
+
+    @skip_if_external("it kills and restarts the Spread daemon, which must be ours")
+    async def test_the_daemon_restarts_under_load_on_asyncio(self) -> None:
+        await self.restart_under_load("asyncio")
+
+    @skip_if_external("it kills and restarts the Spread daemon, which must be ours")
+    async def test_the_daemon_restarts_under_load_on_uvloop(self) -> None:
+        pytest.importorskip("uvloop")
+        await self.restart_under_load("uvloop")

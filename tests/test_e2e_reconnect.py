@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from collections import Counter
 from typing import Any
 
 from e2e_case import QueueCase, unique_name
-from procs import TESTS, all_ready, child_env, free_port, poll_until, skip_if_external
+from procs import (
+    TESTS,
+    all_ready,
+    child_env,
+    poll_until,
+    skip_if_external,
+    spreadqueue_cli,
+)
 from twisted.internet.defer import Deferred
 
 from spreadqueue._queue.sender import Sender
@@ -34,20 +40,12 @@ TIMEOUT = 30.0
 DEADLINE = 120.0
 
 
-def spreadqueue_cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "spreadqueue._service.cli", *args]
-
-
 class DaemonRestartUnderLoad(QueueCase):
     @skip_if_external("it kills and restarts the Spread daemon, which must be ours")
     async def test_the_daemon_restarts_under_load_and_no_call_fails(self) -> None:
         from twisted.internet import reactor
 
-        port = free_port()
-        daemon_args = spreadqueue_cli("daemon", "--listen", f"tcp:{port}:interface=127.0.0.1")
-        daemon = self.spawn(daemon_args, "daemon1")
-        await all_ready(daemon)
-        self.endpoint = f"tcp:host=127.0.0.1:port={port}"
+        daemon, daemon_args = await self.own_daemon()
         manager = self.manager()
         workers = [self.worker(f"worker{i}", 4) for i in (1, 2)]
         await all_ready(manager, *workers)

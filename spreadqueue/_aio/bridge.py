@@ -45,14 +45,24 @@ async def wait(d: Deferred[T], loop: asyncio.AbstractEventLoop) -> T:
         raise
 
 
-def as_deferred(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> Deferred[T]:
+def as_deferred(
+    coro: Coroutine[Any, Any, T],
+    loop: asyncio.AbstractEventLoop,
+    *,
+    tasks: set[asyncio.Task[T]] | None = None,
+) -> Deferred[T]:
     """Run ``coro`` as an asyncio task on ``loop``; a Deferred of its outcome.
 
     Cancelling the Deferred cancels the task and fails the Deferred at once with
     Twisted's CancelledError (what a worker counts as a cancelled task); a task that
-    ends in asyncio's CancelledError on its own fails it the same way.
+    ends in asyncio's CancelledError on its own fails it the same way. The task is in
+    ``tasks`` (when given) until it has ended, cancelled or not: the Deferred may fire
+    before a cancelled task has finished cleaning up.
     """
     task = loop.create_task(coro)
+    if tasks is not None:
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def cancel(_: Deferred[T]) -> None:
         task.cancel()

@@ -9,6 +9,11 @@ Twisted's reactor and asyncio (or uvloop), with no reactor in between.
 
 asyncio transports already send at once when nothing is buffered and set
 TCP_NODELAY, which is what :mod:`~spreadqueue._spread.output` does by hand on Twisted.
+
+:class:`LinkOpener` opens each connection of a session that reconnects: it is the
+``open_link`` that :func:`~spreadqueue._spread.keeper.keep_session` (the one
+reconnection mechanism, with the loop as its clock) is given, as the Twisted client's
+:func:`~spreadqueue._spread.client.link_opener` is on a reactor.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
 
@@ -24,9 +30,10 @@ from .._spread import wire
 from .._spread.client import ConnectTimeout, SpreadClientProtocol
 from .._spread.endpoints import spread_address
 from .._spread.session import SpreadSession
+from .bridge import as_deferred
 from .clock import LoopClock
 
-__all__ = ["daemon_address", "open_session"]
+__all__ = ["LinkOpener", "daemon_address", "open_session"]
 
 
 class _TransportFace:
@@ -112,17 +119,21 @@ async def open_session(
     membership: bool,
     priority: int,
     timeout: float | None,
+    resume: SpreadSession | None = None,
 ) -> SpreadSession:
     """Connect to a Spread daemon on ``clock``'s loop and do the handshake.
 
     Raises what :func:`spreadqueue.connect` fails with (the typed rejections,
     IllegalGroupName, SessionClosed, ConnectTimeout), and OSError when nothing
-    answers at the address.
+    answers at the address. ``resume`` is a reconnecting session that is away: this
+    connection becomes its new link (:meth:`SpreadSession.relink`), and it is returned.
     """
     host, port = daemon_address(endpoint)
     if name is not None:
         wire.check_private_name(name)
-    protocol = SpreadClientProtocol(name, membership=membership, priority=priority, clock=clock)
+    protocol = SpreadClientProtocol(
+        name, membership=membership, priority=priority, clock=clock, resume=resume
+    )
     loop = clock.loop
     where = f"{host}:{port}"
     stage = "connecting"
@@ -147,3 +158,43 @@ async def open_session(
         raise ConnectTimeout(
             f"no Spread session with {where} after {timeout:g}s ({stage})"
         ) from None
+
+
+class LinkOpener:
+    """Opens one connection of a session to the daemon at ``endpoint`` on ``clock``'s
+    loop: ``opener(name, resume)`` is a Deferred of :func:`open_session`, for
+    :func:`~spreadqueue._spread.keeper.keep_session` (a
+    :data:`~spreadqueue._spread.keeper.LinkOpener`).
+
+    Cancelling that Deferred (the keeper stopping) cancels the attempt's asyncio task;
+    :meth:`settled` waits until no attempt is left running, so that a closed session
+    leaves no task (nor connection) behind.
+    """
+
+    def __init__(
+        self,
+        clock: LoopClock,
+        endpoint: str | None,
+        *,
+        membership: bool,
+        priority: int,
+        timeout: float | None,
+    ) -> None:
+        daemon_address(endpoint)  # a bad address fails here, not at every attempt
+        self._clock = clock
+        self._endpoint = endpoint
+        self._options: dict[str, Any] = {
+            "membership": membership,
+            "priority": priority,
+            "timeout": timeout,
+        }
+        self._attempts: set[asyncio.Task[SpreadSession]] = set()
+
+    def __call__(self, name: str | None, resume: SpreadSession | None) -> Deferred[SpreadSession]:
+        coro = open_session(self._clock, self._endpoint, name, resume=resume, **self._options)
+        return as_deferred(coro, self._clock.loop, tasks=self._attempts)
+
+    async def settled(self) -> None:
+        """Return once no connection attempt is running (cancelled ones included)."""
+        while self._attempts:
+            await asyncio.wait(list(self._attempts))
