@@ -19,7 +19,6 @@ from zope.interface.verify import verifyObject
 from spreadqueue._queue.errors import (
     NoManager,
     PayloadTooLarge,
-    QueueError,
     QueueNameError,
     RemoteError,
     SenderStopped,

@@ -22,7 +22,6 @@ from .errors import (
     MalformedMessage,
     NoManager,
     PayloadTooLarge,
-    QueueError,
     QueueFull,
     RemoteError,
     SenderStopped,
