@@ -269,6 +269,16 @@ def test_versions(tmp_path: Path) -> None:
         assert (status, output) == (0, f"spreadqueue {__version__}\n")
 
 
+def test_every_command_answers_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README says every command takes --version, the argparse ones too."""
+    from spreadqueue import __version__
+    from spreadqueue._service.cli import main
+
+    for command in ("demo", "rpc", "submit", "status", "control", "bench"):
+        assert main([command, "--version"]) == 0, command
+        assert capsys.readouterr().out == f"spreadqueue {__version__}\n", command
+
+
 def test_sqm_help_shows_its_own_default(tmp_path: Path) -> None:
     status, output = run(sqm("--help"), tmp_path)
     assert status == 0

@@ -3,11 +3,13 @@ built from the status reports of a queue on the in-memory network."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from queue_net import Net, echo, fired
@@ -21,7 +23,7 @@ from spreadqueue._queue.pools import ProcessPool, ThreadPool
 from spreadqueue._queue.stats import LATENCY_BOUNDS, Histogram, Utilisation
 from spreadqueue._service.dashboard import snapshot_of
 from spreadqueue._service.metrics import registry_of
-from spreadqueue._service.status_cmd import render
+from spreadqueue._service.status_cmd import render, status_console
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -148,6 +150,25 @@ def test_the_status_table_shows_the_same_numbers() -> None:
     assert mine[9] == "threads"  # its default pool (on a Clock, nothing ran in it)
     echo = next(row for row in rows if row and row[0] == "echo")
     assert echo[1:4] == ["7", "0", "-"]
+
+
+def test_the_status_tables_keep_their_width_when_piped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`spreadqueue status > file` (or through a pipe) is as readable as on a wide terminal:
+    rich's 80 columns would cut every worker column to a letter and an ellipsis."""
+    net = Net()
+    _, worker, _ = busy_queue(net)
+    d = QueueInspector(net.clock, net.session("ops"), "q").status()
+    net.pump()
+    monkeypatch.delenv("COLUMNS", raising=False)
+    out = io.StringIO()
+    status_console(out).print(render(fired(d)))
+    text = out.getvalue()
+    assert "\u2026" not in text, text  # no cell cut short
+    header = next(line for line in text.splitlines() if "worker" in line and "serves" in line)
+    assert "util 1m" in header and "host:pid" in header
+    assert any(line.startswith(f"\u2502 {worker.worker_id}@") for line in text.splitlines())
+    monkeypatch.setenv("COLUMNS", "100")  # an explicit width still wins
+    assert status_console(io.StringIO()).width == 100
 
 
 def test_the_status_table_shows_what_waits_for_a_function_nobody_serves() -> None:

@@ -19,7 +19,6 @@ from zope.interface.verify import verifyObject
 from spreadqueue._queue.errors import (
     NoManager,
     PayloadTooLarge,
-    QueueError,
     QueueNameError,
     RemoteError,
     SenderStopped,
@@ -720,7 +719,7 @@ def test_stopping_a_sender_fails_its_pending_tasks_and_cancels_them(net: Net) ->
     assert manager.state.queued == 0
     # no timer of the sender is left behind in the reactor
     assert not sender._deadlines.armed and sender._ack_timer is None
-    with pytest.raises(QueueError):
+    with pytest.raises(SenderStopped, match="this sender is stopped: the sender was stopped"):
         sender.submit("echo")
 
 
@@ -732,6 +731,13 @@ def test_a_lost_sender_session_fails_pending_tasks(net: Net) -> None:
     sender.session.disconnect()
     net.pump()
     assert "lost" in str(failure_of(d, SenderStopped))
+    # later calls say why too, as a TaskError that callers already handle
+    why = "this sender is stopped: the Spread session was lost"
+    with pytest.raises(SenderStopped) as raised:
+        sender.submit("echo", 2)
+    assert str(raised.value) == why  # no "(task )": no task got an id
+    assert str(failure_of(sender.rpc("echo", 2), SenderStopped)) == why
+    assert str(failure_of(sender.enqueue("echo", 2), SenderStopped)) == why
 
 
 def test_worker_lost_too_often_reaches_the_sender(net: Net) -> None:

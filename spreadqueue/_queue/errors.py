@@ -50,6 +50,8 @@ class TaskError(QueueError):
         self.message = message or self.__doc__ or type(self).__name__
 
     def __str__(self) -> str:
+        if not self.task_id:  # no task got an id (a call on a stopped sender)
+            return self.message
         return f"{self.message} (task {self.task_id})"
 
 

@@ -22,7 +22,6 @@ from .errors import (
     MalformedMessage,
     NoManager,
     PayloadTooLarge,
-    QueueError,
     QueueFull,
     RemoteError,
     SenderStopped,
@@ -207,6 +206,7 @@ class Sender:
         self._turn = Turn(reactor, self._flush, session)
         self._malformed = WarningThrottle(reactor, self.log)
         self._state = "new"  # new -> starting -> ready -> stopped
+        self._stopped_because = "it was stopped"  # what _fail_all last said, for new calls
         # the session is away (reconnecting): nothing goes out until it is back
         self._away = False
         self._start_d: Deferred[None] | None = None
@@ -301,7 +301,7 @@ class Sender:
         told to drop it. ``priority``: 0 (the default) to 9, higher first (FIFO within
         a level; docs/protocol.md, "Dispatching"). Raises TypeError (unserializable
         args), PayloadTooLarge, ValueError (bad function name, timeout or priority) and
-        QueueError once stopped.
+        SenderStopped once stopped (its message says why: stopped, or the session lost).
         """
         return self._submit(func, args, timeout, None, priority=priority)
 
@@ -425,7 +425,9 @@ class Sender:
     ) -> str:
         state = self._state
         if state == "stopped":
-            raise QueueError("this sender is stopped")
+            # a TaskError, as for the calls that were pending: a web application that
+            # catches TaskError learns why (its session was lost) instead of crashing
+            raise SenderStopped("", f"this sender is stopped: {self._stopped_because}")
         if not isinstance(func, str) or not 0 < len(func) <= MAX_FUNC:
             raise ValueError(f"the function name must be a str of 1..{MAX_FUNC} characters")
         if timeout is not None and not 0 < timeout * 1000 <= MAX_TIMEOUT_MS:
@@ -599,6 +601,7 @@ class Sender:
             self._replies.append(outcome)
 
     def _fail_all(self, why: str) -> None:
+        self._stopped_because = why
         for p in list(self._pending.values()):
             self._finish(p, SenderStopped(p.task_id, why))
         self._backlog.clear()

@@ -42,6 +42,9 @@ _SERVICES = {
     "worker": ("worker_tap", "spreadqueue-worker"),
 }
 
+#: Every command of ``spreadqueue``; each answers ``--version``.
+_COMMANDS = (*_SERVICES, "demo", "rpc", "submit", "status", "control", "bench")
+
 
 def run_service(module: str, args: Sequence[str], prog: str, options: str = "Options") -> int:
     """Run the service of tap module ``module`` (its ``options`` class, ``makeService``)
@@ -67,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] == "--version":
         return print_version()
     command, rest = args[0], args[1:]
+    if rest == ["--version"] and command in _COMMANDS:  # the argparse commands too
+        return print_version()
     if command in _SERVICES:
         return run_service(_SERVICES[command][0], rest, f"spreadqueue {command}")
     if command == "demo":

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -309,6 +310,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: Columns of the tables when the output is not a terminal (a pipe, a file, a
+#: script's capture), where rich would assume 80 and squeeze the worker table's
+#: thirteen columns into unreadable stumps: wide enough for every table's own width.
+PIPED_WIDTH = 250
+
+
+def status_console(file: IO[str] | None = None) -> Console:
+    """Where ``spreadqueue status`` prints its tables: as wide as the terminal (or
+    ``$COLUMNS``), and :data:`PIPED_WIDTH` when the output is not a terminal."""
+    console = Console(file=file)
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(file=file, width=PIPED_WIDTH)
+
+
 def _status_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spreadqueue status",
@@ -391,7 +407,7 @@ def status_main(argv: Sequence[str] | None = None) -> int:
     spread = _spread_or_exit(prog, options.spread)
     timeout = _timeout_or_exit(prog, options.timeout, 1.0)
     outcome: list[int] = []
-    console = Console()
+    console = status_console()
 
     async def run(reactor: Any) -> None:
         session = await connect(reactor, spread, timeout=min(timeout + 5, 10))
