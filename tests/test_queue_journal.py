@@ -39,6 +39,17 @@ def test_a_journal_keeps_tasks_dead_letters_and_ended_ids(tmp_path: Path) -> Non
     assert ended == ["t1"]
 
 
+def test_a_task_held_again_is_no_longer_among_the_ended(tmp_path: Path) -> None:
+    j = Journal(Clock(), str(tmp_path / "j"), "q")
+    j.load()
+    t = Task("t1", "f", b"", "q-mgr", None, 5.0, detached=True)
+    fired(j.write([("task", t), ("end", "t1"), ("end", "t2")]))
+    assert j.load()[0::2] == ([], ["t1", "t2"])
+    fired(j.write([("task", t)]))  # a dead letter requeued
+    tasks, _, ended = j.load()
+    assert ([t.task_id for t in tasks], ended) == (["t1"], ["t2"])
+
+
 def test_a_journal_of_another_queue_is_refused(tmp_path: Path) -> None:
     path = str(tmp_path / "j")
     Journal(Clock(), path, "q").load()
@@ -141,6 +152,37 @@ def test_dead_letters_survive_in_the_journal(net: Net, tmp_path: Path) -> None:
     [letter] = list(again.state.dead_letters)
     assert letter.reason == "failed" and "no bad" in letter.error
     assert again.status()["journal"]["path"] == journal
+
+
+def test_a_requeued_dead_letter_is_held_again_after_a_restart(net: Net, tmp_path: Path) -> None:
+    """dead-requeue makes a task live again; a manager that starts from the journal holds
+    it (the journal had kept its id among the ended ones, and the restart dropped it)."""
+    journal = str(tmp_path / "q.journal")
+    session = net.session()
+    m = net.manager(session, journal=journal)
+    sender = net.sender()
+    held = sender.enqueue("later", 1, ttl=1)  # nobody serves it: its time to live runs out
+    net.advance(3)
+    fired(held)
+    state = m.state
+    assert state is not None
+    [letter] = list(state.dead_letters)
+    assert letter.reason == "expired"
+    me = session.private_group
+    state.control(net.clock.seconds(), "r1", me, "dead-requeue", "all")
+    m._flush()
+    net.advance(0.5)
+    assert m.status()["detached"] == 1 and list(state.dead_letters) == []
+    net.crash(session)
+    net.pump()
+    again = net.manager(journal=journal)
+    net.advance(0.5)
+    status = again.status()
+    assert (status["detached"], status["dead_letters"]["count"]) == (1, 0)
+    runs = Runs()
+    net.worker({"later": runs})
+    net.advance(0.5)
+    assert runs.count == Counter({1: 1})
 
 
 class _Threads:

@@ -260,7 +260,10 @@ def _rows(op: str, value: Any) -> list[tuple[str, tuple[Any, ...]]]:
             (
                 "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*params, t.not_before, t.queued_at),
-            )
+            ),
+            # A task held is not over, whatever it was before: a dead letter requeued,
+            # or one a resync brought back; else recovery would skip it as ended.
+            ("DELETE FROM ended WHERE id = ?", (t.task_id,)),
         ]
     if op == "end":
         return [
