@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from ._aio.bridge import as_deferred, wait
 from ._aio.clock import LoopClock
@@ -412,6 +413,12 @@ class _LoopWorker(_TwistedWorker):
     """The worker, with coroutines run as asyncio tasks and the loop's thread as its own."""
 
     _reactor: LoopClock
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Its events are the public Worker's: logger ``spreadqueue.aio.Worker``. (A
+        # class attribute would not do: a Logger there names itself after the class.)
+        self.log = Logger(namespace="spreadqueue.aio.Worker", source=self)
 
     def _start_coroutine(self, coro: Any) -> Deferred[Any]:
         return as_deferred(coro, self._reactor.loop)

@@ -250,7 +250,7 @@ def test_enqueue_holds_a_detached_task_that_runs_later(run: Any) -> None:
     run(main())
 
 
-def test_failures_are_the_queue_s_own_exceptions(run: Any) -> None:
+def test_failures_are_the_queue_s_own_exceptions(run: Any, caplog: Any) -> None:
     async def main() -> None:
         async with fake_queue() as session:
 
@@ -274,7 +274,14 @@ def test_failures_are_the_queue_s_own_exceptions(run: Any) -> None:
             with pytest.raises(RemoteError):
                 await sender.receive()
 
-    run(main())
+    forward_to_logging()  # (aio.connect does it; the fake queue does not connect)
+    with caplog.at_level(logging.INFO, logger="spreadqueue"):
+        run(main())
+    # the worker's log says what failed, under the public class's name
+    failed = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "boom" in r.getMessage()
+    ]
+    assert failed and {r.name for r in failed} == {"spreadqueue.aio.Worker"}
 
 
 def test_no_manager_is_told_by_the_ack_timeout(run: Any) -> None:
