@@ -208,8 +208,14 @@ HELP = {
         "--max-tasks-per-child",
         "--auto-manager",
     ],
-    "help-status": ["usage: spreadqueue status", "QUEUE", "--watch", "--json", "--timeout"],
-    "help-control": ["usage: spreadqueue control", "QUEUE ACTION [TARGET]", "pause, resume, purge"],
+    "help-status": [
+        *("usage: spreadqueue status", "QUEUE", "--watch", "--json"),
+        "seconds to wait for answers [default: 1]",
+    ],
+    "help-control": [
+        *("usage: spreadqueue control", "QUEUE ACTION [TARGET]", "pause, resume, purge"),
+        "seconds to wait for answers [default: 5]",
+    ],
     "help-rpc": [
         "usage: spreadqueue rpc",
         *("--queue", "--spread", "--timeout", "--priority", "FUNC", "JSON"),

@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -293,7 +293,12 @@ def _functions_table(functions: dict[str, Any]) -> Table:
 # --------------------------------------------------------------------------- commands
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+#: Seconds ``status`` and ``control`` wait for answers unless told (--timeout).
+STATUS_TIMEOUT: Final = 1.0
+CONTROL_TIMEOUT: Final = 5.0
+
+
+def _common(p: argparse.ArgumentParser, timeout: float) -> None:
     p.add_argument(
         "--spread",
         "-s",
@@ -306,7 +311,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "-t",
         type=float,
         default=None,
-        help="seconds to wait for answers [default: status 1, control 5]",
+        help=f"seconds to wait for answers [default: {timeout:g}]",
     )
 
 
@@ -341,7 +346,7 @@ def _status_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the reports as JSON, one object per queue per line (README, Operations)",
     )
-    _common(p)
+    _common(p, STATUS_TIMEOUT)
     return p
 
 
@@ -365,7 +370,7 @@ def _control_parser() -> argparse.ArgumentParser:
         "session or private name); cancel: the task id; dead-letters: a task id (default: "
         "the newest 200); dead-requeue/dead-purge: a task id or 'all'",
     )
-    _common(p)
+    _common(p, CONTROL_TIMEOUT)
     return p
 
 
@@ -405,7 +410,7 @@ def status_main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_USAGE
     spread = _spread_or_exit(prog, options.spread)
-    timeout = _timeout_or_exit(prog, options.timeout, 1.0)
+    timeout = _timeout_or_exit(prog, options.timeout, STATUS_TIMEOUT)
     outcome: list[int] = []
     console = status_console()
 
@@ -459,7 +464,7 @@ def control_main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: {options.action} needs a {needs[options.action]}", file=sys.stderr)
         return EXIT_USAGE
     spread = _spread_or_exit(prog, options.spread)
-    timeout = _timeout_or_exit(prog, options.timeout, 5.0)
+    timeout = _timeout_or_exit(prog, options.timeout, CONTROL_TIMEOUT)
     outcome: list[int] = []
 
     async def run(reactor: Any) -> None:
