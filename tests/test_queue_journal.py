@@ -224,14 +224,15 @@ def test_batches_that_come_during_a_commit_go_together_into_the_next(tmp_path: P
         return Task(f"t{i}", "f", b"", "q-mgr", None, 0.0, detached=True)
 
     first = j.write([("task", task(0))])
-    later = [j.write([("task", task(i))]) for i in (1, 2, 3)]
+    later = [j.write([("task", task(i)), ("end", f"e{i}")]) for i in (1, 2, 3)]
     assert len(threads.jobs) == 1 and not first.called
     threads.run_one()
     assert first.called and not any(d.called for d in later)
     assert len(threads.jobs) == 1  # the three waiting batches, in one transaction
     threads.run_one()
     assert all(d.called for d in later)
-    assert (j.stats["commits"], j.stats["batches"]) == (2, 4)
+    # changes, not SQL statements (a task is two, an end two)
+    assert (j.stats["commits"], j.stats["batches"], j.stats["changes"]) == (2, 4, 7)
     closed = j.close()
     assert closed.called
     assert [t.task_id for t in Journal(Clock(), str(tmp_path / "j"), "q").load()[0]] == [

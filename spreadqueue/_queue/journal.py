@@ -85,7 +85,7 @@ class Journal:
         self._pool: ThreadPool | None = None
         # batches waiting for the next transaction, whether one is being written, and
         # who waits for the journal to be idle (close)
-        self._waiting: list[tuple[list[Any], Deferred[None]]] = []
+        self._waiting: list[tuple[list[Any], int, Deferred[None]]] = []  # (rows, changes, d)
         self._committing = False
         self._idle: list[Deferred[None]] = []
         #: transactions, the batches (turns) and changes they wrote, the slowest (seconds)
@@ -166,20 +166,21 @@ class Journal:
         turns, as many senders' turns come in while the disk syncs)."""
         rows = [row for op, value in ops for row in _rows(op, value)]
         d: Deferred[None] = Deferred()
-        self._waiting.append((rows, d))
+        self._waiting.append((rows, len(ops), d))
         if not self._committing:
             self._commit_waiting()
         return d
 
     def _commit_waiting(self) -> None:
         batches, self._waiting = self._waiting, []
-        rows = [row for batch, _ in batches for row in batch]
+        rows = [row for batch, _, _ in batches for row in batch]
+        changes = sum(n for _, n, _ in batches)
         self._committing = True
         if self._pool is None:
             if not IReactorThreads.providedBy(self._reactor):
                 # A reactor without threads (task.Clock in tests): write inline.
                 try:
-                    self._commit(rows, len(batches))
+                    self._commit(rows, len(batches), changes)
                 except BaseException:
                     self._committed(Failure(), batches)
                 else:
@@ -188,14 +189,14 @@ class Journal:
             self._pool = ThreadPool(1, 1, name=f"spreadqueue-journal-{self.queue}")
             self._pool.start()
         assert IReactorFromThreads.providedBy(self._reactor)
-        d = deferToThreadPool(self._reactor, self._pool, self._commit, rows, len(batches))
+        d = deferToThreadPool(self._reactor, self._pool, self._commit, rows, len(batches), changes)
         d.addBoth(self._committed, batches)
 
     def _committed(
-        self, result: Failure | None, batches: list[tuple[list[Any], Deferred[None]]]
+        self, result: Failure | None, batches: list[tuple[list[Any], int, Deferred[None]]]
     ) -> None:
         self._committing = False
-        for _, d in batches:
+        for _, _, d in batches:
             if isinstance(result, Failure):
                 d.errback(result)
             else:
@@ -207,7 +208,9 @@ class Journal:
             for d in idle:
                 d.callback(None)
 
-    def _commit(self, rows: list[tuple[str, tuple[Any, ...]]], batches: int) -> None:
+    def _commit(self, rows: list[tuple[str, tuple[Any, ...]]], batches: int, changes: int) -> None:
+        """Write ``rows`` (the SQL of ``changes`` changes from ``batches`` turns) as one
+        transaction."""
         db = self._db
         if db is None:
             db = self._db = self._connect()
@@ -228,7 +231,7 @@ class Journal:
         took = time.monotonic() - started
         self.stats["commits"] += 1
         self.stats["batches"] += batches
-        self.stats["changes"] += len(rows)
+        self.stats["changes"] += changes
         self.stats["slowest_commit"] = max(self.stats["slowest_commit"], took)
 
     def close(self) -> Deferred[None]:
