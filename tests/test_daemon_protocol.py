@@ -18,7 +18,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
@@ -566,11 +566,16 @@ def test_one_log_event_per_connect_reject_and_drop() -> None:
         Client(factory, "alice").send(wire.encode_connect("alice"))
         alice.send(b"\xa5" * 48)
         alice.lose()
+        bob = Client(factory, "bob").handshake()
+        bob.send(wire.encode_kill(bob.group))
     kinds = [(e["spread_event"], e.get("reason")) for e in events if "spread_event" in e]
     assert kinds[0] == ("connect", None)
     assert kinds[1] == ("reject", "name 'alice' in use")
     assert kinds[2][0] == "drop" and "bad message" in str(kinds[2][1])
-    assert len(kinds) == 3
+    # a client that says goodbye was not dropped
+    assert kinds[3:] == [("connect", None), ("disconnect", "KILL_MESS")]
+    levels = {e["spread_event"]: e["log_level"] for e in events if "spread_event" in e}
+    assert (levels["drop"], levels["disconnect"]) == (LogLevel.warn, LogLevel.info)
 
 
 @pytest.mark.parametrize(

@@ -336,7 +336,7 @@ class SpreadDaemonProtocol(Protocol):
             elif type(frame) is Leave:
                 core.leave(session, frame.group)  # type: ignore[arg-type]
             elif type(frame) is Kill:
-                self._drop("disconnected (KILL_MESS)", clean=True)
+                self._drop("KILL_MESS", clean=True)
                 return
             elif type(frame) is ConnectRequest:
                 self._connect_request(frame)
@@ -442,13 +442,22 @@ class SpreadDaemonProtocol(Protocol):
         session = self.session
         if session is not None:
             self.core.disconnect(session)
-            (log.info if clean else log.warn)(
-                "Spread session {private_group} from {peer} dropped: {reason}",
-                spread_event="drop",
-                private_group=session.private_group,
-                peer=self.peer,
-                reason=reason,
-            )
+            if clean:
+                log.info(
+                    "Spread session {private_group} from {peer} disconnected ({reason})",
+                    spread_event="disconnect",
+                    private_group=session.private_group,
+                    peer=self.peer,
+                    reason=reason,
+                )
+            else:
+                log.warn(
+                    "Spread session {private_group} from {peer} dropped: {reason}",
+                    spread_event="drop",
+                    private_group=session.private_group,
+                    peer=self.peer,
+                    reason=reason,
+                )
         self._close_transport()
 
     def _overflow(self) -> None:
