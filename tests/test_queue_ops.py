@@ -164,6 +164,41 @@ def test_purge_and_cancel_end_tasks_with_task_cancelled(net: Net) -> None:
     assert "the worker cancelled the task" in str(failure_of(running, TaskError))
 
 
+def test_tasks_lists_what_the_manager_holds_oldest_first(net: Net) -> None:
+    net.manager()
+    worker = net.worker({"slow": lambda _: Deferred()})
+    sender = net.sender()
+    sender.rpc("slow", 1, timeout=None)
+    net.advance(1)
+    sender.rpc("slow", 2, timeout=None, priority=3)  # waits: the worker's one slot is taken
+    net.advance(1)
+    detached = sender.enqueue("nobody", 3)
+    net.advance(0.5)
+    task_id = fired(detached)
+    ops = inspector(net)
+    ok, text = control(net, ops, "tasks")
+    head, *lines = text.splitlines()
+    assert ok and head == "3 task(s) held (2 queued in all)"
+    me = sender.session.private_group
+    running = f"running on {worker.worker_id}@{worker.session.private_group}"
+    assert [line.split("  ")[1:3] for line in lines] == [
+        ["slow", running],
+        ["slow", "queued"],
+        ["nobody", "queued"],
+    ]
+    assert lines[0].endswith(f"attempt 1  for {me}")
+    ages = [float(line.split("  ")[4].removesuffix("s old")) for line in lines]
+    assert 2.3 <= ages[0] <= 2.5 and 1.3 <= ages[1] <= 1.5 and ages[2] <= 0.5
+    assert "priority 3" in lines[1] and lines[2].startswith(task_id)
+    assert lines[2].endswith("attempt 0  detached")
+    ok, text = control(net, ops, "tasks", "nobody")
+    assert ok and text.splitlines()[0] == "1 task(s) of 'nobody' held (2 queued in all)"
+    assert control(net, ops, "tasks", task_id)[1].splitlines()[1:] == lines[2:]
+    assert (
+        control(net, ops, "tasks", "unknown")[1] == "0 task(s) of 'unknown' held (2 queued in all)"
+    )
+
+
 def test_control_from_another_daemon_is_refused_unless_allowed(net: Net) -> None:
     manager = net.manager()
     net.manager(control_allow=["#ops*#bastion"])  # a standby: only the active one acts

@@ -44,6 +44,7 @@ ACTIONS = (
     "drain",
     "undrain",
     "cancel",
+    "tasks",
     "dead-letters",
     "dead-requeue",
     "dead-purge",

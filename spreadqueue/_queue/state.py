@@ -160,9 +160,11 @@ _ROLE_EVENTS: Final = frozenset(
     {"activated", "standby", "synced", "stepped_down", "merged", "sync_refused"}
 )
 #: Control actions that change nothing: the active manager answers them at once.
-_READ_ONLY: Final = frozenset({"dead-letters"})
+_READ_ONLY: Final = frozenset({"dead-letters", "tasks"})
 #: Dead letters a ``dead-letters`` control reply lists, at most.
 _DEAD_LIST_MAX: Final = 200
+#: Tasks a ``tasks`` control reply lists, at most (the oldest first).
+_TASK_LIST_MAX: Final = 200
 #: Functions a status report lists under ``waiting``, at most (the most queued first).
 _WAITING_MAX: Final = 100
 #: Functions remembered as "said nobody serves it" (for the log), at most.
@@ -603,7 +605,7 @@ class QueueManager:
             ok, text = (
                 False,
                 f"unknown action {action!r} (pause, resume, purge, drain, undrain, cancel, "
-                "dead-letters, dead-requeue, dead-purge)",
+                "tasks, dead-letters, dead-requeue, dead-purge)",
             )
         self._emit((requester,), Kind.CONTROL_REPLY, ControlReply(request_id, ok, text))
         self._event(
@@ -709,6 +711,8 @@ class QueueManager:
         return True, f"{len(letters)} dead letter(s) purged"
 
     def _read_only(self, now: float, action: str, target: str) -> tuple[bool, str]:
+        if action == "tasks":
+            return self._list_tasks(now, target)
         letters = self._dead.recent(_DEAD_LIST_MAX)
         if target and target not in ("all", "*"):
             letters = [d for d in letters if d.task_id == target]
@@ -720,6 +724,29 @@ class QueueManager:
         head = f"{len(self._dead)} dead letter(s)"
         if len(self._dead) > len(letters) and not target:
             head += f", the newest {len(letters)} below"
+        return True, "\n".join([head, *lines])
+
+    def _list_tasks(self, now: float, target: str) -> tuple[bool, str]:
+        """The ``tasks`` control: the tasks held (queued or running), the oldest first,
+        at most :data:`_TASK_LIST_MAX`; ``target`` a function name or a task id."""
+        if target and target in self._tasks:
+            chosen = [self._tasks[target]]
+        else:
+            chosen = [t for t in self._tasks.values() if not target or t.func == target]
+        chosen.sort(key=lambda t: t.queued_at)
+        lines = []
+        for t in chosen[:_TASK_LIST_MAX]:
+            w = t.worker
+            where = "queued" if w is None else f"running on {_name(w)}"
+            kind = "detached" if t.detached else f"for {t.reply_to}"
+            lines.append(
+                f"{t.task_id}  {t.func}  {where}  priority {t.priority}  "
+                f"{now - t.queued_at:.1f}s old  attempt {t.attempt}  {kind}"
+            )
+        which = f" of {target!r}" if target else ""
+        head = f"{len(chosen)} task(s){which} held ({self._queued} queued in all)"
+        if len(chosen) > len(lines):
+            head += f", the oldest {len(lines)} below"
         return True, "\n".join([head, *lines])
 
     def _cancelled(self, t: Task, message: str) -> None:

@@ -354,7 +354,8 @@ def _control_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spreadqueue control",
         description="Ask a queue's active manager to pause or resume dispatch, purge the "
-        "queued tasks, drain (or undrain) a worker, cancel a task, or list, requeue or "
+        "queued tasks, drain (or undrain) a worker, cancel a task, list the tasks it holds, "
+        "or list, requeue or "
         "purge the dead letters (detached tasks that failed for good). Only sessions on the "
         "manager's own daemon may, unless its --control-allow says otherwise. Exit "
         "status: 0 done, 1 refused or not possible, 2 usage, 3 no active manager answered.",
@@ -367,7 +368,8 @@ def _control_parser() -> argparse.ArgumentParser:
         nargs="?",
         default="",
         help="drain/undrain: the worker (id@#name#daemon as status shows it, or its id, "
-        "session or private name); cancel: the task id; dead-letters: a task id (default: "
+        "session or private name); cancel: the task id; tasks: a function or a task id "
+        "(default: all, the oldest 200); dead-letters: a task id (default: "
         "the newest 200); dead-requeue/dead-purge: a task id or 'all'",
     )
     _common(p, CONTROL_TIMEOUT)
