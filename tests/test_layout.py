@@ -108,7 +108,7 @@ def test_the_public_names_are_pinned() -> None:
         "ISpreadSession",
     ]
     aio = importlib.import_module("spreadqueue.aio")
-    assert aio.__all__ == ["Sender", "Session", "Worker", "connect"]
+    assert aio.__all__ == ["ReplyReader", "Sender", "Session", "Worker", "connect"]
 
 
 def test_every_other_module_is_private() -> None:
