@@ -40,7 +40,7 @@ from .messages import MESS_TYPE_BASE, Kind, Reason, Status, decode
 from .serializer import default_serializer
 from .throttle import WarningThrottle
 
-__all__ = ["Answers", "Reply", "ReplyReader", "answer", "failure"]
+__all__ = ["Answers", "Reply", "ReplyReader", "answer", "check_reply_group", "failure"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +137,17 @@ class Answers:
             w.errback(error)
 
 
+def check_reply_group(group: str) -> str:
+    """``group`` if a reader can join it (a public Spread group name), else ValueError."""
+    if not isinstance(group, str) or group.startswith("#"):
+        raise ValueError(
+            f"a reply group must be a public Spread group name, not {group!r} "
+            "(a private group's answers are its Sender's)"
+        )
+    check_group_name(group)
+    return group
+
+
 _ANSWERS: Final = frozenset(MESS_TYPE_BASE + k for k in (Kind.RESULT, Kind.FAILED))
 
 
@@ -176,12 +187,7 @@ class ReplyReader:
         serializer: ISerializer | None = None,
         max_buffered: int = 10_000,
     ) -> None:
-        if not isinstance(group, str) or group.startswith("#"):
-            raise ValueError(
-                f"a reply group must be a public Spread group name, not {group!r} "
-                "(a private group's answers are its Sender's)"
-            )
-        check_group_name(group)
+        check_reply_group(group)
         if max_buffered < 1:
             raise ValueError("max_buffered must be at least 1")
         self.group = group

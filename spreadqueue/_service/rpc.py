@@ -190,18 +190,22 @@ def _checked(options: argparse.Namespace, prog: str) -> tuple[str, Any, str] | i
     return queue, args, spread
 
 
-def _run(
-    prog: str, spread: str, call: Callable[[Any], Deferred[Any]], done: Callable[[Any], None]
+def run_command(
+    prog: str,
+    spread: str,
+    call: Callable[[Any], Deferred[Any]],
+    done: Callable[[Any], int | None],
+    interrupted_text: str = "interrupted before an answer came",
 ) -> int:
-    """Run ``call(reactor)`` under task.react; print what happened; the exit status."""
+    """Run ``call(reactor)`` under task.react; ``done(result)`` prints what came and may
+    give the exit status (None: 0); failures are printed here. The exit status."""
     from twisted.internet import task
 
     outcome: list[int] = []
     interrupted: list[bool] = []
 
     def succeeded(result: Any) -> None:
-        done(result)
-        outcome.append(0)
+        outcome.append(done(result) or 0)
 
     def failed(failure: Any) -> None:
         err = failure.value
@@ -238,7 +242,7 @@ def _run(
     except SystemExit:
         pass
     if interrupted and not outcome:
-        print(f"{prog}: interrupted before an answer came", file=sys.stderr)
+        print(f"{prog}: {interrupted_text}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return outcome[0] if outcome else EXIT_FAILED
 
@@ -251,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(checked, int):
         return checked
     queue, args, spread = checked
-    return _run(
+    return run_command(
         prog,
         spread,
         lambda reactor: Deferred.fromCoroutine(
@@ -291,7 +295,7 @@ def submit_main(argv: Sequence[str] | None = None) -> int:
     if isinstance(checked, int):
         return checked
     queue, _args, spread = checked
-    return _run(
+    return run_command(
         prog,
         spread,
         lambda reactor: Deferred.fromCoroutine(_enqueue(reactor, spread, queue, options)),
