@@ -266,12 +266,8 @@ class ReplyReader:
         try:
             msg = decode(frame.mess_type, frame.data)
         except MalformedMessage as exc:
-            self.stats["malformed"] += 1
-            self._warnings.warn(
-                frame.sender,
-                "reply reader {group}: dropped a malformed message from {source}: {error}",
-                group=self.group,
-                error=str(exc),
+            self._warnings.dropped(
+                frame.sender, exc, self.stats, "reply reader {group}", group=self.group
             )
             return
         if msg.kind is Kind.RESULT:

@@ -676,12 +676,8 @@ class Sender:
         try:
             msg = decode(frame.mess_type, frame.data)
         except MalformedMessage as exc:
-            self.stats["malformed"] += 1
-            self._malformed.warn(
-                frame.sender,
-                "queue sender {queue}: dropped a malformed message from {source}: {error}",
-                queue=self.groups.queue,
-                error=str(exc),
+            self._malformed.dropped(
+                frame.sender, exc, self.stats, "queue sender {queue}", queue=self.groups.queue
             )
             return
         mine = self._prefix

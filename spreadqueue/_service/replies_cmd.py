@@ -20,7 +20,7 @@ from .._queue.errors import ReaderStopped, TaskError
 from .._queue.replies import Reply, check_reply_group
 from .._queue.serializer import JsonSerializer, MsgpackSerializer
 from .common import write_ready_file
-from .rpc import EXIT_UNANSWERED, EXIT_USAGE, run_command, to_json
+from .rpc import EXIT_UNANSWERED, EXIT_USAGE, add_spread_option, run_command, to_json
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,9 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         "--count answers within --timeout (or no daemon), 130 interrupted.",
     )
     p.add_argument("group", metavar="GROUP", help="the public Spread group the tasks answer")
-    p.add_argument(
-        "--count", "-n", type=int, default=None, help="exit after this many answers"
-    )
+    p.add_argument("--count", "-n", type=int, default=None, help="exit after this many answers")
     p.add_argument(
         "--timeout",
         "-t",
@@ -51,12 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         default="msgpack",
         help="how the senders serialize values [default: msgpack, as spreadqueue submit]",
     )
-    p.add_argument(
-        "--spread",
-        "-s",
-        default=None,
-        help="Spread daemon [default: $SPREAD_DAEMON or 4803@localhost]",
-    )
+    add_spread_option(p)
     p.add_argument("--ready-file", default=None, help="write this file once in the group")
     return p
 

@@ -56,13 +56,20 @@ def _base_parser(prog: str, description: str) -> argparse.ArgumentParser:
         "each level counts as the manager's --priority-aging seconds (10) of waiting, so "
         "low levels are never starved",
     )
+    add_spread_option(p)
+    return p
+
+
+def add_spread_option(p: argparse.ArgumentParser) -> None:
+    """``--spread``/``-s``, the daemon of a command that connects (rpc, submit,
+    replies, status, control)."""
     p.add_argument(
         "--spread",
         "-s",
         default=None,
-        help="Spread daemon [default: $SPREAD_DAEMON or 4803@localhost]",
+        help="Spread daemon: 4803@host or a Twisted client endpoint "
+        "[default: $SPREAD_DAEMON or 4803@localhost]",
     )
-    return p
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from .._queue.names import validate_queue_name
 from .._queue.stats import OUTCOMES
 from .._spread.client import connect
 from .._spread.endpoints import parse_spread_endpoint
+from .rpc import add_spread_option
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -294,13 +295,7 @@ def _functions_table(functions: dict[str, Any]) -> Table:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--spread",
-        "-s",
-        default=None,
-        help="Spread daemon: 4803@host or a Twisted client endpoint "
-        "[default: $SPREAD_DAEMON or 4803@localhost]",
-    )
+    add_spread_option(p)
     p.add_argument(
         "--timeout",
         "-t",
