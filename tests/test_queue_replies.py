@@ -236,3 +236,19 @@ def test_a_reader_that_does_not_keep_up_drops_the_oldest_answers(net: Net) -> No
 def test_a_reader_needs_a_public_group_name(net: Net, group: str) -> None:
     with pytest.raises(ValueError):
         ReplyReader(net.clock, net.session(), group)
+
+
+def test_receive_starts_the_reader_and_fails_with_why_if_it_cannot_join(net: Net) -> None:
+    net.manager()
+    net.worker({"f": echo})
+    replies = ReplyReader(net.clock, net.session(), GROUP)
+    waiting = replies.receive()  # joins
+    net.pump()
+    task_id = enqueue(net, "f", "first")
+    net.pump()
+    assert fired(waiting) == Reply(task_id, "first")
+    closed = net.session()
+    closed.disconnect()
+    net.pump()
+    err = failure_of(ReplyReader(net.clock, closed, GROUP).receive(), ReaderStopped)
+    assert "could not join" in str(err) or "session was lost" in str(err)

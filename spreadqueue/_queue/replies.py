@@ -216,7 +216,10 @@ class ReplyReader:
         session = self.session
         session.add_listener(self._on_frame, self.group)
         session.whenDisconnected().addCallback(lambda _: self._end("the Spread session was lost"))
-        d = session.acquire(self.group)
+        try:
+            d = session.acquire(self.group)
+        except Exception:  # (a closed session): the Deferred says so
+            d = fail()
 
         def joined(_: object) -> None:
             self.log.info(
@@ -249,7 +252,8 @@ class ReplyReader:
         reader is stopped (or its session lost) and no answer is left, it fails with
         :class:`ReaderStopped`."""
         if self._state == "new":
-            self.start()
+            # a join that fails stops the reader: this receive() fails with why
+            self.start().addErrback(lambda _: None)
         return self._answers.get()
 
     def _end(self, why: str) -> None:
