@@ -14,7 +14,8 @@ change without notice.
 - The queue: :class:`Sender` (``submit`` / ``receive``, ``rpc``), :class:`Worker`
   (handlers by function name), :class:`ManagerService` (hands each task to exactly one
   worker), :class:`BlockingSender` (a Sender for plain scripts); :func:`run_in`
-  says where a handler runs (the reactor, a thread pool, child processes). Answers are
+  says where a handler runs (the reactor, a thread pool, child processes);
+  :class:`ReplyReader` reads the answers detached tasks send to a group. Answers are
   :class:`Reply` objects; failures are :class:`TaskError` subclasses.
 - Serializers for task arguments and results: :class:`MsgpackSerializer` (the
   default) and :class:`JsonSerializer`.
@@ -25,11 +26,13 @@ from __future__ import annotations
 from ._defaults import default_queue, default_spread
 from ._queue.blocking import BlockingSender
 from ._queue.errors import (
+    DeadLettered,
     NoManager,
     PayloadTooLarge,
     QueueError,
     QueueFull,
     QueueNameError,
+    ReaderStopped,
     RemoteError,
     SenderStopped,
     TaskCancelled,
@@ -40,6 +43,7 @@ from ._queue.errors import (
 )
 from ._queue.manager import ManagerService
 from ._queue.pools import run_in
+from ._queue.replies import ReplyReader
 from ._queue.sender import Reply, Sender
 from ._queue.serializer import JsonSerializer, MsgpackSerializer
 from ._queue.worker import Task, Worker
@@ -96,6 +100,7 @@ __all__ = [
     "BlockingSender",
     "ConnectTimeout",
     "ConnectionRejected",
+    "DeadLettered",
     "IllegalGroupName",
     "IllegalName",
     "IllegalService",
@@ -111,11 +116,13 @@ __all__ = [
     "QueueFull",
     "QueueNameError",
     "QuotaExceeded",
+    "ReaderStopped",
     "ReceiveOverflow",
     "RegularMessage",
     "RejectMessage",
     "RemoteError",
     "Reply",
+    "ReplyReader",
     "Sender",
     "SenderStopped",
     "SessionBack",

@@ -22,8 +22,11 @@ asyncio or uvloop)::
 - :class:`Worker`: handlers by function name; ``async def`` handlers run as asyncio
   tasks on the loop (they may await anything asyncio), plain functions in a thread
   pool (or on the loop with ``pool="loop"``).
+- :class:`ReplyReader` (``session.replies(group)``): the answers detached tasks
+  send to ``group`` (``enqueue(..., reply_to=group)``): ``await receive()``, or
+  ``async for answer in reader``.
 
-They are the very Sender and Worker of :mod:`spreadqueue` (same acknowledgements,
+They are the very Sender, Worker and ReplyReader of :mod:`spreadqueue` (same acknowledgements,
 resubmission, timeouts, prefetch and credits), run on the asyncio loop instead of a
 Twisted reactor, and fail with the same exceptions: :class:`~spreadqueue.RemoteError`,
 :class:`~spreadqueue.TaskTimeout`, :class:`~spreadqueue.NoManager`, ... Log events go
@@ -45,15 +48,17 @@ from ._aio.clock import LoopClock
 from ._aio.link import LinkOpener, open_session
 from ._aio.logs import forward_to_logging
 from ._defaults import default_queue, default_spread
+from ._queue.errors import ReaderStopped, TaskError
 from ._queue.interfaces import ISerializer
-from ._queue.sender import Reply
+from ._queue.replies import Reply
+from ._queue.replies import ReplyReader as _TwistedReplyReader
 from ._queue.sender import Sender as _TwistedSender
 from ._queue.worker import DEFAULT_PREFETCH, Handler, Task
 from ._queue.worker import Worker as _TwistedWorker
 from ._spread.keeper import keep_session, reconnect_delays
 from ._spread.session import Frame, Listener, ReconnectListener, SpreadSession
 
-__all__ = ["Sender", "Session", "Worker", "connect"]
+__all__ = ["ReplyReader", "Sender", "Session", "Worker", "connect"]
 
 F = TypeVar("F", bound=Handler)
 M = TypeVar("M", bound="_Member")
@@ -69,9 +74,10 @@ def _queue_name(queue: str | None) -> str:
 class Session:
     """One Spread session on the running asyncio loop (made by :func:`connect`).
 
-    ``async with`` closes it, as :meth:`close` does: senders and workers made with
-    :meth:`sender` and :meth:`worker` are stopped first. ``spread`` is the underlying
-    :class:`~spreadqueue.SpreadSession`, for listeners and ``multicast``.
+    ``async with`` closes it, as :meth:`close` does: senders, workers and readers made
+    with :meth:`sender`, :meth:`worker` and :meth:`replies` are stopped first.
+    ``spread`` is the underlying :class:`~spreadqueue.SpreadSession`, for listeners and
+    ``multicast``.
 
     A session opened with ``connect(..., reconnect=True)`` survives its daemon going
     away: it is *away* (``connected`` False, ``spread.multicast`` raises
@@ -89,7 +95,7 @@ class Session:
         self.spread = spread
         self._clock = clock
         self._opener = opener  # a reconnecting session's: its attempts end with it
-        self._members: list[Sender | Worker] = []
+        self._members: list[_Member] = []
 
     def __repr__(self) -> str:
         return f"<aio.Session {self.spread.private_group}>"
@@ -140,6 +146,13 @@ class Session:
         self._members.append(worker)
         return worker
 
+    def replies(self, group: str, **options: Any) -> ReplyReader:
+        """A :class:`ReplyReader` of the answers sent to ``group`` on this session,
+        stopped when it closes."""
+        reader = ReplyReader(self, group, **options)
+        self._members.append(reader)
+        return reader
+
     # ------------------------------------------------------------------ Spread
 
     async def join(self, group: str) -> None:
@@ -171,7 +184,7 @@ class Session:
         await wait(self.spread.whenDisconnected(), self._clock.loop)
 
     async def close(self) -> None:
-        """Stop this session's senders and workers, then disconnect (idempotent); a
+        """Stop this session's senders, workers and readers, then disconnect (idempotent); a
         reconnecting session stops reconnecting (an attempt under way is abandoned)."""
         members, self._members = self._members, []
         for member in reversed(members):
@@ -272,11 +285,11 @@ def connect(
 
 
 class _Member:
-    """What :class:`Sender` and :class:`Worker` share: a queue object of the Twisted
-    API on the session's loop, whose Deferreds they await; ``async with`` starts and
-    stops it."""
+    """What :class:`Sender`, :class:`Worker` and :class:`ReplyReader` share: an object
+    of the Twisted API on the session's loop, whose Deferreds they await; ``async
+    with`` starts and stops it."""
 
-    _inner: _TwistedSender | _TwistedWorker
+    _inner: _TwistedSender | _TwistedWorker | _TwistedReplyReader
 
     def __init__(self, session: Session) -> None:
         self._loop = session._clock.loop
@@ -286,17 +299,13 @@ class _Member:
         return wait(d, self._loop)
 
     @property
-    def queue(self) -> str:
-        """The queue's name."""
-        return self._inner.groups.queue
-
-    @property
     def stats(self) -> dict[str, int]:
         """Counters (see the Twisted class's ``stats``)."""
         return self._inner.stats
 
     async def start(self) -> None:
-        """Join the queue (a worker also registers with the queue's manager)."""
+        """Join the queue (a worker also registers with the queue's manager; a reader
+        joins its group)."""
         await self._wait(self._inner.start())
 
     async def stop(self) -> None:
@@ -311,7 +320,18 @@ class _Member:
         await self.stop()
 
 
-class Sender(_Member):
+class _QueueMember(_Member):
+    """A member of one queue: a :class:`Sender` or a :class:`Worker`."""
+
+    _inner: _TwistedSender | _TwistedWorker
+
+    @property
+    def queue(self) -> str:
+        """The queue's name."""
+        return self._inner.groups.queue
+
+
+class Sender(_QueueMember):
     """Submits calls to ``queue`` (default ``$SPREAD_QUEUE_NAME``) over ``session``.
 
     The Sender of :mod:`spreadqueue` on the asyncio loop (see :class:`spreadqueue.Sender`
@@ -441,7 +461,7 @@ def _pool(pool: str) -> str:
     )
 
 
-class Worker(_Member):
+class Worker(_QueueMember):
     """A worker of ``queue`` (default ``$SPREAD_QUEUE_NAME``) on ``session``.
 
     ``handlers`` maps function names to callables (or use :meth:`handler` /
@@ -524,3 +544,73 @@ class Worker(_Member):
         """Take no new task, finish the running ones (at most ``timeout`` seconds,
         default ``stop_timeout``), leave the queue."""
         await self._wait(self._worker.stop(timeout))
+
+
+class ReplyReader(_Member):
+    """The answers detached tasks send to Spread group ``group`` (their ``reply_to``),
+    read on ``session``: the :class:`spreadqueue.ReplyReader` on the asyncio loop (every
+    reader of a group gets every answer; ``serializer`` must be the senders';
+    ``max_buffered`` answers wait at most).
+
+    ``await receive()`` returns the next :class:`~spreadqueue.Reply` or raises the
+    task's failure (:class:`~spreadqueue.RemoteError`,
+    :class:`~spreadqueue.UnknownFunction`, :class:`~spreadqueue.DeadLettered`; its
+    ``task_id`` says which task). ``async for answer in reader`` gives each answer as
+    a value instead, a Reply or a :class:`~spreadqueue.TaskError`, so one failed task
+    does not end the loop; the loop ends once :meth:`stop` is called (by
+    :meth:`Session.close` too) and the answers kept are given, and raises
+    :class:`~spreadqueue.ReaderStopped` if the session is lost.
+    ``async with`` or :meth:`stop` leaves the group.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        group: str,
+        *,
+        serializer: ISerializer | None = None,
+        max_buffered: int = 10_000,
+    ) -> None:
+        super().__init__(session)
+        self._inner = self._reader = _TwistedReplyReader(
+            session._clock,
+            session.spread,
+            group,
+            serializer=serializer,
+            max_buffered=max_buffered,
+        )
+        self._stopping = False
+
+    @property
+    def group(self) -> str:
+        """The group read."""
+        return self._reader.group
+
+    @property
+    def buffered(self) -> int:
+        """Answers that came and wait for :meth:`receive`."""
+        return self._reader.buffered
+
+    async def stop(self) -> None:
+        """Leave the group; answers kept are still given, then iteration ends."""
+        self._stopping = True
+        await self._wait(self._reader.stop())
+
+    async def receive(self) -> Reply:
+        """The next answer, or the task's failure raised; once stopped and empty,
+        raises :class:`~spreadqueue.ReaderStopped`."""
+        reply: Reply = await self._wait(self._reader.receive())
+        return reply
+
+    def __aiter__(self) -> ReplyReader:
+        return self
+
+    async def __anext__(self) -> Reply | TaskError:
+        try:
+            return await self.receive()
+        except TaskError as error:
+            return error
+        except ReaderStopped:
+            if self._stopping:
+                raise StopAsyncIteration from None
+            raise

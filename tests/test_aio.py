@@ -30,6 +30,7 @@ from spreadqueue import (
     ManagerService,
     NoManager,
     QueueError,
+    ReaderStopped,
     RemoteError,
     Reply,
     SessionBack,
@@ -246,6 +247,41 @@ def test_enqueue_holds_a_detached_task_that_runs_later(run: Any) -> None:
             assert isinstance(task_id, str) and sender.pending == 0
             await session.worker("q", {"job": job}).start()
             await asyncio.wait_for(ran.wait(), 5)
+
+    run(main())
+
+
+def test_a_reply_reader_gets_the_answers_of_detached_tasks(run: Any) -> None:
+    async def main() -> None:
+        async with fake_queue() as session:
+
+            async def double(n: int) -> int:
+                if n < 0:
+                    raise ValueError("negative")
+                return 2 * n
+
+            await session.worker("q", {"double": double}).start()
+            replies = session.replies("answers")
+            await replies.start()
+            sender = session.sender("q")
+            first = await sender.enqueue("double", 21, reply_to="answers")
+            assert await replies.receive() == Reply(first, 42, True)
+            failed = await sender.enqueue("double", -1, reply_to="answers")
+            with pytest.raises(RemoteError) as raised:
+                await replies.receive()
+            assert raised.value.task_id == failed and raised.value.type_name == "ValueError"
+            # async for: failures come as values, and the loop ends once stopped
+            last = await sender.enqueue("double", -2, reply_to="answers")
+            again = await sender.enqueue("double", 5, reply_to="answers")
+            while replies.buffered < 2:
+                await asyncio.sleep(0.01)
+            await replies.stop()
+            got = [answer async for answer in replies]
+            assert isinstance(got[0], RemoteError) and got[0].task_id == last
+            assert got[1:] == [Reply(again, 10, True)]
+            with pytest.raises(ReaderStopped):
+                await replies.receive()
+            assert replies.group == "answers" and replies.stats["answers"] == 4
 
     run(main())
 

@@ -112,6 +112,7 @@ def one_shot_commands() -> dict[str, list[str]]:
         "help-demo": spreadqueue("demo", "--help"),
         "help-status": spreadqueue("status", "--help"),
         "help-control": spreadqueue("control", "--help"),
+        "help-replies": spreadqueue("replies", "--help"),
         "help-plugin-daemon": twist("spread-daemon", "--help"),
         "help-plugin-manager": twist("spreadqueue-manager", "--help"),
         "help-plugin-worker": twist("spreadqueue-worker", "--help"),
@@ -182,7 +183,8 @@ def ran(tmp_path_factory: Any) -> Iterator[dict[str, Ran]]:
 HELP = {
     "help": [
         "usage: spreadqueue COMMAND",
-        *("demo", "daemon", "manager", "worker", "rpc", "status", "control", "bench"),
+        *("demo", "daemon", "manager", "worker", "rpc", "replies", "status", "control"),
+        "bench",
     ],
     "help-sqm": [
         "Usage: sqm [options] [QUEUE]",
@@ -215,6 +217,10 @@ HELP = {
     "help-control": [
         *("usage: spreadqueue control", "QUEUE ACTION [TARGET]", "pause, resume, purge"),
         "seconds to wait for answers [default: 5]",
+    ],
+    "help-replies": [
+        "usage: spreadqueue replies",
+        *("GROUP", "--count", "--timeout", "--serializer", "--spread", "--ready-file"),
     ],
     "help-rpc": [
         "usage: spreadqueue rpc",

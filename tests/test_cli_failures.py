@@ -274,7 +274,7 @@ def test_every_command_answers_version(capsys: pytest.CaptureFixture[str]) -> No
     from spreadqueue import __version__
     from spreadqueue._service.cli import main
 
-    for command in ("demo", "rpc", "submit", "status", "control", "bench"):
+    for command in ("demo", "rpc", "submit", "replies", "status", "control", "bench"):
         assert main([command, "--version"]) == 0, command
         assert capsys.readouterr().out == f"spreadqueue {__version__}\n", command
 

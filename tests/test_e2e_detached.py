@@ -8,10 +8,11 @@ ran (the side effects), not what anyone was told.
 
 from __future__ import annotations
 
+import json
 import sys
 
 from e2e_case import OpsCase
-from procs import TESTS, Proc, all_ready, child_env, log_match, poll_until
+from procs import TESTS, Proc, all_ready, child_env, log_match, poll_until, spreadqueue_cli
 
 ENQUEUE = str(TESTS / "e2e_enqueue.py")
 #: How long a thousand tasks may take to run on a loaded 2-core machine.
@@ -137,3 +138,36 @@ class DetachedTasks(OpsCase):
         assert self.run_counts() == {7: 1}
         code, out, err = await self.cli("submit", "--queue", self.queue, "work", "{not json")
         assert code == 2 and "ARGS is not JSON" in err
+
+    async def test_replies_prints_each_answer_sent_to_its_group_as_a_json_line(self) -> None:
+        manager = self.manager()
+        worker = self.worker("w")
+        group = f"{self.queue[:20]}-ans"
+        watch = self.spawn(
+            spreadqueue_cli("replies", group, "--count", "3", "--spread", self.endpoint),
+            "replies",
+        )
+        await all_ready(manager, worker, watch)
+        ids = []
+        for func, args, extra in (
+            ("echo", '{"n": 1}', ()),
+            ("fail", '{"x": 1}', ()),
+            ("nobody-serves-it", "null", ("--ttl", "0.5")),
+        ):
+            code, out, err = await self.cli(
+                "submit", "--queue", self.queue, "--reply-to", group, *extra, func, args
+            )
+            assert code == 0, (out, err)
+            ids.append(out.strip())
+        await poll_until(lambda: not watch.running, "replies to exit", 60.0)
+        assert watch.popen.returncode == 0, watch.log()
+        lines = [json.loads(x) for x in watch.log().splitlines() if x.startswith("{")]
+        by_id = {line["task_id"]: line for line in lines}
+        assert len(lines) == 3 and set(by_id) == set(ids), watch.log()
+        assert by_id[ids[0]] == {"task_id": ids[0], "value": {"n": 1}, "final": True}
+        assert by_id[ids[1]]["error"] == "RemoteError"
+        assert "ValueError: bad value" in by_id[ids[1]]["message"]
+        assert by_id[ids[2]]["error"] == "DeadLettered"
+        assert by_id[ids[2]]["message"].startswith("dead letter: ")
+        code, out, err = await self.cli("replies", "#private#group")
+        assert code == 2 and "public Spread group" in err, (code, out, err)

@@ -27,11 +27,12 @@ PUBLIC_MODULES = {
 PUBLIC_NAMES = """
     AGREED_MESS CAUSAL_MESS CAUSED_BY_DISCONNECT CAUSED_BY_JOIN CAUSED_BY_LEAVE
     CAUSED_BY_NETWORK FIFO_MESS RELIABLE_MESS SAFE_MESS UNRELIABLE_MESS
-    AuthRejected BlockingSender ConnectTimeout ConnectionRejected IllegalGroupName
-    IllegalName IllegalService JsonSerializer ManagerService MembershipMessage
-    MessageTooLong MsgpackSerializer NameNotUnique NoManager PayloadTooLarge QueueError
-    QueueFull QueueNameError QuotaExceeded ReceiveOverflow RegularMessage RejectMessage
-    RemoteError Reply Sender SenderStopped SessionBack SessionClosed SessionLost
+    AuthRejected BlockingSender ConnectTimeout ConnectionRejected DeadLettered
+    IllegalGroupName IllegalName IllegalService JsonSerializer ManagerService
+    MembershipMessage MessageTooLong MsgpackSerializer NameNotUnique NoManager
+    PayloadTooLarge QueueError QueueFull QueueNameError QuotaExceeded ReaderStopped
+    ReceiveOverflow RegularMessage RejectMessage RemoteError Reply ReplyReader Sender
+    SenderStopped SessionBack SessionClosed SessionLost
     SessionReconnecting SpreadError SpreadSession Task
     TaskCancelled TaskError TaskTimeout UnknownFunction VersionRejected Worker WorkerLost
     __version__ connect default_queue default_spread run_in
@@ -107,7 +108,7 @@ def test_the_public_names_are_pinned() -> None:
         "ISpreadSession",
     ]
     aio = importlib.import_module("spreadqueue.aio")
-    assert aio.__all__ == ["Sender", "Session", "Worker", "connect"]
+    assert aio.__all__ == ["ReplyReader", "Sender", "Session", "Worker", "connect"]
 
 
 def test_every_other_module_is_private() -> None:

@@ -8,12 +8,14 @@ they concern, so a caller collecting results with :meth:`Sender.receive
 from __future__ import annotations
 
 __all__ = [
+    "DeadLettered",
     "MalformedMessage",
     "NoManager",
     "PayloadTooLarge",
     "QueueError",
     "QueueFull",
     "QueueNameError",
+    "ReaderStopped",
     "RemoteError",
     "SenderStopped",
     "TaskCancelled",
@@ -105,3 +107,16 @@ class TaskCancelled(TaskError):
 
 class SenderStopped(TaskError):
     """The sender was stopped (or its session closed) before the task completed."""
+
+
+class DeadLettered(TaskError):
+    """The detached task failed for good and is now one of the queue's dead letters:
+    its workers were lost ``max_attempts`` times, or its time to live ran out (the
+    message says which). ``spreadqueue control QUEUE dead-requeue ID`` runs it again."""
+
+    def __init__(self, task_id: str, message: str = "") -> None:
+        super().__init__(task_id, f"dead letter: {message}" if message else "")
+
+
+class ReaderStopped(QueueError):
+    """The reply reader was stopped, or its session ended: no more answers come."""

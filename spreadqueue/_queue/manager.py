@@ -411,12 +411,8 @@ class ManagerService(Service):
             self._counters["unknown_kinds"] += 1  # a later revision's: ignored by design
             return None
         except MalformedMessage as e:
-            self._counters["malformed"] += 1
-            self._malformed.warn(
-                frame.sender,
-                "queue manager {queue}: dropped a malformed message from {source}: {error}",
-                queue=self.groups.queue,
-                error=str(e),
+            self._malformed.dropped(
+                frame.sender, e, self._counters, "queue manager {queue}", queue=self.groups.queue
             )
             return None
 

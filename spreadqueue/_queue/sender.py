@@ -5,8 +5,6 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -22,14 +20,9 @@ from .errors import (
     MalformedMessage,
     NoManager,
     PayloadTooLarge,
-    QueueFull,
-    RemoteError,
     SenderStopped,
-    TaskCancelled,
     TaskError,
     TaskTimeout,
-    UnknownFunction,
-    WorkerLost,
 )
 from .interfaces import ISerializer
 from .messages import (
@@ -48,17 +41,11 @@ from .messages import (
 )
 from .names import queue_groups
 from .outbox import Turn, send
+from .replies import Answers, Reply, answer, failure
 from .serializer import default_serializer
 from .throttle import WarningThrottle
 
 __all__ = ["Reply", "Sender"]
-
-#: What a FAILED says, as the error its task fails with (RESUBMIT is not a failure).
-_FAILURES: Final[dict[int, Callable[[str, str], TaskError]]] = {
-    Reason.WORKER_LOST: WorkerLost,
-    Reason.QUEUE_FULL: QueueFull,
-    Reason.CANCELLED: TaskCancelled,
-}
 
 _BACKLOG: Final = 0  # not sent yet (window full, not started, or to resend)
 _UNACKED: Final = 1  # sent, no manager acknowledged it yet
@@ -74,19 +61,6 @@ def _awaits_ack(entry: tuple[float, _Pending]) -> bool:
     _BACKLOG)."""
     deadline, p = entry
     return p.state == _UNACKED and p.ack_deadline == deadline
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One answer to a submitted task, as :meth:`Sender.receive` returns it.
-
-    ``final`` is False for the earlier answers of a task that answered several
-    times (Spread::Queue's repeated ``respond``); the last answer is final.
-    """
-
-    task_id: str
-    value: Any
-    final: bool = True
 
 
 class _Pending:
@@ -192,8 +166,7 @@ class Sender:
         self._ack_timer: IDelayedCall | None = None
         # Task timeouts: one heap and one timer for all tasks, not a DelayedCall each.
         self._deadlines: Deadlines[_Pending] = Deadlines(reactor, self._timed_out, self._is_pending)
-        self._replies: deque[Reply | TaskError] = deque()
-        self._waiters: deque[Deferred[Reply]] = deque()
+        self._answers = Answers()  # what submit()ted tasks answered, for receive()
         self._members: dict[str, None] = {}
         # sessions that sent our session ACKs (the managers we may depend on; managers
         # of other queues sharing the session too, harmlessly: they are not in Q-snd)
@@ -393,12 +366,7 @@ class Sender:
         Fires with a :class:`Reply`, or fails with the task's TaskError (RemoteError,
         TaskTimeout, ...; its ``task_id`` says which task).
         """
-        if self._replies:
-            item = self._replies.popleft()
-            return fail(item) if isinstance(item, TaskError) else succeed(item)
-        d: Deferred[Reply] = Deferred(self._waiters.remove)
-        self._waiters.append(d)
-        return d
+        return self._answers.get()
 
     def cancel(self, task_id: str) -> bool:
         """Give up on a task: it will produce no answer; False if it was not pending."""
@@ -591,14 +559,7 @@ class Sender:
             else:
                 d.callback(outcome.value)
             return
-        if self._waiters:
-            waiter = self._waiters.popleft()
-            if isinstance(outcome, TaskError):
-                waiter.errback(outcome)
-            else:
-                waiter.callback(outcome)
-        else:
-            self._replies.append(outcome)
+        self._answers.put(outcome)
 
     def _fail_all(self, why: str) -> None:
         self._stopped_because = why
@@ -610,9 +571,7 @@ class Sender:
         timer, self._ack_timer = self._ack_timer, None
         if timer is not None and timer.active():
             timer.cancel()
-        waiters, self._waiters = self._waiters, deque()
-        for w in waiters:
-            w.errback(SenderStopped("", why))
+        self._answers.close(SenderStopped("", why))
 
     def _session_lost(self) -> None:
         if self._state != "stopped":
@@ -717,12 +676,8 @@ class Sender:
         try:
             msg = decode(frame.mess_type, frame.data)
         except MalformedMessage as exc:
-            self.stats["malformed"] += 1
-            self._malformed.warn(
-                frame.sender,
-                "queue sender {queue}: dropped a malformed message from {source}: {error}",
-                queue=self.groups.queue,
-                error=str(exc),
+            self._malformed.dropped(
+                frame.sender, exc, self.stats, "queue sender {queue}", queue=self.groups.queue
             )
             return
         mine = self._prefix
@@ -779,19 +734,7 @@ class Sender:
             self._failed(p, e)
 
     def _result(self, p: _Pending, e: Any) -> None:
-        outcome: Reply | TaskError
-        status = e.status
-        if status == Status.OK:
-            try:
-                outcome = Reply(p.task_id, self._serializer.loads(e.payload), e.final)
-            except ValueError as err:
-                outcome = RemoteError(p.task_id, "spreadqueue.BadResult", str(err))
-        elif status == Status.ERROR:
-            outcome = RemoteError(p.task_id, *e.payload)
-        elif status == Status.UNKNOWN_FUNCTION:
-            outcome = UnknownFunction(p.task_id, p.func, e.payload)
-        else:
-            outcome = TaskError(p.task_id, "the worker cancelled the task")
+        outcome = answer(p.task_id, p.func, e, self._serializer.loads)
         self.stats["results"] += 1
         if e.final or isinstance(outcome, TaskError):
             self._finish(p, outcome)
@@ -803,7 +746,7 @@ class Sender:
             if p.state != _BACKLOG:
                 self._resend([p])
             return
-        self._finish(p, _FAILURES.get(e.reason, WorkerLost)(p.task_id, e.message))
+        self._finish(p, failure(p.task_id, e.reason, e.message))
 
     # ------------------------------------------------------------------ sending
 

@@ -51,6 +51,20 @@ class WarningThrottle:
         self._log.warn(format, source=source, repeated=0, **fields)
         entry.timer = self._reactor.callLater(self.interval, self._window_ends, source, format)
 
+    def dropped(
+        self, source: str, error: Exception, counters: dict[str, int], who: str, **fields: Any
+    ) -> None:
+        """A malformed queue message from ``source`` was dropped: count it in
+        ``counters["malformed"]`` and warn "``who``: dropped a malformed message from
+        {source}: {error}" (``who`` a format naming the receiver, with ``fields``)."""
+        counters["malformed"] += 1
+        self.warn(
+            source,
+            who + ": dropped a malformed message from {source}: {error}",
+            error=str(error),
+            **fields,
+        )
+
     def _window_ends(self, source: str, format: str) -> None:
         entry = self._sources[source]
         if not entry.held:

@@ -623,12 +623,8 @@ class Worker(Service):
         try:
             msg = decode(mt, frame.data)
         except MalformedMessage as e:
-            self.stats["malformed"] += 1
-            self._malformed.warn(
-                frame.sender,
-                "queue worker {worker}: dropped a malformed message from {source}: {error}",
-                worker=self.worker_id,
-                error=str(e),
+            self._malformed.dropped(
+                frame.sender, e, self.stats, "queue worker {worker}", worker=self.worker_id
             )
             return
         if msg.kind is Kind.ASSIGN:

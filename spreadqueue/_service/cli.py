@@ -22,6 +22,7 @@ commands:
   worker    run a worker with your handlers         (= twistd -n spreadqueue-worker)
   rpc       call a function on a queue, print the result as JSON
   submit    queue a detached task (it runs after the command ends), print its id
+  replies   print the answers detached tasks send to a group, one JSON line each
   status    show the managers, workers, depth and numbers of queues (--watch, --json)
   control   pause, resume, purge a queue; drain a worker; cancel a task; dead letters
   bench     measure latency and throughput of the queue
@@ -43,7 +44,7 @@ _SERVICES = {
 }
 
 #: Every command of ``spreadqueue``; each answers ``--version``.
-_COMMANDS = (*_SERVICES, "demo", "rpc", "submit", "status", "control", "bench")
+_COMMANDS = (*_SERVICES, "demo", "rpc", "submit", "replies", "status", "control", "bench")
 
 
 def run_service(module: str, args: Sequence[str], prog: str, options: str = "Options") -> int:
@@ -86,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .rpc import submit_main
 
         return submit_main(rest)
+    if command == "replies":
+        from .replies_cmd import main as replies_main
+
+        return replies_main(rest)
     if command == "status":
         from .status_cmd import status_main
 

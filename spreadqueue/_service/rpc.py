@@ -56,13 +56,20 @@ def _base_parser(prog: str, description: str) -> argparse.ArgumentParser:
         "each level counts as the manager's --priority-aging seconds (10) of waiting, so "
         "low levels are never starved",
     )
+    add_spread_option(p)
+    return p
+
+
+def add_spread_option(p: argparse.ArgumentParser) -> None:
+    """``--spread``/``-s``, the daemon of a command that connects (rpc, submit,
+    replies, status, control)."""
     p.add_argument(
         "--spread",
         "-s",
         default=None,
-        help="Spread daemon [default: $SPREAD_DAEMON or 4803@localhost]",
+        help="Spread daemon: 4803@host or a Twisted client endpoint "
+        "[default: $SPREAD_DAEMON or 4803@localhost]",
     )
-    return p
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -190,18 +197,22 @@ def _checked(options: argparse.Namespace, prog: str) -> tuple[str, Any, str] | i
     return queue, args, spread
 
 
-def _run(
-    prog: str, spread: str, call: Callable[[Any], Deferred[Any]], done: Callable[[Any], None]
+def run_command(
+    prog: str,
+    spread: str,
+    call: Callable[[Any], Deferred[Any]],
+    done: Callable[[Any], int | None],
+    interrupted_text: str = "interrupted before an answer came",
 ) -> int:
-    """Run ``call(reactor)`` under task.react; print what happened; the exit status."""
+    """Run ``call(reactor)`` under task.react; ``done(result)`` prints what came and may
+    give the exit status (None: 0); failures are printed here. The exit status."""
     from twisted.internet import task
 
     outcome: list[int] = []
     interrupted: list[bool] = []
 
     def succeeded(result: Any) -> None:
-        done(result)
-        outcome.append(0)
+        outcome.append(done(result) or 0)
 
     def failed(failure: Any) -> None:
         err = failure.value
@@ -238,7 +249,7 @@ def _run(
     except SystemExit:
         pass
     if interrupted and not outcome:
-        print(f"{prog}: interrupted before an answer came", file=sys.stderr)
+        print(f"{prog}: {interrupted_text}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return outcome[0] if outcome else EXIT_FAILED
 
@@ -251,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(checked, int):
         return checked
     queue, args, spread = checked
-    return _run(
+    return run_command(
         prog,
         spread,
         lambda reactor: Deferred.fromCoroutine(
@@ -291,7 +302,7 @@ def submit_main(argv: Sequence[str] | None = None) -> int:
     if isinstance(checked, int):
         return checked
     queue, _args, spread = checked
-    return _run(
+    return run_command(
         prog,
         spread,
         lambda reactor: Deferred.fromCoroutine(_enqueue(reactor, spread, queue, options)),

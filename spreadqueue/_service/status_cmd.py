@@ -26,6 +26,7 @@ from .._queue.names import validate_queue_name
 from .._queue.stats import OUTCOMES
 from .._spread.client import connect
 from .._spread.endpoints import parse_spread_endpoint
+from .rpc import add_spread_option
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -299,13 +300,7 @@ CONTROL_TIMEOUT: Final = 5.0
 
 
 def _common(p: argparse.ArgumentParser, timeout: float) -> None:
-    p.add_argument(
-        "--spread",
-        "-s",
-        default=None,
-        help="Spread daemon: 4803@host or a Twisted client endpoint "
-        "[default: $SPREAD_DAEMON or 4803@localhost]",
-    )
+    add_spread_option(p)
     p.add_argument(
         "--timeout",
         "-t",
