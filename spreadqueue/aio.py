@@ -435,10 +435,12 @@ class _LoopWorker(_TwistedWorker):
     _reactor: LoopClock
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
         # Its events are the public Worker's: logger ``spreadqueue.aio.Worker``. (A
         # class attribute would not do: a Logger there names itself after the class.)
+        # Set first: the worker hands its logger on as it is built (its warning
+        # throttle for malformed messages).
         self.log = Logger(namespace="spreadqueue.aio.Worker", source=self)
+        super().__init__(*args, **kwargs)
 
     def _start_coroutine(self, coro: Any) -> Deferred[Any]:
         return as_deferred(coro, self._reactor.loop)

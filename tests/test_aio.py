@@ -44,6 +44,7 @@ from spreadqueue._aio.bridge import as_deferred, wait
 from spreadqueue._aio.clock import LoopClock
 from spreadqueue._aio.link import daemon_address
 from spreadqueue._aio.logs import forward_to_logging
+from spreadqueue._queue.messages import Kind, mess_type
 from spreadqueue._spread import wire
 from spreadqueue._spread.errors import VersionRejected
 from spreadqueue.testing import FakeSpreadNetwork
@@ -318,6 +319,25 @@ def test_failures_are_the_queue_s_own_exceptions(run: Any, caplog: Any) -> None:
         r for r in caplog.records if r.levelno == logging.WARNING and "boom" in r.getMessage()
     ]
     assert failed and {r.name for r in failed} == {"spreadqueue.aio.Worker"}
+
+
+def test_a_worker_s_malformed_message_warning_is_the_public_class_s_too(
+    run: Any, caplog: Any
+) -> None:
+    async def main() -> None:
+        async with fake_queue() as session:
+            worker = session.worker("q", {"f": lambda _: 1}, pool="loop")
+            await worker.start()
+            private = session.spread.private_group
+            session.spread.multicast(private, b"\xc1", mess_type=mess_type(Kind.ASSIGN))
+            while not worker.stats["malformed"]:
+                await asyncio.sleep(0.005)
+
+    forward_to_logging()
+    with caplog.at_level(logging.INFO, logger="spreadqueue"):
+        run(main())
+    dropped = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert dropped and {r.name for r in dropped} == {"spreadqueue.aio.Worker"}
 
 
 def test_no_manager_is_told_by_the_ack_timeout(run: Any) -> None:
