@@ -252,3 +252,41 @@ def test_receive_starts_the_reader_and_fails_with_why_if_it_cannot_join(net: Net
     net.pump()
     err = failure_of(ReplyReader(net.clock, closed, GROUP).receive(), ReaderStopped)
     assert "could not join" in str(err) or "session was lost" in str(err)
+
+
+def test_a_stopped_reader_lets_go_of_its_session(net: Net) -> None:
+    """Readers come and go on a long-lived session (one per consumer): each stopped one
+    leaves no listener, no group share and no watch on the session's end behind."""
+    session = net.session()
+    waiting_for_the_end = len(session._disconnect_waiters)
+    for _ in range(3):
+        r = reader(net, session)
+        left = r.stop()
+        net.pump()
+        fired(left)
+    assert len(session._disconnect_waiters) == waiting_for_the_end
+    assert session.holders(GROUP) == 0 and GROUP not in session._listeners
+
+
+def test_a_stopped_reader_does_not_start_again(net: Net) -> None:
+    session = net.session()
+    never_started = ReplyReader(net.clock, session, GROUP)
+    fired(never_started.stop())
+    err = failure_of(never_started.start(), ReaderStopped)
+    assert "it was stopped" in str(err)
+    assert session.holders(GROUP) == 0
+    replies = reader(net, session)
+    left = replies.stop()
+    net.pump()
+    fired(left)
+    failure_of(replies.start(), ReaderStopped)
+    assert session.holders(GROUP) == 0
+
+
+def test_start_after_a_failed_receive_fails_too(net: Net) -> None:
+    closed = net.session()
+    closed.disconnect()
+    net.pump()
+    replies = ReplyReader(net.clock, closed, GROUP)
+    failure_of(replies.receive(), ReaderStopped)  # it tried to start, and could not
+    failure_of(replies.start(), ReaderStopped)  # not a success, later either

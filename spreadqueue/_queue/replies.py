@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -198,6 +198,11 @@ class ReplyReader:
         self._warnings = WarningThrottle(reactor, self.log)
         self._state = "new"  # new -> started -> stopped
         self._start_d: Deferred[None] | None = None
+        self._stopped = ReaderStopped(f"reply reader of {group!r} stopped")  # (set by _end)
+        # what start() took of the session, given back once (stop, or a failed join): its
+        # watch on the session's end, and whether it holds a share of the group
+        self._session_end: Deferred[None] | None = None
+        self._holds = False
         self.stats: dict[str, int] = {"answers": 0, "malformed": 0, "dropped": 0}
 
     @property
@@ -208,26 +213,37 @@ class ReplyReader:
     def start(self) -> Deferred[None]:
         """Join the group; answers sent after the Deferred fired reach this reader.
 
-        Called by the first :meth:`receive` if not called before.
+        Called by the first :meth:`receive` if not called before. A reader that was
+        stopped (or whose start failed) does not start again: :class:`ReaderStopped`.
         """
+        if self._state == "stopped":
+            return fail(self._stopped)
         if self._start_d is not None:
             return self._start_d
         self._state = "started"
         session = self.session
         session.add_listener(self._on_frame, self.group)
-        session.whenDisconnected().addCallback(lambda _: self._end("the Spread session was lost"))
+        end = self._session_end = session.whenDisconnected()
+
+        def unwatched(f: Failure) -> None:
+            f.trap(CancelledError)  # stop() stopped watching
+
+        end.addCallbacks(lambda _: self._end("the Spread session was lost"), unwatched)
         try:
             d = session.acquire(self.group)
+            self._holds = True
         except Exception:  # (a closed session): the Deferred says so
             d = fail()
 
         def joined(_: object) -> None:
-            self.log.info(
-                "reply reader: reading the answers sent to group {group}", group=self.group
-            )
+            if self._state == "started":  # (not stopped while it joined)
+                self.log.info(
+                    "reply reader: reading the answers sent to group {group}", group=self.group
+                )
 
         def failed(f: Failure) -> Failure:
             self._end(f"it could not join group {self.group!r}: {f.getErrorMessage()}")
+            self._let_go()
             return f
 
         d.addCallbacks(joined, failed)
@@ -237,14 +253,23 @@ class ReplyReader:
     def stop(self) -> Deferred[None]:
         """Leave the group; answers kept are still given, then :meth:`receive` fails
         with :class:`ReaderStopped`."""
-        started = self._state != "new"
-        if self._state == "stopped":
-            return succeed(None)
         self._end("it was stopped")
-        if not started:
+        return self._let_go()
+
+    def _let_go(self) -> Deferred[None]:
+        """Give back what :meth:`start` took of the session, once: the listener, the
+        watch on its end (a Deferred in the session's list otherwise, for as long as
+        the session lives), the share of the group (the Deferred of the leave)."""
+        end, self._session_end = self._session_end, None
+        if end is None:
             return succeed(None)
-        self.session.remove_listener(self._on_frame, self.group)
-        return self.session.release(self.group)
+        end.cancel()  # (nothing, if the session has ended)
+        session = self.session
+        session.remove_listener(self._on_frame, self.group)
+        if not self._holds:
+            return succeed(None)
+        self._holds = False
+        return session.release(self.group)
 
     def receive(self) -> Deferred[Reply]:
         """The next answer: fires with a :class:`Reply`, or fails with the task's
@@ -260,7 +285,8 @@ class ReplyReader:
         if self._state != "stopped":
             self._state = "stopped"
             self._warnings.stop()
-            self._answers.close(ReaderStopped(f"reply reader of {self.group!r} stopped: {why}"))
+            self._stopped = ReaderStopped(f"reply reader of {self.group!r} stopped: {why}")
+            self._answers.close(self._stopped)
 
     def _on_frame(self, frame: object) -> None:
         if type(frame) is not RegularMessage or frame.mess_type not in _ANSWERS:
