@@ -95,7 +95,9 @@ class Session:
         self.spread = spread
         self._clock = clock
         self._opener = opener  # a reconnecting session's: its attempts end with it
-        self._members: list[_Member] = []
+        # what close() stops: members made here and not stopped yet (a stopped one
+        # leaves, or readers made per consumer would pile up on a long-lived session)
+        self._members: dict[_Member, None] = {}
 
     def __repr__(self) -> str:
         return f"<aio.Session {self.spread.private_group}>"
@@ -132,7 +134,7 @@ class Session:
     def sender(self, queue: str | None = None, **options: Any) -> Sender:
         """A :class:`Sender` of ``queue`` on this session, stopped when it closes."""
         sender = Sender(self, queue, **options)
-        self._members.append(sender)
+        self._members[sender] = None
         return sender
 
     def worker(
@@ -143,14 +145,14 @@ class Session:
     ) -> Worker:
         """A :class:`Worker` of ``queue`` on this session, stopped when it closes."""
         worker = Worker(self, queue, handlers, **options)
-        self._members.append(worker)
+        self._members[worker] = None
         return worker
 
     def replies(self, group: str, **options: Any) -> ReplyReader:
         """A :class:`ReplyReader` of the answers sent to ``group`` on this session,
         stopped when it closes."""
         reader = ReplyReader(self, group, **options)
-        self._members.append(reader)
+        self._members[reader] = None
         return reader
 
     # ------------------------------------------------------------------ Spread
@@ -186,7 +188,7 @@ class Session:
     async def close(self) -> None:
         """Stop this session's senders, workers and readers, then disconnect (idempotent); a
         reconnecting session stops reconnecting (an attempt under way is abandoned)."""
-        members, self._members = self._members, []
+        members, self._members = self._members, {}
         for member in reversed(members):
             await member.stop()
         await wait(self.spread.disconnect(), self._clock.loop)
@@ -293,6 +295,11 @@ class _Member:
 
     def __init__(self, session: Session) -> None:
         self._loop = session._clock.loop
+        self._session = session
+
+    def _stopped(self) -> None:
+        """Stopped: the session need not stop it when it closes."""
+        self._session._members.pop(self, None)
 
     def _wait(self, d: Deferred[Any]) -> Awaitable[Any]:
         """Await a Deferred of the Twisted object (most methods are one line over it)."""
@@ -370,6 +377,7 @@ class Sender(_QueueMember):
     async def stop(self) -> None:
         """Cancel every pending call (telling the manager) and leave the queue."""
         await self._wait(self._sender.stop())
+        self._stopped()
 
     async def rpc(
         self, func: str, args: Any = None, *, timeout: float | None = 30.0, priority: int = 0
@@ -546,6 +554,7 @@ class Worker(_QueueMember):
         """Take no new task, finish the running ones (at most ``timeout`` seconds,
         default ``stop_timeout``), leave the queue."""
         await self._wait(self._worker.stop(timeout))
+        self._stopped()
 
 
 class ReplyReader(_Member):
@@ -597,6 +606,7 @@ class ReplyReader(_Member):
         """Leave the group; answers kept are still given, then iteration ends."""
         self._stopping = True
         await self._wait(self._reader.stop())
+        self._stopped()
 
     async def receive(self) -> Reply:
         """The next answer, or the task's failure raised; once stopped and empty,

@@ -287,6 +287,23 @@ def test_a_reply_reader_gets_the_answers_of_detached_tasks(run: Any) -> None:
     run(main())
 
 
+def test_members_stopped_before_the_session_closes_leave_it(run: Any) -> None:
+    """A reader per consumer, made and stopped on a long-lived session: the session
+    does not keep them (nor their answers) until it closes."""
+
+    async def main() -> None:
+        async with fake_queue() as session:
+            for i in range(3):
+                async with session.replies(f"answers-{i}"):
+                    pass
+                await session.sender("q").stop()
+                await session.worker("q", {"f": lambda _: 1}, pool="loop").stop()
+            kept = session.sender("q")
+            assert list(session._members) == [kept]
+
+    run(main())
+
+
 def test_failures_are_the_queue_s_own_exceptions(run: Any, caplog: Any) -> None:
     async def main() -> None:
         async with fake_queue() as session:
