@@ -176,7 +176,8 @@ def test_tasks_lists_what_the_manager_holds_oldest_first(net: Net) -> None:
     net.advance(0.5)
     task_id = fired(detached)
     ops = inspector(net)
-    ok, text = control(net, ops, "tasks")
+    everything = control(net, ops, "tasks")
+    ok, text = everything
     head, *lines = text.splitlines()
     assert ok and head == "3 task(s) held (2 queued in all)"
     me = sender.session.private_group
@@ -194,6 +195,7 @@ def test_tasks_lists_what_the_manager_holds_oldest_first(net: Net) -> None:
     ok, text = control(net, ops, "tasks", "nobody")
     assert ok and text.splitlines()[0] == "1 task(s) of 'nobody' held (2 queued in all)"
     assert control(net, ops, "tasks", task_id)[1].splitlines()[1:] == lines[2:]
+    assert control(net, ops, "tasks", "all") == everything
     assert (
         control(net, ops, "tasks", "unknown")[1] == "0 task(s) of 'unknown' held (2 queued in all)"
     )

@@ -23,6 +23,7 @@ produce output is a dict (insertion ordered), a deque or a list.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -728,14 +729,18 @@ class QueueManager:
 
     def _list_tasks(self, now: float, target: str) -> tuple[bool, str]:
         """The ``tasks`` control: the tasks held (queued or running), the oldest first,
-        at most :data:`_TASK_LIST_MAX`; ``target`` a function name or a task id."""
+        at most :data:`_TASK_LIST_MAX`; ``target`` a function name or a task id (empty,
+        ``all`` or ``*``: every task)."""
+        if target in ("all", "*"):
+            target = ""
         if target and target in self._tasks:
             chosen = [self._tasks[target]]
         else:
             chosen = [t for t in self._tasks.values() if not target or t.func == target]
-        chosen.sort(key=lambda t: t.queued_at)
+        # the oldest few of a queue of any depth, without sorting it all on the reactor
+        oldest = heapq.nsmallest(_TASK_LIST_MAX, chosen, key=lambda t: t.queued_at)
         lines = []
-        for t in chosen[:_TASK_LIST_MAX]:
+        for t in oldest:
             w = t.worker
             where = "queued" if w is None else f"running on {_name(w)}"
             kind = "detached" if t.detached else f"for {t.reply_to}"

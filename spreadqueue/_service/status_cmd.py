@@ -364,7 +364,7 @@ def _control_parser() -> argparse.ArgumentParser:
         default="",
         help="drain/undrain: the worker (id@#name#daemon as status shows it, or its id, "
         "session or private name); cancel: the task id; tasks: a function or a task id "
-        "(default: all, the oldest 200); dead-letters: a task id (default: "
+        "(default or 'all': every task, the oldest 200); dead-letters: a task id (default: "
         "the newest 200); dead-requeue/dead-purge: a task id or 'all'",
     )
     _common(p, CONTROL_TIMEOUT)
