@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
 from typing import Any
 
 import msgpack
 import pytest
 from queue_net import Net, echo, failure_of, fired, pending
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import capturedLogs
 
 from spreadqueue import (
@@ -23,6 +27,7 @@ from spreadqueue import (
 )
 from spreadqueue._queue.messages import Kind, Result, Status, encode, mess_type
 from spreadqueue._queue.worker import Worker
+from spreadqueue._service.replies_cmd import read_answers
 from spreadqueue._spread.session import SpreadSession
 
 GROUP = "answers"
@@ -251,7 +256,33 @@ def test_receive_starts_the_reader_and_fails_with_why_if_it_cannot_join(net: Net
     closed.disconnect()
     net.pump()
     err = failure_of(ReplyReader(net.clock, closed, GROUP).receive(), ReaderStopped)
-    assert "could not join" in str(err) or "session was lost" in str(err)
+    assert "session was lost" in str(err)
+    refusing = _Refusing()
+    err = failure_of(ReplyReader(net.clock, refusing, GROUP).receive(), ReaderStopped)  # type: ignore[arg-type]
+    assert "could not join group 'answers': no such luck" in str(err)
+    assert refusing.listeners == 0  # it let go of what it took
+
+
+class _Refusing:
+    """A live session whose joins fail."""
+
+    def __init__(self) -> None:
+        self.listeners = 0
+
+    def add_listener(self, *_: Any) -> None:
+        self.listeners += 1
+
+    def remove_listener(self, *_: Any) -> None:
+        self.listeners -= 1
+
+    def whenDisconnected(self) -> Deferred[None]:
+        return Deferred()
+
+    def acquire(self, group: str) -> Deferred[None]:
+        return fail(ValueError("no such luck"))
+
+    def release(self, group: str) -> Deferred[None]:
+        return succeed(None)
 
 
 def test_a_stopped_reader_lets_go_of_its_session(net: Net) -> None:
@@ -290,3 +321,45 @@ def test_start_after_a_failed_receive_fails_too(net: Net) -> None:
     replies = ReplyReader(net.clock, closed, GROUP)
     failure_of(replies.receive(), ReaderStopped)  # it tried to start, and could not
     failure_of(replies.start(), ReaderStopped)  # not a success, later either
+
+
+def _options(**given: Any) -> argparse.Namespace:
+    options = {"group": GROUP, "count": None, "timeout": None, "serializer": "msgpack"}
+    return argparse.Namespace(ready_file=None, **{**options, **given})
+
+
+def test_the_replies_command_prints_answers_and_says_when_its_session_ends(
+    net: Net, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net.manager()
+    net.worker({"double": lambda n: n * 2})
+    session = net.session()
+    status = Deferred.fromCoroutine(read_answers(net.clock, session, _options()))
+    net.pump()
+    task_id = enqueue(net, "double", 4)
+    net.pump()
+    net.crash(session)
+    net.pump()
+    assert fired(status) == 3  # (as when no daemon answers)
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"task_id": task_id, "value": 8, "final": True}
+    assert "stopped: the Spread session was lost" in err
+
+
+def test_the_replies_command_ends_quietly_when_its_reader_goes(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net.manager()
+    net.worker({"double": lambda n: n * 2})
+    status = Deferred.fromCoroutine(read_answers(net.clock, net.session(), _options(count=5)))
+    net.pump()
+
+    def closed_pipe(*_: Any, **__: Any) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("builtins.print", closed_pipe)
+    redirected: list[int] = []
+    monkeypatch.setattr(os, "dup2", lambda fd, to: redirected.append(to))
+    enqueue(net, "double", 1)
+    net.pump()
+    assert fired(status) == 0 and redirected == [sys.stdout.fileno()]

@@ -9,6 +9,7 @@ passed without ``--count``); 2 usage; 3 fewer than ``--count`` answers within
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -69,10 +70,20 @@ def answer_line(outcome: Reply | TaskError) -> str:
 
 
 async def _watch(reactor: Any, spread: str, options: argparse.Namespace) -> int:
-    from .._queue.replies import ReplyReader
     from .._spread.client import connect
 
     session = await connect(reactor, spread, None, timeout=10.0, reconnect=True)
+    try:
+        return await read_answers(reactor, session, options)
+    finally:
+        await session.disconnect()
+
+
+async def read_answers(reactor: Any, session: Any, options: argparse.Namespace) -> int:
+    """Print the answers sent to ``options.group`` that ``session`` reads, as the
+    command does; the exit status."""
+    from .._queue.replies import ReplyReader
+
     serializer = JsonSerializer() if options.serializer == "json" else MsgpackSerializer()
     reader = ReplyReader(reactor, session, options.group, serializer=serializer)
     timer = None
@@ -89,11 +100,18 @@ async def _watch(reactor: Any, spread: str, options: argparse.Namespace) -> int:
                 outcome: Reply | TaskError = await reader.receive()
             except TaskError as error:
                 outcome = error
-            except ReaderStopped:
+            except ReaderStopped as stopped:
                 if timer is not None and not timer.active():
                     break  # --timeout passed: the timer stopped the reader
-                raise
-            print(answer_line(outcome), flush=True)
+                # the session ended for good (the daemon refused it again, say)
+                print(f"spreadqueue replies: {stopped}", file=sys.stderr)
+                return EXIT_UNANSWERED
+            try:
+                print(answer_line(outcome), flush=True)
+            except BrokenPipeError:
+                # whoever read our output has had enough (| head): end quietly
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 0
             n += 1
         if options.count is not None and n < options.count:
             print(
@@ -107,7 +125,6 @@ async def _watch(reactor: Any, spread: str, options: argparse.Namespace) -> int:
         if timer is not None and timer.active():
             timer.cancel()
         await reader.stop()
-        await session.disconnect()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
