@@ -442,22 +442,19 @@ class SpreadDaemonProtocol(Protocol):
         session = self.session
         if session is not None:
             self.core.disconnect(session)
-            if clean:
-                log.info(
-                    "Spread session {private_group} from {peer} disconnected ({reason})",
-                    spread_event="disconnect",
-                    private_group=session.private_group,
-                    peer=self.peer,
-                    reason=reason,
-                )
-            else:
-                log.warn(
-                    "Spread session {private_group} from {peer} dropped: {reason}",
-                    spread_event="drop",
-                    private_group=session.private_group,
-                    peer=self.peer,
-                    reason=reason,
-                )
+            # a client that said goodbye was not dropped
+            emit, what, event = (
+                (log.info, "disconnected ({reason})", "disconnect")
+                if clean
+                else (log.warn, "dropped: {reason}", "drop")
+            )
+            emit(
+                "Spread session {private_group} from {peer} " + what,
+                spread_event=event,
+                private_group=session.private_group,
+                peer=self.peer,
+                reason=reason,
+            )
         self._close_transport()
 
     def _overflow(self) -> None:
