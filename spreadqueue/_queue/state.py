@@ -154,6 +154,14 @@ _RECENT_FAILURES: Final = 20
 #: Functions with stats of their own, at most; the others share "(other)".
 _FUNCTIONS_MAX: Final = 256
 _OK: Final = int(Status.OK)
+# The kinds of the hot paths, as plain names: reading an enum member off its class
+# (Kind.SUBMIT) costs a descriptor call in Python 3.11, several per message here.
+_SUBMIT: Final = Kind.SUBMIT
+_DONE: Final = Kind.DONE
+_RESULT: Final = Kind.RESULT
+_ASSIGN: Final = Kind.ASSIGN
+_ACK: Final = Kind.ACK
+_SYNC_REQUEST: Final = Kind.SYNC_REQUEST
 _OUTCOMES: Final = {int(Status.CANCELLED): "cancelled"}
 #: Events logged by every manager; the others only by the active one.
 _ROLE_EVENTS: Final = frozenset(
@@ -927,10 +935,10 @@ class QueueManager:
         ASSIGN, DECIDE and SYNC_REQUEST; other kinds are ignored.
         """
         self._last_now = now
-        hot = kind is Kind.SUBMIT or kind is Kind.DONE or kind is Kind.RESULT
+        hot = kind is _SUBMIT or kind is _DONE or kind is _RESULT
         if self._unsettled and not hot:
             self.settle()
-        if kind is Kind.SYNC_REQUEST:
+        if kind is _SYNC_REQUEST:
             self._sync_request(now, sender, entries)
             return
         if not self._synced:
@@ -939,7 +947,7 @@ class QueueManager:
             else:
                 self.stats["ignored_unsynced"] += 1
             return
-        if kind is Kind.SUBMIT:
+        if kind is _SUBMIT:
             hold = self._submit(now, sender, entries)
             if self._active:
                 if self.batched:
@@ -952,12 +960,12 @@ class QueueManager:
                     self._hold_acks(now, sender, hold)
                 self._no_workers_check()
             return
-        if kind is Kind.DONE or kind is Kind.RESULT:
+        if hot:  # (DONE or RESULT)
             # The workers whose credit changed are filed again once per message, not per
             # task (a message carries many of one worker's answers).
             touched: dict[WorkerKey, Worker] = {}
             done = self._done
-            if kind is Kind.DONE:
+            if kind is _DONE:
                 for e in entries:
                     done(now, sender, e.worker_id, e.task_id, "done", None, touched)
             else:
@@ -1572,7 +1580,7 @@ class QueueManager:
             (detached_acks if detached else acks).append(new_entry(Ack, (tid, workers)))
         if acks or detached_acks:
             if acks:
-                self._emit_all((sender,), Kind.ACK, acks)
+                self._emit_all((sender,), _ACK, acks)
             if detached_acks:
                 self._emit_all((sender,), Kind.ACK, detached_acks, after_journal=self.journaled)
             acked = self._acked_senders
@@ -2138,7 +2146,7 @@ class QueueManager:
                 proposed[t.task_id] = t
                 okey: tuple[tuple[str, ...], Kind, bool, bool] = (
                     (w.session, self.groups.manager),
-                    Kind.ASSIGN,
+                    _ASSIGN,
                     False,
                     False,
                 )
@@ -2154,7 +2162,7 @@ class QueueManager:
                 if fstats is None:
                     fstats = self._function(t.func)
                 fstats.wait.add(now - t.queued_at)
-                okey = ((w.session,), Kind.ASSIGN, False, False)
+                okey = ((w.session,), _ASSIGN, False, False)
             # Filed again at the end of its list (least recently used first), or not.
             n = len(w.held) + w.pending
             if n < w.slots:
