@@ -789,6 +789,57 @@ def test_a_sender_that_leaves_and_comes_back_gets_its_first_ack_at_once() -> Non
     assert acked(h.effects()) == ["t3"]
 
 
+# --------------------------------------------------------------------------- batched dispatch
+
+
+def test_batched_one_dispatch_for_a_run_of_messages_then_the_held_acks() -> None:
+    h = ready_manager(ack_delay=0.05, batched=True)
+    for s in ("#a#d", "#b#d"):
+        h.join(G.workers, s)
+        h.msg(s, Kind.REGISTER, [Register("w", 4, (), 1, 2)])
+    for s in ("#s1#d", "#s2#d", "#s3#d"):
+        submit_waiting(h, s, f"first{s}")  # (a sender's first ACK is never held)
+    h.effects()
+    h.done("#a#d", "w", "first#s1#d", "first#s3#d")
+    h.done("#b#d", "w", "first#s2#d")
+    for s in ("#s1#d", "#s2#d", "#s3#d"):
+        submit_waiting(h, s, f"t{s[2]}")
+    assert h.m.queued == 3  # nothing assigned yet: the batch goes on
+    assert h.m.stats["assigned"] == 3
+    effects = h.effects()  # the batch's end: one dispatch, in FIFO order
+    # a (its last task assigned before b's) takes its burst of 2, b the third
+    assert [(a[0], a[2]) for a in assigned(effects)] == [
+        ("#a#d", "t1"),
+        ("#a#d", "t2"),
+        ("#b#d", "t3"),
+    ]
+    assert len(of(effects, Kind.ASSIGN)) == 2  # one message per worker
+    assert acked(effects) == []  # each assigned at once: every ACK held
+    assert h.m.stats["acks_held"] == 3
+    h.tick(0.06)
+    assert sorted(acked(h.effects())) == ["t1", "t2", "t3"]
+
+
+def test_batched_other_inputs_see_the_dispatch_of_the_messages_before_them() -> None:
+    h = ready_manager(batched=True)
+    h.worker("#w#d", capacity=1)
+    h.submit("#s#d", "t1", "t2")
+    h.disconnect("#w#d")  # settles first: t1 ran there, so it is requeued
+    assert h.m.stats["requeued"] == 1
+    h.worker("#v#d", capacity=2)
+    assert [a[2] for a in assigned(h.effects())] == ["t1", "t1", "t2"]
+
+
+def test_batched_tasks_waiting_with_no_worker_are_reported_at_the_batch_end() -> None:
+    h = ready_manager(batched=True)
+    events(h)
+    h.submit("#s#d", "t1")
+    h.submit("#s#d", "t2")
+    assert events(h) == []
+    h.effects()
+    assert events(h) == [("no_workers", {"queued": 2})]
+
+
 # --------------------------------------------------------------------------- invariants
 
 OPS = st.lists(
@@ -805,11 +856,14 @@ OPS = st.lists(
 )
 
 
-def run_ops(ops: list[tuple[str, int, int]], me: str = ME) -> tuple[H, list[Effect]]:
-    h = H(me, max_attempts=2)
+def run_ops(
+    ops: list[tuple[str, int, int]], me: str = ME, *, batched: bool = False, every: int = 1
+) -> tuple[H, list[Effect]]:
+    """Apply ``ops``; take the effects (a batch's end) after every ``every`` of them."""
+    h = H(me, max_attempts=2, batched=batched)
     out = h.start()
     counter = 0
-    for op, a, b in ops:
+    for i, (op, a, b) in enumerate(ops):
         if op == "submit":
             # calls of two functions, with priorities
             entries = [
@@ -843,8 +897,12 @@ def run_ops(ops: list[tuple[str, int, int]], me: str = ME) -> tuple[H, list[Effe
             if f"#s{a}#d" not in h.members[G.senders]:
                 h.join(G.senders, f"#s{a}#d")
             h.disconnect(f"#s{a}#d")
+        if (i + 1) % every and i + 1 < len(ops):
+            continue
         effects = h.effects()
-        for e in effects:
+        # (what a worker serves now: in a batch of several inputs it may have registered
+        # again, serving other functions, after an assignment)
+        for e in effects if every == 1 else ():
             for a_ in e.entries if e.kind is Kind.ASSIGN else ():
                 w = h.m._workers.get((e.groups[0], a_.worker_id))
                 served = None if w is None else w.functions
@@ -856,7 +914,26 @@ def run_ops(ops: list[tuple[str, int, int]], me: str = ME) -> tuple[H, list[Effe
 @settings(max_examples=150, deadline=None, derandomize=True)
 @given(OPS)
 def test_invariants_hold_for_any_sequence(ops: list[tuple[str, int, int]]) -> None:
-    h, effects = run_ops(ops)
+    check_invariants(*run_ops(ops))
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(OPS, st.integers(1, 8))
+def test_invariants_hold_when_dispatch_waits_for_the_batch_end(
+    ops: list[tuple[str, int, int]], every: int
+) -> None:
+    check_invariants(*run_ops(ops, batched=True, every=every))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(OPS)
+def test_batched_dispatch_decides_as_unbatched_when_each_input_is_a_batch(
+    ops: list[tuple[str, int, int]],
+) -> None:
+    assert run_ops(ops, batched=True)[1] == run_ops(ops)[1]
+
+
+def check_invariants(h: H, effects: list[Effect]) -> None:
     m = h.m
     # bookkeeping adds up
     assert m.queued == len(m.queued_ids())
@@ -898,6 +975,7 @@ def test_identical_ordered_input_gives_identical_decisions(ops: list[tuple[str, 
     _, first = run_ops(ops)
     _, second = run_ops(ops)
     assert first == second
+    assert run_ops(ops, batched=True, every=3)[1] == run_ops(ops, batched=True, every=3)[1]
 
 
 DETERMINISM_SCRIPT = textwrap.dedent(

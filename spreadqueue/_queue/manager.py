@@ -161,6 +161,8 @@ class ManagerService(Service):
             "max_dead_letters": max_dead_letters,
             "journaled": journal is not None,
             "priority_aging": priority_aging,
+            # one dispatch per batch of deliveries: _flush's take_effects settles it
+            "batched": True,
         }
         self._journal = (
             None if journal is None else Journal(reactor, journal, queue, sync=journal_sync)

@@ -53,6 +53,10 @@ _ACKED: Final = 2  # a manager queued it
 
 _MINE: Final = frozenset(MESS_TYPE_BASE + k for k in (Kind.ACK, Kind.RESULT, Kind.FAILED))
 _OK: Final = int(Status.OK)
+# (plain names: Kind.ACK costs a descriptor call in Python 3.11, on every message)
+_ACK: Final = Kind.ACK
+_RESULT: Final = Kind.RESULT
+_SUBMIT: Final = Kind.SUBMIT
 
 
 def _awaits_ack(entry: tuple[float, _Pending]) -> bool:
@@ -682,7 +686,8 @@ class Sender:
             return
         mine = self._prefix
         pending = self._pending
-        if msg.kind is Kind.ACK:
+        kind = msg.kind
+        if kind is _ACK:
             # Any ACK to our session names the manager, even one for another sender
             # sharing the session (a manager holds ACKs back once it acked the session).
             if frame.sender not in self._ackers:
@@ -703,7 +708,7 @@ class Sender:
                         p.deferred.callback(p.task_id)
             self._pump()
             return
-        if msg.kind is Kind.RESULT:
+        if kind is _RESULT:
             loads = self._serializer.loads
             for e in msg.entries:
                 p = pending.get(e.task_id)
@@ -759,7 +764,7 @@ class Sender:
         if session.connected:
             sent = 0
             if submits:
-                sent += send(session, self._to_manager, Kind.SUBMIT, submits)
+                sent += send(session, self._to_manager, _SUBMIT, submits)
             if detached:
                 sent += send(session, self._to_manager, Kind.SUBMIT, detached, service=SAFE_MESS)
             if cancels:

@@ -155,6 +155,14 @@ _RECENT_FAILURES: Final = 20
 #: Functions with stats of their own, at most; the others share "(other)".
 _FUNCTIONS_MAX: Final = 256
 _OK: Final = int(Status.OK)
+# The kinds of the hot paths, as plain names: reading an enum member off its class
+# (Kind.SUBMIT) costs a descriptor call in Python 3.11, several per message here.
+_SUBMIT: Final = Kind.SUBMIT
+_DONE: Final = Kind.DONE
+_RESULT: Final = Kind.RESULT
+_ASSIGN: Final = Kind.ASSIGN
+_ACK: Final = Kind.ACK
+_SYNC_REQUEST: Final = Kind.SYNC_REQUEST
 _OUTCOMES: Final = {int(Status.CANCELLED): "cancelled"}
 #: Events logged by every manager; the others only by the active one.
 _ROLE_EVENTS: Final = frozenset(
@@ -239,6 +247,13 @@ class QueueManager:
     held (the sender learns which manager it depends on). 0 disables holding.
     :meth:`next_wakeup` says when :meth:`tick` has something to do.
 
+    ``batched``: the active manager assigns once per run of SUBMIT, DONE and RESULT
+    messages rather than after each, when the next other input, or
+    :meth:`take_effects` (the caller's end of a batch of deliveries), comes; the held
+    ACKs and the no-workers notice wait for that too. A run of many one-task messages
+    (many senders each making one call at a time) then costs one dispatch; every
+    other input sees the state as it would unbatched. Off: each message dispatches.
+
     Detached tasks (SUBMIT ``detached``) outlive their senders: their failures go to
     the dead letters (at most ``max_dead_letters``, the oldest dropped first), and
     they are dispatched only while ``quorum`` managers (a majority of those
@@ -262,6 +277,7 @@ class QueueManager:
         max_tombstones: int = 100_000,
         journaled: bool = False,
         priority_aging: float = DEFAULT_AGING,
+        batched: bool = False,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -344,6 +360,12 @@ class QueueManager:
         self._standby_for: str | None = None  # the active manager we last said we wait for
         self._said_no_workers = False
         self._said_unserved: dict[str, None] = {}  # functions logged as served by nobody
+        self.batched = batched
+        # batched: SUBMIT/DONE/RESULT applied since the last dispatch, and the ACKs
+        # those SUBMITs may hold back (by sender), decided once it has run
+        self._unsettled = False
+        self._submitted = False  # among them a SUBMIT (the no-workers check)
+        self._holds: list[tuple[str, list[tuple[Task, float]]]] = []
 
     # ------------------------------------------------------------------ introspection
 
@@ -423,6 +445,8 @@ class QueueManager:
 
     def take_effects(self) -> list[Effect]:
         """The messages to send now, one Effect per (destination, kind), in order."""
+        if self._unsettled:
+            self.settle()
         if not self._out:
             return []
         out = [
@@ -441,6 +465,8 @@ class QueueManager:
         """What a journal must record since the last call, in order (``journaled``
         managers only): ``('task', Task)`` a detached task to keep, ``('end', id)`` one
         that ended, ``('dead', DeadLetter)``, ``('undead', id)``."""
+        if self._unsettled:
+            self.settle()
         ops, self._journal = self._journal, []
         return ops
 
@@ -472,6 +498,8 @@ class QueueManager:
 
     def snapshot(self, now: float) -> bytes:
         """The replicated records as one msgpack map (what a SYNC carries)."""
+        if self._unsettled:
+            self.settle()
         return snapshot(
             self._tasks.values(),
             self._workers.values(),
@@ -555,6 +583,8 @@ class QueueManager:
     def export(self) -> tuple[list[Task], list[DeadLetter], list[str]]:
         """What :meth:`recover` takes: the detached tasks held, the dead letters, and
         the ids of tasks that ended (for a manager that opens a new session)."""
+        if self._unsettled:
+            self.settle()
         tasks = [t for t in self._tasks.values() if t.detached]
         return tasks, list(self._dead), list(self._tombstones)
 
@@ -568,6 +598,8 @@ class QueueManager:
         the queue, so that they do the same at the same point. The CONTROL_REPLY
         goes out once it is done. Active manager only."""
         self._last_now = now
+        if self._unsettled:
+            self.settle()
         if not self._active:
             return
         if action in _READ_ONLY:
@@ -765,6 +797,8 @@ class QueueManager:
 
     def status(self, now: float) -> dict[str, Any]:
         """What this manager knows, as plain data (docs/protocol.md, "Status")."""
+        if self._unsettled:
+            self.settle()
         oldest = None
         by_priority = [0] * (MAX_PRIORITY + 1)
         waiting: dict[str, list[Any]] = {}  # function -> [queued, queued since]
@@ -878,6 +912,8 @@ class QueueManager:
     def on_membership(self, now: float, msg: MembershipMessage) -> None:
         """A membership notice of one of the queue's groups (others are ignored)."""
         self._last_now = now
+        if self._unsettled:
+            self.settle()
         if msg.is_transition:
             # The regular notice that follows says who is left; act on that one.
             return
@@ -904,7 +940,10 @@ class QueueManager:
         ASSIGN, DECIDE and SYNC_REQUEST; other kinds are ignored.
         """
         self._last_now = now
-        if kind is Kind.SYNC_REQUEST:
+        hot = kind is _SUBMIT or kind is _DONE or kind is _RESULT
+        if self._unsettled and not hot:
+            self.settle()
+        if kind is _SYNC_REQUEST:
             self._sync_request(now, sender, entries)
             return
         if not self._synced:
@@ -913,20 +952,25 @@ class QueueManager:
             else:
                 self.stats["ignored_unsynced"] += 1
             return
-        if kind is Kind.SUBMIT:
+        if kind is _SUBMIT:
             hold = self._submit(now, sender, entries)
             if self._active:
+                if self.batched:
+                    self._unsettled = self._submitted = True
+                    if hold:
+                        self._holds.append((sender, hold))
+                    return
                 self._dispatch(now)
                 if hold:
                     self._hold_acks(now, sender, hold)
                 self._no_workers_check()
             return
-        if kind is Kind.DONE or kind is Kind.RESULT:
+        if hot:  # (DONE or RESULT)
             # The workers whose credit changed are filed again once per message, not per
             # task (a message carries many of one worker's answers).
             touched: dict[WorkerKey, Worker] = {}
             done = self._done
-            if kind is Kind.DONE:
+            if kind is _DONE:
                 for e in entries:
                     done(now, sender, e.worker_id, e.task_id, "done", None, touched)
             else:
@@ -940,6 +984,9 @@ class QueueManager:
                             done(now, sender, e.worker_id, e.task_id, outcome, e, touched)
             for w in touched.values():
                 self._update_ready(w)
+            if self.batched and self._active:
+                self._unsettled = True
+                return
         elif kind is Kind.CANCEL:
             self._cancel(sender, entries)
         elif kind is Kind.REGISTER:
@@ -971,9 +1018,27 @@ class QueueManager:
         if self._active:
             self._dispatch(now)
 
+    def settle(self) -> None:
+        """Dispatch what the SUBMIT, DONE and RESULT messages since the last dispatch
+        made possible, then hold back or send their ACKs (``batched`` managers; the
+        other inputs and :meth:`take_effects` call it)."""
+        self._unsettled = False
+        submitted, self._submitted = self._submitted, False
+        holds, self._holds = self._holds, []
+        if not self._active:
+            return
+        now = self._last_now
+        self._dispatch(now)
+        for sender, hold in holds:
+            self._hold_acks(now, sender, hold)
+        if submitted:
+            self._no_workers_check()
+
     def on_sync(self, now: float, sender: str, entries: Sequence[Any]) -> None:
         """SYNC entries delivered to our private group: the queue's state, in parts."""
         self._last_now = now
+        if self._unsettled:
+            self.settle()
         if self._synced or self._sync_id is None or sender not in self._older:
             return
         count = None
@@ -1019,6 +1084,8 @@ class QueueManager:
         """Let time pass: end the re-registration grace, expire queued tasks whose time
         ran out, start delayed tasks that are due, send the held acknowledgements."""
         self._last_now = now
+        if self._unsettled:
+            self.settle()
         if not self._active:
             return
         late = self._late_acks
@@ -1518,7 +1585,7 @@ class QueueManager:
             (detached_acks if detached else acks).append(new_entry(Ack, (tid, workers)))
         if acks or detached_acks:
             if acks:
-                self._emit_all((sender,), Kind.ACK, acks)
+                self._emit_all((sender,), _ACK, acks)
             if detached_acks:
                 self._emit_all((sender,), Kind.ACK, detached_acks, after_journal=self.journaled)
             acked = self._acked_senders
@@ -2084,7 +2151,7 @@ class QueueManager:
                 proposed[t.task_id] = t
                 okey: tuple[tuple[str, ...], Kind, bool, bool] = (
                     (w.session, self.groups.manager),
-                    Kind.ASSIGN,
+                    _ASSIGN,
                     False,
                     False,
                 )
@@ -2100,7 +2167,7 @@ class QueueManager:
                 if fstats is None:
                     fstats = self._function(t.func)
                 fstats.wait.add(now - t.queued_at)
-                okey = ((w.session,), Kind.ASSIGN, False, False)
+                okey = ((w.session,), _ASSIGN, False, False)
             # Filed again at the end of its list (least recently used first), or not.
             n = len(w.held) + w.pending
             if n < w.slots:
