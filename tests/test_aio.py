@@ -274,8 +274,7 @@ def test_a_reply_reader_gets_the_answers_of_detached_tasks(run: Any) -> None:
             # async for: failures come as values, and the loop ends once stopped
             last = await sender.enqueue("double", -2, reply_to="answers")
             again = await sender.enqueue("double", 5, reply_to="answers")
-            while replies.buffered < 2:
-                await asyncio.sleep(0.01)
+            await _until(lambda: replies.buffered >= 2)
             await replies.stop()
             got = [answer async for answer in replies]
             assert isinstance(got[0], RemoteError) and got[0].task_id == last
@@ -347,8 +346,7 @@ def test_a_worker_s_malformed_message_warning_is_the_public_class_s_too(
             await worker.start()
             private = session.spread.private_group
             session.spread.multicast(private, b"\xc1", mess_type=mess_type(Kind.ASSIGN))
-            while not worker.stats["malformed"]:
-                await asyncio.sleep(0.005)
+            await _until(lambda: worker.stats["malformed"])
 
     forward_to_logging()
     with caplog.at_level(logging.INFO, logger="spreadqueue"):
